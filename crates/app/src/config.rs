@@ -1,0 +1,14 @@
+//! The application server's validated settings, built by `webstack-config`.
+
+use std::path::PathBuf;
+
+/// Everything the `app` role of one host needs to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This host's name, shown on pages and in `/api/whoami`.
+    pub host_name: String,
+    /// The site's public name (`www.foobar.com`), used in page titles.
+    pub site_name: String,
+    /// Folder of the site's HTML templates (`site/templates/`).
+    pub templates_dir: PathBuf,
+}

@@ -1,0 +1,89 @@
+//! The application server role: the foobar.com application (HTML pages and a JSON API),
+//! rendered from the site's templates.
+
+mod config;
+mod error;
+mod pages;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use webstack_common::{Admin, HttpOptions, Shutdown, serve_http};
+
+pub use config::Config;
+pub use error::AppError;
+
+/// Loaded templates and settings, shared by every handler.
+pub struct AppState {
+    pub config: Config,
+    templates: minijinja::Environment<'static>,
+}
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read templates in {path}: {source}")]
+    ReadTemplates { path: String, source: std::io::Error },
+    #[error("template {name} is invalid: {source}")]
+    BadTemplate { name: String, source: minijinja::Error },
+    #[error("template {0} is missing from the templates folder")]
+    MissingTemplate(&'static str),
+}
+
+/// Templates every page needs; checked at startup so a broken deploy fails fast.
+const REQUIRED_TEMPLATES: [&str; 2] = ["home.html", "error.html"];
+
+impl AppState {
+    pub fn load(config: Config) -> Result<Self, StartError> {
+        let mut templates = minijinja::Environment::new();
+        let dir = &config.templates_dir;
+        let read_error = |source| StartError::ReadTemplates { path: dir.display().to_string(), source };
+        for entry in std::fs::read_dir(dir).map_err(read_error)? {
+            let path = entry.map_err(read_error)?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+            if !name.ends_with(".html") {
+                continue;
+            }
+            let source = std::fs::read_to_string(&path).map_err(read_error)?;
+            templates
+                .add_template_owned(name.clone(), source)
+                .map_err(|source| StartError::BadTemplate { name, source })?;
+        }
+        for name in REQUIRED_TEMPLATES {
+            if templates.get_template(name).is_err() {
+                return Err(StartError::MissingTemplate(name));
+            }
+        }
+        Ok(Self { config, templates })
+    }
+
+    pub(crate) fn render(&self, name: &str, context: minijinja::Value) -> Result<String, AppError> {
+        Ok(self.templates.get_template(name)?.render(context)?)
+    }
+}
+
+/// The application's routes, without a socket (tests call them with `oneshot`).
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(pages::home))
+        .route("/api/whoami", get(pages::whoami))
+        .route("/healthz", get(pages::healthz))
+        .fallback(pages::not_found)
+        .with_state(state)
+}
+
+/// Serves the application on `listener` until `shutdown`.
+pub async fn run(state: AppState, listener: TcpListener, admin: Admin, shutdown: Shutdown) {
+    let router = router(Arc::new(state));
+    admin.set_ready(true);
+    serve_http(
+        listener,
+        HttpOptions::default(),
+        move |_| hyper_util::service::TowerToHyperService::new(router.clone()),
+        shutdown,
+    )
+    .await;
+    admin.set_ready(false);
+}

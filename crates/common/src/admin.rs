@@ -1,0 +1,85 @@
+//! The admin listener every role process serves: `/live` (the process runs), `/ready` (the role
+//! can do its job: the LB after its first health sweep) and `/metrics` (Prometheus text).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::{HttpOptions, Shutdown, serve_http};
+
+/// Readiness flag and metrics registry of one role process.
+#[derive(Clone)]
+pub struct Admin {
+    ready: Arc<AtomicBool>,
+    registry: Arc<Registry>,
+}
+
+impl Admin {
+    /// `registry` holds every metric the role registered before serving.
+    pub fn new(registry: Registry) -> Self {
+        Self {
+            ready: Arc::new(AtomicBool::new(false)),
+            registry: Arc::new(registry),
+        }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The admin routes, without a socket (tests call it with `oneshot`).
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/live", get(|| async { "live\n" }))
+            .route("/ready", get(ready))
+            .route("/metrics", get(metrics))
+            .with_state(self.clone())
+    }
+}
+
+async fn ready(State(admin): State<Admin>) -> impl IntoResponse {
+    if admin.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
+    let mut body = String::new();
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut body, &admin.registry) {
+        tracing::error!(%error, "cannot encode metrics");
+        return (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], String::new());
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+}
+
+/// Serves the admin routes on `listener` until `shutdown`.
+pub async fn serve_admin(listener: TcpListener, admin: Admin, shutdown: Shutdown) {
+    let router = admin.router();
+    serve_http(
+        listener,
+        HttpOptions::default(),
+        move |_| hyper_util::service::TowerToHyperService::new(router.clone()),
+        shutdown,
+    )
+    .await
+}

@@ -1,0 +1,13 @@
+//! Pieces every role process shares: shutdown and drain, the HTTP connection loop, the admin
+//! listener (`/live`, `/ready`, `/metrics`) and logging setup.
+
+pub mod admin;
+pub mod forward;
+pub mod probe;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use admin::{Admin, serve_admin};
+pub use serve::{HttpOptions, serve_http};
+pub use shutdown::Shutdown;

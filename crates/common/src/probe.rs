@@ -1,0 +1,41 @@
+//! A one-shot HTTP GET on a fresh connection, bounded by a timeout: the LB's active health
+//! check and the supervisor's readiness poll. A pooled connection could hide a dead listener.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// `GET path` to `addr` with `Host: host`; the response status, or why there was none.
+pub async fn get_status(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> Result<StatusCode, ProbeError> {
+    let attempt = async {
+        let stream = TcpStream::connect(addr).await.map_err(ProbeError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let request = http::Request::get(path)
+            .header(http::header::HOST, host)
+            .header(http::header::USER_AGENT, "webstack-probe")
+            .header(http::header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .expect("a path starting with / is a valid request");
+        Ok(sender.send_request(request).await?.status())
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or(Err(ProbeError::Timeout(timeout)))
+}

@@ -1,0 +1,219 @@
+//! The topology file as written: serde structs with named defaults and no unknown keys.
+//! Values that later checks must point at are `Spanned`, so errors carry their line.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use crate::Role;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub site: SiteFile,
+    #[serde(rename = "host", default)]
+    pub hosts: Vec<HostFile>,
+    #[serde(default)]
+    pub lb: LbFile,
+    #[serde(default)]
+    pub web: WebFile,
+    #[serde(default)]
+    pub app: AppFile,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteFile {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub aliases: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostFile {
+    pub name: Spanned<String>,
+    pub address: Spanned<IpAddr>,
+    pub roles: Spanned<Vec<Spanned<Role>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LbFile {
+    pub port: Spanned<u16>,
+    pub admin_port: Spanned<u16>,
+    pub algorithm: Algorithm,
+    pub retries: Spanned<u32>,
+    pub access_log: bool,
+    pub health: HealthFile,
+    pub timeouts: LbTimeoutsFile,
+    /// Per-server overrides: `[[lb.server]] host = "web-01"  weight = 2  backup = true`.
+    pub server: Vec<ServerFile>,
+}
+
+impl Default for LbFile {
+    fn default() -> Self {
+        Self {
+            port: Spanned::new(0..0, 8080),
+            admin_port: Spanned::new(0..0, 9100),
+            algorithm: Algorithm::RoundRobin,
+            retries: Spanned::new(0..0, 2),
+            access_log: true,
+            health: HealthFile::default(),
+            timeouts: LbTimeoutsFile::default(),
+            server: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    RoundRobin,
+    LeastConn,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub host: Spanned<String>,
+    #[serde(default = "one")]
+    pub weight: Spanned<u32>,
+    #[serde(default)]
+    pub backup: bool,
+}
+
+fn one() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthFile {
+    pub path: Spanned<String>,
+    pub interval: Spanned<HumanDuration>,
+    pub timeout: Spanned<HumanDuration>,
+    pub rise: Spanned<u32>,
+    pub fall: Spanned<u32>,
+}
+
+impl Default for HealthFile {
+    fn default() -> Self {
+        Self {
+            path: Spanned::new(0..0, "/healthz".into()),
+            interval: Spanned::new(0..0, HumanDuration::secs(1)),
+            timeout: Spanned::new(0..0, HumanDuration::secs(1)),
+            rise: Spanned::new(0..0, 2),
+            fall: Spanned::new(0..0, 2),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LbTimeoutsFile {
+    pub client_header: Spanned<HumanDuration>,
+    pub connect: Spanned<HumanDuration>,
+    pub server: Spanned<HumanDuration>,
+}
+
+impl Default for LbTimeoutsFile {
+    fn default() -> Self {
+        Self {
+            client_header: Spanned::new(0..0, HumanDuration::secs(10)),
+            connect: Spanned::new(0..0, HumanDuration::secs(2)),
+            server: Spanned::new(0..0, HumanDuration::secs(30)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebFile {
+    pub port: Spanned<u16>,
+    pub admin_port: Spanned<u16>,
+    pub static_root: Spanned<String>,
+    pub cache_control: Spanned<String>,
+    pub expose_server_name: bool,
+    pub access_log: bool,
+    pub timeouts: WebTimeoutsFile,
+}
+
+impl Default for WebFile {
+    fn default() -> Self {
+        Self {
+            port: Spanned::new(0..0, 8000),
+            admin_port: Spanned::new(0..0, 9101),
+            static_root: Spanned::new(0..0, "site/static".into()),
+            cache_control: Spanned::new(0..0, "public, max-age=3600".into()),
+            expose_server_name: false,
+            access_log: true,
+            timeouts: WebTimeoutsFile::default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebTimeoutsFile {
+    pub client_header: Spanned<HumanDuration>,
+    pub app_connect: Spanned<HumanDuration>,
+    pub app_response: Spanned<HumanDuration>,
+}
+
+impl Default for WebTimeoutsFile {
+    fn default() -> Self {
+        Self {
+            client_header: Spanned::new(0..0, HumanDuration::secs(10)),
+            app_connect: Spanned::new(0..0, HumanDuration::secs(2)),
+            app_response: Spanned::new(0..0, HumanDuration::secs(30)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppFile {
+    pub port: Spanned<u16>,
+    pub admin_port: Spanned<u16>,
+    pub templates: Spanned<String>,
+}
+
+impl Default for AppFile {
+    fn default() -> Self {
+        Self {
+            port: Spanned::new(0..0, 9000),
+            admin_port: Spanned::new(0..0, 9102),
+            templates: Spanned::new(0..0, "site/templates".into()),
+        }
+    }
+}
+
+/// A duration written as a human string: `"500ms"`, `"2s"`, `"1m 30s"`.
+#[derive(Clone, Copy, Debug)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    const fn secs(secs: u64) -> Self {
+        Self(Duration::from_secs(secs))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom(
+                "expected a duration as a string with a unit, like \"500ms\", \"2s\" or \"1m\"",
+            )
+        })?;
+        humantime::parse_duration(text.trim())
+            .map(HumanDuration)
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {text:?}: expected a number with a unit, like \"500ms\", \"2s\" or \"1m\""
+                ))
+            })
+    }
+}

@@ -1,0 +1,258 @@
+//! From `FileConfig` to `Config`: every invariant of a working topology, each failure explained
+//! with the place in the file it comes from.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::file::{self, FileConfig, HumanDuration};
+use crate::{Config, ConfigError, Host, Ports, Role};
+
+/// Collects the location context so each check is one line.
+struct Checker<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Checker<'_> {
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        // Defaults carry an empty 0..0 span: no line to show.
+        let span = (span != (0..0)).then_some(span);
+        ConfigError::at(self.path, self.text, span, message.into())
+    }
+
+    fn ensure(&self, ok: bool, span: Range<usize>, message: impl Into<String>) -> Result<(), ConfigError> {
+        if ok { Ok(()) } else { Err(self.error(span, message)) }
+    }
+
+    fn positive(&self, value: &Spanned<HumanDuration>, key: &str) -> Result<Duration, ConfigError> {
+        let duration = value.get_ref().0;
+        self.ensure(!duration.is_zero(), value.span(), format!("{key} must be longer than 0"))?;
+        Ok(duration)
+    }
+
+    /// A folder named relative to the topology file, which must exist.
+    fn folder(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let folder = base.join(value.get_ref());
+        self.ensure(
+            folder.is_dir(),
+            value.span(),
+            format!("{key}: {} is not a folder (relative paths start at the topology file's folder)", folder.display()),
+        )?;
+        Ok(folder)
+    }
+}
+
+fn is_dns_label_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+fn is_site_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(is_dns_label_name)
+}
+
+pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let check = Checker { path, text };
+
+    // [site]
+    let site_name = file.site.name.get_ref().clone();
+    check.ensure(
+        is_site_name(&site_name),
+        file.site.name.span(),
+        format!("site.name {site_name:?} is not a host name: expected lowercase labels of a-z, 0-9 and '-', separated by dots"),
+    )?;
+    let mut site_aliases = Vec::new();
+    for alias in &file.site.aliases {
+        check.ensure(is_site_name(alias.get_ref()), alias.span(), format!("site.aliases: {:?} is not a host name", alias.get_ref()))?;
+        site_aliases.push(alias.get_ref().clone());
+    }
+
+    // [[host]]
+    check.ensure(!file.hosts.is_empty(), 0..0, "no [[host]] entries: the topology needs at least one lb host and one web host")?;
+    let mut hosts = Vec::new();
+    let mut names = HashMap::new();
+    let mut addresses = HashMap::new();
+    for host in &file.hosts {
+        let name = host.name.get_ref();
+        check.ensure(
+            is_dns_label_name(name),
+            host.name.span(),
+            format!("host name {name:?}: expected lowercase letters, digits and '-' (like \"web-01\")"),
+        )?;
+        if names.insert(name.clone(), ()).is_some() {
+            return Err(check.error(host.name.span(), format!("duplicate host name {name:?}: every host needs its own name")));
+        }
+        let address = *host.address.get_ref();
+        check.ensure(!address.is_unspecified(), host.address.span(), format!("host {name}: address {address} is unspecified; give the address the host's roles bind"))?;
+        if let Some(other) = addresses.insert(address, name.clone()) {
+            return Err(check.error(host.address.span(), format!("host {name}: address {address} is already host {other}'s; every host needs its own address")));
+        }
+        let mut roles = BTreeSet::new();
+        for role in host.roles.get_ref() {
+            if !roles.insert(*role.get_ref()) {
+                return Err(check.error(role.span(), format!("host {name}: role {} listed twice", role.get_ref())));
+            }
+        }
+        check.ensure(!roles.is_empty(), host.roles.span(), format!("host {name}: roles is empty; expected some of \"lb\", \"web\", \"app\""))?;
+        check.ensure(
+            !roles.contains(&Role::Web) || roles.contains(&Role::App),
+            host.roles.span(),
+            format!("host {name}: role web needs role app on the same host (the web server proxies dynamic requests to its own host's app)"),
+        )?;
+        hosts.push(Host { name: name.clone(), address, roles: roles.into_iter().collect() });
+    }
+    let first_host = file.hosts[0].name.span();
+    check.ensure(hosts.iter().any(|h| h.has(Role::Lb)), first_host.clone(), "no host has role \"lb\": nothing would receive the site's traffic")?;
+    check.ensure(hosts.iter().any(|h| h.has(Role::Web)), first_host, "no host has role \"web\": the load balancer would have no server")?;
+
+    // Ports: each role's two ports must differ from every other port on a host that runs both.
+    let lb_ports = ports(&check, &file.lb.port, &file.lb.admin_port)?;
+    let web_ports = ports(&check, &file.web.port, &file.web.admin_port)?;
+    let app_ports = ports(&check, &file.app.port, &file.app.admin_port)?;
+    let all_ports = [
+        ("lb.port", &file.lb.port),
+        ("lb.admin_port", &file.lb.admin_port),
+        ("web.port", &file.web.port),
+        ("web.admin_port", &file.web.admin_port),
+        ("app.port", &file.app.port),
+        ("app.admin_port", &file.app.admin_port),
+    ];
+    let role_of = |key: &str| match &key[..key.find('.').unwrap_or(0)] {
+        "lb" => Role::Lb,
+        "web" => Role::Web,
+        _ => Role::App,
+    };
+    for host in &hosts {
+        let mut seen: HashMap<u16, &str> = HashMap::new();
+        for (key, port) in all_ports.iter().filter(|(key, _)| host.has(role_of(key))) {
+            if let Some(other) = seen.insert(*port.get_ref(), key) {
+                return Err(check.error(
+                    port.span(),
+                    format!("{key} = {} is also {other} on host {}: the two would bind the same port", port.get_ref(), host.name),
+                ));
+            }
+        }
+    }
+
+    let lb = lb_config(&check, &file.lb, &hosts, web_ports.service)?;
+    let web = web_config(&check, &file.web)?;
+    let app = webstack_app::Config {
+        host_name: String::new(),
+        site_name: site_name.clone(),
+        templates_dir: check.folder(&file.app.templates, "app.templates")?,
+    };
+
+    Ok(Config {
+        path: path.to_path_buf(),
+        site_name,
+        site_aliases,
+        hosts,
+        lb,
+        lb_ports,
+        web,
+        web_ports,
+        app,
+        app_ports,
+    })
+}
+
+fn ports(check: &Checker, service: &Spanned<u16>, admin: &Spanned<u16>) -> Result<Ports, ConfigError> {
+    for port in [service, admin] {
+        check.ensure(*port.get_ref() != 0, port.span(), "port 0 is not a port: expected 1 to 65535")?;
+    }
+    check.ensure(service.get_ref() != admin.get_ref(), admin.span(), "admin_port must differ from port")?;
+    Ok(Ports { service: *service.get_ref(), admin: *admin.get_ref() })
+}
+
+fn lb_config(check: &Checker, lb: &file::LbFile, hosts: &[Host], web_port: u16) -> Result<webstack_lb::Config, ConfigError> {
+    let health = &lb.health;
+    check.ensure(health.path.get_ref().starts_with('/'), health.path.span(), format!("lb.health.path {:?} must start with '/'", health.path.get_ref()))?;
+    for (key, value) in [("lb.health.rise", &health.rise), ("lb.health.fall", &health.fall)] {
+        check.ensure((1..=100).contains(value.get_ref()), value.span(), format!("{key} = {}: expected 1 to 100 consecutive checks", value.get_ref()))?;
+    }
+    check.ensure(*lb.retries.get_ref() <= 10, lb.retries.span(), format!("lb.retries = {}: expected 0 to 10", lb.retries.get_ref()))?;
+
+    let mut overrides: HashMap<&str, &file::ServerFile> = HashMap::new();
+    for server in &lb.server {
+        let name = server.host.get_ref().as_str();
+        let target = hosts.iter().find(|h| h.name == name);
+        check.ensure(
+            target.is_some_and(|h| h.has(Role::Web)),
+            server.host.span(),
+            format!("lb.server: {name:?} is not a host with role web"),
+        )?;
+        check.ensure(
+            (1..=256).contains(server.weight.get_ref()),
+            server.weight.span(),
+            format!("lb.server {name}: weight {} out of range: expected 1 to 256", server.weight.get_ref()),
+        )?;
+        if overrides.insert(name, server).is_some() {
+            return Err(check.error(server.host.span(), format!("lb.server: {name:?} listed twice")));
+        }
+    }
+    let servers: Vec<_> = hosts
+        .iter()
+        .filter(|h| h.has(Role::Web))
+        .map(|h| {
+            let over = overrides.get(h.name.as_str());
+            webstack_lb::ServerConfig {
+                name: h.name.clone(),
+                addr: std::net::SocketAddr::new(h.address, web_port),
+                weight: over.map_or(1, |o| *o.weight.get_ref()),
+                backup: over.is_some_and(|o| o.backup),
+            }
+        })
+        .collect();
+    let backup_span = lb.server.first().map_or(0..0, |s| s.host.span());
+    check.ensure(servers.iter().any(|s| !s.backup), backup_span, "every lb server is a backup: at least one must take regular traffic")?;
+
+    Ok(webstack_lb::Config {
+        algorithm: match lb.algorithm {
+            file::Algorithm::RoundRobin => webstack_lb::Algorithm::RoundRobin,
+            file::Algorithm::LeastConn => webstack_lb::Algorithm::LeastConn,
+        },
+        servers,
+        health: webstack_lb::HealthConfig {
+            path: health.path.get_ref().clone(),
+            interval: check.positive(&health.interval, "lb.health.interval")?,
+            timeout: check.positive(&health.timeout, "lb.health.timeout")?,
+            rise: *health.rise.get_ref(),
+            fall: *health.fall.get_ref(),
+        },
+        timeouts: webstack_lb::Timeouts {
+            client_header: check.positive(&lb.timeouts.client_header, "lb.timeouts.client_header")?,
+            connect: check.positive(&lb.timeouts.connect, "lb.timeouts.connect")?,
+            server: check.positive(&lb.timeouts.server, "lb.timeouts.server")?,
+        },
+        retries: *lb.retries.get_ref(),
+        access_log: lb.access_log,
+    })
+}
+
+fn web_config(check: &Checker, web: &file::WebFile) -> Result<webstack_web::Config, ConfigError> {
+    let cache_control = web.cache_control.get_ref();
+    check.ensure(
+        http::HeaderValue::from_str(cache_control).is_ok(),
+        web.cache_control.span(),
+        "web.cache_control is not a valid header value",
+    )?;
+    Ok(webstack_web::Config {
+        host_name: String::new(),
+        static_root: check.folder(&web.static_root, "web.static_root")?,
+        cache_control: cache_control.clone(),
+        expose_server_name: web.expose_server_name,
+        app_addr: ([127, 0, 0, 1], 0).into(),
+        app_connect_timeout: check.positive(&web.timeouts.app_connect, "web.timeouts.app_connect")?,
+        app_response_timeout: check.positive(&web.timeouts.app_response, "web.timeouts.app_response")?,
+        client_header_timeout: check.positive(&web.timeouts.client_header, "web.timeouts.client_header")?,
+        access_log: web.access_log,
+    })
+}

@@ -1,0 +1,84 @@
+//! Smooth weighted round-robin, precomputed: the schedule nginx's algorithm produces for the
+//! weights (e.g. 5:1:1 gives a a b a c a a, not a a a a a b c) is laid out once, and each pick
+//! is one atomic increment into it, so the request path takes no lock.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::Select;
+use crate::server::Server;
+
+pub struct RoundRobin {
+    /// Indices into the server slice, in smooth weighted order; one full cycle.
+    schedule: Vec<usize>,
+    next: AtomicUsize,
+}
+
+impl RoundRobin {
+    pub fn new(servers: &[Arc<Server>]) -> Self {
+        let weights: Vec<i64> = servers.iter().map(|s| i64::from(s.weight().max(1))).collect();
+        let total: i64 = weights.iter().sum();
+        let mut current = vec![0i64; weights.len()];
+        let mut schedule = Vec::with_capacity(total as usize);
+        for _ in 0..total {
+            for (c, w) in current.iter_mut().zip(&weights) {
+                *c += w;
+            }
+            // Highest current weight wins; the first one on ties.
+            let best = (0..current.len()).fold(0, |best, i| if current[i] > current[best] { i } else { best });
+            current[best] -= total;
+            schedule.push(best);
+        }
+        Self { schedule, next: AtomicUsize::new(0) }
+    }
+}
+
+impl Select for RoundRobin {
+    fn select(&self, servers: &[Arc<Server>], accept: &dyn Fn(&Server) -> bool) -> Option<Arc<Server>> {
+        let len = self.schedule.len();
+        if len == 0 {
+            return None;
+        }
+        // Each look consumes a slot: a skipped server's slot is used up rather than handed to
+        // its neighbour, so the others keep their relative weights (2:1 stays 2:1).
+        (0..len)
+            .map(|_| &servers[self.schedule[self.next.fetch_add(1, Ordering::Relaxed) % len]])
+            .find(|server| accept(server))
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Algorithm;
+    use crate::balance::Balancer;
+    use crate::balance::tests::{counts, servers};
+
+    #[test]
+    fn equal_weights_alternate() {
+        let set = servers(&[(1, false), (1, false)]);
+        let balancer = Balancer::new(Algorithm::RoundRobin, &set);
+        let picks: Vec<_> = (0..6).map(|_| balancer.select(&|_| true).unwrap().index).collect();
+        assert_eq!(picks, vec![0, 1, 0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn weights_are_respected_and_interleaved() {
+        let set = servers(&[(5, false), (1, false), (1, false)]);
+        let balancer = Balancer::new(Algorithm::RoundRobin, &set);
+        let picks: Vec<_> = (0..7).map(|_| balancer.select(&|_| true).unwrap().index).collect();
+        assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(counts(&balancer, 700, 3), vec![500, 100, 100]);
+    }
+
+    #[test]
+    fn a_down_server_gives_its_share_to_the_others() {
+        let set = servers(&[(2, false), (1, false), (1, false)]);
+        let balancer = Balancer::new(Algorithm::RoundRobin, &set);
+        set[1].set_up(false);
+        let got = counts(&balancer, 300, 3);
+        assert_eq!(got[1], 0);
+        assert_eq!(got[0] + got[2], 300);
+        assert!(got[0] > got[2], "weight 2 still gets more than weight 1: {got:?}");
+    }
+}

@@ -1,0 +1,92 @@
+//! The load balancer's metric names and families, in one place.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub server: String,
+    /// Status class: 1xx .. 5xx. Never a raw path.
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    /// no_server, connect, timeout, upstream
+    pub kind: &'static str,
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Families registered once per process.
+#[derive(Clone)]
+pub struct Metrics {
+    responses: Family<ResponseLabels, Counter>,
+    duration: Family<ServerLabel, Histogram, fn() -> Histogram>,
+    up: Family<ServerLabel, Gauge>,
+    active: Family<ServerLabel, Gauge>,
+    health_checks_failed: Family<ServerLabel, Counter>,
+    pub retries: Counter,
+    pub errors: Family<ErrorLabel, Counter>,
+}
+
+/// One server's handles, fetched from the families once at startup.
+#[derive(Clone)]
+pub struct ServerMetrics {
+    pub responses: [Counter; 5],
+    pub duration: Histogram,
+    pub up: Gauge,
+    pub active: Gauge,
+    pub health_checks_failed: Counter,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            responses: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            up: Family::default(),
+            active: Family::default(),
+            health_checks_failed: Family::default(),
+            retries: Counter::default(),
+            errors: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("webstack_lb");
+        r.register("responses", "Responses sent to clients, by server and status class", metrics.responses.clone());
+        r.register("response_duration_seconds", "Time from request to response head, by server", metrics.duration.clone());
+        r.register("server_up", "1 when the server is in rotation (health checks pass)", metrics.up.clone());
+        r.register("server_active_requests", "Requests in flight to the server", metrics.active.clone());
+        r.register("health_check_failures", "Failed active health checks", metrics.health_checks_failed.clone());
+        r.register("retries", "Requests retried on another server after a connection failure", metrics.retries.clone());
+        r.register("errors", "Requests answered by the load balancer itself with an error, by cause", metrics.errors.clone());
+        metrics
+    }
+
+    pub fn server(&self, name: &str) -> ServerMetrics {
+        let label = ServerLabel { server: name.to_string() };
+        ServerMetrics {
+            responses: CLASSES.map(|code| self.responses.get_or_create(&ResponseLabels { server: name.to_string(), code }).clone()),
+            duration: self.duration.get_or_create(&label).clone(),
+            up: self.up.get_or_create(&label).clone(),
+            active: self.active.get_or_create(&label).clone(),
+            health_checks_failed: self.health_checks_failed.get_or_create(&label).clone(),
+        }
+    }
+
+    pub fn error(&self, kind: &'static str) {
+        self.errors.get_or_create(&ErrorLabel { kind }).inc();
+    }
+}

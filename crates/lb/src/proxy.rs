@@ -1,0 +1,241 @@
+//! The request path: pick a server, forward the request over a pooled keep-alive connection,
+//! retry idempotent requests elsewhere when a connection fails, and answer 502/503/504 itself
+//! when no server can.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use webstack_common::forward::{self, RequestIds, X_FORWARDED_PROTO, X_REQUEST_ID};
+
+use crate::Config;
+use crate::balance::Balancer;
+use crate::metrics::Metrics;
+use crate::server::{ActiveGuard, Server};
+
+/// What goes upstream: the client's body, or nothing (so a retry can resend it).
+type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// What goes back to the client: the server's body, or our own short error.
+pub type ProxyBody = Either<Tracked, Full<Bytes>>;
+
+/// Who caused a failed attempt: decides the status and whether another server may be tried.
+enum Failure {
+    /// The connection could not be made, or closed before any response: nothing was processed.
+    Unreachable(Box<dyn std::error::Error + Send + Sync>),
+    /// The server took longer than `timeouts.server`.
+    Timeout,
+    /// The server broke the exchange after it may have acted on the request.
+    Upstream(Box<dyn std::error::Error + Send + Sync>),
+}
+
+pub struct Proxy {
+    config: Config,
+    balancer: Balancer,
+    client: Client<HttpConnector, UpstreamBody>,
+    metrics: Metrics,
+    request_ids: RequestIds,
+}
+
+impl Proxy {
+    pub fn new(config: Config, servers: &[Arc<Server>], metrics: Metrics) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.timeouts.connect));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            // Shorter than the web server's idle timeout so we never reuse a connection the
+            // server is about to close.
+            .pool_idle_timeout(std::time::Duration::from_secs(4))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Self {
+            balancer: Balancer::new(config.algorithm, servers),
+            config,
+            client,
+            metrics,
+            request_ids: RequestIds::default(),
+        }
+    }
+
+    pub async fn handle(&self, peer: SocketAddr, request: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let request_id = self.request_ids.next();
+        let method = request.method().clone();
+        let path = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+        let (mut parts, body) = request.into_parts();
+
+        forward::strip_hop_by_hop(&mut parts.headers);
+        forward::append_forwarded_for(&mut parts.headers, peer.ip());
+        parts.headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        parts.headers.insert(&X_REQUEST_ID, request_id.clone());
+
+        // Only a request without a body can be sent twice; only an idempotent one should be.
+        let replayable = body.is_end_stream() && is_idempotent(&parts.method);
+        let mut body = Some(body);
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_failure = None;
+
+        let (mut response, server) = loop {
+            if tried.len() > self.config.retries as usize {
+                break (self.error_for(last_failure), None);
+            }
+            let Some(server) = self.balancer.select(&|s| !tried.contains(&s.index)) else {
+                break match last_failure {
+                    None => (self.error(StatusCode::SERVICE_UNAVAILABLE, "no_server"), None),
+                    failure => (self.error_for(failure), None),
+                };
+            };
+            if !tried.is_empty() {
+                self.metrics.retries.inc();
+            }
+            tried.push(server.index);
+
+            let upstream_body = match body.take() {
+                Some(body) if !replayable => Either::Left(body),
+                _ => Either::Right(Empty::new()),
+            };
+            let uri = upstream_uri(&server, &parts.uri);
+            let mut upstream = Request::from_parts(parts.clone(), upstream_body);
+            *upstream.uri_mut() = uri;
+
+            let guard = server.begin();
+            match self.send(upstream).await {
+                Ok(response) => break (response.map(|b| Either::Left(Tracked { inner: b, _guard: guard })), Some(server)),
+                Err(Failure::Unreachable(error)) if replayable => {
+                    tracing::warn!(server = %server.config.name, %error, "server unreachable, trying another");
+                    server.recheck.notify_one();
+                    last_failure = Some(Failure::Unreachable(error));
+                }
+                Err(failure) => {
+                    if let Failure::Unreachable(_) = failure {
+                        server.recheck.notify_one();
+                    }
+                    break (self.error_for(Some(failure)), Some(server));
+                }
+            }
+        };
+
+        forward::strip_hop_by_hop(response.headers_mut());
+        response.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
+        let status = response.status();
+        if let Some(server) = &server {
+            server.responses(status.as_u16()).inc();
+            server.metrics.duration.observe(started.elapsed().as_secs_f64());
+        }
+        if self.config.access_log {
+            tracing::info!(
+                target: "access",
+                client = %peer.ip(),
+                method = %method,
+                path = %path,
+                status = status.as_u16(),
+                server = server.as_ref().map_or("-", |s| s.config.name.as_str()),
+                attempts = tried.len(),
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                request_id = request_id.to_str().unwrap_or(""),
+            );
+        }
+        response
+    }
+
+    async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, Failure> {
+        match tokio::time::timeout(self.config.timeouts.server, self.client.request(request)).await {
+            Err(_) => Err(Failure::Timeout),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) if error.is_connect() || closed_before_response(&error) => Err(Failure::Unreachable(error.into())),
+            Ok(Err(error)) => Err(Failure::Upstream(error.into())),
+        }
+    }
+
+    fn error_for(&self, failure: Option<Failure>) -> Response<ProxyBody> {
+        match &failure {
+            Some(Failure::Unreachable(error) | Failure::Upstream(error)) => tracing::warn!(%error, "request failed"),
+            Some(Failure::Timeout) => tracing::warn!("server response timed out"),
+            None => {}
+        }
+        match failure {
+            Some(Failure::Timeout) => self.error(StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            Some(Failure::Unreachable(_)) => self.error(StatusCode::BAD_GATEWAY, "connect"),
+            Some(Failure::Upstream(_)) => self.error(StatusCode::BAD_GATEWAY, "upstream"),
+            None => self.error(StatusCode::SERVICE_UNAVAILABLE, "no_server"),
+        }
+    }
+
+    fn error(&self, status: StatusCode, kind: &'static str) -> Response<ProxyBody> {
+        self.metrics.error(kind);
+        let text = match status {
+            StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable: no server is available to handle this request.\n",
+            StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout: the server did not answer in time.\n",
+            _ => "502 Bad Gateway: the server could not be reached or sent an invalid response.\n",
+        };
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(text.as_bytes()))));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+/// A pooled connection that the server closed before answering: the request was not
+/// processed (or, for an idempotent request, may safely be processed again).
+fn closed_before_response(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        if let Some(hyper_error) = inner.downcast_ref::<hyper::Error>() {
+            return hyper_error.is_incomplete_message() || hyper_error.is_canceled();
+        }
+        source = inner.source();
+    }
+    false
+}
+
+fn upstream_uri(server: &Server, original: &Uri) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(server.authority.clone());
+    parts.path_and_query = Some(
+        original
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).expect("scheme, authority and path make a valid URI")
+}
+
+/// A server's response body that keeps the server's in-flight slot until it is fully sent, so
+/// leastconn sees slow downloads as load.
+pub struct Tracked {
+    inner: Incoming,
+    _guard: ActiveGuard,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,28 @@
+//! The web server's validated settings, built by `webstack-config` from the topology file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the `web` role of one host needs to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This host's name, sent as `X-Served-By` and to the app.
+    pub host_name: String,
+    /// Root of the site's static files, served under `/static/`.
+    pub static_root: PathBuf,
+    /// Value of `Cache-Control` on static files.
+    pub cache_control: String,
+    /// Add `X-Served-By: <host>` to every response.
+    pub expose_server_name: bool,
+    /// This host's application server; everything that is not a static file goes there.
+    pub app_addr: SocketAddr,
+    /// TCP connect to the app.
+    pub app_connect_timeout: Duration,
+    /// From sending a request to the app until its response head arrives.
+    pub app_response_timeout: Duration,
+    /// A client must send a complete request head within this time.
+    pub client_header_timeout: Duration,
+    /// One log line per request under the `access` target.
+    pub access_log: bool,
+}

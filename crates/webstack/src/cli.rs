@@ -1,0 +1,115 @@
+//! Command-line arguments (clap derive) and the `check` command.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use webstack_config::{Config, Role};
+
+/// webstack: load balancer, web servers, application servers and their database, from one
+/// topology file.
+#[derive(Parser)]
+#[command(name = "webstack", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Validate a topology file and exit 0 (valid) or 1 (invalid), like `nginx -t`.
+    Check(ConfigArg),
+    /// Run every host of the topology on this machine, each role its own process.
+    Up(UpArgs),
+    /// Run the roles of one host (production: one per machine).
+    Run(RunArgs),
+    /// Show every host and role of a running `up` with its health.
+    Status(StatusArgs),
+    /// Stop a host or one role (HOST or HOST/ROLE) of a running `up`.
+    Stop(TargetArgs),
+    /// Start again a host or role stopped with `webstack stop`.
+    Start(TargetArgs),
+}
+
+#[derive(Args)]
+pub struct ConfigArg {
+    /// The topology file.
+    #[arg(short, long, default_value = "webstack.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    #[arg(short, long, default_value = "webstack.toml")]
+    pub config: PathBuf,
+    /// Where logs, pid files and the control socket live.
+    #[arg(long, default_value = ".webstack")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The host of the topology to run.
+    #[arg(long)]
+    pub host: String,
+    /// Run only this role, in this process (what the supervisor starts for each role).
+    #[arg(long, value_parser = parse_role)]
+    pub role: Option<Role>,
+    #[arg(short, long, default_value = "webstack.toml")]
+    pub config: PathBuf,
+    #[arg(long, default_value = ".webstack")]
+    pub state_dir: PathBuf,
+    /// Started by a supervisor: exit when standard input closes (the supervisor is gone).
+    #[arg(long, hide = true)]
+    pub supervised: bool,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[arg(long, default_value = ".webstack")]
+    pub state_dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Wait up to SECS for every role to be healthy: exit 0 when they are, 1 on timeout.
+    #[arg(long, value_name = "SECS")]
+    pub wait: Option<f64>,
+}
+
+#[derive(Args)]
+pub struct TargetArgs {
+    /// HOST or HOST/ROLE, e.g. `web-01` or `web-01/app`.
+    pub target: String,
+    #[arg(long, default_value = ".webstack")]
+    pub state_dir: PathBuf,
+}
+
+fn parse_role(name: &str) -> Result<Role, String> {
+    Role::parse(name).ok_or_else(|| format!("unknown role {name:?}: expected lb, web or app"))
+}
+
+pub fn load(path: &Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+/// `webstack check`: the verdict and a one-line summary.
+pub fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            let hosts: Vec<String> = config
+                .hosts
+                .iter()
+                .map(|h| {
+                    let roles: Vec<_> = h.roles.iter().map(|r| r.as_str()).collect();
+                    format!("{} ({})", h.name, roles.join("+"))
+                })
+                .collect();
+            println!("{}: ok: site {}, hosts {}", path.display(), config.site_name, hosts.join(", "));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! `webstack`: the command line. Parses arguments, loads the topology, and hands over to the
+//! supervisor (`up`, `run --host`), one role (`run --host --role`) or the control client.
+//! Exit codes are decided here: 0 success, 1 failure (bad config included), 2 bad usage.
+
+mod cli;
+mod control;
+mod role;
+mod status;
+mod supervisor;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("webstack: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(dispatch(cli.command));
+    // Do not wait for blocking threads: a supervised role's stdin reader never returns.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("webstack: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check(args) => Ok(cli::check(&args.config)),
+        Command::Up(args) => {
+            let config = cli::load(&args.config)?;
+            supervisor::run(config, None, args.state_dir).await
+        }
+        Command::Run(args) => {
+            let config = cli::load(&args.config)?;
+            if config.host(&args.host).is_none() {
+                anyhow::bail!(
+                    "host {:?} is not in {} (hosts: {})",
+                    args.host,
+                    config.path.display(),
+                    config.hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
+                );
+            }
+            match args.role {
+                Some(role) => role::run(config, &args.host, role, args.supervised).await,
+                None => supervisor::run(config, Some(args.host), args.state_dir).await,
+            }
+        }
+        Command::Status(args) => status::run(&args).await,
+        Command::Stop(args) => control::stop_or_start(&args.state_dir, "stop", &args.target).await,
+        Command::Start(args) => control::stop_or_start(&args.state_dir, "start", &args.target).await,
+    }
+}

@@ -1,0 +1,88 @@
+//! One role in this process: bind its service and admin listeners on the host's address, run
+//! it, and drain on SIGTERM/SIGINT (or when the supervisor's pipe closes).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use webstack_common::{Admin, Shutdown, serve_admin, shutdown::termination_signal, telemetry};
+use webstack_config::{Config, Role};
+
+/// How long in-flight requests get to finish after a stop signal.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+pub async fn run(config: Config, host_name: &str, role: Role, supervised: bool) -> anyhow::Result<ExitCode> {
+    telemetry::init();
+    let host = config.host(host_name).expect("checked by the caller").clone();
+    if !host.has(role) {
+        anyhow::bail!("host {host_name} does not run role {role}");
+    }
+    let label = format!("{host_name}/{role}");
+    let listener = bind(config.service_addr(&host, role), &label).await?;
+    let admin_listener = bind(config.admin_addr(&host, role), &format!("{label} admin")).await?;
+
+    let shutdown = Shutdown::new();
+    let mut registry = Registry::default();
+    // Build the role first (it registers its metrics), then the admin listener that shows them.
+    let start: Box<dyn FnOnce(Admin) -> tokio::task::JoinHandle<()>> = match role {
+        Role::Lb => {
+            let lb = webstack_lb::LoadBalancer::new(config.lb(), &mut registry);
+            let shutdown = shutdown.clone();
+            Box::new(move |admin| tokio::spawn(lb.run(listener, admin, shutdown)))
+        }
+        Role::Web => {
+            let web = webstack_web::WebServer::new(config.web(&host), &mut registry);
+            let shutdown = shutdown.clone();
+            Box::new(move |admin| tokio::spawn(web.run(listener, admin, shutdown)))
+        }
+        Role::App => {
+            let state = webstack_app::AppState::load(config.app(&host)).context("cannot start the application")?;
+            let shutdown = shutdown.clone();
+            Box::new(move |admin| tokio::spawn(webstack_app::run(state, listener, admin, shutdown)))
+        }
+    };
+    let admin = Admin::new(registry);
+    let admin_shutdown = Shutdown::new();
+    let admin_task = tokio::spawn(serve_admin(admin_listener, admin.clone(), admin_shutdown.clone()));
+    let serving = start(admin);
+    tracing::info!(role = %role, host = host_name, "started");
+
+    let reason = tokio::select! {
+        signal = termination_signal() => signal,
+        _ = supervisor_gone(supervised) => "supervisor gone",
+    };
+    tracing::info!(reason, "draining");
+    let drained = shutdown.drain(DRAIN_GRACE).await;
+    if !drained {
+        tracing::warn!(grace = ?DRAIN_GRACE, "drain grace expired; closing remaining connections");
+    }
+    let _ = serving.await;
+    admin_shutdown.trigger();
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves when standard input reaches end of file: the supervisor holds the other end of the
+/// pipe, so this fires even if it was killed with SIGKILL. Never resolves when not supervised.
+async fn supervisor_gone(supervised: bool) {
+    if !supervised {
+        return std::future::pending().await;
+    }
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}

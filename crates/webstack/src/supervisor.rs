@@ -1,0 +1,496 @@
+//! The supervisor behind `webstack up` (every host) and `webstack run --host` (one host): starts
+//! each role as its own OS process in dependency order, restarts crashed ones with backoff,
+//! answers the control socket (status, stop, start), and on SIGTERM/SIGINT stops everything,
+//! front to back (lb, web, app), leaving no process behind.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::process::{Child, Command};
+use webstack_common::probe::get_status;
+use webstack_common::shutdown::termination_signal;
+use webstack_config::{Config, Role};
+
+use crate::control::{self, Reply, Request, UnitStatus};
+
+/// How long a role may take to become ready after it is started.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a role may take to drain and exit after SIGTERM before it gets SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A role that ran this long before crashing restarts after the first backoff again.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// One role process of one host.
+struct Unit {
+    host: String,
+    role: Role,
+    service: SocketAddr,
+    admin: SocketAddr,
+    /// The running process; its stdin pipe stays open so the child notices if we die.
+    child: Option<Child>,
+    /// False once an operator stopped it (or during shutdown): no restart.
+    wanted: bool,
+    healthy: bool,
+    restarts: u32,
+    backoff: Duration,
+    restart_at: Option<Instant>,
+    started_at: Instant,
+}
+
+impl Unit {
+    fn label(&self) -> String {
+        format!("{}/{}", self.host, self.role)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    fn status(&self) -> UnitStatus {
+        let state = match (&self.child, self.wanted) {
+            (Some(_), _) => "running",
+            (None, true) => "restarting",
+            (None, false) => "stopped",
+        };
+        UnitStatus {
+            host: self.host.clone(),
+            role: self.role.to_string(),
+            address: self.service.to_string(),
+            admin: self.admin.to_string(),
+            pid: self.pid(),
+            state: state.into(),
+            healthy: self.healthy,
+            restarts: self.restarts,
+        }
+    }
+}
+
+struct Supervisor {
+    config: Config,
+    exe: PathBuf,
+    state_dir: PathBuf,
+    units: Mutex<Vec<Unit>>,
+}
+
+type Shared = Arc<Supervisor>;
+
+/// Runs the supervisor until a termination signal; `only_host` limits it to one host.
+pub async fn run(config: Config, only_host: Option<String>, state_dir: PathBuf) -> anyhow::Result<ExitCode> {
+    for dir in [state_dir.clone(), state_dir.join("logs"), state_dir.join("run")] {
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let state_dir = fs::canonicalize(&state_dir)?;
+    let listener = bind_control(&state_dir).await?;
+    fs::write(state_dir.join("run/supervisor.pid"), format!("{}\n", std::process::id()))?;
+
+    let mut units = Vec::new();
+    for role in Role::ALL {
+        for host in config.hosts.iter().filter(|h| h.has(role) && only_host.as_ref().is_none_or(|o| *o == h.name)) {
+            units.push(Unit {
+                host: host.name.clone(),
+                role,
+                service: config.service_addr(host, role),
+                admin: config.admin_addr(host, role),
+                child: None,
+                wanted: true,
+                healthy: false,
+                restarts: 0,
+                backoff: FIRST_BACKOFF,
+                restart_at: None,
+                started_at: Instant::now(),
+            });
+        }
+    }
+    let sup: Shared = Arc::new(Supervisor {
+        exe: std::env::current_exe().context("cannot find the webstack executable")?,
+        config,
+        state_dir: state_dir.clone(),
+        units: Mutex::new(units),
+    });
+
+    println!("webstack: starting {} (state in {})", sup.config.site_name, state_dir.display());
+    let started = tokio::select! {
+        result = start_all(&sup) => result,
+        signal = termination_signal() => Err(anyhow::anyhow!("interrupted by {signal} while starting")),
+    };
+    if let Err(error) = started {
+        eprintln!("webstack: {error:#}");
+        stop_all(&sup).await;
+        cleanup(&state_dir);
+        return Ok(ExitCode::FAILURE);
+    }
+    print_endpoints(&sup);
+
+    let tasks = [
+        tokio::spawn(reap_loop(sup.clone())),
+        tokio::spawn(health_loop(sup.clone())),
+        tokio::spawn(control_loop(sup.clone(), listener)),
+    ];
+    let signal = termination_signal().await;
+    println!("webstack: {signal}: stopping");
+    for task in &tasks {
+        task.abort();
+    }
+    stop_all(&sup).await;
+    cleanup(&state_dir);
+    println!("webstack: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Binds the control socket, refusing when another supervisor already answers on it.
+async fn bind_control(state_dir: &Path) -> anyhow::Result<UnixListener> {
+    let path = control::socket_path(state_dir);
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            anyhow::bail!(
+                "a webstack supervisor is already running with state dir {} (see `webstack status --state-dir {}`)",
+                state_dir.display(),
+                state_dir.display()
+            );
+        }
+        fs::remove_file(&path).with_context(|| format!("cannot remove stale {}", path.display()))?;
+    }
+    UnixListener::bind(&path).with_context(|| format!("cannot create the control socket {}", path.display()))
+}
+
+fn cleanup(state_dir: &Path) {
+    let _ = fs::remove_file(control::socket_path(state_dir));
+    let _ = fs::remove_file(state_dir.join("run/supervisor.pid"));
+}
+
+impl Supervisor {
+    fn log_path(&self, unit: &Unit) -> PathBuf {
+        self.state_dir.join("logs").join(format!("{}-{}.log", unit.host, unit.role))
+    }
+
+    fn pid_path(&self, unit: &Unit) -> PathBuf {
+        self.state_dir.join("run").join(format!("{}-{}.pid", unit.host, unit.role))
+    }
+
+    /// Starts the process of `unit`: its output appended to its log file, its stdin a pipe
+    /// from us, in its own process group so a terminal's Ctrl-C reaches only the supervisor.
+    fn spawn(&self, unit: &mut Unit) -> anyhow::Result<()> {
+        let log_path = self.log_path(unit);
+        let log = OpenOptions::new().create(true).append(true).open(&log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("run")
+            .args(["--host", &unit.host, "--role", unit.role.as_str(), "--supervised"])
+            .arg("--config")
+            .arg(&self.config.path)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = command.spawn().with_context(|| format!("cannot start {}", unit.label()))?;
+        if let Some(pid) = child.id() {
+            let _ = fs::write(self.pid_path(unit), format!("{pid}\n"));
+        }
+        unit.child = Some(child);
+        unit.healthy = false;
+        unit.started_at = Instant::now();
+        unit.restart_at = None;
+        Ok(())
+    }
+
+    /// Checks every child once: a dead one is reaped, and restarted later if still wanted.
+    fn reap(&self) {
+        let mut units = self.units.lock().unwrap();
+        let now = Instant::now();
+        for unit in units.iter_mut() {
+            let Some(child) = unit.child.as_mut() else { continue };
+            let Ok(Some(status)) = child.try_wait() else { continue };
+            unit.child = None;
+            unit.healthy = false;
+            let _ = fs::remove_file(self.pid_path(unit));
+            if unit.wanted {
+                if unit.started_at.elapsed() > STABLE_AFTER {
+                    unit.backoff = FIRST_BACKOFF;
+                }
+                println!("webstack: {} exited unexpectedly ({status}); restarting in {:?}", unit.label(), unit.backoff);
+                unit.restart_at = Some(now + unit.backoff);
+                unit.backoff = (unit.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        for unit in units.iter_mut().filter(|u| u.wanted && u.child.is_none()) {
+            if unit.restart_at.is_some_and(|at| at <= now) {
+                unit.restarts += 1;
+                if let Err(error) = self.spawn(unit) {
+                    eprintln!("webstack: {error:#}");
+                    unit.restart_at = Some(now + unit.backoff);
+                }
+            }
+        }
+    }
+
+    /// Indices of the units a `HOST` or `HOST/ROLE` target names.
+    fn resolve(&self, target: &str) -> Result<Vec<usize>, String> {
+        let (host, role) = match target.split_once('/') {
+            Some((host, role)) => (host, Some(Role::parse(role).ok_or_else(|| format!("unknown role {role:?}: expected lb, web or app"))?)),
+            None => (target, None),
+        };
+        let units = self.units.lock().unwrap();
+        let found: Vec<usize> = (0..units.len())
+            .filter(|&i| units[i].host == host && role.is_none_or(|r| units[i].role == r))
+            .collect();
+        if found.is_empty() {
+            let mut known: Vec<String> = units.iter().map(|u| u.host.clone()).collect();
+            known.dedup();
+            return Err(format!("{target:?} names no role of this supervisor: expected HOST or HOST/ROLE with HOST one of {}", known.join(", ")));
+        }
+        Ok(found)
+    }
+
+    fn snapshot(&self) -> Reply {
+        let units = self.units.lock().unwrap();
+        Reply { ok: true, site: self.config.site_name.clone(), units: units.iter().map(Unit::status).collect(), ..Reply::default() }
+    }
+}
+
+/// Starts every unit, one role at a time in start order (app, web, lb), waiting for each wave
+/// to be ready before the next, so the LB's first health sweep finds live servers.
+async fn start_all(sup: &Shared) -> anyhow::Result<()> {
+    for role in Role::ALL {
+        let wave: Vec<usize> = {
+            let mut units = sup.units.lock().unwrap();
+            let mut wave = Vec::new();
+            for (i, unit) in units.iter_mut().enumerate().filter(|(_, u)| u.role == role) {
+                sup.spawn(unit)?;
+                wave.push(i);
+            }
+            wave
+        };
+        for i in wave {
+            let began = Instant::now();
+            wait_ready(sup, i).await?;
+            let units = sup.units.lock().unwrap();
+            let unit = &units[i];
+            println!(
+                "  {:<12} {:<22} ready  (pid {}, {:.1}s)",
+                unit.label(),
+                unit.service.to_string(),
+                unit.pid().unwrap_or(0),
+                began.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Polls a unit's `/ready` until 200; fails early, with its log's tail, if the process exits.
+async fn wait_ready(sup: &Shared, index: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let (admin, label, exited) = {
+            let mut units = sup.units.lock().unwrap();
+            let unit = &mut units[index];
+            let exited = match unit.child.as_mut() {
+                Some(child) => child.try_wait().ok().flatten().map(|s| s.to_string()),
+                None => Some("not running".into()),
+            };
+            (unit.admin, unit.label(), exited)
+        };
+        if let Some(status) = exited {
+            let log = sup.log_path(&sup.units.lock().unwrap()[index]);
+            anyhow::bail!("{label} exited during startup ({status}); last lines of {}:\n{}", log.display(), tail(&log, 15));
+        }
+        if matches!(get_status(admin, "localhost", "/ready", Duration::from_millis(500)).await, Ok(s) if s.is_success()) {
+            sup.units.lock().unwrap()[index].healthy = true;
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let log = sup.log_path(&sup.units.lock().unwrap()[index]);
+            anyhow::bail!("{label} did not become ready within {READY_TIMEOUT:?}; last lines of {}:\n{}", log.display(), tail(&log, 15));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn print_endpoints(sup: &Shared) {
+    let config = &sup.config;
+    let units = sup.units.lock().unwrap();
+    println!("webstack: {} is up", config.site_name);
+    for unit in units.iter().rev() {
+        let what = match unit.role {
+            Role::Lb => "load balancer: the site",
+            Role::Web => "web server",
+            Role::App => "application server",
+        };
+        println!("  http://{}/  {} ({}), admin http://{}/metrics", unit.service, what, unit.host, unit.admin);
+    }
+    let state = sup.state_dir.display();
+    println!("  logs in {state}/logs; `webstack status --state-dir {state}`; Ctrl-C stops everything");
+    let _ = std::io::stdout().flush();
+}
+
+async fn reap_loop(sup: Shared) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        sup.reap();
+    }
+}
+
+/// Polls every running unit's `/ready` so `status` answers from fresh facts.
+async fn health_loop(sup: Shared) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let probes: Vec<(usize, SocketAddr)> = {
+            let units = sup.units.lock().unwrap();
+            units.iter().enumerate().filter(|(_, u)| u.child.is_some()).map(|(i, u)| (i, u.admin)).collect()
+        };
+        let checks = probes.into_iter().map(|(i, admin)| async move {
+            let ok = matches!(get_status(admin, "localhost", "/ready", Duration::from_millis(400)).await, Ok(s) if s.is_success());
+            (i, ok)
+        });
+        let mut handles = Vec::new();
+        for check in checks {
+            handles.push(tokio::spawn(check));
+        }
+        for handle in handles {
+            if let Ok((i, ok)) = handle.await {
+                let mut units = sup.units.lock().unwrap();
+                let unit = &mut units[i];
+                unit.healthy = ok && unit.child.is_some();
+            }
+        }
+    }
+}
+
+async fn control_loop(sup: Shared, listener: UnixListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        tokio::spawn(handle_control(sup.clone(), stream));
+    }
+}
+
+async fn handle_control(sup: Shared, mut stream: UnixStream) {
+    let mut buf = Vec::new();
+    // A request is one short JSON line; bound both size and time.
+    let read = tokio::time::timeout(Duration::from_secs(5), (&mut stream).take(64 * 1024).read_to_end(&mut buf)).await;
+    let reply = match read.ok().and_then(|r| r.ok()).map(|_| serde_json::from_slice::<Request>(&buf)) {
+        Some(Ok(Request::Status)) => sup.snapshot(),
+        Some(Ok(Request::Stop { target })) => stop_target(&sup, &target).await,
+        Some(Ok(Request::Start { target })) => start_target(&sup, &target).await,
+        Some(Err(error)) => failure(format!("bad request: {error}")),
+        None => failure("no request received".into()),
+    };
+    if let Ok(bytes) = serde_json::to_vec(&reply) {
+        let _ = stream.write_all(&bytes).await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+fn failure(error: String) -> Reply {
+    Reply { ok: false, error: Some(error), ..Reply::default() }
+}
+
+/// SIGTERM to each named unit (front to back), then wait for them to exit; SIGKILL stragglers.
+async fn stop_units(sup: &Shared, mut indices: Vec<usize>) -> Vec<String> {
+    indices.sort_by_key(|&i| std::cmp::Reverse(sup.units.lock().unwrap()[i].role));
+    let mut stopped = Vec::new();
+    for i in indices {
+        let pid = {
+            let mut units = sup.units.lock().unwrap();
+            let unit = &mut units[i];
+            unit.wanted = false;
+            unit.restart_at = None;
+            unit.healthy = false;
+            unit.pid()
+        };
+        let Some(pid) = pid else { continue };
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            sup.reap();
+            let gone = sup.units.lock().unwrap()[i].child.is_none();
+            if gone {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let mut units = sup.units.lock().unwrap();
+                let label = units[i].label();
+                if let Some(child) = units[i].child.as_mut() {
+                    eprintln!("webstack: {label} did not stop within {STOP_TIMEOUT:?}; killing it");
+                    let _ = child.start_kill();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let units = sup.units.lock().unwrap();
+        stopped.push(format!("{} (pid {pid})", units[i].label()));
+    }
+    stopped
+}
+
+async fn stop_target(sup: &Shared, target: &str) -> Reply {
+    let indices = match sup.resolve(target) {
+        Ok(indices) => indices,
+        Err(error) => return failure(error),
+    };
+    let stopped = stop_units(sup, indices).await;
+    let message = if stopped.is_empty() { format!("{target} was already stopped") } else { format!("stopped {}", stopped.join(", ")) };
+    println!("webstack: {message}");
+    Reply { message: Some(message), ..sup.snapshot() }
+}
+
+async fn start_target(sup: &Shared, target: &str) -> Reply {
+    let mut indices = match sup.resolve(target) {
+        Ok(indices) => indices,
+        Err(error) => return failure(error),
+    };
+    indices.sort_by_key(|&i| sup.units.lock().unwrap()[i].role);
+    let mut started = Vec::new();
+    for i in indices {
+        {
+            let mut units = sup.units.lock().unwrap();
+            let unit = &mut units[i];
+            unit.wanted = true;
+            unit.backoff = FIRST_BACKOFF;
+            if unit.child.is_some() {
+                continue;
+            }
+            if let Err(error) = sup.spawn(unit) {
+                return failure(format!("{error:#}"));
+            }
+        }
+        if let Err(error) = wait_ready(sup, i).await {
+            return failure(format!("{error:#}"));
+        }
+        let units = sup.units.lock().unwrap();
+        started.push(format!("{} (pid {})", units[i].label(), units[i].pid().unwrap_or(0)));
+    }
+    let message = if started.is_empty() { format!("{target} was already running") } else { format!("started {}", started.join(", ")) };
+    println!("webstack: {message}");
+    Reply { message: Some(message), ..sup.snapshot() }
+}
+
+/// Stops every unit, front to back.
+async fn stop_all(sup: &Shared) {
+    let all: Vec<usize> = (0..sup.units.lock().unwrap().len()).collect();
+    stop_units(sup, all).await;
+}
+
