@@ -131,12 +131,15 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         _ => Role::App,
     };
     for host in &hosts {
-        let mut seen: HashMap<u16, &str> = HashMap::new();
+        let mut seen: HashMap<u16, (&str, &Spanned<u16>)> = HashMap::new();
         for (key, port) in all_ports.iter().filter(|(key, _)| host.has(role_of(key))) {
-            if let Some(other) = seen.insert(*port.get_ref(), key) {
+            if let Some((other_key, other)) = seen.insert(*port.get_ref(), (key, port)) {
+                // Blame the port the file sets explicitly (a default has no line).
+                let (blamed, blamed_key, innocent_key) =
+                    if port.span() == (0..0) { (other, other_key, *key) } else { (*port, *key, other_key) };
                 return Err(check.error(
-                    port.span(),
-                    format!("{key} = {} is also {other} on host {}: the two would bind the same port", port.get_ref(), host.name),
+                    blamed.span(),
+                    format!("{blamed_key} = {} is also {innocent_key} on host {}: the two would bind the same port", port.get_ref(), host.name),
                 ));
             }
         }

@@ -84,14 +84,20 @@ impl Proxy {
         let mut tried: Vec<usize> = Vec::new();
         let mut last_failure = None;
 
+        // A 502/503/504 answered by a server whose request could go elsewhere: kept, and sent
+        // only if no other server can take the request.
+        let mut fallback: Option<(Response<ProxyBody>, Arc<Server>)> = None;
         let (mut response, server) = loop {
-            if tried.len() > self.config.retries as usize {
-                break (self.error_for(last_failure), None);
-            }
-            let Some(server) = self.balancer.select(&|s| !tried.contains(&s.index)) else {
-                break match last_failure {
-                    None => (self.error(StatusCode::SERVICE_UNAVAILABLE, "no_server"), None),
-                    failure => (self.error_for(failure), None),
+            let candidate = if tried.len() > self.config.retries as usize {
+                None
+            } else {
+                self.balancer.select(&|s| !tried.contains(&s.index))
+            };
+            let Some(server) = candidate else {
+                break match (fallback, last_failure) {
+                    (Some((response, server)), _) => (response, Some(server)),
+                    (None, None) => (self.error(StatusCode::SERVICE_UNAVAILABLE, "no_server"), None),
+                    (None, failure) => (self.error_for(failure), None),
                 };
             };
             if !tried.is_empty() {
@@ -109,6 +115,13 @@ impl Proxy {
 
             let guard = server.begin();
             match self.send(upstream).await {
+                Ok(response) if replayable && is_retryable_status(response.status()) => {
+                    // HAProxy's `retry-on 502 503 504`: the server (its app, for a web server)
+                    // could not serve this; an idempotent request may go to another one.
+                    tracing::warn!(server = %server.config.name, status = response.status().as_u16(), "server answered an error, trying another");
+                    server.recheck.notify_one();
+                    fallback = Some((response.map(|b| Either::Left(Tracked { inner: b, _guard: guard })), server));
+                }
                 Ok(response) => break (response.map(|b| Either::Left(Tracked { inner: b, _guard: guard })), Some(server)),
                 Err(Failure::Unreachable(error)) if replayable => {
                     tracing::warn!(server = %server.config.name, %error, "server unreachable, trying another");
@@ -184,6 +197,10 @@ impl Proxy {
         headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
     }
+}
+
+fn is_retryable_status(status: StatusCode) -> bool {
+    matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT)
 }
 
 fn is_idempotent(method: &Method) -> bool {

@@ -39,12 +39,17 @@ impl Select for RoundRobin {
         if len == 0 {
             return None;
         }
+        let pick = |slot: usize| &servers[self.schedule[slot % len]];
         // Each look consumes a slot: a skipped server's slot is used up rather than handed to
         // its neighbour, so the others keep their relative weights (2:1 stays 2:1).
-        (0..len)
-            .map(|_| &servers[self.schedule[self.next.fetch_add(1, Ordering::Relaxed) % len]])
-            .find(|server| accept(server))
-            .cloned()
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let consumed = std::iter::once(first).chain((1..len).map(|_| self.next.fetch_add(1, Ordering::Relaxed)));
+        if let Some(server) = consumed.map(pick).find(|server| accept(server)) {
+            return Some(server.clone());
+        }
+        // Concurrent pickers may have taken every slot of the acceptable servers between our
+        // looks: scan one whole cycle, so a server that is acceptable is always found.
+        (first..first + len).map(pick).find(|server| accept(server)).cloned()
     }
 }
 
@@ -69,6 +74,20 @@ mod tests {
         let picks: Vec<_> = (0..7).map(|_| balancer.select(&|_| true).unwrap().index).collect();
         assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(counts(&balancer, 700, 3), vec![500, 100, 100]);
+    }
+
+    #[test]
+    fn concurrent_picks_always_find_the_one_healthy_server() {
+        let set = servers(&[(1, false), (1, false)]);
+        let balancer = std::sync::Arc::new(Balancer::new(Algorithm::RoundRobin, &set));
+        set[0].set_up(false);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let balancer = balancer.clone();
+                std::thread::spawn(move || (0..20_000).all(|_| balancer.select(&|_| true).is_some_and(|s| s.index == 1)))
+            })
+            .collect();
+        assert!(threads.into_iter().all(|t| t.join().unwrap()));
     }
 
     #[test]

@@ -1,0 +1,86 @@
+//! Fake backends: real HTTP servers on their own loopback address that name themselves, echo
+//! the request headers they got, sleep on `/slow?ms=N`, and can be told to fail health checks.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+/// A running fake backend; stops when dropped.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    /// `/healthz` answers 500 while set.
+    pub unhealthy: Arc<AtomicBool>,
+    /// Requests received (health checks excluded).
+    pub hits: Arc<AtomicUsize>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Backend {
+    pub fn start(addr: SocketAddr, name: &str) -> Backend {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(addr)).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        let unhealthy = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (name_c, unhealthy_c, hits_c) = (name.to_string(), unhealthy.clone(), hits.clone());
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (name, unhealthy, hits) = (name_c.clone(), unhealthy_c.clone(), hits_c.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| handle(req, name.clone(), unhealthy.clone(), hits.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        Backend { addr, name: name.to_string(), unhealthy, hits, runtime: Some(runtime) }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+async fn handle(
+    req: http::Request<Incoming>,
+    name: String,
+    unhealthy: Arc<AtomicBool>,
+    hits: Arc<AtomicUsize>,
+) -> Result<http::Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        let status = if unhealthy.load(Ordering::SeqCst) { 500 } else { 200 };
+        return Ok(http::Response::builder().status(status).body(Full::new(Bytes::from("health\n"))).unwrap());
+    }
+    hits.fetch_add(1, Ordering::SeqCst);
+    if path == "/slow" {
+        let ms: u64 = req.uri().query().and_then(|q| q.strip_prefix("ms=")).and_then(|v| v.parse().ok()).unwrap_or(1000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_string())))
+        .collect();
+    let body = serde_json::json!({ "server": name, "path": path, "headers": headers }).to_string();
+    Ok(http::Response::builder()
+        .header("x-served-by", name.as_str())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap())
+}

@@ -1,0 +1,207 @@
+//! A real topology for a test: a topology file on the test's own loopback network
+//! (127.0.N.10 for lb-01, 127.0.N.11.. for web-01..), started with the real `webstack up`,
+//! stopped by pid when dropped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::TempDir;
+
+/// How long `up` may take to report every role healthy, and to stop.
+const START_TIMEOUT_SECS: u32 = 60;
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Topology {
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    pub state_dir: PathBuf,
+    pub net: u8,
+    exe: PathBuf,
+    up: Option<Child>,
+    /// Role processes started alone with `run_role`.
+    roles: Vec<Child>,
+}
+
+/// A topology file with one lb host and `web_hosts` web+app hosts on 127.0.`net`.0/24.
+/// `lb_extra` lands inside the `[lb]` section (e.g. `algorithm = "roundrobin"`).
+pub fn toml(net: u8, web_hosts: usize, lb_extra: &str) -> String {
+    let site = crate::site_dir();
+    let mut text = format!(
+        "[site]\nname = \"www.foobar.com\"\n\n[[host]]\nname = \"lb-01\"\naddress = \"127.0.{net}.10\"\nroles = [\"lb\"]\n"
+    );
+    for i in 1..=web_hosts {
+        text.push_str(&format!(
+            "\n[[host]]\nname = \"web-{i:02}\"\naddress = \"127.0.{net}.{}\"\nroles = [\"web\", \"app\"]\n",
+            10 + i
+        ));
+    }
+    text.push_str(&format!(
+        "\n[lb]\n{lb_extra}\n\n[lb.health]\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n\n\
+         [web]\nstatic_root = \"{}\"\nexpose_server_name = true\n\n[app]\ntemplates = \"{}\"\n",
+        site.join("static").display(),
+        site.join("templates").display()
+    ));
+    text
+}
+
+impl Topology {
+    /// Writes `config` into a fresh folder without starting anything.
+    pub fn write(exe: &str, name: &str, net: u8, config: &str) -> Topology {
+        let dir = TempDir::new(name);
+        let config_path = dir.path().join("webstack.toml");
+        std::fs::write(&config_path, config).expect("write topology");
+        let state_dir = dir.path().join("state");
+        Topology { config_path, state_dir, net, exe: PathBuf::from(exe), up: None, roles: Vec::new(), dir }
+    }
+
+    /// Writes `config` and runs `webstack up` on it until `status --wait` says all are healthy.
+    pub fn start(exe: &str, name: &str, net: u8, config: &str) -> Topology {
+        let mut topology = Self::write(exe, name, net, config);
+        let log = std::fs::File::create(topology.dir.path().join("up.log")).expect("create up.log");
+        let child = Command::new(&topology.exe)
+            .arg("up")
+            .arg("-c")
+            .arg(&topology.config_path)
+            .arg("--state-dir")
+            .arg(&topology.state_dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn webstack up");
+        topology.up = Some(child);
+        let status = topology.cli(&["status", "--wait", &START_TIMEOUT_SECS.to_string()]);
+        assert!(status.status.success(), "topology did not become healthy:\n{}\nup.log:\n{}", text(&status), topology.up_log());
+        topology
+    }
+
+    /// Runs one role alone (`webstack run --host H --role R`) and waits for its `/ready`.
+    pub fn run_role(&mut self, host: &str, role: &str, admin: SocketAddr) {
+        let log = std::fs::File::create(self.dir.path().join(format!("{host}-{role}.log"))).expect("create log");
+        let child = Command::new(&self.exe)
+            .args(["run", "--host", host, "--role", role, "-c"])
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn webstack run");
+        self.roles.push(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = crate::http::get(admin, "/ready", &[]) {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "{host}/{role} not ready:\n{}", self.role_log(host, role));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn role_log(&self, host: &str, role: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{host}-{role}.log"))).unwrap_or_default()
+    }
+
+    /// The lb's admin address (`/metrics`).
+    pub fn lb_admin(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, self.net, 10], 9100))
+    }
+
+    pub fn lb(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, self.net, 10], 8080))
+    }
+
+    /// The web server of web-0`i`.
+    pub fn web(&self, i: u8) -> SocketAddr {
+        SocketAddr::from(([127, 0, self.net, 10 + i], 8000))
+    }
+
+    pub fn up_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
+    }
+
+    pub fn log(&self, host: &str, role: &str) -> String {
+        std::fs::read_to_string(self.state_dir.join("logs").join(format!("{host}-{role}.log"))).unwrap_or_default()
+    }
+
+    /// Runs `webstack ARGS --state-dir <ours>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&self.exe).args(args).arg("--state-dir").arg(&self.state_dir).output().expect("run webstack")
+    }
+
+    /// `webstack status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(out.status.success(), "status failed: {}", text(&out));
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
+    /// Pids of every role process the supervisor reports.
+    pub fn role_pids(&self) -> Vec<u32> {
+        self.status()["units"]
+            .as_array()
+            .map(|units| units.iter().filter_map(|u| u["pid"].as_u64()).map(|p| p as u32).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn up_pid(&self) -> Option<u32> {
+        self.up.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM to `up` and wait (bounded) for it to exit; SIGKILL if it does not.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.up.take()?;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("webstack up did not stop within {STOP_TIMEOUT:?}:\n{}", self.up_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for child in &mut self.roles {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        }
+        for mut child in self.roles.drain(..) {
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while Instant::now() < deadline && !matches!(child.try_wait(), Ok(Some(_))) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(mut child) = self.up.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
