@@ -13,6 +13,10 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         // The detail goes to the log; the client learns only that it was our fault.
         tracing::error!(error = %self, "request failed");
-        (StatusCode::INTERNAL_SERVER_ERROR, "500 Internal Server Error\n").into_response()
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "500 Internal Server Error\n",
+        )
+            .into_response()
     }
 }

@@ -25,9 +25,15 @@ pub struct AppState {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot read templates in {path}: {source}")]
-    ReadTemplates { path: String, source: std::io::Error },
+    ReadTemplates {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("template {name} is invalid: {source}")]
-    BadTemplate { name: String, source: minijinja::Error },
+    BadTemplate {
+        name: String,
+        source: minijinja::Error,
+    },
     #[error("template {0} is missing from the templates folder")]
     MissingTemplate(&'static str),
 }
@@ -39,10 +45,19 @@ impl AppState {
     pub fn load(config: Config) -> Result<Self, StartError> {
         let mut templates = minijinja::Environment::new();
         let dir = &config.templates_dir;
-        let read_error = |source| StartError::ReadTemplates { path: dir.display().to_string(), source };
+        let read_error = |source| StartError::ReadTemplates {
+            path: dir.display().to_string(),
+            source,
+        };
         for entry in std::fs::read_dir(dir).map_err(read_error)? {
             let path = entry.map_err(read_error)?.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string)
+            else {
+                continue;
+            };
             if !name.ends_with(".html") {
                 continue;
             }

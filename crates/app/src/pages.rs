@@ -15,10 +15,15 @@ use crate::{AppError, AppState};
 /// The web host that proxied the request, as its web server stated it (the web role overwrites
 /// any client-sent value); `None` when the app is reached directly.
 fn web_host(headers: &HeaderMap) -> Option<&str> {
-    headers.get(&X_WEBSTACK_WEB_HOST).and_then(|v| v.to_str().ok())
+    headers
+        .get(&X_WEBSTACK_WEB_HOST)
+        .and_then(|v| v.to_str().ok())
 }
 
-pub async fn home(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Html<String>, AppError> {
+pub async fn home(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Html<String>, AppError> {
     let page = state.render(
         "home.html",
         context! {
@@ -32,7 +37,10 @@ pub async fn home(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
     Ok(Html(page))
 }
 
-pub async fn whoami(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Json<serde_json::Value> {
+pub async fn whoami(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Json<serde_json::Value> {
     Json(json!({ "web": web_host(&headers), "app": state.config.host_name }))
 }
 
@@ -60,10 +68,15 @@ mod tests {
     use crate::{AppState, Config, router};
 
     fn state() -> Arc<AppState> {
-        let templates_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../site/templates");
+        let templates_dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../site/templates");
         Arc::new(
-            AppState::load(Config { host_name: "web-01".into(), site_name: "www.foobar.com".into(), templates_dir })
-                .unwrap(),
+            AppState::load(Config {
+                host_name: "web-01".into(),
+                site_name: "www.foobar.com".into(),
+                templates_dir,
+            })
+            .unwrap(),
         )
     }
 
@@ -72,7 +85,10 @@ mod tests {
         if let Some(web) = web {
             request = request.header("x-webstack-web-host", web);
         }
-        let response = router(state()).oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        let response = router(state())
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap())
@@ -85,7 +101,10 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(json, serde_json::json!({"web": "web-02", "app": "web-01"}));
         let (_, body) = get("/api/whoami", None).await;
-        assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["web"], serde_json::Value::Null);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["web"],
+            serde_json::Value::Null
+        );
     }
 
     #[tokio::test]
@@ -107,11 +126,16 @@ mod tests {
 
     #[test]
     fn missing_templates_fail_at_startup() {
-        let dir = std::env::temp_dir().join(format!("webstack-empty-templates-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("webstack-empty-templates-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let err = AppState::load(Config { host_name: "a".into(), site_name: "b".into(), templates_dir: dir.clone() })
-            .err()
-            .unwrap();
+        let err = AppState::load(Config {
+            host_name: "a".into(),
+            site_name: "b".into(),
+            templates_dir: dir.clone(),
+        })
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("home.html"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -60,7 +60,11 @@ async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
     let mut body = String::new();
     if let Err(error) = prometheus_client::encoding::text::encode(&mut body, &admin.registry) {
         tracing::error!(%error, "cannot encode metrics");
-        return (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], String::new());
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            String::new(),
+        );
     }
     (
         StatusCode::OK,

@@ -64,7 +64,10 @@ impl Default for RequestIds {
         // RandomState is seeded from the OS's randomness: no extra dependency.
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write_u32(std::process::id());
-        Self { prefix: hasher.finish(), counter: AtomicU64::new(0) }
+        Self {
+            prefix: hasher.finish(),
+            counter: AtomicU64::new(0),
+        }
     }
 }
 
@@ -83,10 +86,16 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_listed_headers() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("x-secret", HeaderValue::from_static("1"));
-        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         strip_hop_by_hop(&mut headers);

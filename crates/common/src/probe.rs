@@ -21,11 +21,19 @@ pub enum ProbeError {
 }
 
 /// `GET path` to `addr` with `Host: host`; the response status, or why there was none.
-pub async fn get_status(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> Result<StatusCode, ProbeError> {
+pub async fn get_status(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<StatusCode, ProbeError> {
     let attempt = async {
-        let stream = TcpStream::connect(addr).await.map_err(ProbeError::Connect)?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(ProbeError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let request = http::Request::get(path)
             .header(http::header::HOST, host)

@@ -79,12 +79,8 @@ pub async fn serve_http<M, S, B>(
 }
 
 /// Serves one HTTP/1.1 connection; on shutdown, finishes the request in flight then closes.
-pub async fn serve_connection<I, S, B>(
-    io: I,
-    service: S,
-    options: HttpOptions,
-    shutdown: Shutdown,
-) where
+pub async fn serve_connection<I, S, B>(io: I, service: S, options: HttpOptions, shutdown: Shutdown)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
@@ -95,7 +91,8 @@ pub async fn serve_connection<I, S, B>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
-        .max_buf_size(options.max_header_bytes.max(8192))
+        .max_header_size(options.max_header_bytes)
+        .max_buf_size(options.max_header_bytes.max(8192) * 2)
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);

@@ -8,7 +8,9 @@ use tracing_subscriber::EnvFilter;
 /// `RUST_LOG` overrides the default level (`info`).
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
     let _ = if std::io::stdout().is_terminal() {
         builder.try_init()
     } else {

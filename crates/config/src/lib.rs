@@ -94,8 +94,8 @@ impl Config {
 
     /// Validates topology text; relative paths in it are taken from `path`'s folder.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let file: file::FileConfig = toml::from_str(text)
-            .map_err(|error| ConfigError::from_toml(path, text, &error))?;
+        let file: file::FileConfig =
+            toml::from_str(text).map_err(|error| ConfigError::from_toml(path, text, &error))?;
         validate::validate(file, text, path)
     }
 

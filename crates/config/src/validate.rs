@@ -24,13 +24,26 @@ impl Checker<'_> {
         ConfigError::at(self.path, self.text, span, message.into())
     }
 
-    fn ensure(&self, ok: bool, span: Range<usize>, message: impl Into<String>) -> Result<(), ConfigError> {
-        if ok { Ok(()) } else { Err(self.error(span, message)) }
+    fn ensure(
+        &self,
+        ok: bool,
+        span: Range<usize>,
+        message: impl Into<String>,
+    ) -> Result<(), ConfigError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(self.error(span, message))
+        }
     }
 
     fn positive(&self, value: &Spanned<HumanDuration>, key: &str) -> Result<Duration, ConfigError> {
         let duration = value.get_ref().0;
-        self.ensure(!duration.is_zero(), value.span(), format!("{key} must be longer than 0"))?;
+        self.ensure(
+            !duration.is_zero(),
+            value.span(),
+            format!("{key} must be longer than 0"),
+        )?;
         Ok(duration)
     }
 
@@ -41,7 +54,10 @@ impl Checker<'_> {
         self.ensure(
             folder.is_dir(),
             value.span(),
-            format!("{key}: {} is not a folder (relative paths start at the topology file's folder)", folder.display()),
+            format!(
+                "{key}: {} is not a folder (relative paths start at the topology file's folder)",
+                folder.display()
+            ),
         )?;
         Ok(folder)
     }
@@ -50,7 +66,9 @@ impl Checker<'_> {
 fn is_dns_label_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')
 }
@@ -71,12 +89,20 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
     )?;
     let mut site_aliases = Vec::new();
     for alias in &file.site.aliases {
-        check.ensure(is_site_name(alias.get_ref()), alias.span(), format!("site.aliases: {:?} is not a host name", alias.get_ref()))?;
+        check.ensure(
+            is_site_name(alias.get_ref()),
+            alias.span(),
+            format!("site.aliases: {:?} is not a host name", alias.get_ref()),
+        )?;
         site_aliases.push(alias.get_ref().clone());
     }
 
     // [[host]]
-    check.ensure(!file.hosts.is_empty(), 0..0, "no [[host]] entries: the topology needs at least one lb host and one web host")?;
+    check.ensure(
+        !file.hosts.is_empty(),
+        0..0,
+        "no [[host]] entries: the topology needs at least one lb host and one web host",
+    )?;
     let mut hosts = Vec::new();
     let mut names = HashMap::new();
     let mut addresses = HashMap::new();
@@ -85,10 +111,15 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         check.ensure(
             is_dns_label_name(name),
             host.name.span(),
-            format!("host name {name:?}: expected lowercase letters, digits and '-' (like \"web-01\")"),
+            format!(
+                "host name {name:?}: expected lowercase letters, digits and '-' (like \"web-01\")"
+            ),
         )?;
         if names.insert(name.clone(), ()).is_some() {
-            return Err(check.error(host.name.span(), format!("duplicate host name {name:?}: every host needs its own name")));
+            return Err(check.error(
+                host.name.span(),
+                format!("duplicate host name {name:?}: every host needs its own name"),
+            ));
         }
         let address = *host.address.get_ref();
         check.ensure(!address.is_unspecified(), host.address.span(), format!("host {name}: address {address} is unspecified; give the address the host's roles bind"))?;
@@ -98,20 +129,39 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         let mut roles = BTreeSet::new();
         for role in host.roles.get_ref() {
             if !roles.insert(*role.get_ref()) {
-                return Err(check.error(role.span(), format!("host {name}: role {} listed twice", role.get_ref())));
+                return Err(check.error(
+                    role.span(),
+                    format!("host {name}: role {} listed twice", role.get_ref()),
+                ));
             }
         }
-        check.ensure(!roles.is_empty(), host.roles.span(), format!("host {name}: roles is empty; expected some of \"lb\", \"web\", \"app\""))?;
+        check.ensure(
+            !roles.is_empty(),
+            host.roles.span(),
+            format!("host {name}: roles is empty; expected some of \"lb\", \"web\", \"app\""),
+        )?;
         check.ensure(
             !roles.contains(&Role::Web) || roles.contains(&Role::App),
             host.roles.span(),
             format!("host {name}: role web needs role app on the same host (the web server proxies dynamic requests to its own host's app)"),
         )?;
-        hosts.push(Host { name: name.clone(), address, roles: roles.into_iter().collect() });
+        hosts.push(Host {
+            name: name.clone(),
+            address,
+            roles: roles.into_iter().collect(),
+        });
     }
     let first_host = file.hosts[0].name.span();
-    check.ensure(hosts.iter().any(|h| h.has(Role::Lb)), first_host.clone(), "no host has role \"lb\": nothing would receive the site's traffic")?;
-    check.ensure(hosts.iter().any(|h| h.has(Role::Web)), first_host, "no host has role \"web\": the load balancer would have no server")?;
+    check.ensure(
+        hosts.iter().any(|h| h.has(Role::Lb)),
+        first_host.clone(),
+        "no host has role \"lb\": nothing would receive the site's traffic",
+    )?;
+    check.ensure(
+        hosts.iter().any(|h| h.has(Role::Web)),
+        first_host,
+        "no host has role \"web\": the load balancer would have no server",
+    )?;
 
     // Ports: each role's two ports must differ from every other port on a host that runs both.
     let lb_ports = ports(&check, &file.lb.port, &file.lb.admin_port)?;
@@ -135,8 +185,11 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         for (key, port) in all_ports.iter().filter(|(key, _)| host.has(role_of(key))) {
             if let Some((other_key, other)) = seen.insert(*port.get_ref(), (key, port)) {
                 // Blame the port the file sets explicitly (a default has no line).
-                let (blamed, blamed_key, innocent_key) =
-                    if port.span() == (0..0) { (other, other_key, *key) } else { (*port, *key, other_key) };
+                let (blamed, blamed_key, innocent_key) = if port.span() == (0..0) {
+                    (other, other_key, *key)
+                } else {
+                    (*port, *key, other_key)
+                };
                 return Err(check.error(
                     blamed.span(),
                     format!("{blamed_key} = {} is also {innocent_key} on host {}: the two would bind the same port", port.get_ref(), host.name),
@@ -167,21 +220,62 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
     })
 }
 
-fn ports(check: &Checker, service: &Spanned<u16>, admin: &Spanned<u16>) -> Result<Ports, ConfigError> {
+fn ports(
+    check: &Checker,
+    service: &Spanned<u16>,
+    admin: &Spanned<u16>,
+) -> Result<Ports, ConfigError> {
     for port in [service, admin] {
-        check.ensure(*port.get_ref() != 0, port.span(), "port 0 is not a port: expected 1 to 65535")?;
+        check.ensure(
+            *port.get_ref() != 0,
+            port.span(),
+            "port 0 is not a port: expected 1 to 65535",
+        )?;
     }
-    check.ensure(service.get_ref() != admin.get_ref(), admin.span(), "admin_port must differ from port")?;
-    Ok(Ports { service: *service.get_ref(), admin: *admin.get_ref() })
+    check.ensure(
+        service.get_ref() != admin.get_ref(),
+        admin.span(),
+        "admin_port must differ from port",
+    )?;
+    Ok(Ports {
+        service: *service.get_ref(),
+        admin: *admin.get_ref(),
+    })
 }
 
-fn lb_config(check: &Checker, lb: &file::LbFile, hosts: &[Host], web_port: u16) -> Result<webstack_lb::Config, ConfigError> {
+fn lb_config(
+    check: &Checker,
+    lb: &file::LbFile,
+    hosts: &[Host],
+    web_port: u16,
+) -> Result<webstack_lb::Config, ConfigError> {
     let health = &lb.health;
-    check.ensure(health.path.get_ref().starts_with('/'), health.path.span(), format!("lb.health.path {:?} must start with '/'", health.path.get_ref()))?;
-    for (key, value) in [("lb.health.rise", &health.rise), ("lb.health.fall", &health.fall)] {
-        check.ensure((1..=100).contains(value.get_ref()), value.span(), format!("{key} = {}: expected 1 to 100 consecutive checks", value.get_ref()))?;
+    check.ensure(
+        health.path.get_ref().starts_with('/'),
+        health.path.span(),
+        format!(
+            "lb.health.path {:?} must start with '/'",
+            health.path.get_ref()
+        ),
+    )?;
+    for (key, value) in [
+        ("lb.health.rise", &health.rise),
+        ("lb.health.fall", &health.fall),
+    ] {
+        check.ensure(
+            (1..=100).contains(value.get_ref()),
+            value.span(),
+            format!(
+                "{key} = {}: expected 1 to 100 consecutive checks",
+                value.get_ref()
+            ),
+        )?;
     }
-    check.ensure(*lb.retries.get_ref() <= 10, lb.retries.span(), format!("lb.retries = {}: expected 0 to 10", lb.retries.get_ref()))?;
+    check.ensure(
+        *lb.retries.get_ref() <= 10,
+        lb.retries.span(),
+        format!("lb.retries = {}: expected 0 to 10", lb.retries.get_ref()),
+    )?;
 
     let mut overrides: HashMap<&str, &file::ServerFile> = HashMap::new();
     for server in &lb.server {
@@ -195,10 +289,16 @@ fn lb_config(check: &Checker, lb: &file::LbFile, hosts: &[Host], web_port: u16) 
         check.ensure(
             (1..=256).contains(server.weight.get_ref()),
             server.weight.span(),
-            format!("lb.server {name}: weight {} out of range: expected 1 to 256", server.weight.get_ref()),
+            format!(
+                "lb.server {name}: weight {} out of range: expected 1 to 256",
+                server.weight.get_ref()
+            ),
         )?;
         if overrides.insert(name, server).is_some() {
-            return Err(check.error(server.host.span(), format!("lb.server: {name:?} listed twice")));
+            return Err(check.error(
+                server.host.span(),
+                format!("lb.server: {name:?} listed twice"),
+            ));
         }
     }
     let servers: Vec<_> = hosts
@@ -215,7 +315,11 @@ fn lb_config(check: &Checker, lb: &file::LbFile, hosts: &[Host], web_port: u16) 
         })
         .collect();
     let backup_span = lb.server.first().map_or(0..0, |s| s.host.span());
-    check.ensure(servers.iter().any(|s| !s.backup), backup_span, "every lb server is a backup: at least one must take regular traffic")?;
+    check.ensure(
+        servers.iter().any(|s| !s.backup),
+        backup_span,
+        "every lb server is a backup: at least one must take regular traffic",
+    )?;
 
     Ok(webstack_lb::Config {
         algorithm: match lb.algorithm {
@@ -231,7 +335,8 @@ fn lb_config(check: &Checker, lb: &file::LbFile, hosts: &[Host], web_port: u16) 
             fall: *health.fall.get_ref(),
         },
         timeouts: webstack_lb::Timeouts {
-            client_header: check.positive(&lb.timeouts.client_header, "lb.timeouts.client_header")?,
+            client_header: check
+                .positive(&lb.timeouts.client_header, "lb.timeouts.client_header")?,
             connect: check.positive(&lb.timeouts.connect, "lb.timeouts.connect")?,
             server: check.positive(&lb.timeouts.server, "lb.timeouts.server")?,
         },
@@ -253,9 +358,12 @@ fn web_config(check: &Checker, web: &file::WebFile) -> Result<webstack_web::Conf
         cache_control: cache_control.clone(),
         expose_server_name: web.expose_server_name,
         app_addr: ([127, 0, 0, 1], 0).into(),
-        app_connect_timeout: check.positive(&web.timeouts.app_connect, "web.timeouts.app_connect")?,
-        app_response_timeout: check.positive(&web.timeouts.app_response, "web.timeouts.app_response")?,
-        client_header_timeout: check.positive(&web.timeouts.client_header, "web.timeouts.client_header")?,
+        app_connect_timeout: check
+            .positive(&web.timeouts.app_connect, "web.timeouts.app_connect")?,
+        app_response_timeout: check
+            .positive(&web.timeouts.app_response, "web.timeouts.app_response")?,
+        client_header_timeout: check
+            .positive(&web.timeouts.client_header, "web.timeouts.client_header")?,
         access_log: web.access_log,
     })
 }

@@ -36,7 +36,11 @@ impl LoadBalancer {
             .map(|(i, s)| Arc::new(Server::new(i, s.clone(), metrics.server(&s.name))))
             .collect();
         let proxy = Arc::new(Proxy::new(config.clone(), &servers, metrics));
-        Self { config, servers, proxy }
+        Self {
+            config,
+            servers,
+            proxy,
+        }
     }
 
     /// Runs health checks and serves `listener` until `shutdown`. Ready once every server has
@@ -46,9 +50,16 @@ impl LoadBalancer {
         let sweep = health::FirstSweep::new(self.servers.len(), move || ready.set_ready(true));
         let mut checkers = tokio::task::JoinSet::new();
         for server in &self.servers {
-            checkers.spawn(health::run_checker(server.clone(), self.config.health.clone(), sweep.clone()));
+            checkers.spawn(health::run_checker(
+                server.clone(),
+                self.config.health.clone(),
+                sweep.clone(),
+            ));
         }
-        let options = HttpOptions { header_read_timeout: self.config.timeouts.client_header, ..HttpOptions::default() };
+        let options = HttpOptions {
+            header_read_timeout: self.config.timeouts.client_header,
+            ..HttpOptions::default()
+        };
         let proxy = self.proxy;
         serve_http(
             listener,

@@ -50,7 +50,9 @@ pub struct ServerMetrics {
 }
 
 fn duration_histogram() -> Histogram {
-    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
 }
 
 impl Metrics {
@@ -65,20 +67,57 @@ impl Metrics {
             errors: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("webstack_lb");
-        r.register("responses", "Responses sent to clients, by server and status class", metrics.responses.clone());
-        r.register("response_duration_seconds", "Time from request to response head, by server", metrics.duration.clone());
-        r.register("server_up", "1 when the server is in rotation (health checks pass)", metrics.up.clone());
-        r.register("server_active_requests", "Requests in flight to the server", metrics.active.clone());
-        r.register("health_check_failures", "Failed active health checks", metrics.health_checks_failed.clone());
-        r.register("retries", "Requests retried on another server after a connection failure", metrics.retries.clone());
-        r.register("errors", "Requests answered by the load balancer itself with an error, by cause", metrics.errors.clone());
+        r.register(
+            "responses",
+            "Responses sent to clients, by server and status class",
+            metrics.responses.clone(),
+        );
+        r.register(
+            "response_duration_seconds",
+            "Time from request to response head, by server",
+            metrics.duration.clone(),
+        );
+        r.register(
+            "server_up",
+            "1 when the server is in rotation (health checks pass)",
+            metrics.up.clone(),
+        );
+        r.register(
+            "server_active_requests",
+            "Requests in flight to the server",
+            metrics.active.clone(),
+        );
+        r.register(
+            "health_check_failures",
+            "Failed active health checks",
+            metrics.health_checks_failed.clone(),
+        );
+        r.register(
+            "retries",
+            "Requests retried on another server after a connection failure",
+            metrics.retries.clone(),
+        );
+        r.register(
+            "errors",
+            "Requests answered by the load balancer itself with an error, by cause",
+            metrics.errors.clone(),
+        );
         metrics
     }
 
     pub fn server(&self, name: &str) -> ServerMetrics {
-        let label = ServerLabel { server: name.to_string() };
+        let label = ServerLabel {
+            server: name.to_string(),
+        };
         ServerMetrics {
-            responses: CLASSES.map(|code| self.responses.get_or_create(&ResponseLabels { server: name.to_string(), code }).clone()),
+            responses: CLASSES.map(|code| {
+                self.responses
+                    .get_or_create(&ResponseLabels {
+                        server: name.to_string(),
+                        code,
+                    })
+                    .clone()
+            }),
             duration: self.duration.get_or_create(&label).clone(),
             up: self.up.get_or_create(&label).clone(),
             active: self.active.get_or_create(&label).clone(),

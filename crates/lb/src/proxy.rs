@@ -66,16 +66,26 @@ impl Proxy {
         }
     }
 
-    pub async fn handle(&self, peer: SocketAddr, request: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        peer: SocketAddr,
+        request: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = self.request_ids.next();
         let method = request.method().clone();
-        let path = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+        let path = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
         let (mut parts, body) = request.into_parts();
 
         forward::strip_hop_by_hop(&mut parts.headers);
         forward::append_forwarded_for(&mut parts.headers, peer.ip());
-        parts.headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        parts
+            .headers
+            .insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         parts.headers.insert(&X_REQUEST_ID, request_id.clone());
 
         // Only a request without a body can be sent twice; only an idempotent one should be.
@@ -96,7 +106,10 @@ impl Proxy {
             let Some(server) = candidate else {
                 break match (fallback, last_failure) {
                     (Some((response, server)), _) => (response, Some(server)),
-                    (None, None) => (self.error(StatusCode::SERVICE_UNAVAILABLE, "no_server"), None),
+                    (None, None) => (
+                        self.error(StatusCode::SERVICE_UNAVAILABLE, "no_server"),
+                        None,
+                    ),
                     (None, failure) => (self.error_for(failure), None),
                 };
             };
@@ -120,9 +133,27 @@ impl Proxy {
                     // could not serve this; an idempotent request may go to another one.
                     tracing::warn!(server = %server.config.name, status = response.status().as_u16(), "server answered an error, trying another");
                     server.recheck.notify_one();
-                    fallback = Some((response.map(|b| Either::Left(Tracked { inner: b, _guard: guard })), server));
+                    fallback = Some((
+                        response.map(|b| {
+                            Either::Left(Tracked {
+                                inner: b,
+                                _guard: guard,
+                            })
+                        }),
+                        server,
+                    ));
                 }
-                Ok(response) => break (response.map(|b| Either::Left(Tracked { inner: b, _guard: guard })), Some(server)),
+                Ok(response) => {
+                    break (
+                        response.map(|b| {
+                            Either::Left(Tracked {
+                                inner: b,
+                                _guard: guard,
+                            })
+                        }),
+                        Some(server),
+                    );
+                }
                 Err(Failure::Unreachable(error)) if replayable => {
                     tracing::warn!(server = %server.config.name, %error, "server unreachable, trying another");
                     server.recheck.notify_one();
@@ -138,11 +169,16 @@ impl Proxy {
         };
 
         forward::strip_hop_by_hop(response.headers_mut());
-        response.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
+        response
+            .headers_mut()
+            .insert(&X_REQUEST_ID, request_id.clone());
         let status = response.status();
         if let Some(server) = &server {
             server.responses(status.as_u16()).inc();
-            server.metrics.duration.observe(started.elapsed().as_secs_f64());
+            server
+                .metrics
+                .duration
+                .observe(started.elapsed().as_secs_f64());
         }
         if self.config.access_log {
             tracing::info!(
@@ -161,17 +197,22 @@ impl Proxy {
     }
 
     async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, Failure> {
-        match tokio::time::timeout(self.config.timeouts.server, self.client.request(request)).await {
+        match tokio::time::timeout(self.config.timeouts.server, self.client.request(request)).await
+        {
             Err(_) => Err(Failure::Timeout),
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) if error.is_connect() || closed_before_response(&error) => Err(Failure::Unreachable(error.into())),
+            Ok(Err(error)) if error.is_connect() || closed_before_response(&error) => {
+                Err(Failure::Unreachable(error.into()))
+            }
             Ok(Err(error)) => Err(Failure::Upstream(error.into())),
         }
     }
 
     fn error_for(&self, failure: Option<Failure>) -> Response<ProxyBody> {
         match &failure {
-            Some(Failure::Unreachable(error) | Failure::Upstream(error)) => tracing::warn!(%error, "request failed"),
+            Some(Failure::Unreachable(error) | Failure::Upstream(error)) => {
+                tracing::warn!(%error, "request failed")
+            }
             Some(Failure::Timeout) => tracing::warn!("server response timed out"),
             None => {}
         }
@@ -186,25 +227,43 @@ impl Proxy {
     fn error(&self, status: StatusCode, kind: &'static str) -> Response<ProxyBody> {
         self.metrics.error(kind);
         let text = match status {
-            StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable: no server is available to handle this request.\n",
-            StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout: the server did not answer in time.\n",
+            StatusCode::SERVICE_UNAVAILABLE => {
+                "503 Service Unavailable: no server is available to handle this request.\n"
+            }
+            StatusCode::GATEWAY_TIMEOUT => {
+                "504 Gateway Timeout: the server did not answer in time.\n"
+            }
             _ => "502 Bad Gateway: the server could not be reached or sent an invalid response.\n",
         };
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(text.as_bytes()))));
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+            text.as_bytes(),
+        ))));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
         response
     }
 }
 
 fn is_retryable_status(status: StatusCode) -> bool {
-    matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT)
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
 }
 
 fn is_idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 /// A pooled connection that the server closed before answering: the request was not
@@ -244,7 +303,10 @@ impl Body for Tracked {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 

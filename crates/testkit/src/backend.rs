@@ -25,22 +25,40 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(addr: SocketAddr, name: &str) -> Backend {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let listener = runtime.block_on(tokio::net::TcpListener::bind(addr)).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         let unhealthy = Arc::new(AtomicBool::new(false));
         let hits = Arc::new(AtomicUsize::new(0));
         let (name_c, unhealthy_c, hits_c) = (name.to_string(), unhealthy.clone(), hits.clone());
         runtime.spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (name, unhealthy, hits) = (name_c.clone(), unhealthy_c.clone(), hits_c.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(req, name.clone(), unhealthy.clone(), hits.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let service = hyper::service::service_fn(move |req| {
+                        handle(req, name.clone(), unhealthy.clone(), hits.clone())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
-        Backend { addr, name: name.to_string(), unhealthy, hits, runtime: Some(runtime) }
+        Backend {
+            addr,
+            name: name.to_string(),
+            unhealthy,
+            hits,
+            runtime: Some(runtime),
+        }
     }
 
     pub fn hits(&self) -> usize {
@@ -64,18 +82,35 @@ async fn handle(
 ) -> Result<http::Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
-        let status = if unhealthy.load(Ordering::SeqCst) { 500 } else { 200 };
-        return Ok(http::Response::builder().status(status).body(Full::new(Bytes::from("health\n"))).unwrap());
+        let status = if unhealthy.load(Ordering::SeqCst) {
+            500
+        } else {
+            200
+        };
+        return Ok(http::Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from("health\n")))
+            .unwrap());
     }
     hits.fetch_add(1, Ordering::SeqCst);
     if path == "/slow" {
-        let ms: u64 = req.uri().query().and_then(|q| q.strip_prefix("ms=")).and_then(|v| v.parse().ok()).unwrap_or(1000);
+        let ms: u64 = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("ms="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_string())))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::String(v.to_str().unwrap_or("").to_string()),
+            )
+        })
         .collect();
     let body = serde_json::json!({ "server": name, "path": path, "headers": headers }).to_string();
     Ok(http::Response::builder()

@@ -54,14 +54,19 @@ impl Drop for TempDir {
 
 /// The repository's `site/` folder (the code base the roles serve).
 pub fn site_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../site").canonicalize().expect("site/ exists")
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../site")
+        .canonicalize()
+        .expect("site/ exists")
 }
 
 /// True while `pid` is a live process (a zombie awaiting its reaper counts as gone).
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state is the field after the parenthesised command name.
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
         Err(_) => false,
     }
 }

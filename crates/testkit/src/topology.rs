@@ -53,7 +53,15 @@ impl Topology {
         let config_path = dir.path().join("webstack.toml");
         std::fs::write(&config_path, config).expect("write topology");
         let state_dir = dir.path().join("state");
-        Topology { config_path, state_dir, net, exe: PathBuf::from(exe), up: None, roles: Vec::new(), dir }
+        Topology {
+            config_path,
+            state_dir,
+            net,
+            exe: PathBuf::from(exe),
+            up: None,
+            roles: Vec::new(),
+            dir,
+        }
     }
 
     /// Writes `config` and runs `webstack up` on it until `status --wait` says all are healthy.
@@ -73,13 +81,19 @@ impl Topology {
             .expect("spawn webstack up");
         topology.up = Some(child);
         let status = topology.cli(&["status", "--wait", &START_TIMEOUT_SECS.to_string()]);
-        assert!(status.status.success(), "topology did not become healthy:\n{}\nup.log:\n{}", text(&status), topology.up_log());
+        assert!(
+            status.status.success(),
+            "topology did not become healthy:\n{}\nup.log:\n{}",
+            text(&status),
+            topology.up_log()
+        );
         topology
     }
 
     /// Runs one role alone (`webstack run --host H --role R`) and waits for its `/ready`.
     pub fn run_role(&mut self, host: &str, role: &str, admin: SocketAddr) {
-        let log = std::fs::File::create(self.dir.path().join(format!("{host}-{role}.log"))).expect("create log");
+        let log = std::fs::File::create(self.dir.path().join(format!("{host}-{role}.log")))
+            .expect("create log");
         let child = Command::new(&self.exe)
             .args(["run", "--host", host, "--role", role, "-c"])
             .arg(&self.config_path)
@@ -96,13 +110,18 @@ impl Topology {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "{host}/{role} not ready:\n{}", self.role_log(host, role));
+            assert!(
+                Instant::now() < deadline,
+                "{host}/{role} not ready:\n{}",
+                self.role_log(host, role)
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     pub fn role_log(&self, host: &str, role: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("{host}-{role}.log"))).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join(format!("{host}-{role}.log")))
+            .unwrap_or_default()
     }
 
     /// The lb's admin address (`/metrics`).
@@ -124,12 +143,22 @@ impl Topology {
     }
 
     pub fn log(&self, host: &str, role: &str) -> String {
-        std::fs::read_to_string(self.state_dir.join("logs").join(format!("{host}-{role}.log"))).unwrap_or_default()
+        std::fs::read_to_string(
+            self.state_dir
+                .join("logs")
+                .join(format!("{host}-{role}.log")),
+        )
+        .unwrap_or_default()
     }
 
     /// Runs `webstack ARGS --state-dir <ours>`.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(&self.exe).args(args).arg("--state-dir").arg(&self.state_dir).output().expect("run webstack")
+        Command::new(&self.exe)
+            .args(args)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .output()
+            .expect("run webstack")
     }
 
     /// `webstack status --json`, parsed.
@@ -143,7 +172,13 @@ impl Topology {
     pub fn role_pids(&self) -> Vec<u32> {
         self.status()["units"]
             .as_array()
-            .map(|units| units.iter().filter_map(|u| u["pid"].as_u64()).map(|p| p as u32).collect())
+            .map(|units| {
+                units
+                    .iter()
+                    .filter_map(|u| u["pid"].as_u64())
+                    .map(|p| p as u32)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -154,7 +189,10 @@ impl Topology {
     /// SIGTERM to `up` and wait (bounded) for it to exit; SIGKILL if it does not.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.up.take()?;
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -163,7 +201,10 @@ impl Topology {
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("webstack up did not stop within {STOP_TIMEOUT:?}:\n{}", self.up_log());
+                panic!(
+                    "webstack up did not stop within {STOP_TIMEOUT:?}:\n{}",
+                    self.up_log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -177,7 +218,10 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         for child in &mut self.roles {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         for mut child in self.roles.drain(..) {
             let deadline = Instant::now() + STOP_TIMEOUT;
@@ -188,7 +232,10 @@ impl Drop for Topology {
             let _ = child.wait();
         }
         if let Some(mut child) = self.up.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let deadline = Instant::now() + STOP_TIMEOUT;
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -203,5 +250,9 @@ impl Drop for Topology {
 }
 
 pub fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

@@ -64,8 +64,11 @@ mod metrics {
         }
 
         pub fn record(&self, handler: &'static str, status: u16) {
-            let code = ["1xx", "2xx", "3xx", "4xx", "5xx"][usize::from(status / 100).clamp(1, 5) - 1];
-            self.responses.get_or_create(&Labels { handler, code }).inc();
+            let code =
+                ["1xx", "2xx", "3xx", "4xx", "5xx"][usize::from(status / 100).clamp(1, 5) - 1];
+            self.responses
+                .get_or_create(&Labels { handler, code })
+                .inc();
         }
     }
 }
@@ -87,7 +90,10 @@ impl WebServer {
 
     /// Serves `listener` until `shutdown`; ready as soon as it accepts.
     pub async fn run(self, listener: TcpListener, admin: Admin, shutdown: Shutdown) {
-        let options = HttpOptions { header_read_timeout: self.config.client_header_timeout, ..HttpOptions::default() };
+        let options = HttpOptions {
+            header_read_timeout: self.config.client_header_timeout,
+            ..HttpOptions::default()
+        };
         let this = Arc::new(self);
         admin.set_ready(true);
         serve_http(
@@ -115,7 +121,10 @@ impl WebServer {
 
         let (handler, mut response) = if let Err(reason) = guard::check_path(request.uri()) {
             tracing::debug!(%path, reason, "refused request path");
-            ("guard", plain(StatusCode::BAD_REQUEST, "400 Bad Request: invalid path.\n"))
+            (
+                "guard",
+                plain(StatusCode::BAD_REQUEST, "400 Bad Request: invalid path.\n"),
+            )
         } else if let Some(file_path) = statics::static_path(&path) {
             ("static", self.statics.serve(request, file_path).await)
         } else {
@@ -149,8 +158,9 @@ pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response<BoxBody>
     let body = Full::new(Bytes::from_static(text.as_bytes()));
     let mut response = Response::new(body.map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

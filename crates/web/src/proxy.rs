@@ -9,7 +9,9 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use webstack_common::forward::{self, RequestIds, X_FORWARDED_PROTO, X_REQUEST_ID, X_WEBSTACK_WEB_HOST};
+use webstack_common::forward::{
+    self, RequestIds, X_FORWARDED_PROTO, X_REQUEST_ID, X_WEBSTACK_WEB_HOST,
+};
 use webstack_common::serve::BoxBody;
 
 use crate::{Config, plain};
@@ -31,7 +33,11 @@ impl AppProxy {
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(std::time::Duration::from_secs(4))
                 .build(connector),
-            authority: config.app_addr.to_string().parse().expect("a socket address is an authority"),
+            authority: config
+                .app_addr
+                .to_string()
+                .parse()
+                .expect("a socket address is an authority"),
             host_name: HeaderValue::from_str(&config.host_name).expect("host names are validated"),
             response_timeout: config.app_response_timeout,
             request_ids: RequestIds::default(),
@@ -57,7 +63,12 @@ impl AppProxy {
         uri.path_and_query = parts.uri.path_and_query().cloned();
         parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
 
-        match tokio::time::timeout(self.response_timeout, self.client.request(Request::from_parts(parts, body))).await {
+        match tokio::time::timeout(
+            self.response_timeout,
+            self.client.request(Request::from_parts(parts, body)),
+        )
+        .await
+        {
             Ok(Ok(response)) => {
                 let mut response = response.map(|body| body.map_err(Into::into).boxed_unsync());
                 forward::strip_hop_by_hop(response.headers_mut());
@@ -65,11 +76,17 @@ impl AppProxy {
             }
             Ok(Err(error)) => {
                 tracing::warn!(%error, app = %self.authority, "app request failed");
-                plain(StatusCode::BAD_GATEWAY, "502 Bad Gateway: the application server could not be reached.\n")
+                plain(
+                    StatusCode::BAD_GATEWAY,
+                    "502 Bad Gateway: the application server could not be reached.\n",
+                )
             }
             Err(_) => {
                 tracing::warn!(app = %self.authority, "app response timed out");
-                plain(StatusCode::GATEWAY_TIMEOUT, "504 Gateway Timeout: the application server did not answer in time.\n")
+                plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "504 Gateway Timeout: the application server did not answer in time.\n",
+                )
             }
         }
     }

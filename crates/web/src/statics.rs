@@ -16,7 +16,9 @@ use crate::Config;
 pub fn static_path(path: &str) -> Option<&str> {
     match path {
         "/favicon.ico" | "/robots.txt" => Some(path),
-        _ => path.strip_prefix("/static").filter(|rest| rest.starts_with('/')),
+        _ => path
+            .strip_prefix("/static")
+            .filter(|rest| rest.starts_with('/')),
     }
 }
 
@@ -32,16 +34,26 @@ impl Statics {
                 .precompressed_gzip()
                 .precompressed_br()
                 .append_index_html_on_directories(false),
-            cache_control: HeaderValue::from_str(&config.cache_control).unwrap_or(HeaderValue::from_static("no-cache")),
+            cache_control: HeaderValue::from_str(&config.cache_control)
+                .unwrap_or(HeaderValue::from_static("no-cache")),
         }
     }
 
     pub async fn serve(&self, request: Request<Incoming>, file_path: &str) -> Response<BoxBody> {
         let (mut parts, body) = request.into_parts();
-        let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        let query = parts
+            .uri
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
         parts.uri = match format!("{file_path}{query}").parse::<Uri>() {
             Ok(uri) => uri,
-            Err(_) => return crate::plain(http::StatusCode::BAD_REQUEST, "400 Bad Request: invalid path.\n"),
+            Err(_) => {
+                return crate::plain(
+                    http::StatusCode::BAD_REQUEST,
+                    "400 Bad Request: invalid path.\n",
+                );
+            }
         };
         let request = Request::from_parts(parts, body);
         let response = match self.dir.clone().oneshot(request).await {
@@ -50,7 +62,9 @@ impl Statics {
         };
         let mut response = response.map(|body| body.map_err(Into::into).boxed_unsync());
         if response.status().is_success() || response.status() == http::StatusCode::NOT_MODIFIED {
-            response.headers_mut().insert(http::header::CACHE_CONTROL, self.cache_control.clone());
+            response
+                .headers_mut()
+                .insert(http::header::CACHE_CONTROL, self.cache_control.clone());
         }
         response
     }

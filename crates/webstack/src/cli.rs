@@ -104,7 +104,12 @@ pub fn check(path: &Path) -> ExitCode {
                     format!("{} ({})", h.name, roles.join("+"))
                 })
                 .collect();
-            println!("{}: ok: site {}, hosts {}", path.display(), config.site_name, hosts.join(", "));
+            println!(
+                "{}: ok: site {}, hosts {}",
+                path.display(),
+                config.site_name,
+                hosts.join(", ")
+            );
             ExitCode::SUCCESS
         }
         Err(error) => {

@@ -79,7 +79,11 @@ pub async fn request(state_dir: &Path, request: &Request) -> anyhow::Result<Repl
 /// `webstack stop TARGET` / `webstack start TARGET`.
 pub async fn stop_or_start(state_dir: &Path, op: &str, target: &str) -> anyhow::Result<ExitCode> {
     let target = target.to_string();
-    let req = if op == "stop" { Request::Stop { target } } else { Request::Start { target } };
+    let req = if op == "stop" {
+        Request::Stop { target }
+    } else {
+        Request::Start { target }
+    };
     let reply = request(state_dir, &req).await?;
     if reply.ok {
         println!("{}", reply.message.unwrap_or_default());

@@ -16,7 +16,10 @@ use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("webstack: cannot start the async runtime: {error}");
@@ -49,7 +52,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     "host {:?} is not in {} (hosts: {})",
                     args.host,
                     config.path.display(),
-                    config.hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
+                    config
+                        .hosts
+                        .iter()
+                        .map(|h| h.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             match args.role {
@@ -59,6 +67,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Status(args) => status::run(&args).await,
         Command::Stop(args) => control::stop_or_start(&args.state_dir, "stop", &args.target).await,
-        Command::Start(args) => control::stop_or_start(&args.state_dir, "start", &args.target).await,
+        Command::Start(args) => {
+            control::stop_or_start(&args.state_dir, "start", &args.target).await
+        }
     }
 }

@@ -16,12 +16,22 @@ use webstack_config::{Config, Role};
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({what})"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
-pub async fn run(config: Config, host_name: &str, role: Role, supervised: bool) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    config: Config,
+    host_name: &str,
+    role: Role,
+    supervised: bool,
+) -> anyhow::Result<ExitCode> {
     telemetry::init();
-    let host = config.host(host_name).expect("checked by the caller").clone();
+    let host = config
+        .host(host_name)
+        .expect("checked by the caller")
+        .clone();
     if !host.has(role) {
         anyhow::bail!("host {host_name} does not run role {role}");
     }
@@ -44,14 +54,19 @@ pub async fn run(config: Config, host_name: &str, role: Role, supervised: bool) 
             Box::new(move |admin| tokio::spawn(web.run(listener, admin, shutdown)))
         }
         Role::App => {
-            let state = webstack_app::AppState::load(config.app(&host)).context("cannot start the application")?;
+            let state = webstack_app::AppState::load(config.app(&host))
+                .context("cannot start the application")?;
             let shutdown = shutdown.clone();
             Box::new(move |admin| tokio::spawn(webstack_app::run(state, listener, admin, shutdown)))
         }
     };
     let admin = Admin::new(registry);
     let admin_shutdown = Shutdown::new();
-    let admin_task = tokio::spawn(serve_admin(admin_listener, admin.clone(), admin_shutdown.clone()));
+    let admin_task = tokio::spawn(serve_admin(
+        admin_listener,
+        admin.clone(),
+        admin_shutdown.clone(),
+    ));
     let serving = start(admin);
     tracing::info!(role = %role, host = host_name, "started");
 

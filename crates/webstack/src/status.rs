@@ -44,11 +44,23 @@ fn print(reply: &Reply, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("site {}", reply.site);
-    println!("{:<10} {:<5} {:<22} {:<8} {:<11} {:<10} {}", "HOST", "ROLE", "ADDRESS", "PID", "STATE", "HEALTH", "RESTARTS");
+    println!(
+        "{:<10} {:<5} {:<22} {:<8} {:<11} {:<10} RESTARTS",
+        "HOST", "ROLE", "ADDRESS", "PID", "STATE", "HEALTH"
+    );
     for u in &reply.units {
         let pid = u.pid.map_or("-".to_string(), |p| p.to_string());
-        let health = if u.healthy { "ready" } else if u.pid.is_some() { "not ready" } else { "-" };
-        println!("{:<10} {:<5} {:<22} {:<8} {:<11} {:<10} {}", u.host, u.role, u.address, pid, u.state, health, u.restarts);
+        let health = if u.healthy {
+            "ready"
+        } else if u.pid.is_some() {
+            "not ready"
+        } else {
+            "-"
+        };
+        println!(
+            "{:<10} {:<5} {:<22} {:<8} {:<11} {:<10} {}",
+            u.host, u.role, u.address, pid, u.state, health, u.restarts
+        );
     }
     Ok(())
 }

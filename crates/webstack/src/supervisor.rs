@@ -87,17 +87,32 @@ struct Supervisor {
 type Shared = Arc<Supervisor>;
 
 /// Runs the supervisor until a termination signal; `only_host` limits it to one host.
-pub async fn run(config: Config, only_host: Option<String>, state_dir: PathBuf) -> anyhow::Result<ExitCode> {
-    for dir in [state_dir.clone(), state_dir.join("logs"), state_dir.join("run")] {
+pub async fn run(
+    config: Config,
+    only_host: Option<String>,
+    state_dir: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    for dir in [
+        state_dir.clone(),
+        state_dir.join("logs"),
+        state_dir.join("run"),
+    ] {
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let state_dir = fs::canonicalize(&state_dir)?;
     let listener = bind_control(&state_dir).await?;
-    fs::write(state_dir.join("run/supervisor.pid"), format!("{}\n", std::process::id()))?;
+    fs::write(
+        state_dir.join("run/supervisor.pid"),
+        format!("{}\n", std::process::id()),
+    )?;
 
     let mut units = Vec::new();
     for role in Role::ALL {
-        for host in config.hosts.iter().filter(|h| h.has(role) && only_host.as_ref().is_none_or(|o| *o == h.name)) {
+        for host in config
+            .hosts
+            .iter()
+            .filter(|h| h.has(role) && only_host.as_ref().is_none_or(|o| *o == h.name))
+        {
             units.push(Unit {
                 host: host.name.clone(),
                 role,
@@ -120,7 +135,11 @@ pub async fn run(config: Config, only_host: Option<String>, state_dir: PathBuf) 
         units: Mutex::new(units),
     });
 
-    println!("webstack: starting {} (state in {})", sup.config.site_name, state_dir.display());
+    println!(
+        "webstack: starting {} (state in {})",
+        sup.config.site_name,
+        state_dir.display()
+    );
     let started = tokio::select! {
         result = start_all(&sup) => result,
         signal = termination_signal() => Err(anyhow::anyhow!("interrupted by {signal} while starting")),
@@ -160,9 +179,11 @@ async fn bind_control(state_dir: &Path) -> anyhow::Result<UnixListener> {
                 state_dir.display()
             );
         }
-        fs::remove_file(&path).with_context(|| format!("cannot remove stale {}", path.display()))?;
+        fs::remove_file(&path)
+            .with_context(|| format!("cannot remove stale {}", path.display()))?;
     }
-    UnixListener::bind(&path).with_context(|| format!("cannot create the control socket {}", path.display()))
+    UnixListener::bind(&path)
+        .with_context(|| format!("cannot create the control socket {}", path.display()))
 }
 
 fn cleanup(state_dir: &Path) {
@@ -172,23 +193,36 @@ fn cleanup(state_dir: &Path) {
 
 impl Supervisor {
     fn log_path(&self, unit: &Unit) -> PathBuf {
-        self.state_dir.join("logs").join(format!("{}-{}.log", unit.host, unit.role))
+        self.state_dir
+            .join("logs")
+            .join(format!("{}-{}.log", unit.host, unit.role))
     }
 
     fn pid_path(&self, unit: &Unit) -> PathBuf {
-        self.state_dir.join("run").join(format!("{}-{}.pid", unit.host, unit.role))
+        self.state_dir
+            .join("run")
+            .join(format!("{}-{}.pid", unit.host, unit.role))
     }
 
     /// Starts the process of `unit`: its output appended to its log file, its stdin a pipe
     /// from us, in its own process group so a terminal's Ctrl-C reaches only the supervisor.
     fn spawn(&self, unit: &mut Unit) -> anyhow::Result<()> {
         let log_path = self.log_path(unit);
-        let log = OpenOptions::new().create(true).append(true).open(&log_path)
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
             .with_context(|| format!("cannot open {}", log_path.display()))?;
         let mut command = Command::new(&self.exe);
         command
             .arg("run")
-            .args(["--host", &unit.host, "--role", unit.role.as_str(), "--supervised"])
+            .args([
+                "--host",
+                &unit.host,
+                "--role",
+                unit.role.as_str(),
+                "--supervised",
+            ])
             .arg("--config")
             .arg(&self.config.path)
             .arg("--state-dir")
@@ -198,7 +232,9 @@ impl Supervisor {
             .stderr(Stdio::from(log))
             .process_group(0)
             .kill_on_drop(true);
-        let child = command.spawn().with_context(|| format!("cannot start {}", unit.label()))?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", unit.label()))?;
         if let Some(pid) = child.id() {
             let _ = fs::write(self.pid_path(unit), format!("{pid}\n"));
         }
@@ -214,8 +250,12 @@ impl Supervisor {
         let mut units = self.units.lock().unwrap();
         let now = Instant::now();
         for unit in units.iter_mut() {
-            let Some(child) = unit.child.as_mut() else { continue };
-            let Ok(Some(status)) = child.try_wait() else { continue };
+            let Some(child) = unit.child.as_mut() else {
+                continue;
+            };
+            let Ok(Some(status)) = child.try_wait() else {
+                continue;
+            };
             unit.child = None;
             unit.healthy = false;
             let _ = fs::remove_file(self.pid_path(unit));
@@ -223,7 +263,11 @@ impl Supervisor {
                 if unit.started_at.elapsed() > STABLE_AFTER {
                     unit.backoff = FIRST_BACKOFF;
                 }
-                println!("webstack: {} exited unexpectedly ({status}); restarting in {:?}", unit.label(), unit.backoff);
+                println!(
+                    "webstack: {} exited unexpectedly ({status}); restarting in {:?}",
+                    unit.label(),
+                    unit.backoff
+                );
                 unit.restart_at = Some(now + unit.backoff);
                 unit.backoff = (unit.backoff * 2).min(MAX_BACKOFF);
             }
@@ -242,7 +286,13 @@ impl Supervisor {
     /// Indices of the units a `HOST` or `HOST/ROLE` target names.
     fn resolve(&self, target: &str) -> Result<Vec<usize>, String> {
         let (host, role) = match target.split_once('/') {
-            Some((host, role)) => (host, Some(Role::parse(role).ok_or_else(|| format!("unknown role {role:?}: expected lb, web or app"))?)),
+            Some((host, role)) => (
+                host,
+                Some(
+                    Role::parse(role)
+                        .ok_or_else(|| format!("unknown role {role:?}: expected lb, web or app"))?,
+                ),
+            ),
             None => (target, None),
         };
         let units = self.units.lock().unwrap();
@@ -252,14 +302,22 @@ impl Supervisor {
         if found.is_empty() {
             let mut known: Vec<String> = units.iter().map(|u| u.host.clone()).collect();
             known.dedup();
-            return Err(format!("{target:?} names no role of this supervisor: expected HOST or HOST/ROLE with HOST one of {}", known.join(", ")));
+            return Err(format!(
+                "{target:?} names no role of this supervisor: expected HOST or HOST/ROLE with HOST one of {}",
+                known.join(", ")
+            ));
         }
         Ok(found)
     }
 
     fn snapshot(&self) -> Reply {
         let units = self.units.lock().unwrap();
-        Reply { ok: true, site: self.config.site_name.clone(), units: units.iter().map(Unit::status).collect(), ..Reply::default() }
+        Reply {
+            ok: true,
+            site: self.config.site_name.clone(),
+            units: units.iter().map(Unit::status).collect(),
+            ..Reply::default()
+        }
     }
 }
 
@@ -308,15 +366,24 @@ async fn wait_ready(sup: &Shared, index: usize) -> anyhow::Result<()> {
         };
         if let Some(status) = exited {
             let log = sup.log_path(&sup.units.lock().unwrap()[index]);
-            anyhow::bail!("{label} exited during startup ({status}); last lines of {}:\n{}", log.display(), tail(&log, 15));
+            anyhow::bail!(
+                "{label} exited during startup ({status}); last lines of {}:\n{}",
+                log.display(),
+                tail(&log, 15)
+            );
         }
-        if matches!(get_status(admin, "localhost", "/ready", Duration::from_millis(500)).await, Ok(s) if s.is_success()) {
+        if matches!(get_status(admin, "localhost", "/ready", Duration::from_millis(500)).await, Ok(s) if s.is_success())
+        {
             sup.units.lock().unwrap()[index].healthy = true;
             return Ok(());
         }
         if Instant::now() >= deadline {
             let log = sup.log_path(&sup.units.lock().unwrap()[index]);
-            anyhow::bail!("{label} did not become ready within {READY_TIMEOUT:?}; last lines of {}:\n{}", log.display(), tail(&log, 15));
+            anyhow::bail!(
+                "{label} did not become ready within {READY_TIMEOUT:?}; last lines of {}:\n{}",
+                log.display(),
+                tail(&log, 15)
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -338,10 +405,15 @@ fn print_endpoints(sup: &Shared) {
             Role::Web => "web server",
             Role::App => "application server",
         };
-        println!("  http://{}/  {} ({}), admin http://{}/metrics", unit.service, what, unit.host, unit.admin);
+        println!(
+            "  http://{}/  {} ({}), admin http://{}/metrics",
+            unit.service, what, unit.host, unit.admin
+        );
     }
     let state = sup.state_dir.display();
-    println!("  logs in {state}/logs; `webstack status --state-dir {state}`; Ctrl-C stops everything");
+    println!(
+        "  logs in {state}/logs; `webstack status --state-dir {state}`; Ctrl-C stops everything"
+    );
     let _ = std::io::stdout().flush();
 }
 
@@ -360,7 +432,12 @@ async fn health_loop(sup: Shared) {
         tick.tick().await;
         let probes: Vec<(usize, SocketAddr)> = {
             let units = sup.units.lock().unwrap();
-            units.iter().enumerate().filter(|(_, u)| u.child.is_some()).map(|(i, u)| (i, u.admin)).collect()
+            units
+                .iter()
+                .enumerate()
+                .filter(|(_, u)| u.child.is_some())
+                .map(|(i, u)| (i, u.admin))
+                .collect()
         };
         let checks = probes.into_iter().map(|(i, admin)| async move {
             let ok = matches!(get_status(admin, "localhost", "/ready", Duration::from_millis(400)).await, Ok(s) if s.is_success());
@@ -382,7 +459,9 @@ async fn health_loop(sup: Shared) {
 
 async fn control_loop(sup: Shared, listener: UnixListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(handle_control(sup.clone(), stream));
     }
 }
@@ -390,8 +469,16 @@ async fn control_loop(sup: Shared, listener: UnixListener) {
 async fn handle_control(sup: Shared, mut stream: UnixStream) {
     let mut buf = Vec::new();
     // A request is one short JSON line; bound both size and time.
-    let read = tokio::time::timeout(Duration::from_secs(5), (&mut stream).take(64 * 1024).read_to_end(&mut buf)).await;
-    let reply = match read.ok().and_then(|r| r.ok()).map(|_| serde_json::from_slice::<Request>(&buf)) {
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        (&mut stream).take(64 * 1024).read_to_end(&mut buf),
+    )
+    .await;
+    let reply = match read
+        .ok()
+        .and_then(|r| r.ok())
+        .map(|_| serde_json::from_slice::<Request>(&buf))
+    {
         Some(Ok(Request::Status)) => sup.snapshot(),
         Some(Ok(Request::Stop { target })) => stop_target(&sup, &target).await,
         Some(Ok(Request::Start { target })) => start_target(&sup, &target).await,
@@ -405,7 +492,11 @@ async fn handle_control(sup: Shared, mut stream: UnixStream) {
 }
 
 fn failure(error: String) -> Reply {
-    Reply { ok: false, error: Some(error), ..Reply::default() }
+    Reply {
+        ok: false,
+        error: Some(error),
+        ..Reply::default()
+    }
 }
 
 /// SIGTERM to each named unit (front to back), then wait for them to exit; SIGKILL stragglers.
@@ -452,9 +543,16 @@ async fn stop_target(sup: &Shared, target: &str) -> Reply {
         Err(error) => return failure(error),
     };
     let stopped = stop_units(sup, indices).await;
-    let message = if stopped.is_empty() { format!("{target} was already stopped") } else { format!("stopped {}", stopped.join(", ")) };
+    let message = if stopped.is_empty() {
+        format!("{target} was already stopped")
+    } else {
+        format!("stopped {}", stopped.join(", "))
+    };
     println!("webstack: {message}");
-    Reply { message: Some(message), ..sup.snapshot() }
+    Reply {
+        message: Some(message),
+        ..sup.snapshot()
+    }
 }
 
 async fn start_target(sup: &Shared, target: &str) -> Reply {
@@ -481,11 +579,22 @@ async fn start_target(sup: &Shared, target: &str) -> Reply {
             return failure(format!("{error:#}"));
         }
         let units = sup.units.lock().unwrap();
-        started.push(format!("{} (pid {})", units[i].label(), units[i].pid().unwrap_or(0)));
+        started.push(format!(
+            "{} (pid {})",
+            units[i].label(),
+            units[i].pid().unwrap_or(0)
+        ));
     }
-    let message = if started.is_empty() { format!("{target} was already running") } else { format!("started {}", started.join(", ")) };
+    let message = if started.is_empty() {
+        format!("{target} was already running")
+    } else {
+        format!("started {}", started.join(", "))
+    };
     println!("webstack: {message}");
-    Reply { message: Some(message), ..sup.snapshot() }
+    Reply {
+        message: Some(message),
+        ..sup.snapshot()
+    }
 }
 
 /// Stops every unit, front to back.
@@ -493,4 +602,3 @@ async fn stop_all(sup: &Shared) {
     let all: Vec<usize> = (0..sup.units.lock().unwrap().len()).collect();
     stop_units(sup, all).await;
 }
-

@@ -17,14 +17,21 @@ fn served_by(topology: &Topology, n: usize) -> BTreeMap<String, usize> {
     for i in 0..n {
         let r = get(topology.lb(), "/", &[]).unwrap_or_else(|e| panic!("request {i}: {e}"));
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
-        *seen.entry(r.header("x-served-by").unwrap_or("?").to_string()).or_default() += 1;
+        *seen
+            .entry(r.header("x-served-by").unwrap_or("?").to_string())
+            .or_default() += 1;
     }
     seen
 }
 
 #[test]
 fn the_site_is_served_through_both_web_hosts() {
-    let topology = Topology::start(EXE, "topo-site", 21, &toml(21, 2, "algorithm = \"roundrobin\""));
+    let topology = Topology::start(
+        EXE,
+        "topo-site",
+        21,
+        &toml(21, 2, "algorithm = \"roundrobin\""),
+    );
 
     // 20 GETs through the load balancer reach both web hosts, each page naming its hosts.
     let seen = served_by(&topology, 20);
@@ -33,18 +40,41 @@ fn the_site_is_served_through_both_web_hosts() {
 
     let page = get(topology.lb(), "/", &[]).unwrap();
     let host = page.header("x-served-by").unwrap().to_string();
-    assert!(page.text().contains(&format!("<td id=\"web-host\">{host}</td>")), "{}", page.text());
-    assert!(page.text().contains(&format!("<td id=\"app-host\">{host}</td>")));
-    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
-    assert_eq!(page.header("x-request-id").map(str::len), Some(32), "the LB adds a request id");
+    assert!(
+        page.text()
+            .contains(&format!("<td id=\"web-host\">{host}</td>")),
+        "{}",
+        page.text()
+    );
+    assert!(
+        page.text()
+            .contains(&format!("<td id=\"app-host\">{host}</td>"))
+    );
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(
+        page.header("x-request-id").map(str::len),
+        Some(32),
+        "the LB adds a request id"
+    );
 
     let who = get(topology.lb(), "/api/whoami", &[]).unwrap();
     let json = who.json();
-    assert_eq!(json["web"], json["app"], "web and app of one host serve together: {json}");
+    assert_eq!(
+        json["web"], json["app"],
+        "web and app of one host serve together: {json}"
+    );
     assert_eq!(json["web"].as_str(), who.header("x-served-by"));
 
     // A client cannot pretend to be a web host.
-    let spoofed = get(topology.web(1), "/api/whoami", &[("X-Webstack-Web-Host", "evil")]).unwrap();
+    let spoofed = get(
+        topology.web(1),
+        "/api/whoami",
+        &[("X-Webstack-Web-Host", "evil")],
+    )
+    .unwrap();
     assert_eq!(spoofed.json()["web"], "web-01");
 
     let missing = get(topology.lb(), "/no/such/page", &[]).unwrap();
@@ -55,9 +85,17 @@ fn the_site_is_served_through_both_web_hosts() {
     let status = topology.status();
     let units = status["units"].as_array().unwrap();
     assert_eq!(units.len(), 5);
-    assert!(units.iter().all(|u| u["healthy"] == true && u["state"] == "running"), "{status}");
+    assert!(
+        units
+            .iter()
+            .all(|u| u["healthy"] == true && u["state"] == "running"),
+        "{status}"
+    );
     let table = text(&topology.cli(&["status"]));
-    assert!(table.contains("lb-01") && table.contains("ready"), "{table}");
+    assert!(
+        table.contains("lb-01") && table.contains("ready"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -71,7 +109,10 @@ fn static_files_have_validators_ranges_and_no_way_out_of_the_root() {
     assert_eq!(css.header("cache-control"), Some("public, max-age=3600"));
     let etag = css.header("etag").expect("ETag").to_string();
     assert!(etag.starts_with('"'), "strong ETag: {etag}");
-    let modified = css.header("last-modified").expect("Last-Modified").to_string();
+    let modified = css
+        .header("last-modified")
+        .expect("Last-Modified")
+        .to_string();
     let on_disk = std::fs::read(webstack_testkit::site_dir().join("static/style.css")).unwrap();
     assert_eq!(css.body, on_disk);
 
@@ -80,15 +121,28 @@ fn static_files_have_validators_ranges_and_no_way_out_of_the_root() {
         let not_modified = get(lb, "/static/style.css", &[("If-None-Match", &etag)]).unwrap();
         assert_eq!(not_modified.status, 304);
         assert!(not_modified.body.is_empty());
-        assert_eq!(get(lb, "/static/style.css", &[("If-Modified-Since", &modified)]).unwrap().status, 304);
+        assert_eq!(
+            get(lb, "/static/style.css", &[("If-Modified-Since", &modified)])
+                .unwrap()
+                .status,
+            304
+        );
     }
-    assert_eq!(get(lb, "/static/style.css", &[("If-None-Match", "\"other\"")]).unwrap().status, 200);
+    assert_eq!(
+        get(lb, "/static/style.css", &[("If-None-Match", "\"other\"")])
+            .unwrap()
+            .status,
+        200
+    );
 
     // Ranges: 206 with the exact bytes, 416 when unsatisfiable.
     let range = get(lb, "/static/style.css", &[("Range", "bytes=0-9")]).unwrap();
     assert_eq!(range.status, 206);
     assert_eq!(range.body, on_disk[..10]);
-    assert_eq!(range.header("content-range"), Some(format!("bytes 0-9/{}", on_disk.len()).as_str()));
+    assert_eq!(
+        range.header("content-range"),
+        Some(format!("bytes 0-9/{}", on_disk.len()).as_str())
+    );
     let tail = get(lb, "/static/style.css", &[("Range", "bytes=-5")]).unwrap();
     assert_eq!(tail.body, on_disk[on_disk.len() - 5..]);
     let beyond = get(lb, "/static/style.css", &[("Range", "bytes=999999-")]).unwrap();
@@ -99,10 +153,23 @@ fn static_files_have_validators_ranges_and_no_way_out_of_the_root() {
     assert_eq!(gz.header("content-encoding"), Some("gzip"));
     assert_ne!(gz.body, on_disk);
 
-    assert_eq!(get(lb, "/favicon.ico", &[]).unwrap().header("content-type"), Some("image/x-icon"));
-    assert!(get(lb, "/robots.txt", &[]).unwrap().text().contains("User-agent"));
+    assert_eq!(
+        get(lb, "/favicon.ico", &[]).unwrap().header("content-type"),
+        Some("image/x-icon")
+    );
+    assert!(
+        get(lb, "/robots.txt", &[])
+            .unwrap()
+            .text()
+            .contains("User-agent")
+    );
     assert_eq!(get(lb, "/static/missing.css", &[]).unwrap().status, 404);
-    assert_eq!(http::request(lb, "POST", "/static/style.css", &[], b"x").unwrap().status, 405);
+    assert_eq!(
+        http::request(lb, "POST", "/static/style.css", &[], b"x")
+            .unwrap()
+            .status,
+        405
+    );
 
     // Traversal, sent as raw bytes so no client library normalizes them: always 400 or 404,
     // never a file from outside the root.
@@ -122,11 +189,24 @@ fn static_files_have_validators_ranges_and_no_way_out_of_the_root() {
         "/static/%c0%ae%c0%ae/Cargo.toml",
     ];
     for probe in probes {
-        let raw = http::raw(lb, format!("GET {probe} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(), Duration::from_secs(5)).unwrap();
+        let raw = http::raw(
+            lb,
+            format!("GET {probe} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
         let response = http::parse(&raw, false).unwrap_or_else(|e| panic!("{probe}: {e}"));
-        assert!(matches!(response.status, 400 | 404), "{probe} answered {}: {}", response.status, response.text());
+        assert!(
+            matches!(response.status, 400 | 404),
+            "{probe} answered {}: {}",
+            response.status,
+            response.text()
+        );
         let body = response.text();
-        assert!(!body.contains("[workspace]") && !body.contains("root:") && !body.contains("{%"), "{probe} leaked a file");
+        assert!(
+            !body.contains("[workspace]") && !body.contains("root:") && !body.contains("{%"),
+            "{probe} leaked a file"
+        );
     }
 }
 
@@ -146,7 +226,12 @@ fn stopping_a_web_host_takes_it_out_of_rotation_without_failed_requests() {
                 while running.load(Ordering::SeqCst) {
                     match get(lb, "/api/whoami", &[]) {
                         Ok(r) if r.status == 200 => {}
-                        Ok(r) => failures.lock().unwrap().push(format!("{} {}", r.status, r.text())),
+                        Ok(r) => {
+                            failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("{} {}", r.status, r.text()))
+                        }
                         Err(e) => failures.lock().unwrap().push(e),
                     }
                     sent += 1;
@@ -159,30 +244,65 @@ fn stopping_a_web_host_takes_it_out_of_rotation_without_failed_requests() {
 
     let stop = topology.cli(&["stop", "web-01"]);
     assert!(stop.status.success(), "{}", text(&stop));
-    assert!(text(&stop).contains("stopped web-01/web") && text(&stop).contains("web-01/app"), "{}", text(&stop));
+    assert!(
+        text(&stop).contains("stopped web-01/web") && text(&stop).contains("web-01/app"),
+        "{}",
+        text(&stop)
+    );
 
     let seen = served_by(&topology, 30);
-    assert_eq!(seen.keys().collect::<Vec<_>>(), vec!["web-02"], "all from web-02 while web-01 is stopped");
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        vec!["web-02"],
+        "all from web-02 while web-01 is stopped"
+    );
     let status = topology.status();
-    let web01: Vec<_> = status["units"].as_array().unwrap().iter().filter(|u| u["host"] == "web-01").collect();
-    assert!(web01.iter().all(|u| u["state"] == "stopped" && u["pid"].is_null()), "{status}");
+    let web01: Vec<_> = status["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["host"] == "web-01")
+        .collect();
+    assert!(
+        web01
+            .iter()
+            .all(|u| u["state"] == "stopped" && u["pid"].is_null()),
+        "{status}"
+    );
 
     let start = topology.cli(&["start", "web-01"]);
     assert!(start.status.success(), "{}", text(&start));
-    assert_eventually!(served_by(&topology, 6).contains_key("web-01"), Duration::from_secs(15), "web-01 back in rotation");
+    assert_eventually!(
+        served_by(&topology, 6).contains_key("web-01"),
+        Duration::from_secs(15),
+        "web-01 back in rotation"
+    );
 
     // Only the app of web-01 stops: its web server's health check (proxied to the app) fails,
     // so the LB takes the whole host out.
     assert!(topology.cli(&["stop", "web-01/app"]).status.success());
-    assert_eventually!(served_by(&topology, 6).keys().eq(["web-02"]), Duration::from_secs(15), "web-01 out after its app stopped");
+    assert_eventually!(
+        served_by(&topology, 6).keys().eq(["web-02"]),
+        Duration::from_secs(15),
+        "web-01 out after its app stopped"
+    );
     assert!(topology.cli(&["start", "web-01/app"]).status.success());
-    assert_eventually!(served_by(&topology, 6).contains_key("web-01"), Duration::from_secs(15), "web-01 back after its app started");
+    assert_eventually!(
+        served_by(&topology, 6).contains_key("web-01"),
+        Duration::from_secs(15),
+        "web-01 back after its app started"
+    );
 
     running.store(false, Ordering::SeqCst);
     let sent: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
     let failures = failures.lock().unwrap();
     assert!(sent > 50, "background traffic ran ({sent} requests)");
-    assert!(failures.is_empty(), "{} of {sent} background requests failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} background requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
 
     // Bad targets are refused with a reason.
     let bad = topology.cli(&["stop", "web-09"]);
@@ -199,22 +319,53 @@ fn crashed_roles_restart_and_sigterm_leaves_no_process_behind() {
     // A second supervisor on the same state dir is refused before it touches anything.
     let second = topology.cli(&["up", "-c", topology.config_path.to_str().unwrap()]);
     assert_eq!(second.status.code(), Some(1));
-    assert!(text(&second).contains("already running"), "{}", text(&second));
+    assert!(
+        text(&second).contains("already running"),
+        "{}",
+        text(&second)
+    );
 
     // SIGKILL one role: the supervisor notices and starts it again.
-    let app_pid = topology.status()["units"].as_array().unwrap().iter().find(|u| u["host"] == "web-02" && u["role"] == "app").unwrap()["pid"].as_u64().unwrap() as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(app_pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let app_pid = topology.status()["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["host"] == "web-02" && u["role"] == "app")
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(app_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     assert_eventually!(
         {
             let s = topology.status();
-            let app = s["units"].as_array().unwrap().iter().find(|u| u["host"] == "web-02" && u["role"] == "app").cloned().unwrap();
-            app["restarts"] == 1 && app["healthy"] == true && app["pid"].as_u64() != Some(app_pid as u64)
+            let app = s["units"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|u| u["host"] == "web-02" && u["role"] == "app")
+                .cloned()
+                .unwrap();
+            app["restarts"] == 1
+                && app["healthy"] == true
+                && app["pid"].as_u64() != Some(app_pid as u64)
         },
         Duration::from_secs(20),
         "web-02/app restarted"
     );
-    assert!(topology.up_log().contains("web-02/app exited unexpectedly"), "{}", topology.up_log());
-    assert_eventually!(served_by(&topology, 6).len() == 2, Duration::from_secs(15), "web-02 back in rotation");
+    assert!(
+        topology.up_log().contains("web-02/app exited unexpectedly"),
+        "{}",
+        topology.up_log()
+    );
+    assert_eventually!(
+        served_by(&topology, 6).len() == 2,
+        Duration::from_secs(15),
+        "web-02 back in rotation"
+    );
 
     let mut pids = topology.role_pids();
     pids.push(topology.up_pid().unwrap());
@@ -222,13 +373,24 @@ fn crashed_roles_restart_and_sigterm_leaves_no_process_behind() {
     let status = topology.stop().unwrap();
     assert!(status.success(), "up exits 0 on SIGTERM: {status}");
     for pid in pids {
-        assert!(!process_alive(pid), "process {pid} is still running after up stopped");
+        assert!(
+            !process_alive(pid),
+            "process {pid} is still running after up stopped"
+        );
     }
     assert!(!topology.state_dir().join("control.sock").exists());
     assert!(topology.up_log().contains("stopped"));
-    assert!(get(topology.lb(), "/", &[]).is_err(), "nothing listens any more");
+    assert!(
+        get(topology.lb(), "/", &[]).is_err(),
+        "nothing listens any more"
+    );
 
     // A new `up` on the same state dir starts again.
-    let again = Topology::start(EXE, "topo-lifecycle-again", 23, &std::fs::read_to_string(&topology.config_path).unwrap());
+    let again = Topology::start(
+        EXE,
+        "topo-lifecycle-again",
+        23,
+        &std::fs::read_to_string(&topology.config_path).unwrap(),
+    );
     assert_eq!(get(again.lb(), "/healthz", &[]).unwrap().status, 200);
 }

@@ -20,7 +20,11 @@ impl LeastConn {
 }
 
 impl Select for LeastConn {
-    fn select(&self, servers: &[Arc<Server>], accept: &dyn Fn(&Server) -> bool) -> Option<Arc<Server>> {
+    fn select(
+        &self,
+        servers: &[Arc<Server>],
+        accept: &dyn Fn(&Server) -> bool,
+    ) -> Option<Arc<Server>> {
         let len = servers.len();
         if len == 0 {
             return None;
@@ -35,7 +39,8 @@ impl Select for LeastConn {
             // (active + 1) / weight, compared by cross-multiplying to stay in integers: the +1
             // counts the request being placed, so weights matter even when all are idle.
             let better = best.is_none_or(|b| {
-                (server.active() + 1) * u64::from(b.weight()) < (b.active() + 1) * u64::from(server.weight())
+                (server.active() + 1) * u64::from(b.weight())
+                    < (b.active() + 1) * u64::from(server.weight())
             });
             if better {
                 best = Some(server);
@@ -89,8 +94,17 @@ mod tests {
             assert_eq!(s.index, 1);
             placed.push(s.begin());
         }
-        let next: Vec<_> = (0..2).map(|_| { let s = balancer.select(&|_| true).unwrap(); placed.push(s.begin()); s.index }).collect();
-        assert!(next.contains(&0) && next.contains(&1), "then they alternate: {next:?}");
+        let next: Vec<_> = (0..2)
+            .map(|_| {
+                let s = balancer.select(&|_| true).unwrap();
+                placed.push(s.begin());
+                s.index
+            })
+            .collect();
+        assert!(
+            next.contains(&0) && next.contains(&1),
+            "then they alternate: {next:?}"
+        );
     }
 
     #[test]

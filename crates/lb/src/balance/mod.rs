@@ -16,7 +16,11 @@ pub use roundrobin::RoundRobin;
 /// An algorithm over a fixed set of servers.
 pub trait Select: Send + Sync {
     /// The best server among `servers` for which `accept` is true.
-    fn select(&self, servers: &[Arc<Server>], accept: &dyn Fn(&Server) -> bool) -> Option<Arc<Server>>;
+    fn select(
+        &self,
+        servers: &[Arc<Server>],
+        accept: &dyn Fn(&Server) -> bool,
+    ) -> Option<Arc<Server>>;
 }
 
 /// The backend set split into regular and backup servers, each with its own algorithm state.
@@ -29,7 +33,8 @@ pub struct Balancer {
 
 impl Balancer {
     pub fn new(algorithm: Algorithm, servers: &[Arc<Server>]) -> Self {
-        let (backup, regular): (Vec<_>, Vec<_>) = servers.iter().cloned().partition(|s| s.config.backup);
+        let (backup, regular): (Vec<_>, Vec<_>) =
+            servers.iter().cloned().partition(|s| s.config.backup);
         let make = |set: &[Arc<Server>]| -> Box<dyn Select> {
             match algorithm {
                 Algorithm::RoundRobin => Box::new(RoundRobin::new(set)),
@@ -110,7 +115,11 @@ pub(crate) mod tests {
                 let first = balancer.select(&|_| true).unwrap();
                 let second = balancer.select(&|s| s.index != first.index).unwrap();
                 assert_ne!(first.index, second.index);
-                assert!(balancer.select(&|s| s.index != first.index && s.index != second.index).is_none());
+                assert!(
+                    balancer
+                        .select(&|s| s.index != first.index && s.index != second.index)
+                        .is_none()
+                );
             }
         }
     }

@@ -16,7 +16,10 @@ pub struct RoundRobin {
 
 impl RoundRobin {
     pub fn new(servers: &[Arc<Server>]) -> Self {
-        let weights: Vec<i64> = servers.iter().map(|s| i64::from(s.weight().max(1))).collect();
+        let weights: Vec<i64> = servers
+            .iter()
+            .map(|s| i64::from(s.weight().max(1)))
+            .collect();
         let total: i64 = weights.iter().sum();
         let mut current = vec![0i64; weights.len()];
         let mut schedule = Vec::with_capacity(total as usize);
@@ -25,16 +28,27 @@ impl RoundRobin {
                 *c += w;
             }
             // Highest current weight wins; the first one on ties.
-            let best = (0..current.len()).fold(0, |best, i| if current[i] > current[best] { i } else { best });
+            let best =
+                (0..current.len()).fold(
+                    0,
+                    |best, i| if current[i] > current[best] { i } else { best },
+                );
             current[best] -= total;
             schedule.push(best);
         }
-        Self { schedule, next: AtomicUsize::new(0) }
+        Self {
+            schedule,
+            next: AtomicUsize::new(0),
+        }
     }
 }
 
 impl Select for RoundRobin {
-    fn select(&self, servers: &[Arc<Server>], accept: &dyn Fn(&Server) -> bool) -> Option<Arc<Server>> {
+    fn select(
+        &self,
+        servers: &[Arc<Server>],
+        accept: &dyn Fn(&Server) -> bool,
+    ) -> Option<Arc<Server>> {
         let len = self.schedule.len();
         if len == 0 {
             return None;
@@ -43,13 +57,17 @@ impl Select for RoundRobin {
         // Each look consumes a slot: a skipped server's slot is used up rather than handed to
         // its neighbour, so the others keep their relative weights (2:1 stays 2:1).
         let first = self.next.fetch_add(1, Ordering::Relaxed);
-        let consumed = std::iter::once(first).chain((1..len).map(|_| self.next.fetch_add(1, Ordering::Relaxed)));
+        let consumed = std::iter::once(first)
+            .chain((1..len).map(|_| self.next.fetch_add(1, Ordering::Relaxed)));
         if let Some(server) = consumed.map(pick).find(|server| accept(server)) {
             return Some(server.clone());
         }
         // Concurrent pickers may have taken every slot of the acceptable servers between our
         // looks: scan one whole cycle, so a server that is acceptable is always found.
-        (first..first + len).map(pick).find(|server| accept(server)).cloned()
+        (first..first + len)
+            .map(pick)
+            .find(|server| accept(server))
+            .cloned()
     }
 }
 
@@ -63,7 +81,9 @@ mod tests {
     fn equal_weights_alternate() {
         let set = servers(&[(1, false), (1, false)]);
         let balancer = Balancer::new(Algorithm::RoundRobin, &set);
-        let picks: Vec<_> = (0..6).map(|_| balancer.select(&|_| true).unwrap().index).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|_| balancer.select(&|_| true).unwrap().index)
+            .collect();
         assert_eq!(picks, vec![0, 1, 0, 1, 0, 1]);
     }
 
@@ -71,7 +91,9 @@ mod tests {
     fn weights_are_respected_and_interleaved() {
         let set = servers(&[(5, false), (1, false), (1, false)]);
         let balancer = Balancer::new(Algorithm::RoundRobin, &set);
-        let picks: Vec<_> = (0..7).map(|_| balancer.select(&|_| true).unwrap().index).collect();
+        let picks: Vec<_> = (0..7)
+            .map(|_| balancer.select(&|_| true).unwrap().index)
+            .collect();
         assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(counts(&balancer, 700, 3), vec![500, 100, 100]);
     }
@@ -84,7 +106,9 @@ mod tests {
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let balancer = balancer.clone();
-                std::thread::spawn(move || (0..20_000).all(|_| balancer.select(&|_| true).is_some_and(|s| s.index == 1)))
+                std::thread::spawn(move || {
+                    (0..20_000).all(|_| balancer.select(&|_| true).is_some_and(|s| s.index == 1))
+                })
             })
             .collect();
         assert!(threads.into_iter().all(|t| t.join().unwrap()));
@@ -98,6 +122,9 @@ mod tests {
         let got = counts(&balancer, 300, 3);
         assert_eq!(got[1], 0);
         assert_eq!(got[0] + got[2], 300);
-        assert!(got[0] > got[2], "weight 2 still gets more than weight 1: {got:?}");
+        assert!(
+            got[0] > got[2],
+            "weight 2 still gets more than weight 1: {got:?}"
+        );
     }
 }

@@ -25,8 +25,18 @@ pub enum CheckError {
 
 /// One check: `GET <path>` on a fresh connection; any 2xx or 3xx is a success.
 pub async fn check_once(server: &Server, config: &HealthConfig) -> Result<(), CheckError> {
-    let status = get_status(server.config.addr, server.authority.as_str(), &config.path, config.timeout).await?;
-    if status.is_success() || status.is_redirection() { Ok(()) } else { Err(CheckError::Status(status)) }
+    let status = get_status(
+        server.config.addr,
+        server.authority.as_str(),
+        &config.path,
+        config.timeout,
+    )
+    .await?;
+    if status.is_success() || status.is_redirection() {
+        Ok(())
+    } else {
+        Err(CheckError::Status(status))
+    }
 }
 
 /// Counts servers that still owe their first check; calls `on_ready` once when none do.
@@ -37,7 +47,10 @@ pub struct FirstSweep {
 
 impl FirstSweep {
     pub fn new(servers: usize, on_ready: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
-        let sweep = Arc::new(Self { pending: AtomicUsize::new(servers), on_ready: Box::new(on_ready) });
+        let sweep = Arc::new(Self {
+            pending: AtomicUsize::new(servers),
+            on_ready: Box::new(on_ready),
+        });
         if servers == 0 {
             (sweep.on_ready)();
         }
@@ -65,15 +78,23 @@ pub async fn run_checker(server: Arc<Server>, config: HealthConfig, sweep: Arc<F
         if let Some(up) = state.record(result.is_ok(), config.rise, config.fall) {
             server.set_up(up);
             match &result {
-                Ok(()) => tracing::info!(server = %server.config.name, addr = %server.config.addr, "server is UP"),
-                Err(error) => tracing::warn!(server = %server.config.name, addr = %server.config.addr, %error, "server is DOWN"),
+                Ok(()) => {
+                    tracing::info!(server = %server.config.name, addr = %server.config.addr, "server is UP")
+                }
+                Err(error) => {
+                    tracing::warn!(server = %server.config.name, addr = %server.config.addr, %error, "server is DOWN")
+                }
             }
         }
         if std::mem::take(&mut first) {
             sweep.done_one();
         }
         // After a failure while up, check again sooner (HAProxy's fastinter) to confirm.
-        let wait = if !result.is_ok() && state.is_up() { config.interval / 2 } else { config.interval };
+        let wait = if result.is_err() && state.is_up() {
+            config.interval / 2
+        } else {
+            config.interval
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
             _ = server.recheck.notified() => {}

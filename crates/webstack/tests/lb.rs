@@ -1,0 +1,230 @@
+//! The load balancer process (`webstack run --host lb-01 --role lb`) in front of fake backends
+//! on real sockets: algorithms, health checks, backups, retries, timeouts, headers, bad input.
+
+use std::time::Duration;
+
+use webstack_testkit::backend::Backend;
+use webstack_testkit::http::{self, get};
+use webstack_testkit::topology::toml;
+use webstack_testkit::{Topology, assert_eventually};
+
+const EXE: &str = env!("CARGO_BIN_EXE_webstack");
+
+/// An lb on 127.0.`net`.10 over fake backends web-01.. (one per entry of `names`).
+fn lb_over_backends(
+    name: &str,
+    net: u8,
+    backends: usize,
+    config: &str,
+) -> (Topology, Vec<Backend>) {
+    let started: Vec<_> = (1..=backends as u8)
+        .map(|i| Backend::start(([127, 0, net, 10 + i], 8000).into(), &format!("web-{i:02}")))
+        .collect();
+    let mut topology = Topology::write(EXE, name, net, config);
+    let admin = topology.lb_admin();
+    topology.run_role("lb-01", "lb", admin);
+    (topology, started)
+}
+
+fn hits(backends: &[Backend]) -> Vec<usize> {
+    backends.iter().map(Backend::hits).collect()
+}
+
+fn metric(topology: &Topology, name: &str) -> f64 {
+    let text = get(topology.lb_admin(), "/metrics", &[]).unwrap().text();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn leastconn_sends_new_requests_away_from_a_server_holding_slow_requests() {
+    let (topology, backends) = lb_over_backends(
+        "lb-leastconn",
+        31,
+        2,
+        &toml(31, 2, "algorithm = \"leastconn\""),
+    );
+    let lb = topology.lb();
+    // One slow request occupies one server for 3 s.
+    let slow = std::thread::spawn(move || get(lb, "/slow?ms=3000", &[]).unwrap());
+    assert_eventually!(
+        hits(&backends).iter().sum::<usize>() == 1,
+        Duration::from_secs(5),
+        "slow request arrived"
+    );
+    let busy = hits(&backends).iter().position(|&h| h == 1).unwrap();
+    let before = hits(&backends);
+    for _ in 0..10 {
+        assert_eq!(get(lb, "/", &[]).unwrap().status, 200);
+    }
+    let after = hits(&backends);
+    assert_eq!(
+        after[busy], before[busy],
+        "no new request went to the busy server: {after:?}"
+    );
+    assert_eq!(after[1 - busy], before[1 - busy] + 10);
+    assert_eq!(slow.join().unwrap().status, 200);
+    // Once it is free again, both share.
+    for _ in 0..10 {
+        get(lb, "/", &[]).unwrap();
+    }
+    let last = hits(&backends);
+    assert_eq!(last[busy] - after[busy], 5, "{last:?}");
+}
+
+#[test]
+fn weighted_roundrobin_and_backup_servers() {
+    let config = format!(
+        "{}\n[[lb.server]]\nhost = \"web-01\"\nweight = 3\n\n[[lb.server]]\nhost = \"web-03\"\nbackup = true\n",
+        toml(32, 3, "algorithm = \"roundrobin\"")
+    );
+    let (topology, backends) = lb_over_backends("lb-weights", 32, 3, &config);
+    for _ in 0..40 {
+        assert_eq!(get(topology.lb(), "/", &[]).unwrap().status, 200);
+    }
+    assert_eq!(hits(&backends), vec![30, 10, 0], "3:1, backup idle");
+
+    // Both regular servers fail their health checks: the backup takes over, then hands back.
+    backends[0]
+        .unhealthy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    backends[1]
+        .unhealthy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eventually!(
+        metric(&topology, "webstack_lb_server_up{server=\"web-02\"}") == 0.0
+            && metric(&topology, "webstack_lb_server_up{server=\"web-01\"}") == 0.0,
+        Duration::from_secs(10),
+        "regular servers down"
+    );
+    let before = hits(&backends);
+    for _ in 0..5 {
+        let r = get(topology.lb(), "/", &[]).unwrap();
+        assert_eq!(r.header("x-served-by"), Some("web-03"));
+    }
+    assert_eq!(hits(&backends)[2] - before[2], 5);
+    backends[1]
+        .unhealthy
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eventually!(
+        get(topology.lb(), "/", &[]).unwrap().header("x-served-by") == Some("web-02"),
+        Duration::from_secs(10),
+        "web-02 back, backup idle again"
+    );
+}
+
+#[test]
+fn a_dead_server_is_retried_elsewhere_then_taken_out() {
+    // Slow health checks, so requests meet the dead server before the checker does.
+    let config = toml(33, 2, "algorithm = \"roundrobin\"")
+        .replace("interval = \"200ms\"", "interval = \"30s\"");
+    let (topology, mut backends) = lb_over_backends("lb-retry", 33, 2, &config);
+    drop(backends.pop()); // web-02 stops listening
+    for i in 0..20 {
+        let r = get(topology.lb(), "/", &[]).unwrap();
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.header("x-served-by"), Some("web-01"));
+    }
+    assert!(metric(&topology, "webstack_lb_retries_total") >= 1.0);
+    // The connection failure woke web-02's checker: it is out of rotation long before 30 s.
+    assert_eventually!(
+        metric(&topology, "webstack_lb_server_up{server=\"web-02\"}") == 0.0,
+        Duration::from_secs(5),
+        "web-02 marked down"
+    );
+
+    // A body cannot be replayed: a POST that met the dead server would get 502, never a retry
+    // that could run it twice. With web-02 down, POSTs simply go to web-01.
+    let post = http::request(topology.lb(), "POST", "/submit", &[], b"{}").unwrap();
+    assert_eq!(post.status, 200);
+}
+
+#[test]
+fn errors_the_load_balancer_answers_itself() {
+    let config = toml(34, 1, "").replace("[lb]\n", "[lb]\n[lb.timeouts]\nserver = \"300ms\"\n");
+    let (topology, backends) = lb_over_backends("lb-errors", 34, 1, &config);
+    let lb = topology.lb();
+
+    // Slower than the server timeout: 504 with a short body.
+    let slow = get(lb, "/slow?ms=2000", &[]).unwrap();
+    assert_eq!(slow.status, 504, "{}", slow.text());
+    assert!(slow.text().contains("did not answer in time"));
+
+    // Malformed requests: 400; an oversized head: 431.
+    let garbage = http::raw(lb, b"NOT HTTP AT ALL\r\n\r\n", Duration::from_secs(5)).unwrap();
+    assert!(
+        String::from_utf8_lossy(&garbage).starts_with("HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&garbage)
+    );
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let answer = http::raw(lb, huge.as_bytes(), Duration::from_secs(5)).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // No server left: 503.
+    backends[0]
+        .unhealthy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eventually!(
+        get(lb, "/", &[]).unwrap().status == 503,
+        Duration::from_secs(10),
+        "503 once the only server is down"
+    );
+    let r = get(lb, "/", &[]).unwrap();
+    assert!(r.text().contains("no server is available"));
+    assert_eq!(r.header("x-request-id").map(str::len), Some(32));
+}
+
+#[test]
+fn forwarded_headers_added_and_hop_by_hop_headers_removed() {
+    let (topology, _backends) = lb_over_backends("lb-headers", 35, 1, &toml(35, 1, ""));
+    let r = get(
+        topology.lb(),
+        "/echo?q=1",
+        &[
+            ("Connection", "keep-alive, X-Secret"),
+            ("X-Secret", "hop"),
+            ("Keep-Alive", "timeout=5"),
+            ("X-Forwarded-For", "203.0.113.7"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Request-Id", "client-chosen"),
+            ("X-Custom", "kept"),
+        ],
+    )
+    .unwrap();
+    let seen = r.json();
+    let headers = &seen["headers"];
+    assert_eq!(seen["path"], "/echo");
+    assert!(
+        headers.get("x-secret").is_none() && headers.get("keep-alive").is_none(),
+        "{headers}"
+    );
+    assert_eq!(headers["x-custom"], "kept");
+    let xff = headers["x-forwarded-for"].as_str().unwrap();
+    assert!(xff.starts_with("203.0.113.7, 127."), "appended: {xff}");
+    assert_eq!(
+        headers["x-forwarded-proto"], "http",
+        "the LB states the protocol it received, not the client's claim"
+    );
+    let id = headers["x-request-id"].as_str().unwrap();
+    assert_eq!(id.len(), 32);
+    assert_eq!(
+        r.header("x-request-id"),
+        Some(id),
+        "the same id goes back to the client"
+    );
+    assert_eq!(
+        headers["host"],
+        topology.lb().to_string(),
+        "Host is passed through"
+    );
+}

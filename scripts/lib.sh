@@ -1,0 +1,30 @@
+# Shared by scripts/up and scripts/test: find or install what webstack needs on Debian.
+
+# Ensures a Rust toolchain; explains how to get one when it is missing.
+need_cargo() {
+    if command -v cargo >/dev/null 2>&1; then return 0; fi
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; return 0; fi
+    echo "webstack needs a Rust toolchain (cargo, Rust 1.85 or newer)." >&2
+    echo "Install it with rustup (https://rustup.rs), or on Debian 13: apt-get install cargo" >&2
+    exit 1
+}
+
+# Installs Debian packages that provide the given commands, when they are missing.
+# Usage: need_packages command:package ...
+need_packages() {
+    local missing=()
+    for pair in "$@"; do
+        local cmd=${pair%%:*} pkg=${pair#*:}
+        command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
+        echo "webstack needs these Debian packages: ${missing[*]}" >&2
+        echo "Install them with: apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "installing ${missing[*]} (apt-get)" >&2
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
