@@ -143,3 +143,133 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// The repository's default topology, with paths anchored at the repository root.
+    fn default_text() -> String {
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../webstack.toml"))
+            .unwrap()
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            text,
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../webstack.toml"),
+        )
+    }
+
+    #[test]
+    fn the_default_topology_builds_every_role() {
+        let config = parse(&default_text()).unwrap();
+        assert_eq!(config.site_name, "www.foobar.com");
+        let names: Vec<_> = config.hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["lb-01", "web-01", "web-02"]);
+        let lb = config.lb();
+        assert_eq!(lb.algorithm, webstack_lb::Algorithm::LeastConn);
+        let servers: Vec<_> = lb
+            .servers
+            .iter()
+            .map(|s| (s.name.as_str(), s.addr.to_string(), s.weight, s.backup))
+            .collect();
+        assert_eq!(
+            servers,
+            [
+                ("web-01", "127.0.0.11:8000".into(), 1, false),
+                ("web-02", "127.0.0.12:8000".into(), 1, false)
+            ]
+        );
+        assert_eq!(lb.health.rise, 2);
+        assert_eq!(lb.health.interval, std::time::Duration::from_secs(1));
+        let web01 = config.host("web-01").unwrap();
+        assert_eq!(
+            web01.roles,
+            [Role::App, Role::Web],
+            "roles sorted in start order"
+        );
+        let web = config.web(web01);
+        assert_eq!(
+            web.app_addr.to_string(),
+            "127.0.0.11:9000",
+            "each web server proxies to its own host's app"
+        );
+        assert!(web.expose_server_name);
+        assert!(web.static_root.ends_with("site/static"));
+        assert_eq!(config.app(web01).host_name, "web-01");
+        assert_eq!(
+            config
+                .admin_addr(config.host("lb-01").unwrap(), Role::Lb)
+                .to_string(),
+            "127.0.0.10:9100"
+        );
+    }
+
+    #[test]
+    fn omitted_sections_take_their_defaults() {
+        let text = "[site]\nname = \"a.example\"\n[[host]]\nname = \"h\"\naddress = \"127.0.0.5\"\nroles = [\"lb\", \"web\", \"app\"]\n[lb]\nport = 8081\n";
+        let config = parse(text).unwrap();
+        let lb = config.lb();
+        assert_eq!(lb.algorithm, webstack_lb::Algorithm::RoundRobin);
+        assert_eq!(lb.retries, 2);
+        assert_eq!(lb.timeouts.server, std::time::Duration::from_secs(30));
+        assert_eq!(config.ports(Role::Web).service, 8000);
+        assert_eq!(config.ports(Role::Lb).service, 8081);
+        assert_eq!(lb.servers[0].addr.to_string(), "127.0.0.5:8000");
+    }
+
+    #[test]
+    fn errors_point_at_the_line_and_say_what_was_expected() {
+        let text = default_text().replace("interval = \"1s\"", "interval = \"soon\"");
+        let error = parse(&text).unwrap_err();
+        let line = text.lines().position(|l| l.contains("\"soon\"")).unwrap() + 1;
+        assert_eq!(error.line(), Some(line));
+        let shown = error.to_string();
+        assert!(shown.contains(&format!("webstack.toml:{line}:")), "{shown}");
+        assert!(shown.contains("invalid duration \"soon\""), "{shown}");
+        assert!(
+            shown.contains("interval = \"soon\""),
+            "the offending line is quoted: {shown}"
+        );
+    }
+
+    #[test]
+    fn zero_durations_and_ports_are_refused() {
+        let text = default_text().replace("timeout = \"1s\"", "timeout = \"0s\"");
+        assert!(
+            parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("lb.health.timeout must be longer than 0")
+        );
+        let text = default_text().replace("port = 8000", "port = 0");
+        assert!(
+            parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("port 0 is not a port")
+        );
+        let text = default_text().replace("port = 8080 ", "port = 70000 ");
+        assert!(parse(&text).is_err(), "70000 does not fit a port");
+    }
+
+    #[test]
+    fn every_host_needs_its_own_name_and_address() {
+        let text = default_text().replace("address = \"127.0.0.12\"", "address = \"127.0.0.11\"");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(
+            error.contains("address 127.0.0.11 is already host web-01's"),
+            "{error}"
+        );
+        let text = default_text().replace("address = \"127.0.0.12\"", "address = \"0.0.0.0\"");
+        assert!(
+            parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("unspecified")
+        );
+    }
+}

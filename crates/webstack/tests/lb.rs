@@ -143,7 +143,10 @@ fn a_dead_server_is_retried_elsewhere_then_taken_out() {
 
 #[test]
 fn errors_the_load_balancer_answers_itself() {
-    let config = toml(34, 1, "").replace("[lb]\n", "[lb]\n[lb.timeouts]\nserver = \"300ms\"\n");
+    let config = toml(34, 1, "").replace(
+        "[lb]\n",
+        "[lb]\n[lb.timeouts]\nserver = \"300ms\"\nclient_header = \"1s\"\n",
+    );
     let (topology, backends) = lb_over_backends("lb-errors", 34, 1, &config);
     let lb = topology.lb();
 
@@ -166,6 +169,20 @@ fn errors_the_load_balancer_answers_itself() {
     let answer = http::raw(lb, huge.as_bytes(), Duration::from_secs(5)).unwrap_or_default();
     assert!(
         String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // A client that never finishes its request head (slowloris) is cut off after
+    // `client_header`: the connection closes instead of being held forever.
+    let slowloris = http::raw(
+        lb,
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+        Duration::from_secs(10),
+    );
+    let answer = slowloris.expect("the lb closes the connection before the 10 s read timeout");
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"),
         "{}",
         String::from_utf8_lossy(&answer)
     );
