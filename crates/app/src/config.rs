@@ -11,4 +11,6 @@ pub struct Config {
     pub site_name: String,
     /// Folder of the site's HTML templates (`site/templates/`).
     pub templates_dir: PathBuf,
+    /// The database cluster, when the topology has one.
+    pub db: Option<webstack_db::ClientConfig>,
 }

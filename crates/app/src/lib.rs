@@ -4,11 +4,12 @@
 mod config;
 mod error;
 mod pages;
+mod posts;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use webstack_common::{Admin, HttpOptions, Shutdown, serve_http};
 
@@ -19,6 +20,8 @@ pub use error::AppError;
 pub struct AppState {
     pub config: Config,
     templates: minijinja::Environment<'static>,
+    /// The database router, when the topology has a database.
+    db: Option<Arc<webstack_db::router::Router>>,
 }
 
 /// Why the application could not start.
@@ -39,7 +42,10 @@ pub enum StartError {
 }
 
 /// Templates every page needs; checked at startup so a broken deploy fails fast.
-const REQUIRED_TEMPLATES: [&str; 2] = ["home.html", "error.html"];
+const REQUIRED_TEMPLATES: [&str; 3] = ["home.html", "post.html", "error.html"];
+
+/// Largest accepted request body (a post is at most 5000 characters); larger gets 413.
+const MAX_BODY_BYTES: usize = 64 * 1024;
 
 impl AppState {
     pub fn load(config: Config) -> Result<Self, StartError> {
@@ -71,7 +77,12 @@ impl AppState {
                 return Err(StartError::MissingTemplate(name));
             }
         }
-        Ok(Self { config, templates })
+        let db = config.db.clone().map(webstack_db::router::Router::new);
+        Ok(Self {
+            config,
+            templates,
+            db,
+        })
     }
 
     pub(crate) fn render(&self, name: &str, context: minijinja::Value) -> Result<String, AppError> {
@@ -83,15 +94,26 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(pages::home))
+        .route("/posts", post(pages::create_from_form))
+        .route("/posts/{id}", get(pages::post_page))
+        .route("/api/posts", get(pages::api_list).post(pages::api_create))
+        .route("/api/posts/{id}", get(pages::api_get))
         .route("/api/whoami", get(pages::whoami))
         .route("/healthz", get(pages::healthz))
         .fallback(pages::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
 /// Serves the application on `listener` until `shutdown`.
 pub async fn run(state: AppState, listener: TcpListener, admin: Admin, shutdown: Shutdown) {
-    let router = router(Arc::new(state));
+    let state = Arc::new(state);
+    if let Some(db) = state.db.clone() {
+        // Know the cluster before the first request, then keep watching it.
+        db.refresh().await;
+        tokio::spawn(db.poll());
+    }
+    let router = router(state);
     admin.set_ready(true);
     serve_http(
         listener,

@@ -1,15 +1,20 @@
-//! Handlers: the home page, `/api/whoami`, `/healthz` and the 404 page.
+//! Handlers: the home page, posts (HTML and JSON API), `/api/whoami`, `/healthz`, 404.
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use minijinja::context;
+use serde::Deserialize;
 use serde_json::json;
 use webstack_common::forward::{X_FORWARDED_PROTO, X_REQUEST_ID, X_WEBSTACK_WEB_HOST};
+use webstack_db::router::Router;
 
+use crate::error::ApiError;
+use crate::posts::{self, NewPost, Post};
 use crate::{AppError, AppState};
 
 /// The web host that proxied the request, as its web server stated it (the web role overwrites
@@ -20,10 +25,47 @@ fn web_host(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
+fn behind_https(headers: &HeaderMap) -> bool {
+    headers
+        .get(&X_FORWARDED_PROTO)
+        .is_some_and(|v| v == "https")
+}
+
+fn db(state: &AppState) -> Result<&Router, AppError> {
+    state
+        .db
+        .as_deref()
+        .ok_or_else(|| AppError::Unavailable("this topology has no database".into()))
+}
+
+/// Which nodes serve reads and take writes right now (names, or null).
+fn db_nodes(state: &AppState) -> (Option<String>, Option<String>) {
+    match &state.db {
+        None => (None, None),
+        Some(router) => (
+            router.reader(None).ok().map(|n| n.name.clone()),
+            router.writer().ok().map(|n| n.name.clone()),
+        ),
+    }
+}
+
 pub async fn home(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Html<String>, AppError> {
+    let (mut db_read, db_write) = db_nodes(&state);
+    let (posts, db_error) = match &state.db {
+        None => (Vec::new(), None),
+        Some(router) => {
+            match posts::recent(router, 10, posts::session_position(&headers).as_ref()).await {
+                Ok((posts, node)) => {
+                    db_read = Some(node.name.clone());
+                    (posts, None)
+                }
+                Err(error) => (Vec::new(), Some(error.to_string())),
+            }
+        }
+    };
     let page = state.render(
         "home.html",
         context! {
@@ -32,20 +74,195 @@ pub async fn home(
             app_host => &state.config.host_name,
             proto => headers.get(&X_FORWARDED_PROTO).and_then(|v| v.to_str().ok()),
             request_id => headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()),
+            has_db => state.db.is_some(),
+            db_read, db_write, db_error,
+            posts => minijinja::Value::from(minijinja::value::Serde(&posts)),
+            author_max => posts::AUTHOR_MAX, body_max => posts::BODY_MAX,
         },
     )?;
     Ok(Html(page))
+}
+
+fn parse_id(id: &str) -> Result<u64, AppError> {
+    id.parse::<u64>()
+        .map_err(|_| AppError::BadInput(format!("post id {id:?} is not a number")))
+}
+
+pub async fn post_page(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Html<String>, AppError> {
+    let id = parse_id(&id)?;
+    let (post, node) =
+        posts::get(db(&state)?, id, posts::session_position(&headers).as_ref()).await?;
+    let post = post.ok_or(AppError::NotFound)?;
+    Ok(Html(state.render("post.html", context! { site => &state.config.site_name, post => minijinja::Value::from(minijinja::value::Serde(&post)), db_read => &node.name })?))
+}
+
+/// The HTML form: 303 (`Redirect::to`) to the new post, so a reload does not post twice.
+pub async fn create_from_form(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let new = serde_urlencoded_form(&body)?.validate()?;
+    let (post, gtid) = posts::create(db(&state)?, &new).await?;
+    let mut response = Redirect::to(&format!("/posts/{}", post.id)).into_response();
+    set_session(&mut response, &gtid, behind_https(&headers));
+    Ok(response)
+}
+
+fn serde_urlencoded_form(body: &[u8]) -> Result<NewPost, AppError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| AppError::BadInput("the form is not valid UTF-8".into()))?;
+    let mut author = None;
+    let mut text_body = None;
+    for (key, value) in form_urlencoded(text)? {
+        match key.as_str() {
+            "author" => author = Some(value),
+            "body" => text_body = Some(value),
+            other => return Err(AppError::BadInput(format!("unknown form field {other:?}"))),
+        }
+    }
+    Ok(NewPost {
+        author: author.unwrap_or_default(),
+        body: text_body.unwrap_or_default(),
+    })
+}
+
+/// `application/x-www-form-urlencoded`, strictly: bad escapes and non-UTF-8 are errors.
+fn form_urlencoded(text: &str) -> Result<Vec<(String, String)>, AppError> {
+    let decode = |s: &str| -> Result<String, AppError> {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    let hex = bytes
+                        .get(i + 1..i + 3)
+                        .and_then(|h| std::str::from_utf8(h).ok())
+                        .and_then(|h| u8::from_str_radix(h, 16).ok());
+                    out.push(hex.ok_or_else(|| {
+                        AppError::BadInput("the form has a malformed %-escape".into())
+                    })?);
+                    i += 2;
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).map_err(|_| AppError::BadInput("the form is not valid UTF-8".into()))
+    };
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(key)?, decode(value)?))
+        })
+        .collect()
+}
+
+fn set_session(response: &mut Response, gtid: &str, secure: bool) {
+    if let Ok(value) = HeaderValue::from_str(&posts::session_cookie(gtid, secure)) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    limit: Option<String>,
+}
+
+pub async fn api_list(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = match query.limit.as_deref() {
+        None => 20,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| {
+                AppError::BadInput(format!("limit {text:?}: expected a number from 1 to 100"))
+            })?,
+    };
+    let (posts, node) = posts::recent(
+        db(&state)?,
+        limit,
+        posts::session_position(&headers).as_ref(),
+    )
+    .await?;
+    Ok(Json(json!({ "posts": posts, "db_read": node.name })))
+}
+
+pub async fn api_get(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Post>, ApiError> {
+    let id = parse_id(&id)?;
+    let (post, _) = posts::get(db(&state)?, id, posts::session_position(&headers).as_ref()).await?;
+    Ok(Json(post.ok_or(AppError::NotFound)?))
+}
+
+/// `POST /api/posts` with `{"author": ..., "body": ...}`: 201 with the stored post.
+pub async fn api_create(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let new: NewPost = serde_json::from_slice(&body).map_err(|error| {
+        AppError::BadInput(format!(
+            "expected a JSON object {{\"author\": string, \"body\": string}}: {error}"
+        ))
+    })?;
+    let new = new.validate()?;
+    let (post, gtid) = posts::create(db(&state)?, &new).await?;
+    let location = format!("/api/posts/{}", post.id);
+    let mut response = (
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(post),
+    )
+        .into_response();
+    set_session(&mut response, &gtid, behind_https(&headers));
+    Ok(response)
 }
 
 pub async fn whoami(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Json<serde_json::Value> {
-    Json(json!({ "web": web_host(&headers), "app": state.config.host_name }))
+    let (db_read, db_write) = db_nodes(&state);
+    Json(
+        json!({ "web": web_host(&headers), "app": state.config.host_name, "db_read": db_read, "db_write": db_write }),
+    )
 }
 
-pub async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "app": state.config.host_name }))
+/// For the load balancer: 200 while this server can serve reads (writes may be down), 503 only
+/// when it can serve nothing.
+pub async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let (db_read, db_write) = db_nodes(&state);
+    let can_read = state.db.is_none() || db_read.is_some();
+    let status = if can_read {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if can_read { "ok" } else { "unavailable" },
+        "app": state.config.host_name,
+        "read": can_read,
+        "write": state.db.is_none() || db_write.is_some(),
+        "db_read": db_read,
+        "db_write": db_write,
+    });
+    (status, Json(body)).into_response()
 }
 
 pub async fn not_found(State(state): State<Arc<AppState>>) -> Result<Response, AppError> {
@@ -75,9 +292,17 @@ mod tests {
                 host_name: "web-01".into(),
                 site_name: "www.foobar.com".into(),
                 templates_dir,
+                db: None,
             })
             .unwrap(),
         )
+    }
+
+    async fn send(request: Request<Body>) -> (StatusCode, String) {
+        let response = router(state()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
     }
 
     async fn get(path: &str, web: Option<&str>) -> (StatusCode, String) {
@@ -85,13 +310,7 @@ mod tests {
         if let Some(web) = web {
             request = request.header("x-webstack-web-host", web);
         }
-        let response = router(state())
-            .oneshot(request.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8(body.to_vec()).unwrap())
+        send(request.body(Body::empty()).unwrap()).await
     }
 
     #[tokio::test]
@@ -99,7 +318,10 @@ mod tests {
         let (status, body) = get("/api/whoami", Some("web-02")).await;
         assert_eq!(status, StatusCode::OK);
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(json, serde_json::json!({"web": "web-02", "app": "web-01"}));
+        assert_eq!(
+            json,
+            serde_json::json!({"web": "web-02", "app": "web-01", "db_read": null, "db_write": null})
+        );
         let (_, body) = get("/api/whoami", None).await;
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&body).unwrap()["web"],
@@ -124,6 +346,115 @@ mod tests {
         assert!(body.contains("does not exist"));
     }
 
+    #[tokio::test]
+    async fn bad_api_input_is_400_json_before_touching_a_database() {
+        let post = |body: &'static str| {
+            Request::post("/api/posts")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap()
+        };
+        for (body, expected) in [
+            ("not json", "expected a JSON object"),
+            ("[1,2]", "expected a JSON object"),
+            ("{\"author\": \"a\"}", "missing field `body`"),
+            (
+                "{\"author\": \"a\", \"body\": \"b\", \"admin\": true}",
+                "unknown field `admin`",
+            ),
+            ("{\"author\": 5, \"body\": \"b\"}", "invalid type"),
+            ("{\"author\": \"\", \"body\": \"b\"}", "author is required"),
+        ] {
+            let (status, text) = send(post(body)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {text}");
+            let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert!(
+                json["error"].as_str().unwrap().contains(expected),
+                "{body}: {text}"
+            );
+        }
+        let (status, text) = get("/api/posts?limit=0", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        let (status, _) = get("/api/posts/abc", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let big = Request::post("/api/posts")
+            .body(Body::from(vec![b'x'; 100_000]))
+            .unwrap();
+        assert_eq!(send(big).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn without_a_database_posts_answer_503_and_health_stays_ok() {
+        let (status, text) = send(
+            Request::post("/api/posts")
+                .body(Body::from("{\"author\":\"a\",\"body\":\"b\"}"))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+        assert!(text.contains("no database"));
+        let (status, _) = get("/healthz", None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn form_input_is_checked() {
+        let form = |body: &'static str| {
+            Request::post("/posts")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Body::from(body))
+                .unwrap()
+        };
+        assert_eq!(
+            send(form("author=a&body=%zz")).await.0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            send(form("author=a&body=%ff")).await.0,
+            StatusCode::BAD_REQUEST
+        );
+        let (status, text) = send(form("author=a&body=b&extra=1")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(text.contains("unknown form field"));
+        assert!(!text.contains("<script"), "{text}");
+    }
+
+    #[test]
+    fn every_template_renders_with_posts_and_escapes_them() {
+        use minijinja::context;
+        let state = state();
+        let posts = vec![crate::posts::Post {
+            id: 7,
+            author: "<b>ada</b>".into(),
+            body: "<script>x</script>\nline two".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+        }];
+        let home = state
+            .render("home.html", context! { site => "s", app_host => "web-01", has_db => true, db_read => "web-02", db_write => "web-01", posts => minijinja::Value::from(minijinja::value::Serde(&posts)) })
+            .unwrap();
+        assert!(
+            home.contains("/posts/7")
+                && home.contains("&lt;script&gt;")
+                && !home.contains("<script>x"),
+            "{home}"
+        );
+        assert!(home.contains("<form method=\"post\" action=\"/posts\""));
+        let page = state
+            .render("post.html", context! { site => "s", post => minijinja::Value::from(minijinja::value::Serde(&posts[0])), db_read => "web-02" })
+            .unwrap();
+        assert!(
+            page.contains("&lt;b&gt;ada&lt;&#x2f;b&gt;") && !page.contains("<b>ada"),
+            "{page}"
+        );
+        let error = state
+            .render(
+                "error.html",
+                context! { site => "s", status => 404, message => "<i>" },
+            )
+            .unwrap();
+        assert!(error.contains("&lt;i&gt;"));
+    }
+
     #[test]
     fn missing_templates_fail_at_startup() {
         let dir =
@@ -133,6 +464,7 @@ mod tests {
             host_name: "a".into(),
             site_name: "b".into(),
             templates_dir: dir.clone(),
+            db: None,
         })
         .err()
         .unwrap();

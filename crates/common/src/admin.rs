@@ -1,8 +1,8 @@
 //! The admin listener every role process serves: `/live` (the process runs), `/ready` (the role
 //! can do its job: the LB after its first health sweep) and `/metrics` (Prometheus text).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::extract::State;
@@ -19,6 +19,8 @@ use crate::{HttpOptions, Shutdown, serve_http};
 pub struct Admin {
     ready: Arc<AtomicBool>,
     registry: Arc<Registry>,
+    /// Role-specific facts for `webstack status` (e.g. a db node's replication state).
+    status: Arc<RwLock<serde_json::Value>>,
 }
 
 impl Admin {
@@ -27,7 +29,12 @@ impl Admin {
         Self {
             ready: Arc::new(AtomicBool::new(false)),
             registry: Arc::new(registry),
+            status: Arc::new(RwLock::new(serde_json::Value::Null)),
         }
+    }
+
+    pub fn set_status(&self, status: serde_json::Value) {
+        *self.status.write().unwrap_or_else(|e| e.into_inner()) = status;
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -44,6 +51,7 @@ impl Admin {
             .route("/live", get(|| async { "live\n" }))
             .route("/ready", get(ready))
             .route("/metrics", get(metrics))
+            .route("/status", get(status))
             .with_state(self.clone())
     }
 }
@@ -54,6 +62,16 @@ async fn ready(State(admin): State<Admin>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
+}
+
+async fn status(State(admin): State<Admin>) -> axum::Json<serde_json::Value> {
+    axum::Json(
+        admin
+            .status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+    )
 }
 
 async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {

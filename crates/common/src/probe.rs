@@ -47,3 +47,33 @@ pub async fn get_status(
         .await
         .unwrap_or(Err(ProbeError::Timeout(timeout)))
 }
+
+/// `GET path` and the whole (small) response body.
+pub async fn get_body(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), ProbeError> {
+    use http_body_util::BodyExt;
+    let attempt = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(ProbeError::Connect)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let request = http::Request::get(path)
+            .header(http::header::HOST, host)
+            .header(http::header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .expect("a path starting with / is a valid request");
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or(Err(ProbeError::Timeout(timeout)))
+}

@@ -21,6 +21,7 @@ pub struct FileConfig {
     pub web: WebFile,
     #[serde(default)]
     pub app: AppFile,
+    pub db: Option<DbFile>,
 }
 
 #[derive(Deserialize)]
@@ -216,4 +217,57 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 ))
             })
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbFile {
+    /// The host that is primary when the cluster is first bootstrapped.
+    pub primary: Spanned<String>,
+    #[serde(default = "db_port")]
+    pub port: Spanned<u16>,
+    #[serde(default = "db_admin_port")]
+    pub admin_port: Spanned<u16>,
+    #[serde(default = "db_database")]
+    pub database: Spanned<String>,
+    #[serde(default = "db_max_lag")]
+    pub max_replica_lag: u64,
+    #[serde(default = "db_poll")]
+    pub poll_interval: Spanned<HumanDuration>,
+    #[serde(default = "db_semi_sync")]
+    pub semi_sync_timeout: Spanned<HumanDuration>,
+    #[serde(default = "db_buffer_pool")]
+    pub buffer_pool_size: Spanned<String>,
+    #[serde(default = "db_mariadbd")]
+    pub mariadbd: String,
+    #[serde(default = "db_install_db")]
+    pub install_db: String,
+}
+
+fn db_port() -> Spanned<u16> {
+    Spanned::new(0..0, 3306)
+}
+fn db_admin_port() -> Spanned<u16> {
+    Spanned::new(0..0, 9103)
+}
+fn db_database() -> Spanned<String> {
+    Spanned::new(0..0, "foobar".into())
+}
+fn db_max_lag() -> u64 {
+    100
+}
+fn db_poll() -> Spanned<HumanDuration> {
+    Spanned::new(0..0, HumanDuration(Duration::from_millis(500)))
+}
+fn db_semi_sync() -> Spanned<HumanDuration> {
+    Spanned::new(0..0, HumanDuration::secs(1))
+}
+fn db_buffer_pool() -> Spanned<String> {
+    Spanned::new(0..0, "64M".into())
+}
+fn db_mariadbd() -> String {
+    "/usr/sbin/mariadbd".into()
+}
+fn db_install_db() -> String {
+    "/usr/bin/mariadb-install-db".into()
 }

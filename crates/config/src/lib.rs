@@ -15,16 +15,18 @@ pub use error::ConfigError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    Db,
     App,
     Web,
     Lb,
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::App, Role::Web, Role::Lb];
+    pub const ALL: [Role; 4] = [Role::Db, Role::App, Role::Web, Role::Lb];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Db => "db",
             Role::App => "app",
             Role::Web => "web",
             Role::Lb => "lb",
@@ -79,6 +81,21 @@ pub struct Config {
     web_ports: Ports,
     app: webstack_app::Config,
     app_ports: Ports,
+    db: Option<DbSettings>,
+    db_ports: Ports,
+}
+
+/// `[db]` settings shared by every db node and the app's router.
+#[derive(Clone, Debug)]
+pub(crate) struct DbSettings {
+    pub primary: String,
+    pub database: String,
+    pub max_replica_lag: u64,
+    pub poll_interval: std::time::Duration,
+    pub semi_sync_timeout: std::time::Duration,
+    pub buffer_pool_size: String,
+    pub mariadbd: PathBuf,
+    pub install_db: PathBuf,
 }
 
 impl Config {
@@ -108,6 +125,7 @@ impl Config {
             Role::Lb => self.lb_ports,
             Role::Web => self.web_ports,
             Role::App => self.app_ports,
+            Role::Db => self.db_ports,
         }
     }
 
@@ -135,12 +153,69 @@ impl Config {
         }
     }
 
-    /// The application server's settings on `host`.
-    pub fn app(&self, host: &Host) -> webstack_app::Config {
-        webstack_app::Config {
+    /// The application server's settings on `host`; the database password comes from the
+    /// state dir's secrets (never from the topology file).
+    pub fn app(
+        &self,
+        host: &Host,
+        state_dir: &Path,
+    ) -> Result<webstack_app::Config, webstack_db::secrets::SecretError> {
+        let db = match &self.db {
+            None => None,
+            Some(db) => Some(webstack_db::ClientConfig {
+                nodes: self
+                    .hosts_with(Role::Db)
+                    .map(|h| (h.name.clone(), self.service_addr(h, Role::Db)))
+                    .collect(),
+                user: webstack_db::provision::APP_USER.to_string(),
+                password: webstack_db::secrets::read(state_dir, "app")?,
+                database: db.database.clone(),
+                max_replica_lag: db.max_replica_lag,
+                poll_interval: db.poll_interval,
+                connect_timeout: std::time::Duration::from_secs(2),
+            }),
+        };
+        Ok(webstack_app::Config {
             host_name: host.name.clone(),
+            db,
             ..self.app.clone()
-        }
+        })
+    }
+
+    /// True when the topology has a database tier.
+    pub fn has_db(&self) -> bool {
+        self.db.is_some()
+    }
+
+    /// The db node settings of `host`.
+    pub fn db_node(&self, host: &Host, state_dir: &Path) -> Option<webstack_db::NodeConfig> {
+        let db = self.db.as_ref()?;
+        let primary = self.host(&db.primary)?;
+        let server_id = self
+            .hosts_with(Role::Db)
+            .position(|h| h.name == host.name)? as u32
+            + 1;
+        Some(webstack_db::NodeConfig {
+            host_name: host.name.clone(),
+            address: host.address,
+            port: self.db_ports.service,
+            server_id,
+            primary_name: primary.name.clone(),
+            primary_addr: self.service_addr(primary, Role::Db),
+            state_dir: state_dir.to_path_buf(),
+            database: db.database.clone(),
+            mariadbd: db.mariadbd.clone(),
+            install_db: db.install_db.clone(),
+            semi_sync_timeout: db.semi_sync_timeout,
+            buffer_pool_size: db.buffer_pool_size.clone(),
+            db_hosts: self.hosts_with(Role::Db).map(|h| h.address).collect(),
+            app_hosts: self.hosts_with(Role::App).map(|h| h.address).collect(),
+            all_hosts: self.hosts.iter().map(|h| h.address).collect(),
+        })
+    }
+
+    pub fn hosts_with(&self, role: Role) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().filter(move |h| h.has(role))
     }
 }
 
@@ -199,7 +274,14 @@ mod tests {
         );
         assert!(web.expose_server_name);
         assert!(web.static_root.ends_with("site/static"));
-        assert_eq!(config.app(web01).host_name, "web-01");
+        assert_eq!(
+            config
+                .app(web01, Path::new("/nonexistent"))
+                .map(|a| a.host_name)
+                .ok(),
+            None,
+            "no secrets, no app config"
+        );
         assert_eq!(
             config
                 .admin_addr(config.host("lb-01").unwrap(), Role::Lb)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use crate::file::{self, FileConfig, HumanDuration};
-use crate::{Config, ConfigError, Host, Ports, Role};
+use crate::{Config, ConfigError, DbSettings, Host, Ports, Role};
 
 /// Collects the location context so each check is one line.
 struct Checker<'a> {
@@ -138,7 +138,9 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         check.ensure(
             !roles.is_empty(),
             host.roles.span(),
-            format!("host {name}: roles is empty; expected some of \"lb\", \"web\", \"app\""),
+            format!(
+                "host {name}: roles is empty; expected some of \"lb\", \"web\", \"app\", \"db\""
+            ),
         )?;
         check.ensure(
             !roles.contains(&Role::Web) || roles.contains(&Role::App),
@@ -167,6 +169,14 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
     let lb_ports = ports(&check, &file.lb.port, &file.lb.admin_port)?;
     let web_ports = ports(&check, &file.web.port, &file.web.admin_port)?;
     let app_ports = ports(&check, &file.app.port, &file.app.admin_port)?;
+    let (default_db_port, default_db_admin) = (Spanned::new(0..0, 3306), Spanned::new(0..0, 9103));
+    let (db_port, db_admin) = file
+        .db
+        .as_ref()
+        .map_or((&default_db_port, &default_db_admin), |db| {
+            (&db.port, &db.admin_port)
+        });
+    let db_ports = ports(&check, db_port, db_admin)?;
     let all_ports = [
         ("lb.port", &file.lb.port),
         ("lb.admin_port", &file.lb.admin_port),
@@ -174,10 +184,13 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         ("web.admin_port", &file.web.admin_port),
         ("app.port", &file.app.port),
         ("app.admin_port", &file.app.admin_port),
+        ("db.port", db_port),
+        ("db.admin_port", db_admin),
     ];
     let role_of = |key: &str| match &key[..key.find('.').unwrap_or(0)] {
         "lb" => Role::Lb,
         "web" => Role::Web,
+        "db" => Role::Db,
         _ => Role::App,
     };
     for host in &hosts {
@@ -204,7 +217,9 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         host_name: String::new(),
         site_name: site_name.clone(),
         templates_dir: check.folder(&file.app.templates, "app.templates")?,
+        db: None,
     };
+    let db = db_settings(&check, file.db.as_ref(), &hosts, &file.hosts)?;
 
     Ok(Config {
         path: path.to_path_buf(),
@@ -217,7 +232,68 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         web_ports,
         app,
         app_ports,
+        db,
+        db_ports,
     })
+}
+
+fn db_settings(
+    check: &Checker,
+    db: Option<&file::DbFile>,
+    hosts: &[Host],
+    files: &[file::HostFile],
+) -> Result<Option<DbSettings>, ConfigError> {
+    let db_hosts: Vec<&Host> = hosts.iter().filter(|h| h.has(Role::Db)).collect();
+    let Some(db) = db else {
+        if let Some(host) = db_hosts.first() {
+            let span = files
+                .iter()
+                .find(|f| f.name.get_ref() == &host.name)
+                .map_or(0..0, |f| f.roles.span());
+            return Err(check.error(
+                span,
+                format!(
+                    "host {} has role db but there is no [db] section: set at least db.primary",
+                    host.name
+                ),
+            ));
+        }
+        return Ok(None);
+    };
+    let primary = db.primary.get_ref();
+    check.ensure(
+        db_hosts.iter().any(|h| &h.name == primary),
+        db.primary.span(),
+        format!("db.primary {primary:?} is not a host with role db"),
+    )?;
+    let database = db.database.get_ref();
+    check.ensure(
+        !database.is_empty()
+            && database.len() <= 64
+            && database
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        db.database.span(),
+        format!("db.database {database:?}: expected 1 to 64 letters, digits or '_'"),
+    )?;
+    let pool = db.buffer_pool_size.get_ref();
+    check.ensure(
+        pool.len() > 1
+            && pool[..pool.len() - 1].bytes().all(|b| b.is_ascii_digit())
+            && pool.ends_with(['K', 'M', 'G']),
+        db.buffer_pool_size.span(),
+        format!("db.buffer_pool_size {pool:?}: expected a size like \"64M\" or \"1G\""),
+    )?;
+    Ok(Some(DbSettings {
+        primary: primary.clone(),
+        database: database.clone(),
+        max_replica_lag: db.max_replica_lag,
+        poll_interval: check.positive(&db.poll_interval, "db.poll_interval")?,
+        semi_sync_timeout: check.positive(&db.semi_sync_timeout, "db.semi_sync_timeout")?,
+        buffer_pool_size: pool.clone(),
+        mariadbd: PathBuf::from(&db.mariadbd),
+        install_db: PathBuf::from(&db.install_db),
+    }))
 }
 
 fn ports(

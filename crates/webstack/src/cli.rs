@@ -85,7 +85,7 @@ pub struct TargetArgs {
 }
 
 fn parse_role(name: &str) -> Result<Role, String> {
-    Role::parse(name).ok_or_else(|| format!("unknown role {name:?}: expected lb, web or app"))
+    Role::parse(name).ok_or_else(|| format!("unknown role {name:?}: expected lb, web, app or db"))
 }
 
 pub fn load(path: &Path) -> anyhow::Result<Config> {

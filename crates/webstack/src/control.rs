@@ -48,6 +48,9 @@ pub struct UnitStatus {
     pub state: String,
     /// The role's `/ready` answered 200 at the last poll.
     pub healthy: bool,
+    /// Role-specific facts from the role's `/status` (a db node: role, replication, lag).
+    #[serde(default)]
+    pub detail: serde_json::Value,
     pub restarts: u32,
 }
 

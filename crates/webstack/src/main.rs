@@ -61,7 +61,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 );
             }
             match args.role {
-                Some(role) => role::run(config, &args.host, role, args.supervised).await,
+                Some(role) => {
+                    role::run(config, &args.host, role, &args.state_dir, args.supervised).await
+                }
                 None => supervisor::run(config, Some(args.host), args.state_dir).await,
             }
         }

@@ -2,6 +2,7 @@
 //! it, and drain on SIGTERM/SIGINT (or when the supervisor's pipe closes).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ pub async fn run(
     config: Config,
     host_name: &str,
     role: Role,
+    state_dir: &Path,
     supervised: bool,
 ) -> anyhow::Result<ExitCode> {
     telemetry::init();
@@ -36,26 +38,52 @@ pub async fn run(
         anyhow::bail!("host {host_name} does not run role {role}");
     }
     let label = format!("{host_name}/{role}");
-    let listener = bind(config.service_addr(&host, role), &label).await?;
+    // MariaDB binds the db role's service port itself.
+    let listener = match role {
+        Role::Db => None,
+        _ => Some(bind(config.service_addr(&host, role), &label).await?),
+    };
     let admin_listener = bind(config.admin_addr(&host, role), &format!("{label} admin")).await?;
 
     let shutdown = Shutdown::new();
     let mut registry = Registry::default();
     // Build the role first (it registers its metrics), then the admin listener that shows them.
     let start: Box<dyn FnOnce(Admin) -> tokio::task::JoinHandle<()>> = match role {
+        Role::Db => {
+            let node = config
+                .db_node(&host, state_dir)
+                .context("this host has no db settings")?;
+            let shutdown = shutdown.clone();
+            Box::new(move |admin| {
+                tokio::spawn(async move {
+                    if let Err(error) = webstack_db::node::run(node, admin, shutdown.clone()).await
+                    {
+                        tracing::error!(%error, "the database node failed");
+                        eprintln!("webstack: db: {error}");
+                        std::process::exit(1);
+                    }
+                })
+            })
+        }
         Role::Lb => {
+            let listener = listener.expect("bound above");
             let lb = webstack_lb::LoadBalancer::new(config.lb(), &mut registry);
             let shutdown = shutdown.clone();
             Box::new(move |admin| tokio::spawn(lb.run(listener, admin, shutdown)))
         }
         Role::Web => {
+            let listener = listener.expect("bound above");
             let web = webstack_web::WebServer::new(config.web(&host), &mut registry);
             let shutdown = shutdown.clone();
             Box::new(move |admin| tokio::spawn(web.run(listener, admin, shutdown)))
         }
         Role::App => {
-            let state = webstack_app::AppState::load(config.app(&host))
-                .context("cannot start the application")?;
+            let listener = listener.expect("bound above");
+            let app_config = config
+                .app(&host, state_dir)
+                .context("cannot read the database password")?;
+            let state =
+                webstack_app::AppState::load(app_config).context("cannot start the application")?;
             let shutdown = shutdown.clone();
             Box::new(move |admin| tokio::spawn(webstack_app::run(state, listener, admin, shutdown)))
         }

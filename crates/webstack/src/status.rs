@@ -39,28 +39,44 @@ pub async fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print(reply: &Reply, json: bool) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     if json {
-        println!("{}", serde_json::to_string_pretty(reply)?);
-        return Ok(());
+        writeln!(out, "{}", serde_json::to_string_pretty(reply)?)?;
+    } else {
+        writeln!(out, "site {}", reply.site)?;
+        writeln!(
+            out,
+            "{:<10} {:<5} {:<22} {:<8} {:<11} {:<10} {:<8} DETAIL",
+            "HOST", "ROLE", "ADDRESS", "PID", "STATE", "HEALTH", "RESTARTS"
+        )?;
+        for u in &reply.units {
+            let pid = u.pid.map_or("-".to_string(), |p| p.to_string());
+            let health = match (u.healthy, u.pid) {
+                (true, _) => "ready",
+                (false, Some(_)) => "not ready",
+                (false, None) => "-",
+            };
+            let detail = u
+                .detail
+                .get("summary")
+                .and_then(|s| s.as_str())
+                .unwrap_or("");
+            writeln!(
+                out,
+                "{:<10} {:<5} {:<22} {:<8} {:<11} {:<10} {:<8} {detail}",
+                u.host, u.role, u.address, pid, u.state, health, u.restarts
+            )?;
+        }
     }
-    println!("site {}", reply.site);
-    println!(
-        "{:<10} {:<5} {:<22} {:<8} {:<11} {:<10} RESTARTS",
-        "HOST", "ROLE", "ADDRESS", "PID", "STATE", "HEALTH"
-    );
-    for u in &reply.units {
-        let pid = u.pid.map_or("-".to_string(), |p| p.to_string());
-        let health = if u.healthy {
-            "ready"
-        } else if u.pid.is_some() {
-            "not ready"
-        } else {
-            "-"
-        };
-        println!(
-            "{:<10} {:<5} {:<22} {:<8} {:<11} {:<10} {}",
-            u.host, u.role, u.address, pid, u.state, health, u.restarts
-        );
+    write_stdout(&out)
+}
+
+/// Writes to stdout; a reader that went away (`status | head`) is not an error.
+pub fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
-    Ok(())
 }

@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
-use webstack_common::probe::get_status;
+use webstack_common::probe::{get_body, get_status};
 use webstack_common::shutdown::termination_signal;
 use webstack_config::{Config, Role};
 
@@ -25,6 +25,8 @@ use crate::control::{self, Reply, Request, UnitStatus};
 
 /// How long a role may take to become ready after it is started.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A database node's first start runs mariadb-install-db and waits for replication.
+const DB_READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long a role may take to drain and exit after SIGTERM before it gets SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -43,6 +45,8 @@ struct Unit {
     /// False once an operator stopped it (or during shutdown): no restart.
     wanted: bool,
     healthy: bool,
+    /// The role's own `/status` facts (a db node's replication state), when it has some.
+    detail: serde_json::Value,
     restarts: u32,
     backoff: Duration,
     restart_at: Option<Instant>,
@@ -59,10 +63,11 @@ impl Unit {
     }
 
     fn status(&self) -> UnitStatus {
-        let state = match (&self.child, self.wanted) {
-            (Some(_), _) => "running",
-            (None, true) => "restarting",
-            (None, false) => "stopped",
+        let state = match (&self.child, self.wanted, self.restart_at) {
+            (Some(_), _, _) => "running",
+            (None, true, Some(_)) => "restarting",
+            (None, true, None) => "pending",
+            (None, false, _) => "stopped",
         };
         UnitStatus {
             host: self.host.clone(),
@@ -72,6 +77,7 @@ impl Unit {
             pid: self.pid(),
             state: state.into(),
             healthy: self.healthy,
+            detail: self.detail.clone(),
             restarts: self.restarts,
         }
     }
@@ -101,6 +107,26 @@ pub async fn run(
     }
     let state_dir = fs::canonicalize(&state_dir)?;
     let listener = bind_control(&state_dir).await?;
+    if config.has_db() {
+        // Created here, once, before any role starts: two db nodes must not race to make them.
+        webstack_db::secrets::ensure_all(&state_dir)
+            .context("cannot create the database secrets")?;
+        for host in config
+            .hosts_with(Role::Db)
+            .filter(|h| only_host.as_ref().is_none_or(|o| *o == h.name))
+        {
+            let node = config.db_node(host, &state_dir).expect("db host");
+            for program in [&node.mariadbd, &node.install_db] {
+                if !program.exists() {
+                    cleanup(&state_dir);
+                    anyhow::bail!(
+                        "{} not found: the db role needs Debian's MariaDB (apt-get install mariadb-server)",
+                        program.display()
+                    );
+                }
+            }
+        }
+    }
     fs::write(
         state_dir.join("run/supervisor.pid"),
         format!("{}\n", std::process::id()),
@@ -121,6 +147,7 @@ pub async fn run(
                 child: None,
                 wanted: true,
                 healthy: false,
+                detail: serde_json::Value::Null,
                 restarts: 0,
                 backoff: FIRST_BACKOFF,
                 restart_at: None,
@@ -140,25 +167,31 @@ pub async fn run(
         sup.config.site_name,
         state_dir.display()
     );
+    // `status` answers from the first moment, also while a slow start (a database's first
+    // bootstrap) is under way.
+    let tasks = [
+        tokio::spawn(health_loop(sup.clone())),
+        tokio::spawn(control_loop(sup.clone(), listener)),
+    ];
     let started = tokio::select! {
         result = start_all(&sup) => result,
         signal = termination_signal() => Err(anyhow::anyhow!("interrupted by {signal} while starting")),
     };
     if let Err(error) = started {
         eprintln!("webstack: {error:#}");
+        for task in &tasks {
+            task.abort();
+        }
         stop_all(&sup).await;
         cleanup(&state_dir);
         return Ok(ExitCode::FAILURE);
     }
     print_endpoints(&sup);
 
-    let tasks = [
-        tokio::spawn(reap_loop(sup.clone())),
-        tokio::spawn(health_loop(sup.clone())),
-        tokio::spawn(control_loop(sup.clone(), listener)),
-    ];
+    let reaper = tokio::spawn(reap_loop(sup.clone()));
     let signal = termination_signal().await;
     println!("webstack: {signal}: stopping");
+    reaper.abort();
     for task in &tasks {
         task.abort();
     }
@@ -300,8 +333,12 @@ impl Supervisor {
             .filter(|&i| units[i].host == host && role.is_none_or(|r| units[i].role == r))
             .collect();
         if found.is_empty() {
-            let mut known: Vec<String> = units.iter().map(|u| u.host.clone()).collect();
-            known.dedup();
+            let mut known: Vec<String> = Vec::new();
+            for unit in units.iter() {
+                if !known.contains(&unit.host) {
+                    known.push(unit.host.clone());
+                }
+            }
             return Err(format!(
                 "{target:?} names no role of this supervisor: expected HOST or HOST/ROLE with HOST one of {}",
                 known.join(", ")
@@ -353,7 +390,12 @@ async fn start_all(sup: &Shared) -> anyhow::Result<()> {
 
 /// Polls a unit's `/ready` until 200; fails early, with its log's tail, if the process exits.
 async fn wait_ready(sup: &Shared, index: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + READY_TIMEOUT;
+    let timeout = if sup.units.lock().unwrap()[index].role == Role::Db {
+        DB_READY_TIMEOUT
+    } else {
+        READY_TIMEOUT
+    };
+    let deadline = Instant::now() + timeout;
     loop {
         let (admin, label, exited) = {
             let mut units = sup.units.lock().unwrap();
@@ -401,13 +443,19 @@ fn print_endpoints(sup: &Shared) {
     println!("webstack: {} is up", config.site_name);
     for unit in units.iter().rev() {
         let what = match unit.role {
+            Role::Db => "database (MariaDB)",
             Role::Lb => "load balancer: the site",
             Role::Web => "web server",
             Role::App => "application server",
         };
+        let scheme = if unit.role == Role::Db {
+            "mysql"
+        } else {
+            "http"
+        };
         println!(
-            "  http://{}/  {} ({}), admin http://{}/metrics",
-            unit.service, what, unit.host, unit.admin
+            "  {scheme}://{}/  {what} ({}), admin http://{}/metrics",
+            unit.service, unit.host, unit.admin
         );
     }
     let state = sup.state_dir.display();
@@ -430,28 +478,42 @@ async fn health_loop(sup: Shared) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
-        let probes: Vec<(usize, SocketAddr)> = {
+        let probes: Vec<(usize, SocketAddr, Role)> = {
             let units = sup.units.lock().unwrap();
             units
                 .iter()
                 .enumerate()
                 .filter(|(_, u)| u.child.is_some())
-                .map(|(i, u)| (i, u.admin))
+                .map(|(i, u)| (i, u.admin, u.role))
                 .collect()
         };
-        let checks = probes.into_iter().map(|(i, admin)| async move {
+        let checks = probes.into_iter().map(|(i, admin, role)| async move {
             let ok = matches!(get_status(admin, "localhost", "/ready", Duration::from_millis(400)).await, Ok(s) if s.is_success());
-            (i, ok)
+            // A db node also reports its replication state for `status`.
+            let detail = match role {
+                Role::Db => get_body(admin, "localhost", "/status", Duration::from_millis(400))
+                    .await
+                    .ok()
+                    .and_then(|(_, body)| serde_json::from_slice(&body).ok())
+                    .unwrap_or_default(),
+                _ => serde_json::Value::Null,
+            };
+            (i, ok, detail)
         });
         let mut handles = Vec::new();
         for check in checks {
             handles.push(tokio::spawn(check));
         }
         for handle in handles {
-            if let Ok((i, ok)) = handle.await {
+            if let Ok((i, ok, detail)) = handle.await {
                 let mut units = sup.units.lock().unwrap();
                 let unit = &mut units[i];
                 unit.healthy = ok && unit.child.is_some();
+                unit.detail = if unit.child.is_some() {
+                    detail
+                } else {
+                    serde_json::Value::Null
+                };
             }
         }
     }

@@ -48,8 +48,8 @@ fn the_default_topology_is_valid() {
     let said = text(&out);
     assert!(
         said.contains("lb-01 (lb)")
-            && said.contains("web-01 (app+web)")
-            && said.contains("web-02 (app+web)"),
+            && said.contains("web-01 (db+app+web)")
+            && said.contains("web-02 (db+app+web)"),
         "{said}"
     );
 }
@@ -237,7 +237,7 @@ fn run_names_an_unknown_host() {
         text(&out)
     );
     let out = Command::new(EXE)
-        .args(["run", "--host", "lb-01", "--role", "db", "-c"])
+        .args(["run", "--host", "lb-01", "--role", "dns", "-c"])
         .arg(&topology.config_path)
         .output()
         .unwrap();

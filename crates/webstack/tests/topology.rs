@@ -308,8 +308,14 @@ fn stopping_a_web_host_takes_it_out_of_rotation_without_failed_requests() {
     let bad = topology.cli(&["stop", "web-09"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(text(&bad).contains("names no role"), "{}", text(&bad));
-    let bad = topology.cli(&["stop", "web-01/db"]);
+    let bad = topology.cli(&["stop", "web-01/dns"]);
     assert!(text(&bad).contains("unknown role"), "{}", text(&bad));
+    let bad = topology.cli(&["stop", "web-01/db"]);
+    assert!(
+        text(&bad).contains("HOST one of web-01, web-02, lb-01"),
+        "this topology has no db: {}",
+        text(&bad)
+    );
 }
 
 #[test]

@@ -1,0 +1,362 @@
+//! The `db` role: provisions this host's MariaDB, runs `mariadbd` as a child (restarted with
+//! backoff if it dies), makes it primary or replica, and reports its replication state.
+//! See LIFECYCLE.md beside this file.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::*;
+use mysql_async::{Conn, OptsBuilder};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::Serialize;
+use tokio::process::{Child, Command};
+use webstack_common::{Admin, Shutdown};
+
+use crate::gtid::GtidPos;
+use crate::provision::{self, ADMIN_USER, MONITOR_USER, REPL_USER, sql_string};
+use crate::{NodeConfig, secrets};
+
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Secret(#[from] secrets::SecretError),
+    #[error(transparent)]
+    Provision(#[from] provision::ProvisionError),
+    #[error(
+        "cannot start {program}: {source} (install Debian's mariadb-server: apt-get install mariadb-server)"
+    )]
+    Spawn {
+        program: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mariadbd did not accept connections within {0:?}; see its log")]
+    StartTimeout(Duration),
+    #[error("mariadbd exited during startup ({0}); see its log")]
+    ExitedEarly(std::process::ExitStatus),
+    #[error("SQL: {0}")]
+    Sql(#[from] mysql_async::Error),
+}
+
+/// What `/status` and `webstack status` show for a node.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NodeStatus {
+    /// primary, replica, or down.
+    pub role: String,
+    pub read_only: bool,
+    pub gtid_current_pos: String,
+    pub io_running: Option<String>,
+    pub sql_running: Option<String>,
+    /// Transactions behind the primary (None when the primary cannot be asked).
+    pub lag_transactions: Option<u64>,
+    pub seconds_behind_master: Option<u64>,
+    pub last_error: Option<String>,
+    /// One line for the status table.
+    pub summary: String,
+}
+
+/// Runs the node until `shutdown`, then stops `mariadbd` cleanly.
+pub async fn run(config: NodeConfig, admin: Admin, shutdown: Shutdown) -> Result<(), NodeError> {
+    let admin_password = secrets::read(&config.state_dir, "admin")?;
+    let mut init_file = provision::prepare(&config, &admin_password).await?;
+    stop_stale(&config).await;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let mut child = spawn(&config, init_file.as_deref())?;
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            result = serve(&config, &admin_password, &mut child, &admin) => result,
+            _ = shutdown.triggered() => Ok(()),
+        };
+        admin.set_ready(false);
+        if shutdown.is_triggered() {
+            stop(&mut child).await;
+            return Ok(());
+        }
+        match outcome {
+            Ok(()) => tracing::warn!("mariadbd exited"),
+            Err(error) => tracing::error!(%error, "mariadbd failed"),
+        }
+        stop(&mut child).await;
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(500);
+        }
+        // The init file is only for the very first start; keep it until a start succeeded.
+        if init_file.as_ref().is_some_and(|f| !f.exists()) {
+            init_file = None;
+        }
+        tracing::info!(?backoff, "restarting mariadbd");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.triggered() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn spawn(config: &NodeConfig, init_file: Option<&Path>) -> Result<Child, NodeError> {
+    let mut command = Command::new(&config.mariadbd);
+    command.arg(format!(
+        "--defaults-file={}",
+        config.defaults_file().display()
+    ));
+    if let Some(init) = init_file {
+        command.arg(format!("--init-file={}", init.display()));
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let child = command.spawn().map_err(|source| NodeError::Spawn {
+        program: config.mariadbd.clone(),
+        source,
+    })?;
+    tracing::info!(pid = child.id(), "mariadbd started");
+    Ok(child)
+}
+
+/// A mariadbd left running by an earlier webstack process that died without stopping it
+/// (its pid file names it): stopped before we start our own on the same data dir.
+async fn stop_stale(config: &NodeConfig) {
+    let Ok(text) = std::fs::read_to_string(config.pid_file()) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return;
+    };
+    let is_ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
+        String::from_utf8_lossy(&cmd).contains(&config.defaults_file().display().to_string())
+    });
+    if !is_ours {
+        return;
+    }
+    tracing::warn!(pid, "stopping a mariadbd left over from an earlier run");
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+/// SIGTERM (a clean InnoDB shutdown), SIGKILL after the timeout.
+async fn stop(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    if tokio::time::timeout(STOP_TIMEOUT, child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("mariadbd did not stop in time; killing it");
+        let _ = child.kill().await;
+    }
+}
+
+fn admin_opts(config: &NodeConfig, password: &str) -> OptsBuilder {
+    OptsBuilder::default()
+        .socket(Some(config.socket().display().to_string()))
+        .user(Some(ADMIN_USER))
+        .pass(Some(password.to_string()))
+        .prefer_socket(true)
+}
+
+/// Waits for mariadbd, configures it, then watches it until it exits.
+async fn serve(
+    config: &NodeConfig,
+    admin_password: &str,
+    child: &mut Child,
+    admin: &Admin,
+) -> Result<(), NodeError> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut conn = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(NodeError::ExitedEarly(status));
+        }
+        match Conn::new(admin_opts(config, admin_password)).await {
+            Ok(conn) => break conn,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(_) => return Err(NodeError::StartTimeout(START_TIMEOUT)),
+        }
+    };
+    let _ = std::fs::remove_file(config.node_dir().join("init.sql"));
+    configure(config, &mut conn).await?;
+    tracing::info!(
+        role = if config.is_primary() {
+            "primary"
+        } else {
+            "replica"
+        },
+        "mariadb configured"
+    );
+
+    let monitor_password = secrets::read(&config.state_dir, "monitor").unwrap_or_default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.map_err(|source| NodeError::Spawn { program: config.mariadbd.clone(), source })?;
+                tracing::warn!(%status, "mariadbd exited");
+                return Ok(());
+            }
+            _ = tick.tick() => {
+                let status = match inspect(config, &mut conn, &monitor_password).await {
+                    Ok(status) => status,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot inspect mariadb");
+                        // Reconnect next time; the server may be restarting.
+                        if let Ok(fresh) = Conn::new(admin_opts(config, admin_password)).await {
+                            conn = fresh;
+                        }
+                        NodeStatus { role: "down".into(), summary: format!("unreachable: {error}"), ..NodeStatus::default() }
+                    }
+                };
+                let ready = match status.role.as_str() {
+                    "primary" => true,
+                    "replica" => status.io_running.as_deref() == Some("Yes") && status.sql_running.as_deref() == Some("Yes"),
+                    _ => false,
+                };
+                admin.set_ready(ready);
+                admin.set_status(serde_json::to_value(&status).unwrap_or_default());
+            }
+        }
+    }
+}
+
+/// Makes the node what the topology says: accounts everywhere; on the primary writable with
+/// the schema; on a replica read-only and replicating from the primary by GTID.
+async fn configure(config: &NodeConfig, conn: &mut Conn) -> Result<(), NodeError> {
+    let repl = secrets::read(&config.state_dir, "repl")?;
+    let app = secrets::read(&config.state_dir, "app")?;
+    let monitor = secrets::read(&config.state_dir, "monitor")?;
+    conn.query_drop("SET SESSION sql_log_bin = 0").await?;
+    for statement in provision::account_statements(config, &repl, &app, &monitor) {
+        conn.query_drop(statement).await?;
+    }
+    conn.query_drop("SET SESSION sql_log_bin = 1").await?;
+
+    if config.is_primary() {
+        // A node that replicated before (e.g. an old primary coming back) stops doing so.
+        conn.query_drop("STOP SLAVE").await?;
+        conn.query_drop("SET GLOBAL read_only = OFF").await?;
+        conn.query_drop("SET GLOBAL rpl_semi_sync_master_enabled = ON")
+            .await?;
+        for statement in provision::schema_statements(&config.database) {
+            conn.query_drop(statement).await?;
+        }
+        return Ok(());
+    }
+
+    conn.query_drop("SET GLOBAL read_only = ON").await?;
+    conn.query_drop("SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+        .await?;
+    let current: Option<mysql_async::Row> = conn.query_first("SHOW SLAVE STATUS").await?;
+    let configured_host = current
+        .as_ref()
+        .and_then(|row| row.get::<Option<String>, _>("Master_Host").flatten());
+    let primary_host = config.primary_addr.ip().to_string();
+    if configured_host.as_deref() != Some(primary_host.as_str()) {
+        conn.query_drop("STOP SLAVE").await?;
+        // CHANGE MASTER takes no placeholders: literals, quoted.
+        conn.query_drop(format!(
+            "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, MASTER_PASSWORD = {}, \
+             MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
+            sql_string(&primary_host),
+            config.primary_addr.port(),
+            sql_string(REPL_USER),
+            sql_string(&repl),
+        ))
+        .await?;
+    }
+    conn.query_drop("START SLAVE").await?;
+    Ok(())
+}
+
+/// The node's role, replication threads and lag (asking the primary for its position).
+async fn inspect(
+    config: &NodeConfig,
+    conn: &mut Conn,
+    monitor_password: &str,
+) -> Result<NodeStatus, NodeError> {
+    let (read_only, pos): (bool, String) = conn
+        .query_first("SELECT @@read_only, @@gtid_current_pos")
+        .await?
+        .unwrap_or((true, String::new()));
+    let replica: Option<mysql_async::Row> = conn.query_first("SHOW SLAVE STATUS").await?;
+    let mut status = NodeStatus {
+        read_only,
+        gtid_current_pos: pos.clone(),
+        ..NodeStatus::default()
+    };
+    if !read_only {
+        status.role = "primary".into();
+        status.summary = format!("primary, writable, gtid {pos}");
+        return Ok(status);
+    }
+    status.role = "replica".into();
+    if let Some(row) = replica {
+        let text = |name: &str| row.get::<Option<String>, _>(name).flatten();
+        status.io_running = text("Slave_IO_Running");
+        status.sql_running = text("Slave_SQL_Running");
+        status.seconds_behind_master = text("Seconds_Behind_Master").and_then(|s| s.parse().ok());
+        status.last_error = [text("Last_IO_Error"), text("Last_SQL_Error")]
+            .into_iter()
+            .flatten()
+            .find(|e| !e.is_empty());
+    }
+    status.lag_transactions = primary_position(config, monitor_password)
+        .await
+        .map(|primary| GtidPos::parse(&pos).behind(&primary));
+    status.summary = format!(
+        "replica of {}, io {} sql {}, lag {} trx",
+        config.primary_name,
+        status.io_running.as_deref().unwrap_or("-"),
+        status.sql_running.as_deref().unwrap_or("-"),
+        status
+            .lag_transactions
+            .map_or("?".to_string(), |l| l.to_string()),
+    );
+    if let Some(error) = &status.last_error {
+        status.summary.push_str(&format!(", error: {error}"));
+    }
+    Ok(status)
+}
+
+async fn primary_position(config: &NodeConfig, monitor_password: &str) -> Option<GtidPos> {
+    let opts = OptsBuilder::default()
+        .ip_or_hostname(config.primary_addr.ip().to_string())
+        .tcp_port(config.primary_addr.port())
+        .user(Some(MONITOR_USER))
+        .pass(Some(monitor_password.to_string()))
+        .prefer_socket(false);
+    let attempt = async {
+        let mut conn = Conn::new(opts).await.ok()?;
+        let pos: Option<String> = conn.query_first("SELECT @@gtid_binlog_pos").await.ok()?;
+        let _ = conn.disconnect().await;
+        pos.map(|p| GtidPos::parse(&p))
+    };
+    tokio::time::timeout(Duration::from_secs(1), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sql_strings_are_quoted() {
+        assert_eq!(crate::provision::sql_string("abc"), "'abc'");
+        assert_eq!(crate::provision::sql_string("a'b\\c"), "'a\\'b\\\\c'");
+    }
+}
