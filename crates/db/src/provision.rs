@@ -72,6 +72,7 @@ pub fn defaults_file(config: &NodeConfig) -> String {
          datadir = {datadir}\n\
          socket = {socket}\n\
          pid-file = {pid}\n\
+         tmpdir = {tmp}\n\
          log-error = {log}\n\
          bind-address = {address}\n\
          port = {port}\n\
@@ -104,6 +105,7 @@ pub fn defaults_file(config: &NodeConfig) -> String {
         datadir = config.data_dir().display(),
         socket = config.socket().display(),
         pid = config.pid_file().display(),
+        tmp = config.node_dir().join("tmp").display(),
         log = config.error_log().display(),
         address = config.address,
         port = config.port,
@@ -129,7 +131,12 @@ pub async fn prepare(
     admin_password: &str,
 ) -> Result<Option<PathBuf>, ProvisionError> {
     let node_dir = config.node_dir();
-    for dir in [node_dir.clone(), config.state_dir.join("logs")] {
+    // Its own tmpdir: nodes bootstrapping side by side must not share temporary tables.
+    for dir in [
+        node_dir.clone(),
+        node_dir.join("tmp"),
+        config.state_dir.join("logs"),
+    ] {
         fs::create_dir_all(&dir).map_err(|source| ProvisionError::Write { path: dir, source })?;
     }
     if config.socket().as_os_str().len() > 107 {

@@ -46,6 +46,14 @@ pub fn toml(net: u8, web_hosts: usize, lb_extra: &str) -> String {
     text
 }
 
+/// `toml` plus a database tier: every web host also runs db, web-01 is the primary.
+pub fn toml_with_db(net: u8, web_hosts: usize, lb_extra: &str) -> String {
+    toml(net, web_hosts, lb_extra).replace(
+        "roles = [\"web\", \"app\"]",
+        "roles = [\"web\", \"app\", \"db\"]",
+    ) + "\n[db]\nprimary = \"web-01\"\npoll_interval = \"200ms\"\n"
+}
+
 impl Topology {
     /// Writes `config` into a fresh folder without starting anything.
     pub fn write(exe: &str, name: &str, net: u8, config: &str) -> Topology {
@@ -67,27 +75,41 @@ impl Topology {
     /// Writes `config` and runs `webstack up` on it until `status --wait` says all are healthy.
     pub fn start(exe: &str, name: &str, net: u8, config: &str) -> Topology {
         let mut topology = Self::write(exe, name, net, config);
-        let log = std::fs::File::create(topology.dir.path().join("up.log")).expect("create up.log");
-        let child = Command::new(&topology.exe)
+        topology.spawn_up();
+        topology
+    }
+
+    /// Runs `webstack up` again on the same topology and state dir (after `stop`).
+    pub fn restart(&mut self) {
+        assert!(self.up.is_none(), "stop the running up first");
+        self.spawn_up();
+    }
+
+    fn spawn_up(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("up.log"))
+            .expect("open up.log");
+        let child = Command::new(&self.exe)
             .arg("up")
             .arg("-c")
-            .arg(&topology.config_path)
+            .arg(&self.config_path)
             .arg("--state-dir")
-            .arg(&topology.state_dir)
+            .arg(&self.state_dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("spawn webstack up");
-        topology.up = Some(child);
-        let status = topology.cli(&["status", "--wait", &START_TIMEOUT_SECS.to_string()]);
+        self.up = Some(child);
+        let status = self.cli(&["status", "--wait", &START_TIMEOUT_SECS.to_string()]);
         assert!(
             status.status.success(),
             "topology did not become healthy:\n{}\nup.log:\n{}",
             text(&status),
-            topology.up_log()
+            self.up_log()
         );
-        topology
     }
 
     /// Runs one role alone (`webstack run --host H --role R`) and waits for its `/ready`.
@@ -207,6 +229,36 @@ impl Topology {
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs the `mariadb` client against host `web-0i`'s database as the app account.
+    pub fn sql(&self, i: u8, statement: &str) -> Result<String, String> {
+        let password = std::fs::read_to_string(self.state_dir.join("secrets/app.password"))
+            .map_err(|e| e.to_string())?;
+        let out = Command::new("mariadb")
+            .args([
+                "-h",
+                &format!("127.0.{}.{}", self.net, 10 + i),
+                "-P",
+                "3306",
+                "-u",
+                "foobar_app",
+                "--batch",
+                "--skip-column-names",
+                "foobar",
+                "-e",
+                statement,
+            ])
+            .env("MYSQL_PWD", password.trim())
+            .output()
+            .map_err(|e| {
+                format!("cannot run the mariadb client (apt-get install mariadb-client): {e}")
+            })?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
     }
 

@@ -1,0 +1,357 @@
+//! The database tier end to end: real `mariadbd` processes provisioned by `webstack up`, GTID
+//! replication, the app's router, and the real `mariadb` client to look inside.
+
+use std::time::Duration;
+
+use webstack_testkit::http::{self, get};
+use webstack_testkit::topology::{text, toml_with_db};
+use webstack_testkit::{Topology, assert_eventually, process_alive};
+
+const EXE: &str = env!("CARGO_BIN_EXE_webstack");
+
+fn post(topology: &Topology, author: &str, body: &str) -> http::Response {
+    let json = serde_json::json!({ "author": author, "body": body }).to_string();
+    http::request(
+        topology.lb(),
+        "POST",
+        "/api/posts",
+        &[("Content-Type", "application/json")],
+        json.as_bytes(),
+    )
+    .unwrap()
+}
+
+fn db_detail(topology: &Topology, host: &str) -> serde_json::Value {
+    let status = topology.status();
+    status["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["host"] == host && u["role"] == "db")
+        .unwrap()["detail"]
+        .clone()
+}
+
+#[test]
+fn posts_are_written_to_the_primary_and_read_from_every_host() {
+    let topology = Topology::start(EXE, "db-basic", 41, &toml_with_db(41, 2, ""));
+
+    // Roles as the topology says, replication running, lag measured in transactions.
+    assert_eventually!(
+        db_detail(&topology, "web-02")["lag_transactions"] == 0,
+        Duration::from_secs(20),
+        "replica caught up"
+    );
+    assert_eq!(db_detail(&topology, "web-01")["role"], "primary");
+    let replica = db_detail(&topology, "web-02");
+    assert_eq!(
+        (
+            replica["role"].as_str(),
+            replica["io_running"].as_str(),
+            replica["sql_running"].as_str()
+        ),
+        (Some("replica"), Some("Yes"), Some("Yes"))
+    );
+    assert_eventually!(
+        text(&topology.cli(&["status"])).contains("replica of web-01, io Yes sql Yes, lag 0 trx"),
+        Duration::from_secs(20),
+        "status table shows replication"
+    );
+
+    let created = post(&topology, "ada", "hello from the primary");
+    assert_eq!(created.status, 201, "{}", created.text());
+    let stored = created.json();
+    let id = stored["id"].as_u64().unwrap();
+    assert_eq!(stored["author"], "ada");
+    assert_eq!(
+        created.header("location"),
+        Some(format!("/api/posts/{id}").as_str())
+    );
+    assert!(
+        created
+            .header("set-cookie")
+            .unwrap()
+            .starts_with("foobar_gtid=0-1-"),
+        "read-your-writes cookie"
+    );
+
+    // Readable through each web host (each app reads from the replica when it has the row).
+    for web in [1, 2] {
+        assert_eventually!(
+            get(topology.web(web), &format!("/api/posts/{id}"), &[])
+                .is_ok_and(|r| r.status == 200 && r.json()["body"] == "hello from the primary"),
+            Duration::from_secs(10),
+            "post readable via web-0{web}"
+        );
+    }
+    // The replica holds the row (the real client, the app's account), and refuses writes.
+    assert_eventually!(
+        topology
+            .sql(2, &format!("SELECT author FROM posts WHERE id = {id}"))
+            .is_ok_and(|out| out.trim() == "ada"),
+        Duration::from_secs(10),
+        "row on the replica"
+    );
+    let refused = topology
+        .sql(2, "INSERT INTO posts (author, body) VALUES ('x', 'y')")
+        .unwrap_err();
+    assert!(
+        refused.contains("read-only") || refused.contains("1290"),
+        "{refused}"
+    );
+    assert!(
+        topology.sql(1, "DROP TABLE posts").is_err(),
+        "the app account cannot drop tables"
+    );
+
+    let who = get(topology.lb(), "/api/whoami", &[]).unwrap().json();
+    assert_eq!(who["db_write"], "web-01");
+    assert_eq!(who["db_read"], "web-02");
+
+    // The HTML form: 303 to the new post, whose page escapes what was posted.
+    let form = http::request(
+        topology.lb(),
+        "POST",
+        "/posts",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"author=eve&body=%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+    )
+    .unwrap();
+    assert_eq!(form.status, 303, "{}", form.text());
+    let location = form.header("location").unwrap().to_string();
+    let cookie = form
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = get(topology.lb(), &location, &[("Cookie", &cookie)]).unwrap();
+    assert_eq!(
+        page.status, 200,
+        "read-your-writes: the new post is there at once"
+    );
+    assert!(
+        page.text().contains("&lt;script&gt;") && !page.text().contains("<script>alert"),
+        "{}",
+        page.text()
+    );
+    let home = get(topology.lb(), "/", &[("Cookie", &cookie)])
+        .unwrap()
+        .text();
+    assert!(
+        home.contains(&location) && home.contains("id=\"db-write\">web-01"),
+        "{home}"
+    );
+
+    // Hostile and malformed input.
+    let injection = post(&topology, "x'); DROP TABLE posts; --", "1' OR '1'='1");
+    assert_eq!(injection.status, 201, "stored verbatim, as data");
+    assert_eq!(injection.json()["author"], "x'); DROP TABLE posts; --");
+    assert!(
+        topology
+            .sql(1, "SELECT COUNT(*) FROM posts")
+            .unwrap()
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+            >= 3,
+        "the table survived"
+    );
+    for (body, status) in [
+        (b"{\"author\": \"a\"".to_vec(), 400),
+        (b"{\"author\": \"a\", \"body\": 7}".to_vec(), 400),
+        (b"[]".to_vec(), 400),
+        (
+            serde_json::json!({"author": "a", "body": "x".repeat(5001)})
+                .to_string()
+                .into_bytes(),
+            400,
+        ),
+        (
+            serde_json::json!({"author": "a".repeat(65), "body": "x"})
+                .to_string()
+                .into_bytes(),
+            400,
+        ),
+        (
+            serde_json::json!({"author": "a", "body": "   "})
+                .to_string()
+                .into_bytes(),
+            400,
+        ),
+        (b"{\"author\": \"a\", \"body\": \"\xff\"}".to_vec(), 400),
+        (vec![b' '; 200_000], 413),
+    ] {
+        let r = http::request(
+            topology.lb(),
+            "POST",
+            "/api/posts",
+            &[("Content-Type", "application/json")],
+            &body,
+        )
+        .unwrap();
+        assert_eq!(r.status, status, "{}", r.text());
+        if status == 400 {
+            assert!(r.json()["error"].is_string());
+        }
+    }
+    assert_eq!(
+        get(topology.lb(), "/api/posts/999999", &[]).unwrap().status,
+        404
+    );
+    assert_eq!(
+        get(topology.lb(), "/posts/999999", &[]).unwrap().status,
+        404
+    );
+    assert_eq!(
+        get(topology.lb(), "/api/posts?limit=1000", &[])
+            .unwrap()
+            .status,
+        400
+    );
+    let listed = get(topology.lb(), "/api/posts?limit=2", &[])
+        .unwrap()
+        .json();
+    assert_eq!(listed["posts"].as_array().unwrap().len(), 2);
+
+    // Secrets: private files, never in the topology or the logs.
+    for name in ["admin", "repl", "app", "monitor"] {
+        let path = topology
+            .state_dir()
+            .join(format!("secrets/{name}.password"));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        ) & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+        let secret = std::fs::read_to_string(&path).unwrap();
+        for log in std::fs::read_dir(topology.state_dir().join("logs")).unwrap() {
+            let log = log.unwrap().path();
+            assert!(
+                !std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains(secret.trim()),
+                "{name} password in {}",
+                log.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn losing_the_replica_or_the_primary_keeps_the_site_up() {
+    let topology = Topology::start(EXE, "db-failures", 42, &toml_with_db(42, 2, ""));
+    assert_eq!(post(&topology, "ada", "before").status, 201);
+
+    // The replica stops: reads go to the primary, writes still work.
+    assert!(topology.cli(&["stop", "web-02/db"]).status.success());
+    assert_eventually!(
+        get(topology.lb(), "/api/whoami", &[]).unwrap().json()["db_read"] == "web-01",
+        Duration::from_secs(10),
+        "reads moved to the primary"
+    );
+    for i in 0..5 {
+        assert_eq!(get(topology.lb(), "/", &[]).unwrap().status, 200);
+        assert_eq!(
+            post(&topology, "bob", &format!("while the replica is down {i}")).status,
+            201
+        );
+    }
+    let on_primary = topology.sql(1, "SELECT COUNT(*) FROM posts").unwrap();
+
+    // It comes back and catches up with every row.
+    assert!(topology.cli(&["start", "web-02/db"]).status.success());
+    assert_eventually!(
+        topology
+            .sql(2, "SELECT COUNT(*) FROM posts")
+            .is_ok_and(|n| n == on_primary),
+        Duration::from_secs(20),
+        "replica caught up"
+    );
+    assert_eventually!(
+        db_detail(&topology, "web-02")["lag_transactions"] == 0,
+        Duration::from_secs(20),
+        "lag back to 0"
+    );
+
+    // The primary stops: reads keep working from the replica, writes answer 503 clearly.
+    assert!(topology.cli(&["stop", "web-01/db"]).status.success());
+    assert_eventually!(
+        get(topology.lb(), "/healthz", &[]).unwrap().json()["write"] == false,
+        Duration::from_secs(10),
+        "writes known down"
+    );
+    for _ in 0..6 {
+        assert_eq!(get(topology.lb(), "/", &[]).unwrap().status, 200);
+        let list = get(topology.lb(), "/api/posts", &[]).unwrap();
+        assert_eq!(list.status, 200);
+        assert_eq!(list.json()["db_read"], "web-02");
+    }
+    let refused = post(&topology, "carol", "no primary");
+    assert_eq!(refused.status, 503);
+    assert!(
+        refused.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("writes are unavailable"),
+        "{}",
+        refused.text()
+    );
+
+    assert!(topology.cli(&["start", "web-01/db"]).status.success());
+    assert_eventually!(
+        post(&topology, "carol", "primary back").status == 201,
+        Duration::from_secs(20),
+        "writes back"
+    );
+}
+
+#[test]
+fn a_second_up_keeps_the_data_and_leaves_no_database_behind() {
+    let mut topology = Topology::start(EXE, "db-restart", 43, &toml_with_db(43, 2, ""));
+    let id = post(&topology, "ada", "survives restarts").json()["id"]
+        .as_u64()
+        .unwrap();
+    let mariadbd: Vec<u32> = [1, 2]
+        .iter()
+        .map(|i| {
+            std::fs::read_to_string(
+                topology
+                    .state_dir()
+                    .join(format!("db/web-{i:02}/mariadbd.pid")),
+            )
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+        })
+        .collect();
+    assert!(topology.stop().unwrap().success());
+    for pid in &mariadbd {
+        assert!(
+            !process_alive(*pid),
+            "mariadbd {pid} still running after up stopped"
+        );
+    }
+
+    topology.restart();
+    assert_eq!(
+        get(topology.lb(), &format!("/api/posts/{id}"), &[])
+            .unwrap()
+            .json()["body"],
+        "survives restarts"
+    );
+    assert_eventually!(
+        db_detail(&topology, "web-02")["io_running"] == "Yes",
+        Duration::from_secs(20),
+        "replication resumed"
+    );
+    assert_eq!(post(&topology, "ada", "after the restart").status, 201);
+    assert_eventually!(
+        topology
+            .sql(2, "SELECT COUNT(*) FROM posts")
+            .is_ok_and(|n| n.trim() == "2"),
+        Duration::from_secs(20),
+        "replicated after restart"
+    );
+}
