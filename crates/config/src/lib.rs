@@ -263,8 +263,35 @@ mod tests {
         let web01 = config.host("web-01").unwrap();
         assert_eq!(
             web01.roles,
-            [Role::App, Role::Web],
+            [Role::Db, Role::App, Role::Web],
             "roles sorted in start order"
+        );
+        let state = Path::new("/srv/state");
+        let primary = config.db_node(web01, state).unwrap();
+        let replica = config
+            .db_node(config.host("web-02").unwrap(), state)
+            .unwrap();
+        assert!(primary.is_primary() && !replica.is_primary());
+        assert_eq!(
+            (primary.server_id, replica.server_id),
+            (1, 2),
+            "unique server ids"
+        );
+        assert_eq!(replica.primary_addr.to_string(), "127.0.0.11:3306");
+        assert_eq!(
+            replica.address.to_string(),
+            "127.0.0.12",
+            "bound to the host's own address"
+        );
+        assert_eq!(
+            replica.socket(),
+            Path::new("/srv/state/db/web-02/mariadb.sock")
+        );
+        assert!(
+            config
+                .db_node(config.host("lb-01").unwrap(), state)
+                .is_none(),
+            "lb-01 runs no db"
         );
         let web = config.web(web01);
         assert_eq!(
@@ -315,6 +342,48 @@ mod tests {
         assert!(
             shown.contains("interval = \"soon\""),
             "the offending line is quoted: {shown}"
+        );
+    }
+
+    #[test]
+    fn the_db_section_is_checked() {
+        let text = default_text().replace("primary = \"web-01\"", "primary = \"lb-01\"");
+        let error = parse(&text).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("db.primary \"lb-01\" is not a host with role db"),
+            "{error}"
+        );
+        assert_eq!(
+            error.line(),
+            Some(
+                text.lines()
+                    .position(|l| l.contains("primary = \"lb-01\""))
+                    .unwrap()
+                    + 1
+            )
+        );
+        let without = &default_text()[..default_text().find("[db]").unwrap()];
+        assert!(
+            parse(without)
+                .unwrap_err()
+                .to_string()
+                .contains("has role db but there is no [db] section")
+        );
+        let text = default_text().replace("database = \"foobar\"", "database = \"foo-bar; drop\"");
+        assert!(
+            parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("expected 1 to 64 letters, digits or '_'")
+        );
+        let text = default_text().replace("port = 3306", "port = 9000");
+        assert!(
+            parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("would bind the same port")
         );
     }
 
