@@ -307,23 +307,35 @@ fn losing_the_replica_or_the_primary_keeps_the_site_up() {
 }
 
 #[test]
-fn a_second_up_keeps_the_data_and_leaves_no_database_behind() {
-    let mut topology = Topology::start(EXE, "db-restart", 43, &toml_with_db(43, 2, ""));
+fn two_replicas_and_a_second_up_that_keeps_the_data_and_leaves_no_database_behind() {
+    // Three db hosts: one primary, two replicas.
+    let mut topology = Topology::start(EXE, "db-restart", 43, &toml_with_db(43, 3, ""));
     let id = post(&topology, "ada", "survives restarts").json()["id"]
         .as_u64()
         .unwrap();
-    let mariadbd: Vec<u32> = [1, 2]
+    let has_rows = |topology: &Topology, host: u8, n: &str| {
+        topology
+            .sql(host, "SELECT COUNT(*) FROM posts")
+            .is_ok_and(|count| count.trim() == n)
+    };
+    for replica in [2, 3] {
+        assert_eventually!(
+            has_rows(&topology, replica, "1"),
+            Duration::from_secs(20),
+            "web-0{replica} replicated"
+        );
+    }
+    let mariadbd: Vec<u32> = [1, 2, 3]
         .iter()
         .map(|i| {
-            std::fs::read_to_string(
-                topology
-                    .state_dir()
-                    .join(format!("db/web-{i:02}/mariadbd.pid")),
-            )
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+            let path = topology
+                .state_dir()
+                .join(format!("db/web-{i:02}/mariadbd.pid"));
+            std::fs::read_to_string(path)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
         })
         .collect();
     assert!(topology.stop().unwrap().success());
@@ -335,23 +347,21 @@ fn a_second_up_keeps_the_data_and_leaves_no_database_behind() {
     }
 
     topology.restart();
-    assert_eq!(
-        get(topology.lb(), &format!("/api/posts/{id}"), &[])
-            .unwrap()
-            .json()["body"],
-        "survives restarts"
-    );
-    assert_eventually!(
-        db_detail(&topology, "web-02")["io_running"] == "Yes",
-        Duration::from_secs(20),
-        "replication resumed"
-    );
+    let kept = get(topology.lb(), &format!("/api/posts/{id}"), &[]).unwrap();
+    assert_eq!(kept.json()["body"], "survives restarts");
+    for host in ["web-02", "web-03"] {
+        assert_eventually!(
+            db_detail(&topology, host)["io_running"] == "Yes",
+            Duration::from_secs(20),
+            "{host} replicating again"
+        );
+    }
     assert_eq!(post(&topology, "ada", "after the restart").status, 201);
-    assert_eventually!(
-        topology
-            .sql(2, "SELECT COUNT(*) FROM posts")
-            .is_ok_and(|n| n.trim() == "2"),
-        Duration::from_secs(20),
-        "replicated after restart"
-    );
+    for replica in [2, 3] {
+        assert_eventually!(
+            has_rows(&topology, replica, "2"),
+            Duration::from_secs(20),
+            "web-0{replica} replicated after restart"
+        );
+    }
 }
