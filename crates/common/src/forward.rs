@@ -42,16 +42,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Appends the client's address to `X-Forwarded-For` (`a, b, client`), as HAProxy's
 /// `option forwardfor` and nginx's `$proxy_add_x_forwarded_for` do.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let ip = client.to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
-        _ => ip,
+    use std::io::Write;
+    // Formatted on the stack: one allocation (the header value) per request.
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{client}");
+    let len = cursor.position() as usize;
+    let ip = &buf[..len];
+    let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(existing) if !existing.trim_ascii().is_empty() => {
+            HeaderValue::from_bytes(&[existing, b", ", ip].concat())
+        }
+        _ => HeaderValue::from_bytes(ip),
     };
-    headers.remove(&X_FORWARDED_FOR);
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    if let Ok(value) = value {
+        // insert replaces every earlier X-Forwarded-For line: one list, ours appended.
         headers.insert(&X_FORWARDED_FOR, value);
     }
 }
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Unique request ids without a syscall per request: a random per-process prefix and a counter.
 pub struct RequestIds {
@@ -74,8 +84,13 @@ impl Default for RequestIds {
 impl RequestIds {
     pub fn next(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:016x}{:016x}", self.prefix, n);
-        HeaderValue::from_str(&id).expect("hex digits are a valid header value")
+        // Hex digits written on the stack: one allocation (the header value) per id.
+        let mut id = [0u8; 32];
+        for (i, shift) in (0..16).rev().enumerate() {
+            id[i] = HEX[((self.prefix >> (shift * 4)) & 0xf) as usize];
+            id[16 + i] = HEX[((n >> (shift * 4)) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
     }
 }
 
@@ -119,5 +134,8 @@ mod tests {
         let b = ids.next();
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
+        assert_eq!(&a.to_str().unwrap()[16..], "0000000000000000");
+        assert_eq!(&b.to_str().unwrap()[16..], "0000000000000001");
+        assert_eq!(a.to_str().unwrap()[..16], format!("{:016x}", ids.prefix));
     }
 }

@@ -48,6 +48,8 @@ pub struct LbFile {
     pub algorithm: Algorithm,
     pub retries: Spanned<u32>,
     pub access_log: bool,
+    /// Worker threads; 0 means one per CPU core.
+    pub threads: Spanned<u32>,
     pub health: HealthFile,
     pub timeouts: LbTimeoutsFile,
     /// Per-server overrides: `[[lb.server]] host = "web-01"  weight = 2  backup = true`.
@@ -62,6 +64,7 @@ impl Default for LbFile {
             algorithm: Algorithm::RoundRobin,
             retries: Spanned::new(0..0, 2),
             access_log: true,
+            threads: Spanned::new(0..0, 0),
             health: HealthFile::default(),
             timeouts: LbTimeoutsFile::default(),
             server: Vec::new(),

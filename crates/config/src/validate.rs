@@ -348,6 +348,14 @@ fn lb_config(
         )?;
     }
     check.ensure(
+        *lb.threads.get_ref() <= 256,
+        lb.threads.span(),
+        format!(
+            "lb.threads = {}: expected 0 (one per core) to 256",
+            lb.threads.get_ref()
+        ),
+    )?;
+    check.ensure(
         *lb.retries.get_ref() <= 10,
         lb.retries.span(),
         format!("lb.retries = {}: expected 0 to 10", lb.retries.get_ref()),
@@ -418,6 +426,10 @@ fn lb_config(
         },
         retries: *lb.retries.get_ref(),
         access_log: lb.access_log,
+        threads: match *lb.threads.get_ref() {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n as usize,
+        },
     })
 }
 

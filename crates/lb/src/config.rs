@@ -16,6 +16,8 @@ pub struct Config {
     pub retries: u32,
     /// One log line per request under the `access` target.
     pub access_log: bool,
+    /// Worker threads, each with its own listener (`SO_REUSEPORT`) and connection pool.
+    pub threads: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

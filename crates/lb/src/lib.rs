@@ -8,12 +8,10 @@ mod metrics;
 mod proxy;
 mod server;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-use webstack_common::{Admin, HttpOptions, Shutdown, serve_http};
+use webstack_common::{Admin, HttpOptions, Shutdown};
 
 pub use config::*;
 pub use proxy::Proxy;
@@ -23,7 +21,7 @@ pub use server::Server;
 pub struct LoadBalancer {
     config: Config,
     servers: Vec<Arc<Server>>,
-    proxy: Arc<Proxy>,
+    metrics: metrics::Metrics,
 }
 
 impl LoadBalancer {
@@ -35,17 +33,22 @@ impl LoadBalancer {
             .enumerate()
             .map(|(i, s)| Arc::new(Server::new(i, s.clone(), metrics.server(&s.name))))
             .collect();
-        let proxy = Arc::new(Proxy::new(config.clone(), &servers, metrics));
         Self {
             config,
             servers,
-            proxy,
+            metrics,
         }
     }
 
-    /// Runs health checks and serves `listener` until `shutdown`. Ready once every server has
-    /// been checked once.
-    pub async fn run(self, listener: TcpListener, admin: Admin, shutdown: Shutdown) {
+    /// Runs health checks on the current runtime and serves each listener on a worker thread of
+    /// its own (one single-threaded runtime per listener, see `workers.rs`) until `shutdown`.
+    /// Ready once every server has been checked once.
+    pub async fn run(
+        self,
+        listeners: Vec<std::net::TcpListener>,
+        admin: Admin,
+        shutdown: Shutdown,
+    ) {
         let ready = admin.clone();
         let sweep = health::FirstSweep::new(self.servers.len(), move || ready.set_ready(true));
         let mut checkers = tokio::task::JoinSet::new();
@@ -60,21 +63,83 @@ impl LoadBalancer {
             header_read_timeout: self.config.timeouts.client_header,
             ..HttpOptions::default()
         };
-        let proxy = self.proxy;
-        serve_http(
-            listener,
-            options,
-            move |peer| {
-                let proxy = proxy.clone();
-                hyper::service::service_fn(move |request| {
-                    let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(peer, request).await) }
-                })
-            },
-            shutdown,
-        )
-        .await;
+        let mut threads = Vec::new();
+        for (n, listener) in listeners.into_iter().enumerate() {
+            // Each worker has its own proxy: its own keep-alive pool, so a request and its
+            // upstream connection stay on one thread. Health and load counters are shared.
+            let proxy = Arc::new(Proxy::new(
+                self.config.clone(),
+                &self.servers,
+                self.metrics.clone(),
+            ));
+            let (options, shutdown) = (options.clone(), shutdown.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("lb-worker-{n}"))
+                .spawn(move || workers::serve_on_own_runtime(listener, options, proxy, shutdown));
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(error) => tracing::error!(%error, "cannot start a worker thread"),
+            }
+        }
+        shutdown.triggered().await;
         admin.set_ready(false);
         checkers.abort_all();
+        // Workers return once their connections drained (or the grace ran out).
+        let _ =
+            tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join())))
+                .await;
+    }
+}
+
+mod workers {
+    //! One worker: a current-thread tokio runtime serving one `SO_REUSEPORT` listener. No work
+    //! stealing and no cross-thread wake-ups on the request path; the kernel spreads new
+    //! connections across the workers' listeners.
+
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use webstack_common::{HttpOptions, Shutdown, serve_http};
+
+    use crate::Proxy;
+
+    /// How long a worker lets its connections finish after the drain starts.
+    const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+    pub fn serve_on_own_runtime(
+        listener: std::net::TcpListener,
+        options: HttpOptions,
+        proxy: Arc<Proxy>,
+        shutdown: Shutdown,
+    ) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => return tracing::error!(%error, "cannot start a worker runtime"),
+        };
+        runtime.block_on(async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => listener,
+                Err(error) => return tracing::error!(%error, "cannot use the listener"),
+            };
+            serve_http(
+                listener,
+                options,
+                move |peer| {
+                    let proxy = proxy.clone();
+                    hyper::service::service_fn(move |request| {
+                        let proxy = proxy.clone();
+                        async move { Ok::<_, Infallible>(proxy.handle(peer, request).await) }
+                    })
+                },
+                shutdown.clone(),
+            )
+            .await;
+            // Connection tasks live on this runtime: keep it until they are done.
+            shutdown.drain(DRAIN_GRACE).await;
+        });
     }
 }

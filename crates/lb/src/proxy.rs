@@ -74,11 +74,8 @@ impl Proxy {
         let started = Instant::now();
         let request_id = self.request_ids.next();
         let method = request.method().clone();
-        let path = request
-            .uri()
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default();
+        // Kept for the access log only (a cheap reference-counted clone of the URI).
+        let uri = self.config.access_log.then(|| request.uri().clone());
         let (mut parts, body) = request.into_parts();
 
         forward::strip_hop_by_hop(&mut parts.headers);
@@ -91,17 +88,17 @@ impl Proxy {
         // Only a request without a body can be sent twice; only an idempotent one should be.
         let replayable = body.is_end_stream() && is_idempotent(&parts.method);
         let mut body = Some(body);
-        let mut tried: Vec<usize> = Vec::new();
+        let mut tried = Tried::default();
         let mut last_failure = None;
 
         // A 502/503/504 answered by a server whose request could go elsewhere: kept, and sent
         // only if no other server can take the request.
         let mut fallback: Option<(Response<ProxyBody>, Arc<Server>)> = None;
         let (mut response, server) = loop {
-            let candidate = if tried.len() > self.config.retries as usize {
+            let candidate = if tried.count > self.config.retries {
                 None
             } else {
-                self.balancer.select(&|s| !tried.contains(&s.index))
+                self.balancer.select(&|s| !tried.contains(s.index))
             };
             let Some(server) = candidate else {
                 break match (fallback, last_failure) {
@@ -113,10 +110,10 @@ impl Proxy {
                     (None, failure) => (self.error_for(failure), None),
                 };
             };
-            if !tried.is_empty() {
+            if tried.count > 0 {
                 self.metrics.retries.inc();
             }
-            tried.push(server.index);
+            tried.insert(server.index);
 
             let upstream_body = match body.take() {
                 Some(body) if !replayable => Either::Left(body),
@@ -185,10 +182,10 @@ impl Proxy {
                 target: "access",
                 client = %peer.ip(),
                 method = %method,
-                path = %path,
+                path = %uri.as_ref().and_then(|u| u.path_and_query()).map_or("", |p| p.as_str()),
                 status = status.as_u16(),
                 server = server.as_ref().map_or("-", |s| s.config.name.as_str()),
-                attempts = tried.len(),
+                attempts = tried.count,
                 duration_ms = started.elapsed().as_secs_f64() * 1000.0,
                 request_id = request_id.to_str().unwrap_or(""),
             );
@@ -249,6 +246,32 @@ impl Proxy {
             HeaderValue::from_static("no-store"),
         );
         response
+    }
+}
+
+/// The servers a request already tried: a bitset, so the common path allocates nothing (the
+/// first 128 servers; beyond that a list).
+#[derive(Default)]
+struct Tried {
+    bits: u128,
+    more: Vec<usize>,
+    count: u32,
+}
+
+impl Tried {
+    fn insert(&mut self, index: usize) {
+        self.count += 1;
+        match u32::try_from(index).ok().filter(|&i| i < 128) {
+            Some(i) => self.bits |= 1 << i,
+            None => self.more.push(index),
+        }
+    }
+
+    fn contains(&self, index: usize) -> bool {
+        match u32::try_from(index).ok().filter(|&i| i < 128) {
+            Some(i) => self.bits & (1 << i) != 0,
+            None => self.more.contains(&index),
+        }
     }
 }
 
@@ -316,5 +339,22 @@ impl Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tried;
+
+    #[test]
+    fn tried_servers_are_remembered_beyond_the_bitset() {
+        let mut tried = Tried::default();
+        for i in [0, 5, 127, 128, 1000] {
+            assert!(!tried.contains(i));
+            tried.insert(i);
+            assert!(tried.contains(i));
+        }
+        assert_eq!(tried.count, 5);
+        assert!(!tried.contains(6) && !tried.contains(129));
     }
 }

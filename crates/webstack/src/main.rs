@@ -12,6 +12,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc: malloc and free were ~9% of the lb's CPU under load with glibc's allocator
+/// (perf, docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {

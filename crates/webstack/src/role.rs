@@ -22,6 +22,29 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
+/// `n` listeners on one address with `SO_REUSEPORT`, one per lb worker: the kernel spreads
+/// connections across them. (Only processes of the same user can join such a port.)
+fn bind_workers(
+    addr: SocketAddr,
+    n: usize,
+    what: &str,
+) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    (0..n.max(1))
+        .map(|_| {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(addr)?;
+            socket.listen(4096)?.into_std()
+        })
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
 pub async fn run(
     config: Config,
     host_name: &str,
@@ -38,9 +61,9 @@ pub async fn run(
         anyhow::bail!("host {host_name} does not run role {role}");
     }
     let label = format!("{host_name}/{role}");
-    // MariaDB binds the db role's service port itself.
     let listener = match role {
-        Role::Db => None,
+        // MariaDB binds the db port itself; the lb binds one socket per worker below.
+        Role::Db | Role::Lb => None,
         _ => Some(bind(config.service_addr(&host, role), &label).await?),
     };
     let admin_listener = bind(config.admin_addr(&host, role), &format!("{label} admin")).await?;
@@ -66,10 +89,12 @@ pub async fn run(
             })
         }
         Role::Lb => {
-            let listener = listener.expect("bound above");
-            let lb = webstack_lb::LoadBalancer::new(config.lb(), &mut registry);
+            let lb_config = config.lb();
+            let listeners =
+                bind_workers(config.service_addr(&host, role), lb_config.threads, &label)?;
+            let lb = webstack_lb::LoadBalancer::new(lb_config, &mut registry);
             let shutdown = shutdown.clone();
-            Box::new(move |admin| tokio::spawn(lb.run(listener, admin, shutdown)))
+            Box::new(move |admin| tokio::spawn(lb.run(listeners, admin, shutdown)))
         }
         Role::Web => {
             let listener = listener.expect("bound above");
