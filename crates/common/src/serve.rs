@@ -110,3 +110,34 @@ where
         }
     }
 }
+
+/// Serves one HTTP/2 connection (after TLS with ALPN h2); on shutdown, sends GOAWAY and lets
+/// open streams finish.
+pub async fn serve_connection_h2<I, S, B>(io: I, service: S, shutdown: Shutdown)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder =
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.timer(TokioTimer::new()).max_concurrent_streams(250);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "HTTP/2 connection ended with an error");
+            }
+        }
+        _ = shutdown.triggered() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

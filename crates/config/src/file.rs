@@ -52,6 +52,7 @@ pub struct LbFile {
     pub threads: Spanned<u32>,
     pub health: HealthFile,
     pub timeouts: LbTimeoutsFile,
+    pub tls: TlsFile,
     /// Per-server overrides: `[[lb.server]] host = "web-01"  weight = 2  backup = true`.
     pub server: Vec<ServerFile>,
 }
@@ -67,6 +68,7 @@ impl Default for LbFile {
             threads: Spanned::new(0..0, 0),
             health: HealthFile::default(),
             timeouts: LbTimeoutsFile::default(),
+            tls: TlsFile::default(),
             server: Vec::new(),
         }
     }
@@ -111,6 +113,34 @@ impl Default for HealthFile {
             timeout: Spanned::new(0..0, HumanDuration::secs(1)),
             rise: Spanned::new(0..0, 2),
             fall: Spanned::new(0..0, 2),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsFile {
+    pub enabled: bool,
+    pub port: Spanned<u16>,
+    /// PEM certificate chain and key; both or neither (then a local CA issues one).
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub handshake_timeout: Spanned<HumanDuration>,
+    pub redirect_http: bool,
+    /// 0 turns HSTS off.
+    pub hsts_max_age: Spanned<HumanDuration>,
+}
+
+impl Default for TlsFile {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            port: Spanned::new(0..0, 8443),
+            cert: None,
+            key: None,
+            handshake_timeout: Spanned::new(0..0, HumanDuration::secs(10)),
+            redirect_http: true,
+            hsts_max_age: Spanned::new(0..0, HumanDuration::secs(365 * 86_400)),
         }
     }
 }

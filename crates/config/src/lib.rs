@@ -139,9 +139,36 @@ impl Config {
         SocketAddr::new(host.address, self.ports(role).admin)
     }
 
-    /// The load balancer's settings (the same on every lb host).
-    pub fn lb(&self) -> webstack_lb::Config {
-        self.lb.clone()
+    /// The load balancer's settings (the same on every lb host). Without configured
+    /// certificate files, TLS uses the local CA's leaf in `state_dir/tls/`.
+    pub fn lb(&self, state_dir: &Path) -> webstack_lb::Config {
+        let mut lb = self.lb.clone();
+        if let Some(tls) = lb.tls.as_mut().filter(|t| t.cert.as_os_str().is_empty()) {
+            let ca = webstack_lb::tls::LocalCa::new(state_dir);
+            tls.cert = ca.site_cert();
+            tls.key = ca.site_key();
+        }
+        lb
+    }
+
+    /// The names the site's certificate covers: the site name and its aliases.
+    pub fn site_names(&self) -> Vec<String> {
+        std::iter::once(self.site_name.clone())
+            .chain(self.site_aliases.iter().cloned())
+            .collect()
+    }
+
+    /// True when the lb's certificate comes from the local CA (no files configured).
+    pub fn uses_local_ca(&self) -> bool {
+        self.lb
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.cert.as_os_str().is_empty())
+    }
+
+    /// The HTTPS port, when TLS is on.
+    pub fn https_port(&self) -> Option<u16> {
+        self.lb.tls.as_ref().map(|t| t.https_port)
     }
 
     /// The web server's settings on `host`: it proxies to the app of the same host.
@@ -244,7 +271,7 @@ mod tests {
         assert_eq!(config.site_name, "www.foobar.com");
         let names: Vec<_> = config.hosts.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["lb-01", "web-01", "web-02"]);
-        let lb = config.lb();
+        let lb = config.lb(Path::new("/srv/state"));
         assert_eq!(lb.algorithm, webstack_lb::Algorithm::LeastConn);
         let servers: Vec<_> = lb
             .servers
@@ -321,7 +348,7 @@ mod tests {
     fn omitted_sections_take_their_defaults() {
         let text = "[site]\nname = \"a.example\"\n[[host]]\nname = \"h\"\naddress = \"127.0.0.5\"\nroles = [\"lb\", \"web\", \"app\"]\n[lb]\nport = 8081\n";
         let config = parse(text).unwrap();
-        let lb = config.lb();
+        let lb = config.lb(Path::new("/srv/state"));
         assert_eq!(lb.algorithm, webstack_lb::Algorithm::RoundRobin);
         assert_eq!(lb.retries, 2);
         assert_eq!(lb.timeouts.server, std::time::Duration::from_secs(30));
@@ -385,6 +412,58 @@ mod tests {
                 .to_string()
                 .contains("would bind the same port")
         );
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let config = parse(&default_text()).unwrap();
+        let lb = config.lb(Path::new("/srv/state"));
+        let tls = lb.tls.expect("TLS is on by default");
+        assert_eq!(
+            tls.cert,
+            Path::new("/srv/state/tls/site.pem"),
+            "the local CA's leaf"
+        );
+        assert_eq!((tls.https_port, tls.redirect_http), (8443, false));
+        assert_eq!(
+            tls.hsts_max_age,
+            Some(std::time::Duration::from_secs(365 * 86_400))
+        );
+        assert_eq!(config.site_names(), ["www.foobar.com", "foobar.com"]);
+        let text = default_text().replace(
+            "port = 8443 ",
+            "cert = \"site/static/robots.txt\"\nport = 8443 ",
+        );
+        let error = parse(&text).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("lb.tls.cert and lb.tls.key go together"),
+            "{error}"
+        );
+        let text = default_text().replace(
+            "port = 8443 ",
+            "cert = \"nope.pem\"\nkey = \"nope.key\"\nport = 8443 ",
+        );
+        assert!(
+            parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("lb.tls.cert: "),
+            "missing files"
+        );
+        let text = default_text().replace("port = 8443 ", "port = 8080 ");
+        assert!(
+            parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("would bind the same port")
+        );
+        let text = default_text().replace(
+            "redirect_http = false",
+            "redirect_http = false\nenabled = false",
+        );
+        assert!(parse(&text).unwrap().lb(Path::new("/x")).tls.is_none());
     }
 
     #[test]

@@ -185,6 +185,7 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         ("app.port", &file.app.port),
         ("app.admin_port", &file.app.admin_port),
         ("db.port", db_port),
+        ("lb.tls.port", &file.lb.tls.port),
         ("db.admin_port", db_admin),
     ];
     let role_of = |key: &str| match &key[..key.find('.').unwrap_or(0)] {
@@ -426,11 +427,61 @@ fn lb_config(
         },
         retries: *lb.retries.get_ref(),
         access_log: lb.access_log,
+        tls: tls_settings(check, &lb.tls)?,
         threads: match *lb.threads.get_ref() {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n as usize,
         },
     })
+}
+
+/// TLS settings with the certificate paths as configured; `Config::lb` fills in the local CA's
+/// when none is configured.
+fn tls_settings(
+    check: &Checker,
+    tls: &file::TlsFile,
+) -> Result<Option<webstack_lb::TlsSettings>, ConfigError> {
+    if !tls.enabled {
+        return Ok(None);
+    }
+    check.ensure(
+        *tls.port.get_ref() != 0,
+        tls.port.span(),
+        "port 0 is not a port: expected 1 to 65535",
+    )?;
+    let base = check.path.parent().unwrap_or(Path::new("."));
+    let (cert, key) = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let (cert_path, key_path) = (base.join(cert.get_ref()), base.join(key.get_ref()));
+            check.ensure(
+                cert_path.is_file(),
+                cert.span(),
+                format!("lb.tls.cert: {} is not a file", cert_path.display()),
+            )?;
+            check.ensure(
+                key_path.is_file(),
+                key.span(),
+                format!("lb.tls.key: {} is not a file", key_path.display()),
+            )?;
+            (cert_path, key_path)
+        }
+        (None, None) => (PathBuf::new(), PathBuf::new()),
+        (Some(one), None) | (None, Some(one)) => {
+            return Err(check.error(
+                one.span(),
+                "lb.tls.cert and lb.tls.key go together: set both, or neither for a local CA",
+            ));
+        }
+    };
+    let hsts = tls.hsts_max_age.get_ref().0;
+    Ok(Some(webstack_lb::TlsSettings {
+        cert,
+        key,
+        handshake_timeout: check.positive(&tls.handshake_timeout, "lb.tls.handshake_timeout")?,
+        redirect_http: tls.redirect_http,
+        hsts_max_age: (!hsts.is_zero()).then_some(hsts),
+        https_port: *tls.port.get_ref(),
+    }))
 }
 
 fn web_config(check: &Checker, web: &file::WebFile) -> Result<webstack_web::Config, ConfigError> {

@@ -18,6 +18,24 @@ pub struct Config {
     pub access_log: bool,
     /// Worker threads, each with its own listener (`SO_REUSEPORT`) and connection pool.
     pub threads: usize,
+    /// HTTPS on a second port; None when TLS is off.
+    pub tls: Option<TlsSettings>,
+}
+
+/// TLS termination settings.
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    /// PEM certificate chain and key (configured, or the local CA's leaf in the state dir).
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// A client must finish its handshake within this time.
+    pub handshake_timeout: Duration,
+    /// Plain HTTP answers 308 to the HTTPS URL (except ACME challenges).
+    pub redirect_http: bool,
+    /// `Strict-Transport-Security: max-age=...` on HTTPS responses; None: not sent.
+    pub hsts_max_age: Option<Duration>,
+    /// The HTTPS port written in redirect URLs (omitted when 443).
+    pub https_port: u16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -40,14 +40,25 @@ enum Failure {
 
 pub struct Proxy {
     config: Config,
-    balancer: Balancer,
+    balancer: Arc<Balancer>,
     client: Client<HttpConnector, UpstreamBody>,
     metrics: Metrics,
     request_ids: RequestIds,
+    /// The Strict-Transport-Security value, built once.
+    hsts: Option<HeaderValue>,
+}
+
+/// `host:port` -> `host` (keeping IPv6 brackets).
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    }
 }
 
 impl Proxy {
-    pub fn new(config: Config, servers: &[Arc<Server>], metrics: Metrics) -> Self {
+    /// `balancer` is shared by every worker, so round-robin is exact across them.
+    pub fn new(config: Config, balancer: Arc<Balancer>, metrics: Metrics) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.timeouts.connect));
         connector.set_nodelay(true);
@@ -57,8 +68,14 @@ impl Proxy {
             .pool_idle_timeout(std::time::Duration::from_secs(4))
             .pool_max_idle_per_host(256)
             .build(connector);
+        let hsts = config
+            .tls
+            .as_ref()
+            .and_then(|t| t.hsts_max_age)
+            .and_then(|age| HeaderValue::from_str(&format!("max-age={}", age.as_secs())).ok());
         Self {
-            balancer: Balancer::new(config.algorithm, servers),
+            hsts,
+            balancer,
             config,
             client,
             metrics,
@@ -66,10 +83,69 @@ impl Proxy {
         }
     }
 
+    /// One request; `secure` when it came over TLS.
     pub async fn handle(
         &self,
         peer: SocketAddr,
         request: Request<Incoming>,
+        secure: bool,
+    ) -> Response<ProxyBody> {
+        if !secure {
+            if let Some(redirect) = self.https_redirect(&request) {
+                return redirect;
+            }
+        }
+        let mut response = self.forward(peer, request, secure).await;
+        if secure {
+            if let Some(hsts) = &self.hsts {
+                response
+                    .headers_mut()
+                    .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+            }
+        }
+        response
+    }
+
+    /// With TLS on, plain HTTP is sent to HTTPS: 308 keeps the method and body. ACME HTTP-01
+    /// challenges stay on plain HTTP.
+    fn https_redirect(&self, request: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+        let tls = self.config.tls.as_ref().filter(|t| t.redirect_http)?;
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        if path.starts_with("/.well-known/acme-challenge/") {
+            return None;
+        }
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().host())
+            .map(strip_port)
+            .filter(|h| !h.is_empty());
+        let Some(host) = host else {
+            return Some(self.plain(
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: a Host header is required.\n",
+            ));
+        };
+        let location = match tls.https_port {
+            443 => format!("https://{host}{path}"),
+            port => format!("https://{host}:{port}{path}"),
+        };
+        let mut response = self.plain(
+            StatusCode::PERMANENT_REDIRECT,
+            "308 Permanent Redirect: this site is served over HTTPS.\n",
+        );
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(http::header::LOCATION, value);
+        }
+        Some(response)
+    }
+
+    async fn forward(
+        &self,
+        peer: SocketAddr,
+        request: Request<Incoming>,
+        secure: bool,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = self.request_ids.next();
@@ -80,9 +156,22 @@ impl Proxy {
 
         forward::strip_hop_by_hop(&mut parts.headers);
         forward::append_forwarded_for(&mut parts.headers, peer.ip());
-        parts
-            .headers
-            .insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        parts.headers.insert(
+            &X_FORWARDED_PROTO,
+            HeaderValue::from_static(if secure { "https" } else { "http" }),
+        );
+        // Whatever the client spoke, the web servers are spoken to in HTTP/1.1.
+        parts.version = http::Version::HTTP_11;
+        // HTTP/2 carries the host in :authority; the HTTP/1.1 server behind needs a Host header.
+        if !parts.headers.contains_key(http::header::HOST) {
+            if let Some(authority) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                parts.headers.insert(http::header::HOST, authority);
+            }
+        }
         parts.headers.insert(&X_REQUEST_ID, request_id.clone());
 
         // Only a request without a body can be sent twice; only an idempotent one should be.
@@ -219,6 +308,18 @@ impl Proxy {
             Some(Failure::Upstream(_)) => self.error(StatusCode::BAD_GATEWAY, "upstream"),
             None => self.error(StatusCode::SERVICE_UNAVAILABLE, "no_server"),
         }
+    }
+
+    fn plain(&self, status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+            text.as_bytes(),
+        ))));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
     }
 
     fn error(&self, status: StatusCode, kind: &'static str) -> Response<ProxyBody> {

@@ -39,6 +39,7 @@ pub fn toml(net: u8, web_hosts: usize, lb_extra: &str) -> String {
     }
     text.push_str(&format!(
         "\n[lb]\n{lb_extra}\n\n[lb.health]\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n\n\
+         [lb.tls]\nredirect_http = false\n\n\
          [web]\nstatic_root = \"{}\"\nexpose_server_name = true\n\n[app]\ntemplates = \"{}\"\n",
         site.join("static").display(),
         site.join("templates").display()

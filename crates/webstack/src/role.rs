@@ -89,12 +89,25 @@ pub async fn run(
             })
         }
         Role::Lb => {
-            let lb_config = config.lb();
+            let lb_config = config.lb(state_dir);
+            if config.uses_local_ca() {
+                webstack_lb::tls::LocalCa::new(state_dir)
+                    .ensure(&config.site_names())
+                    .context("cannot create the local certificate authority")?;
+            }
             let listeners =
                 bind_workers(config.service_addr(&host, role), lb_config.threads, &label)?;
+            let tls_listeners = match config.https_port() {
+                Some(port) => bind_workers(
+                    SocketAddr::new(host.address, port),
+                    lb_config.threads,
+                    &format!("{label} https"),
+                )?,
+                None => Vec::new(),
+            };
             let lb = webstack_lb::LoadBalancer::new(lb_config, &mut registry);
             let shutdown = shutdown.clone();
-            Box::new(move |admin| tokio::spawn(lb.run(listeners, admin, shutdown)))
+            Box::new(move |admin| tokio::spawn(lb.run(listeners, tls_listeners, admin, shutdown)))
         }
         Role::Web => {
             let listener = listener.expect("bound above");

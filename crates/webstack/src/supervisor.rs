@@ -448,6 +448,13 @@ fn print_endpoints(sup: &Shared) {
             Role::Web => "web server",
             Role::App => "application server",
         };
+        if let (Role::Lb, Some(port)) = (unit.role, config.https_port()) {
+            println!(
+                "  https://{}/  load balancer over HTTPS ({})",
+                SocketAddr::new(unit.service.ip(), port),
+                unit.host
+            );
+        }
         let scheme = if unit.role == Role::Db {
             "mysql"
         } else {
@@ -459,6 +466,13 @@ fn print_endpoints(sup: &Shared) {
         );
     }
     let state = sup.state_dir.display();
+    if config.uses_local_ca() && config.https_port().is_some() {
+        let ca = webstack_lb::tls::LocalCa::new(&sup.state_dir).ca_cert();
+        println!(
+            "  HTTPS certificates come from a local CA: trust {} (curl --cacert)",
+            ca.display()
+        );
+    }
     println!(
         "  logs in {state}/logs; `webstack status --state-dir {state}`; Ctrl-C stops everything"
     );
