@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -20,30 +21,35 @@ pub enum ProbeError {
     Timeout(Duration),
 }
 
-/// `GET path` to `addr` with `Host: host`; the response status, or why there was none.
+/// Sends `GET path` with `Host: host` on a new connection and returns the response head.
+async fn get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> Result<http::Response<Incoming>, ProbeError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(ProbeError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let request = http::Request::get(path)
+        .header(http::header::HOST, host)
+        .header(http::header::USER_AGENT, "webstack-probe")
+        .header(http::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .expect("a path starting with / is a valid request");
+    Ok(sender.send_request(request).await?)
+}
+
+/// `GET path` to `addr`; the response status, or why there was none.
 pub async fn get_status(
     addr: SocketAddr,
     host: &str,
     path: &str,
     timeout: Duration,
 ) -> Result<StatusCode, ProbeError> {
-    let attempt = async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(ProbeError::Connect)?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let request = http::Request::get(path)
-            .header(http::header::HOST, host)
-            .header(http::header::USER_AGENT, "webstack-probe")
-            .header(http::header::CONNECTION, "close")
-            .body(Empty::<Bytes>::new())
-            .expect("a path starting with / is a valid request");
-        Ok(sender.send_request(request).await?.status())
-    };
-    tokio::time::timeout(timeout, attempt)
+    tokio::time::timeout(timeout, async { Ok(get(addr, host, path).await?.status()) })
         .await
         .unwrap_or(Err(ProbeError::Timeout(timeout)))
 }
@@ -55,23 +61,10 @@ pub async fn get_body(
     path: &str,
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), ProbeError> {
-    use http_body_util::BodyExt;
     let attempt = async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(ProbeError::Connect)?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let request = http::Request::get(path)
-            .header(http::header::HOST, host)
-            .header(http::header::CONNECTION, "close")
-            .body(Empty::<Bytes>::new())
-            .expect("a path starting with / is a valid request");
-        let response = sender.send_request(request).await?;
+        let response = get(addr, host, path).await?;
         let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, body))
+        Ok((status, response.into_body().collect().await?.to_bytes()))
     };
     tokio::time::timeout(timeout, attempt)
         .await

@@ -55,6 +55,19 @@ pub async fn serve_http<M, S, B>(
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    accept_loop(listener, shutdown, |stream, peer, shutdown| {
+        serve_connection(stream, make_service(peer), options.clone(), shutdown)
+    })
+    .await
+}
+
+/// Accepts connections until `shutdown` triggers and runs `handle` for each as a tracked task
+/// (so the drain waits for it). Shared by the plain HTTP and the TLS listeners.
+pub async fn accept_loop<H, F>(listener: TcpListener, shutdown: Shutdown, handle: H)
+where
+    H: Fn(tokio::net::TcpStream, SocketAddr, Shutdown) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             biased;
@@ -71,10 +84,7 @@ pub async fn serve_http<M, S, B>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = make_service(peer);
-        let options = options.clone();
-        let conn_shutdown = shutdown.clone();
-        shutdown.spawn(serve_connection(stream, service, options, conn_shutdown));
+        shutdown.spawn(handle(stream, peer, shutdown.clone()));
     }
 }
 

@@ -1,10 +1,8 @@
 //! First start of a node: its MariaDB configuration file, `mariadb-install-db` into the state
 //! dir, and a one-time init file that creates the admin account webstack logs in with.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use crate::NodeConfig;
@@ -40,22 +38,13 @@ pub const REPL_USER: &str = "webstack_repl";
 pub const APP_USER: &str = "foobar_app";
 pub const MONITOR_USER: &str = "webstack_monitor";
 
-fn write_private(path: &PathBuf, text: &str) -> Result<(), ProvisionError> {
-    let _ = fs::remove_file(path);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| ProvisionError::Write {
-            path: path.clone(),
+fn write_private(path: &Path, text: &str) -> Result<(), ProvisionError> {
+    webstack_common::files::write_atomic(path, text.as_bytes(), 0o600).map_err(|source| {
+        ProvisionError::Write {
+            path: path.to_path_buf(),
             source,
-        })?;
-    file.write_all(text.as_bytes())
-        .map_err(|source| ProvisionError::Write {
-            path: path.clone(),
-            source,
-        })
+        }
+    })
 }
 
 /// The node's `my.cnf`, rewritten at every start so topology changes apply.

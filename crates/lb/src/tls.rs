@@ -3,10 +3,8 @@
 //! h2 and http/1.1, session tickets and a session cache) and the TLS accept loop, which serves
 //! HTTP/2 or HTTP/1.1 as ALPN decided.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,7 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use webstack_common::serve::{serve_connection, serve_connection_h2};
+use webstack_common::serve::{accept_loop, serve_connection, serve_connection_h2};
 use webstack_common::{HttpOptions, Shutdown};
 
 #[derive(Debug, thiserror::Error)]
@@ -163,26 +161,11 @@ fn civil_from_days(z: i64) -> (i32, u8, u8) {
 }
 
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|source| TlsError::Write {
-            path: tmp.clone(),
+    webstack_common::files::write_atomic(path, text.as_bytes(), mode).map_err(|source| {
+        TlsError::Write {
+            path: path.to_path_buf(),
             source,
-        })?;
-    file.write_all(text.as_bytes())
-        .map_err(|source| TlsError::Write {
-            path: tmp.clone(),
-            source,
-        })?;
-    // Atomic replace: a reader never sees half a key.
-    fs::rename(&tmp, path).map_err(|source| TlsError::Write {
-        path: path.to_path_buf(),
-        source,
+        }
     })
 }
 
@@ -242,24 +225,9 @@ pub async fn serve_tls<M, S, B>(
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.triggered() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let Ok((stream, peer)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let (service, acceptor, options, conn_shutdown) = (
-            make_service(peer),
-            acceptor.clone(),
-            options.clone(),
-            shutdown.clone(),
-        );
-        shutdown.spawn(async move {
+    accept_loop(listener, shutdown, |stream, peer, conn_shutdown| {
+        let (service, acceptor, options) = (make_service(peer), acceptor.clone(), options.clone());
+        async move {
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
@@ -272,8 +240,9 @@ pub async fn serve_tls<M, S, B>(
             } else {
                 serve_connection(tls, service, options, conn_shutdown).await
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 #[cfg(test)]
