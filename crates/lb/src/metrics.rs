@@ -21,7 +21,7 @@ pub struct ResponseLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
-    /// no_server, connect, timeout, upstream
+    /// no_server, connect, no_response, timeout
     pub kind: &'static str,
 }
 

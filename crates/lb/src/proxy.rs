@@ -30,12 +30,16 @@ pub type ProxyBody = Either<Tracked, Full<Bytes>>;
 
 /// Who caused a failed attempt: decides the status and whether another server may be tried.
 enum Failure {
-    /// The connection could not be made, or closed before any response: nothing was processed.
-    Unreachable(Box<dyn std::error::Error + Send + Sync>),
+    /// No response head came back: the connection could not be made, or it closed or reset
+    /// before any response (a pooled connection the server was just closing, a server that
+    /// died). An idempotent request may go to another server (HAProxy's
+    /// `retry-on conn-failure empty-response`); `connect` says which, for the error metric.
+    Unreachable {
+        connect: bool,
+        error: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The server took longer than `timeouts.server`.
     Timeout,
-    /// The server broke the exchange after it may have acted on the request.
-    Upstream(Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub struct Proxy {
@@ -240,13 +244,13 @@ impl Proxy {
                         Some(server),
                     );
                 }
-                Err(Failure::Unreachable(error)) if replayable => {
+                Err(Failure::Unreachable { connect, error }) if replayable => {
                     tracing::warn!(server = %server.config.name, %error, "server unreachable, trying another");
                     server.recheck.notify_one();
-                    last_failure = Some(Failure::Unreachable(error));
+                    last_failure = Some(Failure::Unreachable { connect, error });
                 }
                 Err(failure) => {
-                    if let Failure::Unreachable(_) = failure {
+                    if let Failure::Unreachable { .. } = failure {
                         server.recheck.notify_one();
                     }
                     break (self.error_for(Some(failure)), Some(server));
@@ -287,16 +291,17 @@ impl Proxy {
         {
             Err(_) => Err(Failure::Timeout),
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) if error.is_connect() || closed_before_response(&error) => {
-                Err(Failure::Unreachable(error.into()))
-            }
-            Ok(Err(error)) => Err(Failure::Upstream(error.into())),
+            // `request` fails only before a response head: the server answered nothing.
+            Ok(Err(error)) => Err(Failure::Unreachable {
+                connect: error.is_connect(),
+                error: error.into(),
+            }),
         }
     }
 
     fn error_for(&self, failure: Option<Failure>) -> Response<ProxyBody> {
         match &failure {
-            Some(Failure::Unreachable(error) | Failure::Upstream(error)) => {
+            Some(Failure::Unreachable { error, .. }) => {
                 tracing::warn!(%error, "request failed")
             }
             Some(Failure::Timeout) => tracing::warn!("server response timed out"),
@@ -304,8 +309,12 @@ impl Proxy {
         }
         match failure {
             Some(Failure::Timeout) => self.error(StatusCode::GATEWAY_TIMEOUT, "timeout"),
-            Some(Failure::Unreachable(_)) => self.error(StatusCode::BAD_GATEWAY, "connect"),
-            Some(Failure::Upstream(_)) => self.error(StatusCode::BAD_GATEWAY, "upstream"),
+            Some(Failure::Unreachable { connect: true, .. }) => {
+                self.error(StatusCode::BAD_GATEWAY, "connect")
+            }
+            Some(Failure::Unreachable { connect: false, .. }) => {
+                self.error(StatusCode::BAD_GATEWAY, "no_response")
+            }
             None => self.error(StatusCode::SERVICE_UNAVAILABLE, "no_server"),
         }
     }
@@ -388,19 +397,6 @@ fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
-}
-
-/// A pooled connection that the server closed before answering: the request was not
-/// processed (or, for an idempotent request, may safely be processed again).
-fn closed_before_response(error: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        if let Some(hyper_error) = inner.downcast_ref::<hyper::Error>() {
-            return hyper_error.is_incomplete_message() || hyper_error.is_canceled();
-        }
-        source = inner.source();
-    }
-    false
 }
 
 fn upstream_uri(server: &Server, original: &Uri) -> Uri {
