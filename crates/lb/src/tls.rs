@@ -197,6 +197,9 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Our order (strongest first), not the client's: a client offering a weaker suite first
+    // still gets the strongest both support (testssl's cipher_order check).
+    config.ignore_client_order = true;
     // Resumption: stateless tickets (rotated) and a stateful cache for TLS 1.2 clients.
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
@@ -280,7 +283,9 @@ mod tests {
                 & 0o777,
             0o600
         );
-        server_config(&ca.site_cert(), &ca.site_key()).unwrap();
+        let config = server_config(&ca.site_cert(), &ca.site_key()).unwrap();
+        assert!(config.ignore_client_order, "the server's cipher order");
+        assert_eq!(config.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
         // New names: a new leaf from the same CA.
         ca.ensure(&["other.test".into()]).unwrap();
         assert_eq!(first, fs::read(ca.ca_cert()).unwrap());
