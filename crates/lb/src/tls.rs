@@ -285,7 +285,10 @@ mod tests {
         );
         let config = server_config(&ca.site_cert(), &ca.site_key()).unwrap();
         assert!(config.ignore_client_order, "the server's cipher order");
-        assert_eq!(config.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(
+            config.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
         // New names: a new leaf from the same CA.
         ca.ensure(&["other.test".into()]).unwrap();
         assert_eq!(first, fs::read(ca.ca_cert()).unwrap());
