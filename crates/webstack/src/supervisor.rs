@@ -1,7 +1,7 @@
 //! The supervisor behind `webstack up` (every host) and `webstack run --host` (one host): starts
 //! each role as its own OS process in dependency order, restarts crashed ones with backoff,
 //! answers the control socket (status, stop, start), and on SIGTERM/SIGINT stops everything,
-//! front to back (lb, web, app), leaving no process behind.
+//! front to back (lb, web, app, db), leaving no process behind. States: LIFECYCLE.md.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
