@@ -120,6 +120,9 @@ impl Topology {
         let child = Command::new(&self.exe)
             .args(["run", "--host", host, "--role", role, "-c"])
             .arg(&self.config_path)
+            // Its state (e.g. the local CA) stays in the test's folder.
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
