@@ -87,22 +87,7 @@ impl Topology {
     }
 
     fn spawn_up(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("up.log"))
-            .expect("open up.log");
-        let child = Command::new(&self.exe)
-            .arg("up")
-            .arg("-c")
-            .arg(&self.config_path)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn webstack up");
+        let child = self.spawn_logged(&["up"], "up.log");
         self.up = Some(child);
         let status = self.cli(&["status", "--wait", &START_TIMEOUT_SECS.to_string()]);
         assert!(
@@ -115,19 +100,10 @@ impl Topology {
 
     /// Runs one role alone (`webstack run --host H --role R`) and waits for its `/ready`.
     pub fn run_role(&mut self, host: &str, role: &str, admin: SocketAddr) {
-        let log = std::fs::File::create(self.dir.path().join(format!("{host}-{role}.log")))
-            .expect("create log");
-        let child = Command::new(&self.exe)
-            .args(["run", "--host", host, "--role", role, "-c"])
-            .arg(&self.config_path)
-            // Its state (e.g. the local CA) stays in the test's folder.
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn webstack run");
+        let child = self.spawn_logged(
+            &["run", "--host", host, "--role", role],
+            &format!("{host}-{role}.log"),
+        );
         self.roles.push(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -143,6 +119,27 @@ impl Topology {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// `webstack ARGS -c <config> --state-dir <ours>`, its output appended to `log` in the test's
+    /// folder (so role state such as the local CA stays there too).
+    fn spawn_logged(&self, args: &[&str], log: &str) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(log))
+            .expect("open a log file");
+        Command::new(&self.exe)
+            .args(args)
+            .arg("-c")
+            .arg(&self.config_path)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn webstack")
     }
 
     pub fn role_log(&self, host: &str, role: &str) -> String {
@@ -215,24 +212,12 @@ impl Topology {
     /// SIGTERM to `up` and wait (bounded) for it to exit; SIGKILL if it does not.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.up.take()?;
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "webstack up did not stop within {STOP_TIMEOUT:?}:\n{}",
-                    self.up_log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        match terminate(&mut child) {
+            Some(status) => Some(status),
+            None => panic!(
+                "webstack up did not stop within {STOP_TIMEOUT:?}:\n{}",
+                self.up_log()
+            ),
         }
     }
 
@@ -273,36 +258,27 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        for child in &mut self.roles {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        for mut child in self.roles.drain(..) {
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while Instant::now() < deadline && !matches!(child.try_wait(), Ok(Some(_))) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(mut child) = self.up.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        for mut child in self.roles.drain(..).chain(self.up.take()) {
+            terminate(&mut child);
         }
     }
+}
+
+/// SIGTERM, then up to `STOP_TIMEOUT` for the process to exit; SIGKILL if it does not (and
+/// `None`). Only processes this test started, by pid.
+fn terminate(child: &mut Child) -> Option<ExitStatus> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 pub fn text(out: &Output) -> String {
