@@ -7,6 +7,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// How long in-flight requests get to finish after a stop signal, in every role process.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
 /// Shared by the accept loops and every connection task of one role process.
 #[derive(Clone, Default)]
 pub struct Shutdown {

@@ -130,12 +130,10 @@ mod workers {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use webstack_common::shutdown::DRAIN_GRACE;
     use webstack_common::{HttpOptions, Shutdown, serve_http};
 
     use crate::Proxy;
-
-    /// How long a worker lets its connections finish after the drain starts.
-    const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
     pub fn serve_on_own_runtime(
         listener: std::net::TcpListener,

@@ -342,16 +342,8 @@ impl Proxy {
             }
             _ => "502 Bad Gateway: the server could not be reached or sent an invalid response.\n",
         };
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
-            text.as_bytes(),
-        ))));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        headers.insert(
+        let mut response = self.plain(status, text);
+        response.headers_mut().insert(
             http::header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         );

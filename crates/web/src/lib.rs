@@ -47,28 +47,33 @@ mod metrics {
         pub code: &'static str,
     }
 
-    #[derive(Clone, Default)]
+    const HANDLERS: [&str; 3] = ["guard", "static", "app"];
+    const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+    /// Every handler x status class counter, fetched from the family once: the request path
+    /// only increments an atomic.
+    #[derive(Clone)]
     pub struct Metrics {
-        pub responses: Family<Labels, Counter>,
+        responses: [[Counter; 5]; 3],
     }
 
     impl Metrics {
         pub fn register(registry: &mut Registry) -> Self {
-            let metrics = Self::default();
+            let family = Family::<Labels, Counter>::default();
             registry.sub_registry_with_prefix("webstack_web").register(
                 "responses",
-                "Responses by handler (static files or the app) and status class",
-                metrics.responses.clone(),
+                "Responses by handler (path guard, static files or the app) and status class",
+                family.clone(),
             );
-            metrics
+            let responses = HANDLERS.map(|handler| {
+                CLASSES.map(|code| family.get_or_create(&Labels { handler, code }).clone())
+            });
+            Self { responses }
         }
 
         pub fn record(&self, handler: &'static str, status: u16) {
-            let code =
-                ["1xx", "2xx", "3xx", "4xx", "5xx"][usize::from(status / 100).clamp(1, 5) - 1];
-            self.responses
-                .get_or_create(&Labels { handler, code })
-                .inc();
+            let h = HANDLERS.iter().position(|&h| h == handler).unwrap_or(2);
+            self.responses[h][usize::from(status / 100).clamp(1, 5) - 1].inc();
         }
     }
 }
@@ -116,7 +121,9 @@ impl WebServer {
     pub async fn handle(&self, peer: SocketAddr, request: Request<Incoming>) -> Response<BoxBody> {
         let started = Instant::now();
         let method = request.method().clone();
-        let path = request.uri().path().to_string();
+        // A reference-counted copy of the URI (no allocation) so the path outlives `request`.
+        let uri = request.uri().clone();
+        let path = uri.path();
         let request_id = request.headers().get(&X_REQUEST_ID).cloned();
 
         let (handler, mut response) = if let Err(reason) = guard::check_path(request.uri()) {
@@ -125,7 +132,7 @@ impl WebServer {
                 "guard",
                 plain(StatusCode::BAD_REQUEST, "400 Bad Request: invalid path.\n"),
             )
-        } else if let Some(file_path) = statics::static_path(&path) {
+        } else if let Some(file_path) = statics::static_path(path) {
             ("static", self.statics.serve(request, file_path).await)
         } else {
             ("app", self.proxy.forward(peer, request).await)

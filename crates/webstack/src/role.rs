@@ -4,17 +4,14 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
-use webstack_common::{Admin, Shutdown, serve_admin, shutdown::termination_signal, telemetry};
+use webstack_common::shutdown::{DRAIN_GRACE, termination_signal};
+use webstack_common::{Admin, Shutdown, serve_admin, telemetry};
 use webstack_config::{Config, Role};
-
-/// How long in-flight requests get to finish after a stop signal.
-const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
