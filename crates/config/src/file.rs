@@ -125,10 +125,43 @@ pub struct TlsFile {
     /// PEM certificate chain and key; both or neither (then a local CA issues one).
     pub cert: Option<Spanned<String>>,
     pub key: Option<Spanned<String>>,
+    /// More certificates, picked by SNI: `[[lb.tls.certificates]] cert = "..."  key = "..."`.
+    pub certificates: Vec<CertificateFile>,
+    /// Certificates for the site's names from an ACME CA (Let's Encrypt): `[lb.tls.acme]`.
+    pub acme: Option<AcmeFile>,
     pub handshake_timeout: Spanned<HumanDuration>,
     pub redirect_http: bool,
     /// 0 turns HSTS off.
     pub hsts_max_age: Spanned<HumanDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFile {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeFile {
+    /// The CA's directory URL.
+    pub directory: Spanned<String>,
+    /// Contact addresses for the account (expiry notices): `mailto:` added when missing.
+    #[serde(default)]
+    pub contact: Vec<Spanned<String>>,
+    /// A PEM root to trust for the directory's own HTTPS (a private or test CA such as pebble).
+    #[serde(default)]
+    pub ca_cert: Option<Spanned<String>>,
+    /// Renew when less than this is left of the certificate's validity.
+    #[serde(default = "thirty_days")]
+    pub renew_before: Spanned<HumanDuration>,
+    /// Whether the terms of service of the CA are agreed to (required by the CA).
+    pub agree_terms: Spanned<bool>,
+}
+
+fn thirty_days() -> Spanned<HumanDuration> {
+    Spanned::new(0..0, HumanDuration::secs(30 * 86_400))
 }
 
 impl Default for TlsFile {
@@ -138,6 +171,8 @@ impl Default for TlsFile {
             port: Spanned::new(0..0, 8443),
             cert: None,
             key: None,
+            certificates: Vec::new(),
+            acme: None,
             handshake_timeout: Spanned::new(0..0, HumanDuration::secs(10)),
             redirect_http: true,
             hsts_max_age: Spanned::new(0..0, HumanDuration::secs(365 * 86_400)),

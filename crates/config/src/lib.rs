@@ -139,14 +139,29 @@ impl Config {
         SocketAddr::new(host.address, self.ports(role).admin)
     }
 
-    /// The load balancer's settings (the same on every lb host). Without configured
-    /// certificate files, TLS uses the local CA's leaf in `state_dir/tls/`.
+    /// The load balancer's settings (the same on every lb host). ACME's certificate and, when
+    /// no files are configured, the local CA's leaf live in `state_dir/tls/`.
     pub fn lb(&self, state_dir: &Path) -> webstack_lb::Config {
         let mut lb = self.lb.clone();
-        if let Some(tls) = lb.tls.as_mut().filter(|t| t.cert.as_os_str().is_empty()) {
-            let ca = webstack_lb::tls::LocalCa::new(state_dir);
-            tls.cert = ca.site_cert();
-            tls.key = ca.site_key();
+        let uses_local_ca = self.uses_local_ca();
+        if let Some(tls) = lb.tls.as_mut() {
+            if let Some(acme) = tls.acme.as_mut() {
+                acme.names = self.site_names();
+                acme.dir = state_dir.join("tls/acme");
+                tls.certificates.push(webstack_lb::CertificateSource {
+                    cert: acme.cert_path(),
+                    key: acme.key_path(),
+                    origin: webstack_lb::CertificateOrigin::Acme,
+                });
+            }
+            if uses_local_ca {
+                let ca = webstack_lb::tls::LocalCa::new(state_dir);
+                tls.certificates.push(webstack_lb::CertificateSource {
+                    cert: ca.site_cert(),
+                    key: ca.site_key(),
+                    origin: webstack_lb::CertificateOrigin::LocalCa,
+                });
+            }
         }
         lb
     }
@@ -158,12 +173,18 @@ impl Config {
             .collect()
     }
 
-    /// True when the lb's certificate comes from the local CA (no files configured).
+    /// True when the lb's certificate comes from the local CA: TLS on and no certificate files
+    /// configured (with ACME, the local CA serves until the first certificate is issued).
     pub fn uses_local_ca(&self) -> bool {
         self.lb
             .tls
             .as_ref()
-            .is_some_and(|t| t.cert.as_os_str().is_empty())
+            .is_some_and(|t| t.certificates.is_empty())
+    }
+
+    /// True when the lb gets its certificate from an ACME CA.
+    pub fn uses_acme(&self) -> bool {
+        self.lb.tls.as_ref().is_some_and(|t| t.acme.is_some())
     }
 
     /// The HTTPS port, when TLS is on.
@@ -420,37 +441,34 @@ mod tests {
         let lb = config.lb(Path::new("/srv/state"));
         let tls = lb.tls.expect("TLS is on by default");
         assert_eq!(
-            tls.cert,
-            Path::new("/srv/state/tls/site.pem"),
+            tls.certificates,
+            [webstack_lb::CertificateSource {
+                cert: "/srv/state/tls/site.pem".into(),
+                key: "/srv/state/tls/site.key".into(),
+                origin: webstack_lb::CertificateOrigin::LocalCa,
+            }],
             "the local CA's leaf"
         );
-        assert_eq!((tls.https_port, tls.redirect_http), (8443, false));
+        assert!(tls.acme.is_none());
+        assert_eq!((tls.https_port, tls.redirect_http), (8443, true));
         assert_eq!(
             tls.hsts_max_age,
             Some(std::time::Duration::from_secs(365 * 86_400))
         );
         assert_eq!(config.site_names(), ["www.foobar.com", "foobar.com"]);
-        let text = default_text().replace(
-            "port = 8443 ",
-            "cert = \"site/static/robots.txt\"\nport = 8443 ",
-        );
-        let error = parse(&text).unwrap_err();
+        let error_of = |insert: &str| {
+            let text = default_text().replace("port = 8443 ", &format!("{insert}\nport = 8443 "));
+            parse(&text).unwrap_err().to_string()
+        };
+        let error = error_of("cert = \"site/static/robots.txt\"");
         assert!(
-            error
-                .to_string()
-                .contains("lb.tls.cert and lb.tls.key go together"),
+            error.contains("lb.tls.cert and lb.tls.key go together"),
             "{error}"
         );
-        let text = default_text().replace(
-            "port = 8443 ",
-            "cert = \"nope.pem\"\nkey = \"nope.key\"\nport = 8443 ",
-        );
+        let error = error_of("cert = \"nope.pem\"\nkey = \"nope.key\"");
         assert!(
-            parse(&text)
-                .unwrap_err()
-                .to_string()
-                .contains("lb.tls.cert: "),
-            "missing files"
+            error.contains("lb.tls.cert: ") && error.contains(":30:8"),
+            "{error}"
         );
         let text = default_text().replace("port = 8443 ", "port = 8080 ");
         assert!(
@@ -460,10 +478,59 @@ mod tests {
                 .contains("would bind the same port")
         );
         let text = default_text().replace(
-            "redirect_http = false",
+            "redirect_http = true",
             "redirect_http = false\nenabled = false",
         );
         assert!(parse(&text).unwrap().lb(Path::new("/x")).tls.is_none());
+    }
+
+    #[test]
+    fn certificate_files_and_acme() {
+        // Files (any existing file passes `check`; the lb parses them at start).
+        let text = default_text().replace(
+            "[lb.health]",
+            "[[lb.tls.certificates]]\ncert = \"site/static/robots.txt\"\nkey = \"site/static/robots.txt\"\n\n\
+             [lb.tls.acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\ncontact = [\"ops@foobar.com\"]\nagree_terms = true\n\n[lb.health]",
+        );
+        let config = parse(&text).unwrap();
+        assert!(!config.uses_local_ca(), "files configured: no local CA");
+        let tls = config.lb(Path::new("/srv/state")).tls.unwrap();
+        let origins: Vec<_> = tls.certificates.iter().map(|c| c.origin).collect();
+        use webstack_lb::CertificateOrigin::{Acme, File};
+        assert_eq!(origins, [File, Acme], "files first, then ACME's");
+        let acme = tls.acme.unwrap();
+        assert_eq!(acme.names, ["www.foobar.com", "foobar.com"]);
+        assert_eq!(acme.contact, ["mailto:ops@foobar.com"]);
+        assert_eq!(acme.cert_path(), Path::new("/srv/state/tls/acme/site.pem"));
+        assert_eq!(acme.renew_before.as_secs(), 30 * 86_400);
+
+        let acme_error = |body: &str| {
+            let text = default_text().replace(
+                "[lb.health]",
+                &format!("[lb.tls.acme]\n{body}\n\n[lb.health]"),
+            );
+            parse(&text).unwrap_err().to_string()
+        };
+        let error = acme_error("directory = \"http://ca.test/dir\"\nagree_terms = true");
+        assert!(
+            error.contains("expected the CA's directory URL, https://"),
+            "{error}"
+        );
+        let error = acme_error("directory = \"https://ca.test/dir\"\nagree_terms = false");
+        assert!(error.contains("agree_terms must be true"), "{error}");
+        let error = acme_error("directory = \"https://ca.test/dir\"");
+        assert!(error.contains("agree_terms"), "{error}");
+        let error = acme_error(
+            "directory = \"https://ca.test/dir\"\nagree_terms = true\nca_cert = \"nope.pem\"",
+        );
+        assert!(error.contains("lb.tls.acme.ca_cert: "), "{error}");
+        let error = acme_error(
+            "directory = \"https://ca.test/dir\"\nagree_terms = true\ncontact = [\"nobody\"]",
+        );
+        assert!(error.contains("expected an e-mail address"), "{error}");
+        let error =
+            acme_error("directory = \"https://ca.test/dir\"\nagree_terms = true\nrenew = \"1d\"");
+        assert!(error.contains("unknown field `renew`"), "{error}");
     }
 
     #[test]

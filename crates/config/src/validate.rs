@@ -49,17 +49,32 @@ impl Checker<'_> {
 
     /// A folder named relative to the topology file, which must exist.
     fn folder(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        self.existing(value, key, "folder", Path::is_dir)
+    }
+
+    /// A file named relative to the topology file, which must exist.
+    fn file(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        self.existing(value, key, "file", Path::is_file)
+    }
+
+    fn existing(
+        &self,
+        value: &Spanned<String>,
+        key: &str,
+        kind: &str,
+        exists: fn(&Path) -> bool,
+    ) -> Result<PathBuf, ConfigError> {
         let base = self.path.parent().unwrap_or(Path::new("."));
-        let folder = base.join(value.get_ref());
+        let path = base.join(value.get_ref());
         self.ensure(
-            folder.is_dir(),
+            exists(&path),
             value.span(),
             format!(
-                "{key}: {} is not a folder (relative paths start at the topology file's folder)",
-                folder.display()
+                "{key}: {} is not a {kind} (relative paths start at the topology file's folder)",
+                path.display()
             ),
         )?;
-        Ok(folder)
+        Ok(path)
     }
 }
 
@@ -435,8 +450,8 @@ fn lb_config(
     })
 }
 
-/// TLS settings with the certificate paths as configured; `Config::lb` fills in the local CA's
-/// when none is configured.
+/// TLS settings with the certificate files as configured; `Config::lb` adds ACME's and the local
+/// CA's, which live in the state dir.
 fn tls_settings(
     check: &Checker,
     tls: &file::TlsFile,
@@ -449,39 +464,89 @@ fn tls_settings(
         tls.port.span(),
         "port 0 is not a port: expected 1 to 65535",
     )?;
-    let base = check.path.parent().unwrap_or(Path::new("."));
-    let (cert, key) = match (&tls.cert, &tls.key) {
-        (Some(cert), Some(key)) => {
-            let (cert_path, key_path) = (base.join(cert.get_ref()), base.join(key.get_ref()));
-            check.ensure(
-                cert_path.is_file(),
-                cert.span(),
-                format!("lb.tls.cert: {} is not a file", cert_path.display()),
-            )?;
-            check.ensure(
-                key_path.is_file(),
-                key.span(),
-                format!("lb.tls.key: {} is not a file", key_path.display()),
-            )?;
-            (cert_path, key_path)
-        }
-        (None, None) => (PathBuf::new(), PathBuf::new()),
+    let mut certificates = Vec::new();
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => certificates.push(certificate_files(check, cert, key)?),
+        (None, None) => {}
         (Some(one), None) | (None, Some(one)) => {
             return Err(check.error(
                 one.span(),
                 "lb.tls.cert and lb.tls.key go together: set both, or neither for a local CA",
             ));
         }
-    };
+    }
+    for entry in &tls.certificates {
+        certificates.push(certificate_files(check, &entry.cert, &entry.key)?);
+    }
     let hsts = tls.hsts_max_age.get_ref().0;
     Ok(Some(webstack_lb::TlsSettings {
-        cert,
-        key,
+        certificates,
+        acme: tls
+            .acme
+            .as_ref()
+            .map(|a| acme_settings(check, a))
+            .transpose()?,
         handshake_timeout: check.positive(&tls.handshake_timeout, "lb.tls.handshake_timeout")?,
         redirect_http: tls.redirect_http,
         hsts_max_age: (!hsts.is_zero()).then_some(hsts),
         https_port: *tls.port.get_ref(),
     }))
+}
+
+fn certificate_files(
+    check: &Checker,
+    cert: &Spanned<String>,
+    key: &Spanned<String>,
+) -> Result<webstack_lb::CertificateSource, ConfigError> {
+    Ok(webstack_lb::CertificateSource {
+        cert: check.file(cert, "lb.tls.cert")?,
+        key: check.file(key, "lb.tls.key")?,
+        origin: webstack_lb::CertificateOrigin::File,
+    })
+}
+
+fn acme_settings(
+    check: &Checker,
+    acme: &file::AcmeFile,
+) -> Result<webstack_lb::AcmeSettings, ConfigError> {
+    let directory = acme.directory.get_ref();
+    check.ensure(
+        directory.starts_with("https://") && directory.parse::<http::Uri>().is_ok(),
+        acme.directory.span(),
+        "lb.tls.acme.directory: expected the CA's directory URL, https://...",
+    )?;
+    check.ensure(
+        *acme.agree_terms.get_ref(),
+        acme.agree_terms.span(),
+        "lb.tls.acme.agree_terms must be true: the CA issues nothing without agreement to its terms of service",
+    )?;
+    let mut contact = Vec::new();
+    for address in &acme.contact {
+        let text = address.get_ref().trim();
+        check.ensure(
+            text.contains('@') || text.contains(':'),
+            address.span(),
+            "lb.tls.acme.contact: expected an e-mail address",
+        )?;
+        contact.push(if text.contains(':') {
+            text.to_string()
+        } else {
+            format!("mailto:{text}")
+        });
+    }
+    let ca_cert = acme
+        .ca_cert
+        .as_ref()
+        .map(|value| check.file(value, "lb.tls.acme.ca_cert"))
+        .transpose()?;
+    Ok(webstack_lb::AcmeSettings {
+        directory: directory.clone(),
+        contact,
+        ca_cert,
+        names: Vec::new(),
+        dir: PathBuf::new(),
+        renew_before: check.positive(&acme.renew_before, "lb.tls.acme.renew_before")?,
+    })
 }
 
 fn web_config(check: &Checker, web: &file::WebFile) -> Result<webstack_web::Config, ConfigError> {

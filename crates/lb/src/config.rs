@@ -1,6 +1,7 @@
 //! The load balancer's validated settings, built by `webstack-config` from the topology file.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything the `lb` role needs to run.
@@ -25,17 +26,70 @@ pub struct Config {
 /// TLS termination settings.
 #[derive(Clone, Debug)]
 pub struct TlsSettings {
-    /// PEM certificate chain and key (configured, or the local CA's leaf in the state dir).
-    pub cert: std::path::PathBuf,
-    pub key: std::path::PathBuf,
+    /// Where certificates come from, in priority order: SNI picks the first that covers the
+    /// name, a client without SNI gets the first loaded. Configured files come first, then
+    /// ACME's, then the local CA's leaf (when no files are configured).
+    pub certificates: Vec<CertificateSource>,
+    /// Automatic certificates for the site's names; None when not configured.
+    pub acme: Option<AcmeSettings>,
     /// A client must finish its handshake within this time.
     pub handshake_timeout: Duration,
-    /// Plain HTTP answers 308 to the HTTPS URL (except ACME challenges).
+    /// Plain HTTP answers 308 to the HTTPS URL for the names we hold a certificate for
+    /// (except ACME challenges and the health path).
     pub redirect_http: bool,
     /// `Strict-Transport-Security: max-age=...` on HTTPS responses; None: not sent.
     pub hsts_max_age: Option<Duration>,
     /// The HTTPS port written in redirect URLs (omitted when 443).
     pub https_port: u16,
+}
+
+/// One certificate chain and its key, as PEM files (re-read when they change).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateSource {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub origin: CertificateOrigin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertificateOrigin {
+    /// Configured in the topology file: must load at start.
+    File,
+    /// Written by the ACME client: absent until first issued.
+    Acme,
+    /// The local CA's leaf in the state dir.
+    LocalCa,
+}
+
+/// ACME (RFC 8555) with the HTTP-01 challenge, answered by the lb on its plain HTTP port.
+#[derive(Clone, Debug)]
+pub struct AcmeSettings {
+    pub directory: String,
+    /// `mailto:` URLs.
+    pub contact: Vec<String>,
+    /// Extra root to trust for the directory's HTTPS.
+    pub ca_cert: Option<PathBuf>,
+    /// The names ordered (the site's name and aliases).
+    pub names: Vec<String>,
+    /// Where the account and the issued certificate live (state dir).
+    pub dir: PathBuf,
+    pub renew_before: Duration,
+}
+
+impl AcmeSettings {
+    /// The issued chain and key, once there is one.
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.join("site.pem")
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.join("site.key")
+    }
+
+    pub fn account_path(&self) -> PathBuf {
+        self.dir.join("account.json")
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,15 +18,29 @@ pub use config::*;
 pub use proxy::Proxy;
 pub use server::Server;
 
-/// A configured load balancer, its metrics registered, ready to serve.
+/// A configured load balancer, its metrics registered and certificates loaded, ready to serve.
 pub struct LoadBalancer {
     config: Config,
     servers: Vec<Arc<Server>>,
     metrics: metrics::Metrics,
+    tls: Option<Tls>,
 }
 
+/// HTTPS state shared by the workers, the certificate watcher and the ACME client.
+struct Tls {
+    certificates: Arc<tls::CertStore>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    acme: Option<Arc<tls::acme::AcmeClient>>,
+    challenges: Arc<tls::acme::Challenges>,
+}
+
+/// How often certificate files are checked for changes.
+const CERTIFICATE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl LoadBalancer {
-    pub fn new(config: Config, registry: &mut Registry) -> Self {
+    /// Fails when TLS is on and a configured certificate does not load (HAProxy refuses to
+    /// start on a bad certificate too: better than serving without one).
+    pub fn new(config: Config, registry: &mut Registry) -> Result<Self, tls::TlsError> {
         let metrics = metrics::Metrics::register(registry);
         let servers: Vec<_> = config
             .servers
@@ -34,18 +48,39 @@ impl LoadBalancer {
             .enumerate()
             .map(|(i, s)| Arc::new(Server::new(i, s.clone(), metrics.server(&s.name))))
             .collect();
-        Self {
+        let tls = match &config.tls {
+            Some(settings) => {
+                let certificates = Arc::new(tls::CertStore::load(settings.certificates.clone())?);
+                let acceptor = tls::server_config(certificates.clone())?.into();
+                let challenges = Arc::new(tls::acme::Challenges::default());
+                let acme = settings.acme.clone().map(|acme| {
+                    Arc::new(tls::acme::AcmeClient::new(
+                        acme,
+                        certificates.clone(),
+                        challenges.clone(),
+                    ))
+                });
+                Some(Tls {
+                    certificates,
+                    acceptor,
+                    acme,
+                    challenges,
+                })
+            }
+            None => None,
+        };
+        Ok(Self {
             config,
             servers,
             metrics,
-        }
+            tls,
+        })
     }
 
-    /// Runs health checks on the current runtime and serves each listener on a worker thread of
-    /// its own (one single-threaded runtime per listener, see `workers.rs`) until `shutdown`.
-    /// Ready once every server has been checked once.
-    /// `tls_listeners` (one per worker, possibly none) serve HTTPS with the certificate of
-    /// `config.tls`.
+    /// Runs health checks, the certificate watcher and the ACME client on the current runtime,
+    /// and serves each listener on a worker thread of its own (one single-threaded runtime per
+    /// listener, see `workers`) until `shutdown`. Ready once every server has been checked once.
+    /// `tls_listeners` (one per worker, possibly none) serve HTTPS.
     pub async fn run(
         self,
         listeners: Vec<std::net::TcpListener>,
@@ -53,20 +88,6 @@ impl LoadBalancer {
         admin: Admin,
         shutdown: Shutdown,
     ) {
-        let acceptor = match self
-            .config
-            .tls
-            .as_ref()
-            .map(|t| tls::server_config(&t.cert, &t.key))
-            .transpose()
-        {
-            Ok(config) => config.map(tokio_rustls::TlsAcceptor::from),
-            Err(error) => {
-                tracing::error!(%error, "cannot load the TLS certificate; HTTPS is off");
-                tls_listeners.clear();
-                None
-            }
-        };
         let handshake_timeout = self
             .config
             .tls
@@ -74,12 +95,23 @@ impl LoadBalancer {
             .map_or(std::time::Duration::from_secs(10), |t| t.handshake_timeout);
         let ready = admin.clone();
         let sweep = health::FirstSweep::new(self.servers.len(), move || ready.set_ready(true));
-        let mut checkers = tokio::task::JoinSet::new();
+        let mut background = tokio::task::JoinSet::new();
         for server in &self.servers {
-            checkers.spawn(health::run_checker(
+            background.spawn(health::run_checker(
                 server.clone(),
                 self.config.health.clone(),
                 sweep.clone(),
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            background.spawn(tls.certificates.clone().watch(CERTIFICATE_POLL));
+            if let Some(acme) = &tls.acme {
+                background.spawn(acme.clone().run());
+            }
+            background.spawn(publish_tls_status(
+                tls.certificates.clone(),
+                tls.acme.clone(),
+                admin.clone(),
             ));
         }
         let options = HttpOptions {
@@ -95,11 +127,14 @@ impl LoadBalancer {
                 self.config.clone(),
                 balancer.clone(),
                 self.metrics.clone(),
+                self.tls
+                    .as_ref()
+                    .map(|t| (t.certificates.clone(), t.challenges.clone())),
             ));
             let (options, shutdown) = (options.clone(), shutdown.clone());
             let tls = tls_listeners
                 .pop()
-                .zip(acceptor.clone())
+                .zip(self.tls.as_ref().map(|t| t.acceptor.clone()))
                 .map(|(l, a)| (l, a, handshake_timeout));
             let spawned = std::thread::Builder::new()
                 .name(format!("lb-worker-{n}"))
@@ -113,11 +148,53 @@ impl LoadBalancer {
         }
         shutdown.triggered().await;
         admin.set_ready(false);
-        checkers.abort_all();
+        background.abort_all();
         // Workers return once their connections drained (or the grace ran out).
         let _ =
             tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join())))
                 .await;
+    }
+}
+
+/// Keeps the admin `/status` document current: each certificate's names and expiry, and the
+/// ACME client's state (`webstack status` shows them).
+async fn publish_tls_status(
+    certificates: Arc<tls::CertStore>,
+    acme: Option<Arc<tls::acme::AcmeClient>>,
+    admin: Admin,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let list = certificates.certificates();
+        let summary = list
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} until {} ({})",
+                    c.names.first().map_or("-", String::as_str),
+                    &c.expires[..10],
+                    serde_json::to_value(c.origin)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let certificates_json: Vec<_> = list
+            .iter()
+            .map(|c| {
+                let mut value = serde_json::to_value(c).unwrap_or_default();
+                value["days_left"] = c.days_left().into();
+                value
+            })
+            .collect();
+        admin.set_status(serde_json::json!({
+            "summary": format!("tls: {summary}"),
+            "certificates": certificates_json,
+            "acme": acme.as_ref().map(|a| a.status()),
+        }));
     }
 }
 
@@ -154,25 +231,37 @@ mod workers {
                 Ok(listener) => listener,
                 Err(error) => return tracing::error!(%error, "cannot use the listener"),
             };
-                        let service = |secure: bool| {
+            let service = |secure: bool| {
                 let proxy = proxy.clone();
                 move |peer| {
                     let proxy = proxy.clone();
                     hyper::service::service_fn(move |request| {
                         let proxy = proxy.clone();
-                        async move { Ok::<_, Infallible>(proxy.handle(peer, request, secure).await) }
+                        async move {
+                            Ok::<_, Infallible>(proxy.handle(peer, request, secure).await)
+                        }
                     })
                 }
             };
             let plain = serve_http(listener, options.clone(), service(false), shutdown.clone());
             let https = async {
-                let Some((listener, acceptor, handshake_timeout)) = tls else { return };
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => {
-                        crate::tls::serve_tls(listener, acceptor, handshake_timeout, options.clone(), service(true), shutdown.clone()).await
-                    }
-                    Err(error) => tracing::error!(%error, "cannot use the TLS listener"),
-                }
+                let Some((listener, acceptor, handshake_timeout)) = tls else {
+                    return;
+                };
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(error) => return tracing::error!(%error, "cannot use the TLS listener"),
+                };
+                let (options, shutdown) = (options.clone(), shutdown.clone());
+                crate::tls::serve_tls(
+                    listener,
+                    acceptor,
+                    handshake_timeout,
+                    options,
+                    service(true),
+                    shutdown,
+                )
+                .await
             };
             tokio::join!(plain, https);
             // Connection tasks live on this runtime: keep it until they are done.

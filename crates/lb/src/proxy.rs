@@ -22,6 +22,8 @@ use crate::Config;
 use crate::balance::Balancer;
 use crate::metrics::Metrics;
 use crate::server::{ActiveGuard, Server};
+use crate::tls::CertStore;
+use crate::tls::acme::Challenges;
 
 /// What goes upstream: the client's body, or nothing (so a retry can resend it).
 type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -50,6 +52,9 @@ pub struct Proxy {
     request_ids: RequestIds,
     /// The Strict-Transport-Security value, built once.
     hsts: Option<HeaderValue>,
+    /// With TLS on: the certificates (a plain HTTP request for a name they cover is redirected)
+    /// and the pending ACME HTTP-01 challenges.
+    tls: Option<(Arc<CertStore>, Arc<Challenges>)>,
 }
 
 /// `host:port` -> `host` (keeping IPv6 brackets).
@@ -62,7 +67,12 @@ fn strip_port(host: &str) -> &str {
 
 impl Proxy {
     /// `balancer` is shared by every worker, so round-robin is exact across them.
-    pub fn new(config: Config, balancer: Arc<Balancer>, metrics: Metrics) -> Self {
+    pub fn new(
+        config: Config,
+        balancer: Arc<Balancer>,
+        metrics: Metrics,
+        tls: Option<(Arc<CertStore>, Arc<Challenges>)>,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.timeouts.connect));
         connector.set_nodelay(true);
@@ -79,6 +89,7 @@ impl Proxy {
             .and_then(|age| HeaderValue::from_str(&format!("max-age={}", age.as_secs())).ok());
         Self {
             hsts,
+            tls,
             balancer,
             config,
             client,
@@ -95,8 +106,8 @@ impl Proxy {
         secure: bool,
     ) -> Response<ProxyBody> {
         if !secure {
-            if let Some(redirect) = self.https_redirect(&request) {
-                return redirect;
+            if let Some(answer) = self.answer_plain_http(&request) {
+                return answer;
             }
         }
         let mut response = self.forward(peer, request, secure).await;
@@ -110,12 +121,25 @@ impl Proxy {
         response
     }
 
-    /// With TLS on, plain HTTP is sent to HTTPS: 308 keeps the method and body. ACME HTTP-01
-    /// challenges stay on plain HTTP.
-    fn https_redirect(&self, request: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+    /// With TLS on, plain HTTP gets what only the lb can answer: an ACME HTTP-01 challenge
+    /// response, or a 308 to the HTTPS URL (308 keeps the method and body) for the names we hold
+    /// a certificate for. Addresses and other names, the health path and unknown challenges go
+    /// through (a redirect to a name without a certificate would only trade one error for
+    /// another).
+    fn answer_plain_http(&self, request: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+        let (certificates, challenges) = self.tls.as_ref()?;
+        let path = request.uri().path();
+        if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/") {
+            let answer = challenges.answer(token)?;
+            let mut response = Response::new(Either::Right(Full::from(answer)));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            return Some(response);
+        }
         let tls = self.config.tls.as_ref().filter(|t| t.redirect_http)?;
-        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        if path.starts_with("/.well-known/acme-challenge/") {
+        if path == self.config.health.path {
             return None;
         }
         let host = request
@@ -124,13 +148,8 @@ impl Proxy {
             .and_then(|h| h.to_str().ok())
             .or_else(|| request.uri().host())
             .map(strip_port)
-            .filter(|h| !h.is_empty());
-        let Some(host) = host else {
-            return Some(self.plain(
-                StatusCode::BAD_REQUEST,
-                "400 Bad Request: a Host header is required.\n",
-            ));
-        };
+            .filter(|h| certificates.covers(h))?;
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
         let location = match tls.https_port {
             443 => format!("https://{host}{path}"),
             port => format!("https://{host}:{port}{path}"),

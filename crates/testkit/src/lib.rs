@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod http;
+pub mod pebble;
 pub mod topology;
 
 pub use topology::Topology;

@@ -266,7 +266,7 @@ impl Drop for Topology {
 
 /// SIGTERM, then up to `STOP_TIMEOUT` for the process to exit; SIGKILL if it does not (and
 /// `None`). Only processes this test started, by pid.
-fn terminate(child: &mut Child) -> Option<ExitStatus> {
+pub fn terminate(child: &mut Child) -> Option<ExitStatus> {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + STOP_TIMEOUT;

@@ -102,7 +102,8 @@ pub async fn run(
                 )?,
                 None => Vec::new(),
             };
-            let lb = webstack_lb::LoadBalancer::new(lb_config, &mut registry);
+            let lb = webstack_lb::LoadBalancer::new(lb_config, &mut registry)
+                .context("cannot load the TLS certificates")?;
             let shutdown = shutdown.clone();
             Box::new(move |admin| tokio::spawn(lb.run(listeners, tls_listeners, admin, shutdown)))
         }

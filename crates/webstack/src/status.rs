@@ -68,8 +68,61 @@ fn print(reply: &Reply, json: bool) -> anyhow::Result<()> {
                 u.host, u.role, u.address, pid, u.state, health, u.restarts
             )?;
         }
+        for u in &reply.units {
+            write_certificates(&mut out, &u.host, &u.detail)?;
+        }
     }
     write_stdout(&out)
+}
+
+/// An lb's certificates (names, expiry, where from) and its ACME client's state.
+fn write_certificates(
+    out: &mut String,
+    host: &str,
+    detail: &serde_json::Value,
+) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    let Some(certificates) = detail.get("certificates").and_then(|c| c.as_array()) else {
+        return Ok(());
+    };
+    writeln!(out, "\ncertificates of {host}:")?;
+    let text = |value: &serde_json::Value, key: &str| {
+        value
+            .get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or("?")
+            .to_string()
+    };
+    for cert in certificates {
+        let names: Vec<&str> = cert
+            .get("names")
+            .and_then(|n| n.as_array())
+            .map(|n| n.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        let days = cert.get("days_left").and_then(|d| d.as_i64()).unwrap_or(0);
+        writeln!(
+            out,
+            "  {:<36} expires {} ({days} days)  {:<8} {}",
+            names.join(", "),
+            text(cert, "expires"),
+            text(cert, "origin"),
+            text(cert, "path"),
+        )?;
+    }
+    if let Some(acme) = detail.get("acme").filter(|a| !a.is_null()) {
+        write!(
+            out,
+            "  acme: {} ({})",
+            text(acme, "state"),
+            text(acme, "directory")
+        )?;
+        if let Some(error) = acme.get("last_error").and_then(|e| e.as_str()) {
+            let failures = acme.get("failures").and_then(|f| f.as_u64()).unwrap_or(0);
+            write!(out, ", {failures} failed order(s), last: {error}")?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
 }
 
 /// Writes to stdout; a reader that went away (`status | head`) is not an error.

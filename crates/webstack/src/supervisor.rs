@@ -189,7 +189,9 @@ pub async fn run(
     print_endpoints(&sup);
 
     let reaper = tokio::spawn(reap_loop(sup.clone()));
+    let hangups = tokio::spawn(forward_hangups(sup.clone()));
     let signal = termination_signal().await;
+    hangups.abort();
     println!("webstack: {signal}: stopping");
     reaper.abort();
     for task in &tasks {
@@ -468,10 +470,17 @@ fn print_endpoints(sup: &Shared) {
     let state = sup.state_dir.display();
     if config.uses_local_ca() && config.https_port().is_some() {
         let ca = webstack_lb::tls::LocalCa::new(&sup.state_dir).ca_cert();
-        println!(
-            "  HTTPS certificates come from a local CA: trust {} (curl --cacert)",
-            ca.display()
-        );
+        if config.uses_acme() {
+            println!(
+                "  HTTPS certificates come from ACME (`webstack status` shows progress); until the first is issued, from a local CA: trust {} (curl --cacert)",
+                ca.display()
+            );
+        } else {
+            println!(
+                "  HTTPS certificates come from a local CA: trust {} (curl --cacert)",
+                ca.display()
+            );
+        }
     }
     println!(
         "  logs in {state}/logs; `webstack status --state-dir {state}`; Ctrl-C stops everything"
@@ -484,6 +493,32 @@ async fn reap_loop(sup: Shared) {
     loop {
         tick.tick().await;
         sup.reap();
+    }
+}
+
+/// SIGHUP to the supervisor reaches every running lb, which reloads its certificates (as
+/// `kill -HUP` does to one lb process).
+async fn forward_hangups(sup: Shared) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        let pids: Vec<u32> = {
+            let units = sup.units.lock().unwrap();
+            units
+                .iter()
+                .filter(|u| u.role == Role::Lb)
+                .filter_map(|u| u.child.as_ref().and_then(|c| c.id()))
+                .collect()
+        };
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGHUP);
+        }
+        println!(
+            "webstack: SIGHUP: certificates reloading on {} lb process(es)",
+            pids.len()
+        );
     }
 }
 
@@ -503,9 +538,9 @@ async fn health_loop(sup: Shared) {
         };
         let checks = probes.into_iter().map(|(i, admin, role)| async move {
             let ok = matches!(get_status(admin, "localhost", "/ready", Duration::from_millis(400)).await, Ok(s) if s.is_success());
-            // A db node also reports its replication state for `status`.
+            // A db node also reports its replication state, an lb its certificates.
             let detail = match role {
-                Role::Db => get_body(admin, "localhost", "/status", Duration::from_millis(400))
+                Role::Db | Role::Lb => get_body(admin, "localhost", "/status", Duration::from_millis(400))
                     .await
                     .ok()
                     .and_then(|(_, body)| serde_json::from_slice(&body).ok())

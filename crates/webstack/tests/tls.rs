@@ -1,12 +1,21 @@
 //! HTTPS at the load balancer, checked with real clients (curl, openssl): TLS 1.2 and 1.3 with
 //! the local CA, TLS 1.1 refused, HTTP/2 through ALPN proxied end to end, the 308 redirect from
-//! plain HTTP, HSTS, and X-Forwarded-Proto reaching the app.
+//! plain HTTP, HSTS, and X-Forwarded-Proto reaching the app; several certificates picked by
+//! SNI and replaced on disk while an open connection keeps working; ACME against a real pebble.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
 
-use webstack_testkit::Topology;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use webstack_testkit::http::{self, get};
+use webstack_testkit::pebble::Pebble;
 use webstack_testkit::topology::toml;
+use webstack_testkit::{Topology, assert_eventually};
 
 const EXE: &str = env!("CARGO_BIN_EXE_webstack");
 
@@ -103,11 +112,16 @@ fn https_with_the_local_ca_http2_redirect_and_hsts() {
         plain.header("strict-transport-security").is_none(),
         "HSTS only over HTTPS"
     );
+    // Names without a certificate (an address) and the health path stay on plain HTTP.
+    let by_address = get(topology.lb(), "/x?y=1", &[]).unwrap();
+    assert_eq!(by_address.status, 404, "forwarded: {}", by_address.text());
+    let health = get(topology.lb(), "/healthz", &[("Host", "www.foobar.com")]).unwrap();
+    assert_eq!(health.status, 200, "{}", health.text());
     let post = http::request(
         topology.lb(),
         "POST",
         "/api/posts",
-        &[("Host", "foobar.com")],
+        &[("Host", "www.foobar.com")],
         b"{}",
     )
     .unwrap();
@@ -135,5 +149,367 @@ fn https_with_the_local_ca_http2_redirect_and_hsts() {
         topology.up_log().contains("tls/ca.pem (curl --cacert)"),
         "{}",
         topology.up_log()
+    );
+    // `status` names the certificate and its expiry.
+    let shows_certificate = |status: String| {
+        status.contains("certificates of lb-01:")
+            && status.contains("www.foobar.com")
+            && status.contains("expires 20")
+            && status.contains("local-ca")
+    };
+    assert_eventually!(
+        shows_certificate(status_text(&topology)),
+        Duration::from_secs(10),
+        "{}",
+        status_text(&topology)
+    );
+}
+
+/// `webstack status` as a person reads it.
+fn status_text(topology: &Topology) -> String {
+    String::from_utf8_lossy(&topology.cli(&["status"]).stdout).into_owned()
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS connection to `addr` for `name` (sent as SNI when `sni`), trusting `roots`.
+fn tls_connect(
+    addr: SocketAddr,
+    name: &str,
+    roots: &[&Path],
+    sni: bool,
+) -> Result<TlsStream, String> {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        for cert in CertificateDer::pem_file_iter(root).unwrap() {
+            store.add(cert.unwrap()).unwrap();
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.enable_sni = sni;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from(name.to_string()).unwrap();
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    while stream.conn.is_handshaking() {
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .map_err(|e| format!("handshake: {e}"))?;
+    }
+    Ok(stream)
+}
+
+/// The leaf certificate the server presented.
+fn served(stream: &TlsStream) -> Vec<u8> {
+    stream.conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// The first certificate in a PEM file.
+fn leaf_in(path: &Path) -> Vec<u8> {
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+/// One keep-alive request on an open connection.
+fn request_on(stream: &mut TlsStream, host: &str, path: &str) -> http::Response {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    stream.flush().unwrap();
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Ok(response) = http::parse(&buffer, false) {
+            let complete = response
+                .header("content-length")
+                .and_then(|l| l.parse::<usize>().ok())
+                .is_some_and(|l| response.body.len() == l);
+            if complete {
+                return response;
+            }
+        }
+        let n = stream.read(&mut chunk).expect("read the response");
+        assert!(
+            n > 0,
+            "closed before a whole response: {}",
+            String::from_utf8_lossy(&buffer)
+        );
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A CA for certificate files the topology is configured with.
+struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: PathBuf,
+}
+
+impl TestCa {
+    fn new(dir: &Path) -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test CA");
+        let pem = dir.join("test-ca.pem");
+        std::fs::write(&pem, params.self_signed(&key).unwrap().pem()).unwrap();
+        TestCa {
+            issuer: rcgen::Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    /// Writes `name.pem` and `name.key` into `dir` for `names`, each file replaced atomically
+    /// (as certbot or an operator's `mv` would).
+    fn issue(&self, dir: &Path, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        let (cert_path, key_path) = (
+            dir.join(format!("{file}.pem")),
+            dir.join(format!("{file}.key")),
+        );
+        for (path, text) in [(&key_path, key.serialize_pem()), (&cert_path, cert.pem())] {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
+        (cert_path, key_path)
+    }
+}
+
+#[test]
+fn certificates_by_sni_replaced_without_dropping_connections() {
+    let net = 52;
+    let mut topology = Topology::write(EXE, "tls-sni", net, "");
+    let dir = topology.state_dir().parent().unwrap().to_path_buf();
+    let ca = TestCa::new(&dir);
+    let (a_cert, a_key) = ca.issue(&dir, "a", &["a.test"]);
+    let (b_cert, b_key) = ca.issue(&dir, "b", &["*.b.test"]);
+    let config = toml(net, 1, "").replace(
+        "[lb.tls]\nredirect_http = false\n",
+        &format!(
+            "[lb.tls]\ncert = \"{}\"\nkey = \"{}\"\n[[lb.tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n",
+            a_cert.display(),
+            a_key.display(),
+            b_cert.display(),
+            b_key.display()
+        ),
+    );
+    std::fs::write(dir.join("webstack.toml"), config).unwrap();
+    topology.restart();
+    let https = SocketAddr::from(([127, 0, net, 10], 8443));
+    let roots = [ca.pem.as_path()];
+
+    // SNI picks the certificate; no SNI gets the first configured.
+    let b = tls_connect(https, "api.b.test", &roots, true).unwrap();
+    assert_eq!(served(&b), leaf_in(&b_cert), "*.b.test for api.b.test");
+    let a = tls_connect(https, "a.test", &roots, true).unwrap();
+    assert_eq!(served(&a), leaf_in(&a_cert));
+    let no_sni = tls_connect(https, "a.test", &roots, false).unwrap();
+    assert_eq!(served(&no_sni), leaf_in(&a_cert), "the default certificate");
+    assert_eventually!(
+        status_text(&topology).contains("*.b.test") && status_text(&topology).contains("a.test"),
+        Duration::from_secs(10),
+        "status lists every certificate: {}",
+        status_text(&topology)
+    );
+
+    // An open connection, then a new certificate for a.test on disk.
+    let mut old = tls_connect(https, "a.test", &roots, true).unwrap();
+    assert_eq!(
+        request_on(&mut old, "a.test", "/static/robots.txt").status,
+        200
+    );
+    let old_leaf = served(&old);
+    ca.issue(&dir, "a", &["a.test", "a2.test"]);
+    assert_eventually!(
+        tls_connect(https, "a2.test", &roots, true).is_ok_and(|s| served(&s) == leaf_in(&a_cert)),
+        Duration::from_secs(15),
+        "the new certificate serves new handshakes:\n{}",
+        topology.log("lb-01", "lb")
+    );
+    let again = request_on(&mut old, "a.test", "/static/robots.txt");
+    assert_eq!(again.status, 200, "the old connection keeps working");
+    assert_eq!(served(&old), old_leaf);
+
+    // A broken file: logged, and the previous certificate stays in service.
+    let b_leaf = leaf_in(&b_cert);
+    std::fs::write(&b_cert, "not a certificate").unwrap();
+    assert_eventually!(
+        topology
+            .log("lb-01", "lb")
+            .contains("the previous one stays in service"),
+        Duration::from_secs(15),
+        "{}",
+        topology.log("lb-01", "lb")
+    );
+    let b = tls_connect(https, "api.b.test", &roots, true).unwrap();
+    assert_eq!(served(&b), b_leaf);
+
+    // SIGHUP to `up` reaches the lb, which reloads everything.
+    let up = nix::unistd::Pid::from_raw(topology.up_pid().unwrap() as i32);
+    nix::sys::signal::kill(up, nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert_eventually!(
+        topology
+            .log("lb-01", "lb")
+            .contains("SIGHUP: reloading certificates"),
+        Duration::from_secs(10),
+        "{}\n{}",
+        topology.up_log(),
+        topology.log("lb-01", "lb")
+    );
+    assert!(
+        topology
+            .up_log()
+            .contains("SIGHUP: certificates reloading on 1 lb")
+    );
+    assert_eq!(
+        request_on(&mut old, "a.test", "/").status,
+        200,
+        "still the same connection"
+    );
+}
+
+#[test]
+fn acme_certificate_from_pebble() {
+    let net = 53;
+    let mut topology = Topology::write(EXE, "tls-acme", net, "");
+    let dir = topology.state_dir().parent().unwrap().to_path_buf();
+    let pebble = Pebble::start(&dir.join("pebble"), net, 8080);
+    let config = toml(net, 1, "").replace(
+        "redirect_http = false\n",
+        &format!(
+            "redirect_http = false\n[lb.tls.acme]\ndirectory = \"{}\"\nca_cert = \"{}\"\ncontact = [\"ops@foobar.com\"]\nagree_terms = true\n",
+            pebble.directory(),
+            pebble.https_ca().display()
+        ),
+    );
+    std::fs::write(dir.join("webstack.toml"), config).unwrap();
+    topology.restart();
+
+    let acme_cert = topology.state_dir().join("tls/acme/site.pem");
+    assert_eventually!(
+        topology.status()["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["detail"]["acme"]["state"] == "valid"),
+        Duration::from_secs(60),
+        "an ACME certificate:\n{}\npebble:\n{}",
+        topology.log("lb-01", "lb"),
+        pebble.log()
+    );
+    // Validated over HTTP-01 through our lb, issued by pebble's root, and served.
+    assert!(
+        pebble.log().contains("/.well-known/acme-challenge/"),
+        "{}",
+        pebble.log()
+    );
+    let https = SocketAddr::from(([127, 0, net, 10], 8443));
+    let root = pebble.issuing_root();
+    let mut stream = tls_connect(https, "www.foobar.com", &[root.as_path()], true).unwrap();
+    assert_eq!(served(&stream), leaf_in(&acme_cert));
+    assert_eq!(
+        request_on(&mut stream, "www.foobar.com", "/static/robots.txt").status,
+        200
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for secret in ["tls/acme/site.key", "tls/acme/account.json"] {
+        let mode = std::fs::metadata(topology.state_dir().join(secret))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{secret}");
+    }
+    let status = String::from_utf8_lossy(&topology.cli(&["status"]).stdout).into_owned();
+    assert!(
+        status.contains("acme: valid") && status.contains("tls/acme/site.pem"),
+        "{status}"
+    );
+
+    // A restart reuses the account and the certificate: no new order.
+    let issued = std::fs::read(&acme_cert).unwrap();
+    topology.stop();
+    topology.restart();
+    assert_eventually!(
+        topology.status()["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["detail"]["acme"]["state"] == "valid"),
+        Duration::from_secs(20),
+        "{}",
+        topology.log("lb-01", "lb")
+    );
+    assert_eq!(
+        std::fs::read(&acme_cert).unwrap(),
+        issued,
+        "the same certificate"
+    );
+    assert_eq!(
+        pebble.log().matches("Issued certificate").count(),
+        1,
+        "{}",
+        pebble.log()
+    );
+}
+
+#[test]
+fn acme_failures_are_retried_and_reported_while_the_local_ca_serves() {
+    let net = 54;
+    let mut topology = Topology::write(EXE, "tls-acme-down", net, "");
+    let dir = topology.state_dir().parent().unwrap().to_path_buf();
+    // A directory where nothing listens.
+    let config = toml(net, 1, "").replace(
+        "redirect_http = false\n",
+        &format!(
+            "redirect_http = false\n[lb.tls.acme]\ndirectory = \"https://127.0.{net}.1:14000/dir\"\nagree_terms = true\n"
+        ),
+    );
+    std::fs::write(dir.join("webstack.toml"), config).unwrap();
+    topology.restart();
+    assert_eventually!(
+        topology.status()["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["detail"]["acme"]["state"] == "retrying"),
+        Duration::from_secs(30),
+        "{}",
+        topology.log("lb-01", "lb")
+    );
+    let log = topology.log("lb-01", "lb");
+    assert!(
+        log.contains("ACME: no certificate") && log.contains("retry_in"),
+        "{log}"
+    );
+    let status = String::from_utf8_lossy(&topology.cli(&["status"]).stdout).into_owned();
+    assert!(
+        status.contains("acme: retrying") && status.contains("failed order"),
+        "{status}"
+    );
+    // HTTPS works meanwhile, with the local CA.
+    let ca = topology.state_dir().join("tls/ca.pem");
+    let https = SocketAddr::from(([127, 0, net, 10], 8443));
+    let mut stream = tls_connect(https, "www.foobar.com", &[ca.as_path()], true).unwrap();
+    assert_eq!(
+        request_on(&mut stream, "www.foobar.com", "/static/robots.txt").status,
+        200
     );
 }

@@ -1,42 +1,12 @@
-//! TLS termination: the certificate (PEM files, or a local CA and a leaf generated on first
-//! start), rustls settings (TLS 1.2 and 1.3 only, AEAD suites with forward secrecy only, ALPN
-//! h2 and http/1.1, session tickets and a session cache) and the TLS accept loop, which serves
-//! HTTP/2 or HTTP/1.1 as ALPN decided.
+//! The local certificate authority: on first start a CA and a leaf for the site's names,
+//! generated with rcgen and kept in the state dir (keys 0600), so HTTPS works out of the box and
+//! `curl --cacert <state>/tls/ca.pem` trusts it.
 
 use std::fs;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-use webstack_common::serve::{accept_loop, serve_connection, serve_connection_h2};
-use webstack_common::{HttpOptions, Shutdown};
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: no PEM certificate in it")]
-    NoCertificate { path: PathBuf },
-    #[error("{path}: not a PEM private key: {message}")]
-    BadKey { path: PathBuf, message: String },
-    #[error("certificate generation failed: {0}")]
-    Generate(#[from] rcgen::Error),
-    #[error("TLS settings rejected: {0}")]
-    Rustls(#[from] rustls::Error),
-}
+use super::{TlsError, write_file};
 
 /// Where the local CA and the site's certificate live in the state dir.
 pub struct LocalCa {
@@ -147,7 +117,7 @@ fn set_validity(params: &mut rcgen::CertificateParams, days: u64) {
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
 /// (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i32, u8, u8) {
+pub(crate) fn civil_from_days(z: i64) -> (i32, u8, u8) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -158,94 +128,6 @@ fn civil_from_days(z: i64) -> (i32, u8, u8) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     ((y + i64::from(m <= 2)) as i32, m as u8, d as u8)
-}
-
-fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> {
-    webstack_common::files::write_atomic(path, text.as_bytes(), mode).map_err(|source| {
-        TlsError::Write {
-            path: path.to_path_buf(),
-            source,
-        }
-    })
-}
-
-/// rustls server settings from a PEM chain and key.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| TlsError::Read {
-            path: cert.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })?
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Read {
-            path: cert.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: cert.to_path_buf(),
-        });
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::BadKey {
-        path: key.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    // ring's suites are all AEAD with (EC)DHE key exchange: no CBC, no RSA key exchange.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // Our order (strongest first), not the client's: a client offering a weaker suite first
-    // still gets the strongest both support (testssl's cipher_order check).
-    config.ignore_client_order = true;
-    // Resumption: stateless tickets (rotated) and a stateful cache for TLS 1.2 clients.
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
-    config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
-    Ok(Arc::new(config))
-}
-
-/// Accepts TLS connections until `shutdown`: handshake within `handshake_timeout`, then HTTP/2
-/// when ALPN chose h2, else HTTP/1.1.
-pub async fn serve_tls<M, S, B>(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    handshake_timeout: Duration,
-    options: HttpOptions,
-    make_service: M,
-    shutdown: Shutdown,
-) where
-    M: Fn(SocketAddr) -> S,
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<B>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    accept_loop(listener, shutdown, |stream, peer, conn_shutdown| {
-        let (service, acceptor, options) = (make_service(peer), acceptor.clone(), options.clone());
-        async move {
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    return tracing::debug!(client = %peer, %error, "TLS handshake failed");
-                }
-                Err(_) => return tracing::debug!(client = %peer, "TLS handshake timed out"),
-            };
-            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                serve_connection_h2(tls, service, conn_shutdown).await
-            } else {
-                serve_connection(tls, service, options, conn_shutdown).await
-            }
-        }
-    })
-    .await
 }
 
 #[cfg(test)]
@@ -283,18 +165,24 @@ mod tests {
                 & 0o777,
             0o600
         );
-        let config = server_config(&ca.site_cert(), &ca.site_key()).unwrap();
-        assert!(config.ignore_client_order, "the server's cipher order");
-        assert_eq!(
-            config.alpn_protocols,
-            [b"h2".to_vec(), b"http/1.1".to_vec()]
-        );
+        let source = |cert: PathBuf, key: PathBuf| crate::CertificateSource {
+            cert,
+            key,
+            origin: crate::CertificateOrigin::LocalCa,
+        };
+        let store =
+            super::super::CertStore::load(vec![source(ca.site_cert(), ca.site_key())]).unwrap();
+        let [leaf] = &store.certificates()[..] else {
+            panic!("one certificate")
+        };
+        assert_eq!(leaf.names, ["www.example.test", "example.test"]);
+        assert!((396..=398).contains(&leaf.days_left()), "{leaf:?}");
         // New names: a new leaf from the same CA.
         ca.ensure(&["other.test".into()]).unwrap();
         assert_eq!(first, fs::read(ca.ca_cert()).unwrap());
         assert!(matches!(
-            server_config(&ca.ca_cert(), &ca.ca_cert()),
-            Err(TlsError::BadKey { .. })
+            super::super::CertStore::load(vec![source(ca.ca_cert(), ca.ca_cert())]),
+            Err(super::TlsError::BadKey { .. })
         ));
         fs::remove_dir_all(&dir).unwrap();
     }

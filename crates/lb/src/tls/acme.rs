@@ -1,0 +1,297 @@
+//! Automatic certificates from an ACME CA (RFC 8555: Let's Encrypt, or pebble in tests) with
+//! instant-acme and the HTTP-01 challenge, which the lb answers itself on its plain HTTP port.
+//! The account and the certificate live in `state/tls/acme/` (keys 0600); the certificate is
+//! renewed `renew_before` its expiry; a failed order is logged with the CA's reason and retried
+//! with a backoff (10 s doubling to an hour). Until the first certificate arrives, HTTPS serves
+//! the local CA's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{CertStore, write_file};
+use crate::{AcmeSettings, CertificateOrigin};
+
+/// The longest wait between two checks of the certificate's expiry.
+const RECHECK: Duration = Duration::from_secs(3600);
+const FIRST_RETRY: Duration = Duration::from_secs(10);
+const LAST_RETRY: Duration = Duration::from_secs(3600);
+
+/// HTTP-01 tokens being validated and their key authorizations.
+#[derive(Debug, Default)]
+pub struct Challenges {
+    tokens: RwLock<HashMap<String, String>>,
+}
+
+impl Challenges {
+    /// The body for `/.well-known/acme-challenge/{token}`, while that challenge is pending.
+    pub fn answer(&self, token: &str) -> Option<String> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .cloned()
+    }
+
+    fn set(&self, token: String, key_authorization: String) {
+        self.tokens
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token, key_authorization);
+    }
+
+    fn clear(&self) {
+        self.tokens
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// What `webstack status` shows of the ACME client.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AcmeStatus {
+    /// "ordering", "valid", or "retrying".
+    pub state: &'static str,
+    pub directory: String,
+    /// Consecutive failed orders.
+    pub failures: u32,
+    pub last_error: Option<String>,
+}
+
+/// The account file: the credentials and the directory they belong to (a new directory means
+/// a new account).
+#[derive(Serialize, Deserialize)]
+struct StoredAccount {
+    directory: String,
+    credentials: AccountCredentials,
+}
+
+pub struct AcmeClient {
+    settings: AcmeSettings,
+    store: Arc<CertStore>,
+    challenges: Arc<Challenges>,
+    status: Mutex<AcmeStatus>,
+}
+
+impl AcmeClient {
+    pub fn new(settings: AcmeSettings, store: Arc<CertStore>, challenges: Arc<Challenges>) -> Self {
+        let status = AcmeStatus {
+            state: "ordering",
+            directory: settings.directory.clone(),
+            ..AcmeStatus::default()
+        };
+        Self {
+            settings,
+            store,
+            challenges,
+            status: Mutex::new(status),
+        }
+    }
+
+    pub fn status(&self) -> AcmeStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_status(&self, update: impl FnOnce(&mut AcmeStatus)) {
+        update(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Keeps a valid certificate for the site's names, forever.
+    pub async fn run(self: Arc<Self>) {
+        use std::os::unix::fs::DirBuilderExt;
+        if let Err(error) = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.settings.dir)
+        {
+            let dir = self.settings.dir.display();
+            tracing::error!(%error, "ACME: cannot create {dir}; no automatic certificate");
+            return self.set_status(|s| {
+                s.state = "failed";
+                s.last_error = Some(format!("cannot create {dir}: {error}"));
+            });
+        }
+        let mut failures = 0u32;
+        loop {
+            let wait = self.time_until_renewal();
+            if !wait.is_zero() {
+                self.set_status(|s| s.state = "valid");
+                tokio::time::sleep(wait.min(RECHECK)).await;
+                continue;
+            }
+            self.set_status(|s| s.state = "ordering");
+            tracing::info!(names = %self.settings.names.join(","), directory = %self.settings.directory, "ACME: ordering a certificate");
+            match self.order().await {
+                Ok(()) => {
+                    failures = 0;
+                    self.set_status(|s| {
+                        s.failures = 0;
+                        s.last_error = None;
+                    });
+                }
+                Err(error) => {
+                    failures += 1;
+                    let delay = FIRST_RETRY
+                        .saturating_mul(1 << (failures - 1).min(10))
+                        .min(LAST_RETRY);
+                    tracing::error!(%error, retry_in = ?delay, "ACME: no certificate");
+                    self.set_status(|s| {
+                        s.state = "retrying";
+                        s.failures = failures;
+                        s.last_error = Some(error);
+                    });
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            self.challenges.clear();
+        }
+    }
+
+    /// Zero when there is no ACME certificate for all the names, or it is due for renewal.
+    fn time_until_renewal(&self) -> Duration {
+        let Some(cert) = self.store.certificate(CertificateOrigin::Acme) else {
+            return Duration::ZERO;
+        };
+        let names_match = self
+            .settings
+            .names
+            .iter()
+            .all(|n| cert.names.iter().any(|c| c.eq_ignore_ascii_case(n)));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let renew_at = cert.not_after - self.settings.renew_before.as_secs() as i64;
+        if !names_match || renew_at <= now {
+            return Duration::ZERO;
+        }
+        Duration::from_secs((renew_at - now) as u64)
+    }
+
+    /// One order, from the account to the certificate on disk and in service.
+    async fn order(&self) -> Result<(), String> {
+        let account = self.account().await?;
+        let identifiers: Vec<Identifier> = self
+            .settings
+            .names
+            .iter()
+            .map(|n| Identifier::Dns(n.clone()))
+            .collect();
+        let mut order = account
+            .new_order(&NewOrder::new(&identifiers))
+            .await
+            .map_err(|e| format!("new order: {e}"))?;
+        let mut authorizations = order.authorizations();
+        while let Some(authorization) = authorizations.next().await {
+            let mut authorization = authorization.map_err(|e| format!("authorization: {e}"))?;
+            match authorization.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                other => return Err(format!("authorization is {other:?}")),
+            }
+            let mut challenge = authorization
+                .challenge(ChallengeType::Http01)
+                .ok_or("the CA offers no http-01 challenge")?;
+            self.challenges.set(
+                challenge.token.clone(),
+                challenge.key_authorization().as_str().to_string(),
+            );
+            challenge
+                .set_ready()
+                .await
+                .map_err(|e| format!("challenge: {e}"))?;
+        }
+        let retries = RetryPolicy::default().timeout(Duration::from_secs(90));
+        let status = order
+            .poll_ready(&retries)
+            .await
+            .map_err(|e| format!("waiting for validation: {e}"))?;
+        if status != OrderStatus::Ready {
+            let reason = order
+                .refresh()
+                .await
+                .ok()
+                .and_then(|state| state.error.as_ref().map(|p| p.to_string()))
+                .unwrap_or_else(|| "see the CA's authorization for why".into());
+            return Err(format!(
+                "order is {status:?} (validation failed: {reason}); is http://{}:80/.well-known/acme-challenge/ routed to this lb?",
+                self.settings.names.first().map_or("", String::as_str)
+            ));
+        }
+        let key_pem = order
+            .finalize()
+            .await
+            .map_err(|e| format!("finalize: {e}"))?;
+        let chain_pem = order
+            .poll_certificate(&retries)
+            .await
+            .map_err(|e| format!("certificate download: {e}"))?;
+        let (cert_path, key_path) = (self.settings.cert_path(), self.settings.key_path());
+        self.store
+            .replace(|| {
+                write_file(&key_path, &key_pem, 0o600)?;
+                write_file(&cert_path, &chain_pem, 0o644)
+            })
+            .map_err(|e| e.to_string())?;
+        match self.store.certificate(CertificateOrigin::Acme) {
+            Some(cert) => {
+                tracing::info!(names = %cert.names.join(","), expires = %cert.expires, "ACME: certificate issued and in service");
+                Ok(())
+            }
+            None => Err(format!(
+                "the issued certificate in {} did not load",
+                cert_path.display()
+            )),
+        }
+    }
+
+    /// The stored account for this directory, or a new one (stored 0600).
+    async fn account(&self) -> Result<Account, String> {
+        let path = self.settings.account_path();
+        let builder = || match &self.settings.ca_cert {
+            Some(root) => Account::builder_with_root(root),
+            None => Account::builder(),
+        };
+        let builder = builder().map_err(|e| format!("ACME HTTP client: {e}"))?;
+        let stored = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<StoredAccount>(&text).ok())
+            .filter(|stored| stored.directory == self.settings.directory);
+        if let Some(stored) = stored {
+            return builder
+                .from_credentials(stored.credentials)
+                .await
+                .map_err(|e| format!("account from {}: {e}", path.display()));
+        }
+        let contact: Vec<&str> = self.settings.contact.iter().map(String::as_str).collect();
+        let (account, credentials) = builder
+            .create(
+                &NewAccount {
+                    contact: &contact,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                self.settings.directory.clone(),
+                None,
+            )
+            .await
+            .map_err(|e| format!("new account at {}: {e}", self.settings.directory))?;
+        let stored = StoredAccount {
+            directory: self.settings.directory.clone(),
+            credentials,
+        };
+        let text = serde_json::to_string(&stored).map_err(|e| e.to_string())?;
+        write_file(&path, &text, 0o600).map_err(|e| e.to_string())?;
+        tracing::info!(id = account.id(), "ACME: account created");
+        Ok(account)
+    }
+}

@@ -1,0 +1,124 @@
+//! TLS termination: rustls settings (TLS 1.2 and 1.3 only, AEAD suites with forward secrecy
+//! only, ALPN h2 and http/1.1, session tickets and a session cache), the certificates picked by
+//! SNI and swapped without a restart (`store`), where they come from (`local_ca`, `acme`), and
+//! the TLS accept loop, which serves HTTP/2 or HTTP/1.1 as ALPN decided.
+
+pub mod acme;
+mod local_ca;
+mod store;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use webstack_common::serve::{accept_loop, serve_connection, serve_connection_h2};
+use webstack_common::{HttpOptions, Shutdown};
+
+pub use local_ca::LocalCa;
+pub use store::{CertStore, CertificateInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no PEM certificate in it")]
+    NoCertificate { path: PathBuf },
+    #[error("{path}: not a valid X.509 certificate: {message}")]
+    BadCertificate { path: PathBuf, message: String },
+    #[error("{path}: not a PEM private key: {message}")]
+    BadKey { path: PathBuf, message: String },
+    #[error("{key} is not the key of the certificate in {cert}: {source}")]
+    KeyMismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS settings rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+pub(crate) fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> {
+    webstack_common::files::write_atomic(path, text.as_bytes(), mode).map_err(|source| {
+        TlsError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// The crypto provider for every TLS setting: ring's suites are all AEAD with (EC)DHE key
+/// exchange (no CBC, no RSA key exchange).
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// rustls server settings; `certificates` picks the certificate for each handshake.
+pub fn server_config(certificates: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(certificates);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Our order (strongest first), not the client's: a client offering a weaker suite first
+    // still gets the strongest both support (testssl's cipher_order check).
+    config.ignore_client_order = true;
+    // Resumption: stateless tickets (rotated) and a stateful cache for TLS 1.2 clients.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
+    Ok(Arc::new(config))
+}
+
+/// Accepts TLS connections until `shutdown`: handshake within `handshake_timeout`, then HTTP/2
+/// when ALPN chose h2, else HTTP/1.1.
+pub async fn serve_tls<M, S, B>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+    options: HttpOptions,
+    make_service: M,
+    shutdown: Shutdown,
+) where
+    M: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    accept_loop(listener, shutdown, |stream, peer, conn_shutdown| {
+        let (service, acceptor, options) = (make_service(peer), acceptor.clone(), options.clone());
+        async move {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    return tracing::debug!(client = %peer, %error, "TLS handshake failed");
+                }
+                Err(_) => return tracing::debug!(client = %peer, "TLS handshake timed out"),
+            };
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                serve_connection_h2(tls, service, conn_shutdown).await
+            } else {
+                serve_connection(tls, service, options, conn_shutdown).await
+            }
+        }
+    })
+    .await
+}
