@@ -8,6 +8,7 @@ mod metrics;
 mod proxy;
 mod server;
 pub mod tls;
+mod upstream;
 
 use std::sync::Arc;
 

@@ -13,9 +13,6 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use webstack_common::forward::{self, RequestIds, X_FORWARDED_PROTO, X_REQUEST_ID};
 
 use crate::Config;
@@ -24,9 +21,10 @@ use crate::metrics::Metrics;
 use crate::server::{ActiveGuard, Server};
 use crate::tls::CertStore;
 use crate::tls::acme::Challenges;
+use crate::upstream::{Lease, SendError, Upstream};
 
 /// What goes upstream: the client's body, or nothing (so a retry can resend it).
-type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 /// What goes back to the client: the server's body, or our own short error.
 pub type ProxyBody = Either<Tracked, Full<Bytes>>;
 
@@ -47,7 +45,7 @@ enum Failure {
 pub struct Proxy {
     config: Config,
     balancer: Arc<Balancer>,
-    client: Client<HttpConnector, UpstreamBody>,
+    upstream: Upstream,
     metrics: Metrics,
     request_ids: RequestIds,
     /// The Strict-Transport-Security value, built once.
@@ -73,15 +71,7 @@ impl Proxy {
         metrics: Metrics,
         tls: Option<(Arc<CertStore>, Arc<Challenges>)>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.timeouts.connect));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            // Shorter than the web server's idle timeout so we never reuse a connection the
-            // server is about to close.
-            .pool_idle_timeout(std::time::Duration::from_secs(4))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let upstream = Upstream::new(config.servers.len(), config.timeouts.connect);
         let hsts = config
             .tls
             .as_ref()
@@ -92,7 +82,7 @@ impl Proxy {
             tls,
             balancer,
             config,
-            client,
+            upstream,
             metrics,
             request_ids: RequestIds::default(),
         }
@@ -185,15 +175,20 @@ impl Proxy {
         );
         // Whatever the client spoke, the web servers are spoken to in HTTP/1.1.
         parts.version = http::Version::HTTP_11;
-        // HTTP/2 carries the host in :authority; the HTTP/1.1 server behind needs a Host header.
-        if !parts.headers.contains_key(http::header::HOST) {
-            if let Some(authority) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                parts.headers.insert(http::header::HOST, authority);
+        // HTTP/2 carries the host in :authority; the HTTP/1.1 server behind needs a Host header
+        // (an HTTP/1.0 client may send none: then the server's address).
+        if let Some(authority) = parts.uri.authority() {
+            if !parts.headers.contains_key(http::header::HOST) {
+                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                    parts.headers.insert(http::header::HOST, host);
+                }
             }
+            // Servers get the origin form: the path and query.
+            parts.uri = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .map_or_else(|| Uri::from_static("/"), Uri::from);
         }
         parts.headers.insert(&X_REQUEST_ID, request_id.clone());
 
@@ -231,35 +226,25 @@ impl Proxy {
                 Some(body) if !replayable => Either::Left(body),
                 _ => Either::Right(Empty::new()),
             };
-            let uri = upstream_uri(&server, &parts.uri);
             let mut upstream = Request::from_parts(parts.clone(), upstream_body);
-            *upstream.uri_mut() = uri;
+            if !upstream.headers().contains_key(http::header::HOST) {
+                if let Ok(host) = HeaderValue::from_str(server.authority.as_str()) {
+                    upstream.headers_mut().insert(http::header::HOST, host);
+                }
+            }
 
             let guard = server.begin();
-            match self.send(upstream).await {
-                Ok(response) if replayable && is_retryable_status(response.status()) => {
+            match self.send(&server, upstream).await {
+                Ok((response, lease)) if replayable && is_retryable_status(response.status()) => {
                     // HAProxy's `retry-on 502 503 504`: the server (its app, for a web server)
                     // could not serve this; an idempotent request may go to another one.
                     tracing::warn!(server = %server.config.name, status = response.status().as_u16(), "server answered an error, trying another");
                     server.recheck.notify_one();
-                    fallback = Some((
-                        response.map(|b| {
-                            Either::Left(Tracked {
-                                inner: b,
-                                _guard: guard,
-                            })
-                        }),
-                        server,
-                    ));
+                    fallback = Some((response.map(|b| Tracked::new(b, guard, lease)), server));
                 }
-                Ok(response) => {
+                Ok((response, lease)) => {
                     break (
-                        response.map(|b| {
-                            Either::Left(Tracked {
-                                inner: b,
-                                _guard: guard,
-                            })
-                        }),
+                        response.map(|b| Tracked::new(b, guard, lease)),
                         Some(server),
                     );
                 }
@@ -305,14 +290,20 @@ impl Proxy {
         response
     }
 
-    async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, Failure> {
-        match tokio::time::timeout(self.config.timeouts.server, self.client.request(request)).await
-        {
+    async fn send(
+        &self,
+        server: &Server,
+        request: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, Lease), Failure> {
+        let send = self
+            .upstream
+            .send(server.index, server.config.addr, request);
+        match tokio::time::timeout(self.config.timeouts.server, send).await {
             Err(_) => Err(Failure::Timeout),
-            Ok(Ok(response)) => Ok(response),
-            // `request` fails only before a response head: the server answered nothing.
+            Ok(Ok(exchange)) => Ok(exchange),
+            // `send` fails only before a response head: the server answered nothing.
             Ok(Err(error)) => Err(Failure::Unreachable {
-                connect: error.is_connect(),
+                connect: matches!(error, SendError::Connect(_)),
                 error: error.into(),
             }),
         }
@@ -410,24 +401,33 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-fn upstream_uri(server: &Server, original: &Uri) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(server.authority.clone());
-    parts.path_and_query = Some(
-        original
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).expect("scheme, authority and path make a valid URI")
-}
-
 /// A server's response body that keeps the server's in-flight slot until it is fully sent, so
-/// leastconn sees slow downloads as load.
+/// leastconn sees slow downloads as load, and returns the connection to its pool once the body
+/// has been read to the end (a body abandoned midway takes its connection with it).
 pub struct Tracked {
     inner: Incoming,
+    lease: Option<Lease>,
     _guard: ActiveGuard,
+}
+
+impl Tracked {
+    fn new(inner: Incoming, guard: ActiveGuard, lease: Lease) -> ProxyBody {
+        let mut tracked = Tracked {
+            inner,
+            lease: Some(lease),
+            _guard: guard,
+        };
+        if tracked.inner.is_end_stream() {
+            tracked.release();
+        }
+        Either::Left(tracked)
+    }
+
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.idle.checkin(lease.sender);
+        }
+    }
 }
 
 impl Body for Tracked {
@@ -438,7 +438,16 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        let complete = match &frame {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            _ => false,
+        };
+        if complete {
+            self.release();
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
