@@ -131,6 +131,16 @@ pub async fn run(
         admin.clone(),
         admin_shutdown.clone(),
     ));
+    // SIGHUP means "reload" (the lb re-reads its certificates), never "exit": without a
+    // handler the default action would kill the process.
+    let hangups = tokio::spawn(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP received");
+            }
+        }
+    });
     let serving = start(admin);
     tracing::info!(role = %role, host = host_name, "started");
 
@@ -144,6 +154,7 @@ pub async fn run(
         tracing::warn!(grace = ?DRAIN_GRACE, "drain grace expired; closing remaining connections");
     }
     let _ = serving.await;
+    hangups.abort();
     admin_shutdown.trigger();
     let _ = admin_task.await;
     tracing::info!("stopped");

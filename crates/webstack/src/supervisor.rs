@@ -172,6 +172,7 @@ pub async fn run(
     let tasks = [
         tokio::spawn(health_loop(sup.clone())),
         tokio::spawn(control_loop(sup.clone(), listener)),
+        tokio::spawn(forward_hangups(sup.clone())),
     ];
     let started = tokio::select! {
         result = start_all(&sup) => result,
@@ -189,9 +190,7 @@ pub async fn run(
     print_endpoints(&sup);
 
     let reaper = tokio::spawn(reap_loop(sup.clone()));
-    let hangups = tokio::spawn(forward_hangups(sup.clone()));
     let signal = termination_signal().await;
-    hangups.abort();
     println!("webstack: {signal}: stopping");
     reaper.abort();
     for task in &tasks {

@@ -331,6 +331,31 @@ fn crashed_roles_restart_and_sigterm_leaves_no_process_behind() {
         text(&second)
     );
 
+    // SIGHUP (reload) to a role that has nothing to reload leaves it running.
+    let web_pid = topology.status()["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["host"] == "web-01" && u["role"] == "web")
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(web_pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    assert_eventually!(
+        topology.log("web-01", "web").contains("SIGHUP received"),
+        Duration::from_secs(10),
+        "{}",
+        topology.log("web-01", "web")
+    );
+    assert!(
+        webstack_testkit::process_alive(web_pid),
+        "SIGHUP must not stop a role"
+    );
+
     // SIGKILL one role: the supervisor notices and starts it again.
     let app_pid = topology.status()["units"]
         .as_array()
