@@ -170,11 +170,15 @@ impl AcmeClient {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let renew_at = cert.not_after - self.settings.renew_before.as_secs() as i64;
-        if !names_match || renew_at <= now {
+        if !names_match {
             return Duration::ZERO;
         }
-        Duration::from_secs((renew_at - now) as u64)
+        renewal_in(
+            cert.not_before,
+            cert.not_after,
+            self.settings.renew_before,
+            now,
+        )
     }
 
     /// One order, from the account to the certificate on disk and in service.
@@ -293,5 +297,36 @@ impl AcmeClient {
         write_file(&path, &text, 0o600).map_err(|e| e.to_string())?;
         tracing::info!(id = account.id(), "ACME: account created");
         Ok(account)
+    }
+}
+
+/// Time until a certificate valid from `not_before` to `not_after` is renewed: `renew_before`
+/// its end, but never earlier than two thirds into its life, so a `renew_before` longer than
+/// the CA's validity cannot make every new certificate due at once (an order loop).
+fn renewal_in(not_before: i64, not_after: i64, renew_before: Duration, now: i64) -> Duration {
+    let lifetime = (not_after - not_before).max(0);
+    let before_end = (renew_before.as_secs() as i64).min(lifetime / 3);
+    let renew_at = not_after - before_end;
+    Duration::from_secs(renew_at.saturating_sub(now).max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_time() {
+        let day = 86_400;
+        let thirty = Duration::from_secs(30 * day as u64);
+        // 90-day certificate issued today: renewed 30 days before its end.
+        assert_eq!(
+            renewal_in(0, 90 * day, thirty, 0).as_secs(),
+            60 * day as u64
+        );
+        // Due: renew now.
+        assert_eq!(renewal_in(0, 90 * day, thirty, 61 * day), Duration::ZERO);
+        assert_eq!(renewal_in(0, 90 * day, thirty, 100 * day), Duration::ZERO);
+        // A 6-day certificate with renew_before 30 days: two thirds into its life, not at once.
+        assert_eq!(renewal_in(0, 6 * day, thirty, 0).as_secs(), 4 * day as u64);
     }
 }

@@ -22,7 +22,8 @@ use crate::{CertificateOrigin, CertificateSource};
 pub struct CertificateInfo {
     /// DNS names from the subject alternative names (the common name when there are none).
     pub names: Vec<String>,
-    /// The end of validity, seconds since the epoch, and as a UTC date.
+    /// The validity period, seconds since the epoch; `expires` is `not_after` as a UTC date.
+    pub not_before: i64,
     pub not_after: i64,
     pub expires: String,
     pub origin: CertificateOrigin,
@@ -301,6 +302,7 @@ pub(crate) fn describe(
     let not_after = cert.validity().not_after.timestamp();
     Ok(CertificateInfo {
         names,
+        not_before: cert.validity().not_before.timestamp(),
         not_after,
         expires: utc_date(not_after),
         origin: source.origin,
