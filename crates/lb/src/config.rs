@@ -51,8 +51,7 @@ pub struct CertificateSource {
     pub origin: CertificateOrigin,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CertificateOrigin {
     /// Configured in the topology file: must load at start.
     File,
@@ -60,6 +59,23 @@ pub enum CertificateOrigin {
     Acme,
     /// The local CA's leaf in the state dir.
     LocalCa,
+}
+
+impl CertificateOrigin {
+    /// As `webstack status` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Acme => "acme",
+            Self::LocalCa => "local-ca",
+        }
+    }
+}
+
+impl serde::Serialize for CertificateOrigin {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 /// ACME (RFC 8555) with the HTTP-01 challenge, answered by the lb on its plain HTTP port.

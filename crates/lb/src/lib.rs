@@ -175,10 +175,7 @@ async fn publish_tls_status(
                     "{} until {} ({})",
                     c.names.first().map_or("-", String::as_str),
                     &c.expires[..10],
-                    serde_json::to_value(c.origin)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default()
+                    c.origin.as_str()
                 )
             })
             .collect::<Vec<_>>()

@@ -57,7 +57,7 @@ impl Pebble {
             .args(["-management", &format!("{ip}:8055")])
             .stdin(Stdio::null())
             .stdout(log("challtestsrv.log"))
-            .stderr(Stdio::inherit())
+            .stderr(log("challtestsrv.err"))
             .spawn()
             .expect("pebble-challtestsrv (apt-get install pebble)");
         pebble.children.push(dns);
@@ -70,7 +70,7 @@ impl Pebble {
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .stdin(Stdio::null())
             .stdout(log("pebble.log"))
-            .stderr(Stdio::inherit())
+            .stderr(log("pebble.err"))
             .spawn()
             .expect("pebble (apt-get install pebble)");
         pebble.children.push(server);
@@ -125,8 +125,10 @@ impl Pebble {
         path
     }
 
+    /// What pebble printed (its log, then its errors).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("pebble.log")).unwrap_or_default()
+        let read = |name: &str| std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+        read("pebble.log") + &read("pebble.err")
     }
 }
 

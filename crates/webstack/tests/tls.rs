@@ -170,6 +170,16 @@ fn status_text(topology: &Topology) -> String {
     String::from_utf8_lossy(&topology.cli(&["status"]).stdout).into_owned()
 }
 
+/// The lb's ACME client state from `webstack status --json` ("" before the first report).
+fn acme_state(topology: &Topology) -> String {
+    topology.status()["units"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|u| u["detail"]["acme"]["state"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// A TLS connection to `addr` for `name` (sent as SNI when `sni`), trusting `roots`.
@@ -405,11 +415,7 @@ fn acme_certificate_from_pebble() {
 
     let acme_cert = topology.state_dir().join("tls/acme/site.pem");
     assert_eventually!(
-        topology.status()["units"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|u| u["detail"]["acme"]["state"] == "valid"),
+        acme_state(&topology) == "valid",
         Duration::from_secs(60),
         "an ACME certificate:\n{}\npebble:\n{}",
         topology.log("lb-01", "lb"),
@@ -437,7 +443,7 @@ fn acme_certificate_from_pebble() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{secret}");
     }
-    let status = String::from_utf8_lossy(&topology.cli(&["status"]).stdout).into_owned();
+    let status = status_text(&topology);
     assert!(
         status.contains("acme: valid") && status.contains("tls/acme/site.pem"),
         "{status}"
@@ -448,11 +454,7 @@ fn acme_certificate_from_pebble() {
     topology.stop();
     topology.restart();
     assert_eventually!(
-        topology.status()["units"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|u| u["detail"]["acme"]["state"] == "valid"),
+        acme_state(&topology) == "valid",
         Duration::from_secs(20),
         "{}",
         topology.log("lb-01", "lb")
@@ -485,11 +487,7 @@ fn acme_failures_are_retried_and_reported_while_the_local_ca_serves() {
     std::fs::write(dir.join("webstack.toml"), config).unwrap();
     topology.restart();
     assert_eventually!(
-        topology.status()["units"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|u| u["detail"]["acme"]["state"] == "retrying"),
+        acme_state(&topology) == "retrying",
         Duration::from_secs(30),
         "{}",
         topology.log("lb-01", "lb")
@@ -499,7 +497,7 @@ fn acme_failures_are_retried_and_reported_while_the_local_ca_serves() {
         log.contains("ACME: no certificate") && log.contains("retry_in"),
         "{log}"
     );
-    let status = String::from_utf8_lossy(&topology.cli(&["status"]).stdout).into_owned();
+    let status = status_text(&topology);
     assert!(
         status.contains("acme: retrying") && status.contains("failed order"),
         "{status}"

@@ -170,7 +170,10 @@ impl CertStore {
 
     /// True when a loaded certificate covers `host` (a name, not an address).
     pub fn covers(&self, host: &str) -> bool {
-        self.current()
+        // Under the read lock: on the plain-HTTP request path, no reference count to touch.
+        self.loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .flatten()
             .any(|l| covers(&l.info.names, host))
