@@ -184,6 +184,13 @@ mod tests {
             super::super::CertStore::load(vec![source(ca.ca_cert(), ca.ca_cert())]),
             Err(super::TlsError::BadKey { .. })
         ));
+        // The CA's key with the site's certificate: refused, naming both files.
+        let mismatch =
+            super::super::CertStore::load(vec![source(ca.site_cert(), dir.join("tls/ca.key"))]);
+        assert!(
+            matches!(mismatch, Err(super::TlsError::KeyMismatch { .. })),
+            "{mismatch:?}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }
