@@ -83,14 +83,19 @@ impl Default for RequestIds {
 
 impl RequestIds {
     pub fn next(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.next_bytes()).expect("hex digits are a valid header value")
+    }
+
+    /// The next id as 32 hex digits on the stack (the lb's HTTP/1 path writes it straight into
+    /// the forwarded head).
+    pub fn next_bytes(&self) -> [u8; 32] {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        // Hex digits written on the stack: one allocation (the header value) per id.
         let mut id = [0u8; 32];
         for (i, shift) in (0..16).rev().enumerate() {
             id[i] = HEX[((self.prefix >> (shift * 4)) & 0xf) as usize];
             id[16 + i] = HEX[((n >> (shift * 4)) & 0xf) as usize];
         }
-        HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
+        id
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod balance;
 mod config;
+mod h1;
 pub mod health;
 mod metrics;
 mod proxy;
@@ -205,8 +206,9 @@ mod workers {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use webstack_common::serve::accept_loop;
     use webstack_common::shutdown::DRAIN_GRACE;
-    use webstack_common::{HttpOptions, Shutdown, serve_http};
+    use webstack_common::{HttpOptions, Shutdown};
 
     use crate::Proxy;
 
@@ -229,19 +231,27 @@ mod workers {
                 Ok(listener) => listener,
                 Err(error) => return tracing::error!(%error, "cannot use the listener"),
             };
-            let service = |secure: bool| {
+            // HTTP/2 (TLS with ALPN h2 only) goes through hyper and `Proxy::handle`.
+            let h2_service = |peer| {
                 let proxy = proxy.clone();
-                move |peer| {
+                hyper::service::service_fn(move |request| {
                     let proxy = proxy.clone();
-                    hyper::service::service_fn(move |request| {
-                        let proxy = proxy.clone();
-                        async move {
-                            Ok::<_, Infallible>(proxy.handle(peer, request, secure).await)
-                        }
-                    })
+                    async move { Ok::<_, Infallible>(proxy.handle(peer, request, true).await) }
+                })
+            };
+            let plain = accept_loop(listener, shutdown.clone(), |stream, peer, shutdown| {
+                proxy
+                    .clone()
+                    .serve_h1(stream, peer, false, options.clone(), shutdown)
+            });
+            let https_h1 = {
+                let (proxy, options) = (proxy.clone(), options.clone());
+                move |stream, peer, shutdown| {
+                    proxy
+                        .clone()
+                        .serve_h1(stream, peer, true, options.clone(), shutdown)
                 }
             };
-            let plain = serve_http(listener, options.clone(), service(false), shutdown.clone());
             let https = async {
                 let Some((listener, acceptor, handshake_timeout)) = tls else {
                     return;
@@ -250,14 +260,13 @@ mod workers {
                     Ok(listener) => listener,
                     Err(error) => return tracing::error!(%error, "cannot use the TLS listener"),
                 };
-                let (options, shutdown) = (options.clone(), shutdown.clone());
                 crate::tls::serve_tls(
                     listener,
                     acceptor,
                     handshake_timeout,
-                    options,
-                    service(true),
-                    shutdown,
+                    h2_service,
+                    https_h1,
+                    shutdown.clone(),
                 )
                 .await
             };

@@ -29,7 +29,7 @@ pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 pub type ProxyBody = Either<Tracked, Full<Bytes>>;
 
 /// Who caused a failed attempt: decides the status and whether another server may be tried.
-enum Failure {
+pub(crate) enum Failure {
     /// No response head came back: the connection could not be made, or it closed or reset
     /// before any response (a pooled connection the server was just closing, a server that
     /// died). An idempotent request may go to another server (HAProxy's
@@ -40,23 +40,37 @@ enum Failure {
     },
     /// The server took longer than `timeouts.server`.
     Timeout,
+    /// The server answered something that is not HTTP/1 (HTTP/1 path only).
+    Invalid(&'static str),
 }
 
+/// What the lb answers itself on plain HTTP when TLS is on.
+pub(crate) enum PlainHttpAnswer {
+    /// An ACME HTTP-01 key authorization.
+    Challenge(String),
+    /// 308 to this HTTPS URL.
+    Redirect(String),
+}
+
+/// One worker's request path: shared balancer and metrics, its own connection pools.
 pub struct Proxy {
-    config: Config,
-    balancer: Arc<Balancer>,
+    pub(crate) config: Config,
+    pub(crate) balancer: Arc<Balancer>,
+    /// HTTP/2 requests (hyper's client connections).
     upstream: Upstream,
-    metrics: Metrics,
-    request_ids: RequestIds,
+    /// HTTP/1 requests (raw keep-alive sockets, see `h1`).
+    pub(crate) pool: crate::h1::pool::Pool,
+    pub(crate) metrics: Metrics,
+    pub(crate) request_ids: RequestIds,
     /// The Strict-Transport-Security value, built once.
-    hsts: Option<HeaderValue>,
+    pub(crate) hsts: Option<HeaderValue>,
     /// With TLS on: the certificates (a plain HTTP request for a name they cover is redirected)
     /// and the pending ACME HTTP-01 challenges.
     tls: Option<(Arc<CertStore>, Arc<Challenges>)>,
 }
 
 /// `host:port` -> `host` (keeping IPv6 brackets).
-fn strip_port(host: &str) -> &str {
+pub(crate) fn strip_port(host: &str) -> &str {
     match host.rfind(':') {
         Some(i) if !host[i..].contains(']') => &host[..i],
         _ => host,
@@ -72,6 +86,7 @@ impl Proxy {
         tls: Option<(Arc<CertStore>, Arc<Challenges>)>,
     ) -> Self {
         let upstream = Upstream::new(config.servers.len(), config.timeouts.connect);
+        let pool = crate::h1::pool::Pool::new(config.servers.len(), config.timeouts.connect);
         let hsts = config
             .tls
             .as_ref()
@@ -83,6 +98,7 @@ impl Proxy {
             balancer,
             config,
             upstream,
+            pool,
             metrics,
             request_ids: RequestIds::default(),
         }
@@ -117,41 +133,52 @@ impl Proxy {
     /// through (a redirect to a name without a certificate would only trade one error for
     /// another).
     fn answer_plain_http(&self, request: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().host());
+        let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        match self.plain_http_answer(target, host)? {
+            PlainHttpAnswer::Challenge(answer) => {
+                let mut response = Response::new(Either::Right(Full::from(answer)));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                Some(response)
+            }
+            PlainHttpAnswer::Redirect(location) => {
+                let mut response = self.plain(StatusCode::PERMANENT_REDIRECT, REDIRECT_TEXT);
+                if let Ok(value) = HeaderValue::from_str(&location) {
+                    response.headers_mut().insert(http::header::LOCATION, value);
+                }
+                Some(response)
+            }
+        }
+    }
+
+    /// The decision behind `answer_plain_http`, shared with the HTTP/1 path: `target` is the
+    /// path and query, `host` the Host header.
+    pub(crate) fn plain_http_answer(
+        &self,
+        target: &str,
+        host: Option<&str>,
+    ) -> Option<PlainHttpAnswer> {
         let (certificates, challenges) = self.tls.as_ref()?;
-        let path = request.uri().path();
+        let path = target.split_once('?').map_or(target, |(path, _)| path);
         if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/") {
-            let answer = challenges.answer(token)?;
-            let mut response = Response::new(Either::Right(Full::from(answer)));
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            return Some(response);
+            return challenges.answer(token).map(PlainHttpAnswer::Challenge);
         }
         let tls = self.config.tls.as_ref().filter(|t| t.redirect_http)?;
         if path == self.config.health.path {
             return None;
         }
-        let host = request
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri().host())
-            .map(strip_port)
-            .filter(|h| certificates.covers(h))?;
-        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let location = match tls.https_port {
-            443 => format!("https://{host}{path}"),
-            port => format!("https://{host}:{port}{path}"),
-        };
-        let mut response = self.plain(
-            StatusCode::PERMANENT_REDIRECT,
-            "308 Permanent Redirect: this site is served over HTTPS.\n",
-        );
-        if let Ok(value) = HeaderValue::from_str(&location) {
-            response.headers_mut().insert(http::header::LOCATION, value);
-        }
-        Some(response)
+        let host = host.map(strip_port).filter(|h| certificates.covers(h))?;
+        Some(PlainHttpAnswer::Redirect(match tls.https_port {
+            443 => format!("https://{host}{target}"),
+            port => format!("https://{host}:{port}{target}"),
+        }))
     }
 
     async fn forward(
@@ -310,22 +337,30 @@ impl Proxy {
     }
 
     fn error_for(&self, failure: Option<Failure>) -> Response<ProxyBody> {
-        match &failure {
+        let (status, kind) = self.failure_status(failure.as_ref());
+        self.error(status, kind)
+    }
+
+    /// Logs a failure and names the status and error kind (metric label) it is answered with.
+    pub(crate) fn failure_status(&self, failure: Option<&Failure>) -> (StatusCode, &'static str) {
+        match failure {
             Some(Failure::Unreachable { error, .. }) => {
                 tracing::warn!(%error, "request failed")
             }
             Some(Failure::Timeout) => tracing::warn!("server response timed out"),
+            Some(Failure::Invalid(what)) => tracing::warn!(error = what, "invalid response"),
             None => {}
         }
         match failure {
-            Some(Failure::Timeout) => self.error(StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            Some(Failure::Timeout) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Some(Failure::Unreachable { connect: true, .. }) => {
-                self.error(StatusCode::BAD_GATEWAY, "connect")
+                (StatusCode::BAD_GATEWAY, "connect")
             }
             Some(Failure::Unreachable { connect: false, .. }) => {
-                self.error(StatusCode::BAD_GATEWAY, "no_response")
+                (StatusCode::BAD_GATEWAY, "no_response")
             }
-            None => self.error(StatusCode::SERVICE_UNAVAILABLE, "no_server"),
+            Some(Failure::Invalid(_)) => (StatusCode::BAD_GATEWAY, "bad_response"),
+            None => (StatusCode::SERVICE_UNAVAILABLE, "no_server"),
         }
     }
 
@@ -343,16 +378,7 @@ impl Proxy {
 
     fn error(&self, status: StatusCode, kind: &'static str) -> Response<ProxyBody> {
         self.metrics.error(kind);
-        let text = match status {
-            StatusCode::SERVICE_UNAVAILABLE => {
-                "503 Service Unavailable: no server is available to handle this request.\n"
-            }
-            StatusCode::GATEWAY_TIMEOUT => {
-                "504 Gateway Timeout: the server did not answer in time.\n"
-            }
-            _ => "502 Bad Gateway: the server could not be reached or sent an invalid response.\n",
-        };
-        let mut response = self.plain(status, text);
+        let mut response = self.plain(status, error_text(status));
         response.headers_mut().insert(
             http::header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
@@ -361,17 +387,30 @@ impl Proxy {
     }
 }
 
+pub(crate) const REDIRECT_TEXT: &str = "308 Permanent Redirect: this site is served over HTTPS.\n";
+
+/// The body of an error the lb answers itself.
+pub(crate) fn error_text(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::SERVICE_UNAVAILABLE => {
+            "503 Service Unavailable: no server is available to handle this request.\n"
+        }
+        StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout: the server did not answer in time.\n",
+        _ => "502 Bad Gateway: the server could not be reached or sent an invalid response.\n",
+    }
+}
+
 /// The servers a request already tried: a bitset, so the common path allocates nothing (the
 /// first 128 servers; beyond that a list).
 #[derive(Default)]
-struct Tried {
+pub(crate) struct Tried {
     bits: u128,
     more: Vec<usize>,
-    count: u32,
+    pub(crate) count: u32,
 }
 
 impl Tried {
-    fn insert(&mut self, index: usize) {
+    pub(crate) fn insert(&mut self, index: usize) {
         self.count += 1;
         match u32::try_from(index).ok().filter(|&i| i < 128) {
             Some(i) => self.bits |= 1 << i,
@@ -379,7 +418,7 @@ impl Tried {
         }
     }
 
-    fn contains(&self, index: usize) -> bool {
+    pub(crate) fn contains(&self, index: usize) -> bool {
         match u32::try_from(index).ok().filter(|&i| i < 128) {
             Some(i) => self.bits & (1 << i) != 0,
             None => self.more.contains(&index),
@@ -387,7 +426,7 @@ impl Tried {
     }
 }
 
-fn is_retryable_status(status: StatusCode) -> bool {
+pub(crate) fn is_retryable_status(status: StatusCode) -> bool {
     matches!(
         status,
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT

@@ -1,5 +1,6 @@
 //! Fake backends: real HTTP servers on their own loopback address that name themselves, echo
-//! the request headers they got, sleep on `/slow?ms=N`, and can be told to fail health checks.
+//! the request headers and body they got, sleep on `/slow?ms=N`, send `/bytes?n=N` bytes (with
+//! a length) or `/chunked?n=N` (in chunks), and can be told to fail health checks.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,7 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body::Frame;
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -74,13 +76,56 @@ impl Drop for Backend {
     }
 }
 
+/// A body of unknown length, so hyper sends it chunked: the pieces, one frame each.
+pub struct Pieces(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Pieces {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// `n` bytes of a repeating pattern (so a shifted or cut body shows).
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| b"0123456789abcdefghijklmnopqrstuvwxyz"[i % 36])
+        .collect()
+}
+
+type Reply = http::Response<Either<Full<Bytes>, Pieces>>;
+
 async fn handle(
     req: http::Request<Incoming>,
     name: String,
     unhealthy: Arc<AtomicBool>,
     hits: Arc<AtomicUsize>,
-) -> Result<http::Response<Full<Bytes>>, Infallible> {
+) -> Result<Reply, Infallible> {
     let path = req.uri().path().to_string();
+    let n: usize = req
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("n="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if path == "/bytes" {
+        hits.fetch_add(1, Ordering::SeqCst);
+        return Ok(http::Response::new(Either::Left(Full::from(pattern(n)))));
+    }
+    if path == "/chunked" {
+        hits.fetch_add(1, Ordering::SeqCst);
+        let data = Bytes::from(pattern(n));
+        let pieces = (0..n)
+            .step_by(1000)
+            .map(|i| data.slice(i..(i + 1000).min(n)))
+            .collect();
+        return Ok(http::Response::new(Either::Right(Pieces(pieces))));
+    }
     if path == "/healthz" {
         let status = if unhealthy.load(Ordering::SeqCst) {
             500
@@ -89,7 +134,7 @@ async fn handle(
         };
         return Ok(http::Response::builder()
             .status(status)
-            .body(Full::new(Bytes::from("health\n")))
+            .body(Either::Left(Full::new(Bytes::from("health\n"))))
             .unwrap());
     }
     hits.fetch_add(1, Ordering::SeqCst);
@@ -102,8 +147,14 @@ async fn handle(
             .unwrap_or(1000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let headers: serde_json::Map<String, serde_json::Value> = req
-        .headers()
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
         .iter()
         .map(|(k, v)| {
             (
@@ -112,10 +163,17 @@ async fn handle(
             )
         })
         .collect();
-    let body = serde_json::json!({ "server": name, "path": path, "headers": headers }).to_string();
+    let body = serde_json::json!({
+        "server": name,
+        "path": path,
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+        "body_len": body.len(),
+    })
+    .to_string();
     Ok(http::Response::builder()
         .header("x-served-by", name.as_str())
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
+        .body(Either::Left(Full::new(Bytes::from(body))))
         .unwrap())
 }

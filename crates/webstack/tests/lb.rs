@@ -245,3 +245,143 @@ fn forwarded_headers_added_and_hop_by_hop_headers_removed() {
         "Host is passed through"
     );
 }
+
+/// Everything the lb answered on one connection to `bytes`, as text.
+fn raw_text(lb: std::net::SocketAddr, bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&http::raw(lb, bytes, Duration::from_secs(10)).unwrap()).into_owned()
+}
+
+#[test]
+fn http1_bodies_pipelining_and_keep_alive() {
+    use std::io::{Read, Write};
+    let (topology, backends) = lb_over_backends("lb-http1", 36, 1, &toml(36, 1, ""));
+    let lb = topology.lb();
+
+    // Three pipelined requests in one write: three answers in order, then the close asked for.
+    let answers = raw_text(
+        lb,
+        b"GET /echo?1 HTTP/1.1\r\nHost: a\r\n\r\nHEAD /bytes?n=1000 HTTP/1.1\r\nHost: a\r\n\r\nGET /bytes?n=5 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 3, "{answers}");
+    assert!(
+        answers.contains("content-length: 1000\r\n"),
+        "HEAD keeps the length: {answers}"
+    );
+    assert!(
+        answers.ends_with("Connection: close\r\n\r\n01234"),
+        "{answers}"
+    );
+
+    // Request bodies: chunked (passed on chunked) and a large one with a length.
+    let chunked = raw_text(
+        lb,
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+    );
+    let seen = http::parse(chunked.as_bytes(), false).unwrap().json();
+    assert_eq!(seen["body"], "hello world");
+    assert_eq!(seen["headers"]["transfer-encoding"], "chunked");
+    let big = webstack_testkit::backend::pattern(300_000);
+    let r = http::request(lb, "PUT", "/echo", &[], &big).unwrap();
+    assert_eq!(r.json()["body_len"], 300_000);
+    assert_eq!(r.json()["body"].as_str().unwrap().as_bytes(), &big[..]);
+
+    // Responses: a large one with a length, a chunked one (kept chunked for HTTP/1.1, unwrapped
+    // for HTTP/1.0), all intact.
+    let r = get(lb, "/bytes?n=1048576", &[]).unwrap();
+    assert_eq!(r.body, webstack_testkit::backend::pattern(1_048_576));
+    let r = get(lb, "/chunked?n=25000", &[]).unwrap();
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.body, webstack_testkit::backend::pattern(25_000));
+    let old = raw_text(lb, b"GET /chunked?n=2500 HTTP/1.0\r\n\r\n");
+    let (head, body) = old.split_once("\r\n\r\n").unwrap();
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
+    assert!(head.contains("Connection: close"), "{head}");
+    assert_eq!(body.as_bytes(), webstack_testkit::backend::pattern(2500));
+
+    // HTTP/1.0 without Host: the server gets its own address as Host; keep-alive on request.
+    let old = raw_text(lb, b"GET /echo HTTP/1.0\r\n\r\n");
+    let seen = http::parse(old.as_bytes(), false).unwrap().json();
+    assert_eq!(seen["headers"]["host"], backends[0].addr.to_string());
+    let kept = raw_text(
+        lb,
+        b"GET /bytes?n=1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /bytes?n=2 HTTP/1.0\r\n\r\n",
+    );
+    assert_eq!(kept.matches("200 OK").count(), 2, "{kept}");
+    assert!(kept.contains("Connection: keep-alive"), "{kept}");
+
+    // Expect: 100-continue is answered by the lb, then the body goes through.
+    let mut stream = std::net::TcpStream::connect(lb).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"ping").unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    let r = http::parse(&rest, false).unwrap();
+    assert_eq!(r.json()["body"], "ping");
+    assert!(r.json()["headers"].get("expect").is_none());
+}
+
+#[test]
+fn http1_ambiguous_or_broken_requests_are_refused() {
+    let (topology, backends) = lb_over_backends("lb-smuggle", 37, 1, &toml(37, 1, ""));
+    let lb = topology.lb();
+    let status = |bytes: &[u8]| {
+        let answer = raw_text(lb, bytes);
+        (
+            answer.split(' ').nth(1).unwrap_or("").to_string(),
+            answer
+                .lines()
+                .filter(|l| l.starts_with("HTTP/1.1 "))
+                .count(),
+        )
+    };
+    let before = backends[0].hits();
+    for (request, expected) in [
+        // CL.TE smuggling: refused, and the smuggled "G" never becomes a second request.
+        (
+            &b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG"[..],
+            "400",
+        ),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            "400",
+        ),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "501",
+        ),
+        (b"GET /echo HTTP/1.1\r\n\r\n", "400"),
+        (b"GET /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "400"),
+        (b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", "405"),
+    ] {
+        let (got, responses) = status(request);
+        assert_eq!(got, expected, "{}", String::from_utf8_lossy(request));
+        assert_eq!(responses, 1, "one answer, then the connection closes: {}", String::from_utf8_lossy(request));
+    }
+    assert_eq!(
+        backends[0].hits(),
+        before,
+        "none of them reached the server"
+    );
+
+    // A chunked body that breaks mid-way: 400 and the connection closes.
+    let answer = raw_text(
+        lb,
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("invalid chunk size"), "{answer}");
+
+    // The lb still serves normally afterwards.
+    assert_eq!(get(lb, "/echo", &[]).unwrap().status, 200);
+}

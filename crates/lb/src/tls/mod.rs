@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use webstack_common::serve::{accept_loop, serve_connection, serve_connection_h2};
-use webstack_common::{HttpOptions, Shutdown};
+use webstack_common::Shutdown;
+use webstack_common::serve::{accept_loop, serve_connection_h2};
 
 pub use local_ca::LocalCa;
 pub use store::{CertStore, CertificateInfo};
@@ -82,13 +82,13 @@ pub fn server_config(certificates: Arc<CertStore>) -> Result<Arc<rustls::ServerC
 }
 
 /// Accepts TLS connections until `shutdown`: handshake within `handshake_timeout`, then HTTP/2
-/// when ALPN chose h2, else HTTP/1.1.
-pub async fn serve_tls<M, S, B>(
+/// (hyper, with `make_service`) when ALPN chose h2, else HTTP/1.1 with `serve_h1`.
+pub async fn serve_tls<M, S, B, H, F>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
-    options: HttpOptions,
     make_service: M,
+    serve_h1: H,
     shutdown: Shutdown,
 ) where
     M: Fn(SocketAddr) -> S,
@@ -102,9 +102,15 @@ pub async fn serve_tls<M, S, B>(
     S::Future: Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    H: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr, Shutdown) -> F
+        + Clone
+        + Send
+        + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
 {
     accept_loop(listener, shutdown, |stream, peer, conn_shutdown| {
-        let (service, acceptor, options) = (make_service(peer), acceptor.clone(), options.clone());
+        let (service, acceptor, serve_h1) =
+            (make_service(peer), acceptor.clone(), serve_h1.clone());
         async move {
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
@@ -116,7 +122,7 @@ pub async fn serve_tls<M, S, B>(
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                 serve_connection_h2(tls, service, conn_shutdown).await
             } else {
-                serve_connection(tls, service, options, conn_shutdown).await
+                serve_h1(tls, peer, conn_shutdown).await
             }
         }
     })

@@ -1,0 +1,770 @@
+//! HTTP/1 message heads on the lb's fast path: parsed with httparse, checked for the framing
+//! ambiguities request smuggling lives on (RFC 9112 §6), and rewritten for the next hop in one
+//! pass straight into an output buffer (hop-by-hop headers out, `X-Forwarded-*` in), without a
+//! header map or an allocation per header.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::ops::Range;
+
+/// Header lines accepted in one head (HAProxy's `tune.http.maxhdr` is 101).
+pub const MAX_HEADERS: usize = 100;
+
+/// How a message body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length` bytes (0 for no body).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the server closes the connection (responses only).
+    Close,
+}
+
+/// A request head that cannot be forwarded: the status to answer and why, for the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: &'static str,
+}
+
+const fn refuse(status: u16, reason: &'static str) -> Refusal {
+    Refusal { status, reason }
+}
+
+/// The header fields the proxy acts on; everything else is copied as it came.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    Connection,
+    KeepAlive,
+    ProxyConnection,
+    Te,
+    Trailer,
+    TransferEncoding,
+    Upgrade,
+    ContentLength,
+    Host,
+    Expect,
+    XForwardedFor,
+    XForwardedProto,
+    XRequestId,
+    StrictTransportSecurity,
+    Other,
+}
+
+impl Field {
+    fn of(name: &str) -> Self {
+        let is = |known: &str| name.eq_ignore_ascii_case(known);
+        // The length first: most names are rejected by one integer comparison.
+        match name.len() {
+            2 if is("te") => Self::Te,
+            4 if is("host") => Self::Host,
+            6 if is("expect") => Self::Expect,
+            7 if is("trailer") => Self::Trailer,
+            7 if is("upgrade") => Self::Upgrade,
+            10 if is("connection") => Self::Connection,
+            10 if is("keep-alive") => Self::KeepAlive,
+            12 if is("x-request-id") => Self::XRequestId,
+            14 if is("content-length") => Self::ContentLength,
+            15 if is("x-forwarded-for") => Self::XForwardedFor,
+            16 if is("proxy-connection") => Self::ProxyConnection,
+            17 if is("transfer-encoding") => Self::TransferEncoding,
+            17 if is("x-forwarded-proto") => Self::XForwardedProto,
+            25 if is("strict-transport-security") => Self::StrictTransportSecurity,
+            _ => Self::Other,
+        }
+    }
+
+    /// Describes one connection, never forwarded (RFC 9110 §7.6.1).
+    fn hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Self::Connection
+                | Self::KeepAlive
+                | Self::ProxyConnection
+                | Self::Te
+                | Self::Trailer
+                | Self::TransferEncoding
+                | Self::Upgrade
+        )
+    }
+}
+
+/// What the `Connection` header(s) said: `close`, `keep-alive`, and other names, which are
+/// hop-by-hop headers of this connection too.
+#[derive(Default)]
+struct ConnectionTokens<'a> {
+    close: bool,
+    keep_alive: bool,
+    listed: Vec<&'a str>,
+}
+
+impl<'a> ConnectionTokens<'a> {
+    fn add(&mut self, value: &'a [u8]) {
+        let Ok(value) = std::str::from_utf8(value) else {
+            return;
+        };
+        for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if token.eq_ignore_ascii_case("close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case("keep-alive") {
+                self.keep_alive = true;
+            } else {
+                self.listed.push(token);
+            }
+        }
+    }
+
+    fn lists(&self, name: &str) -> bool {
+        self.listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Every `Content-Length` line and list element must be the same decimal number.
+#[derive(Default)]
+struct ContentLength {
+    seen: bool,
+    value: Option<u64>,
+    invalid: bool,
+}
+
+impl ContentLength {
+    fn add(&mut self, value: &[u8]) {
+        self.seen = true;
+        for element in value.split(|&b| b == b',') {
+            let element = element.trim_ascii();
+            let parsed = (!element.is_empty()
+                && element.len() <= 19
+                && element.iter().all(u8::is_ascii_digit))
+            .then(|| {
+                element
+                    .iter()
+                    .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'))
+            });
+            match (parsed, self.value) {
+                (None, _) => self.invalid = true,
+                (Some(n), Some(before)) if n != before => self.invalid = true,
+                (Some(n), _) => self.value = Some(n),
+            }
+        }
+    }
+}
+
+/// `Transfer-Encoding`: whether chunked is the final coding, and whether any other is present.
+#[derive(Default)]
+struct TransferCodings {
+    seen: bool,
+    chunked_last: bool,
+    other: bool,
+    /// `chunked` before another coding: chunked twice or not last, both invalid.
+    misplaced_chunked: bool,
+}
+
+impl TransferCodings {
+    fn add(&mut self, value: &[u8]) {
+        self.seen = true;
+        for coding in value.split(|&b| b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.is_empty() {
+                continue;
+            }
+            if self.chunked_last {
+                self.misplaced_chunked = true;
+            }
+            self.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+            self.other |= !self.chunked_last;
+        }
+    }
+}
+
+/// A request head, parsed and rewritten. Ranges point into the forwarded head.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Bytes of the client's buffer the head took.
+    pub head_len: usize,
+    pub method: Range<usize>,
+    pub target: Range<usize>,
+    /// The `Host` value as forwarded; None for an HTTP/1.0 request without one.
+    pub host: Option<Range<usize>>,
+    /// GET, HEAD, OPTIONS, PUT, DELETE, TRACE: may be sent again after a failure.
+    pub idempotent: bool,
+    pub is_head: bool,
+    pub body: Framing,
+    /// The client wants the connection kept open after the response.
+    pub keep_alive: bool,
+    pub http10: bool,
+    /// `Expect: 100-continue`: we answer 100 ourselves (as nginx does) and do not forward it.
+    pub expect_continue: bool,
+}
+
+impl Request {
+    /// No body: the request can be sent again as it is.
+    pub fn bodyless(&self) -> bool {
+        self.body == Framing::Length(0)
+    }
+}
+
+/// What the forwarded request head says about its sender.
+pub struct Forwarding {
+    pub client: IpAddr,
+    pub secure: bool,
+}
+
+/// Parses a request head at the start of `input` and writes the head to forward into `out`:
+/// request line, the client's end-to-end headers, `Content-Length` or `Transfer-Encoding`,
+/// `X-Forwarded-For` (appended) and `X-Forwarded-Proto` (replaced). The caller adds
+/// `X-Request-Id`, `Host` if there was none, and the blank line. `Ok(None)`: incomplete.
+pub fn parse_request(
+    input: &[u8],
+    out: &mut Vec<u8>,
+    forwarding: &Forwarding,
+) -> Result<Option<Request>, Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let head_len = match parsed.parse(input) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(refuse(431, "too many header fields"));
+        }
+        Err(_) => return Err(refuse(400, "malformed request head")),
+    };
+    let (Some(method), Some(target), Some(version)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Err(refuse(400, "malformed request line"));
+    };
+    let http10 = version == 0;
+    if method == "CONNECT" {
+        return Err(refuse(405, "CONNECT is not supported"));
+    }
+
+    // The request target: origin form, `*` for OPTIONS, or absolute form (whose authority
+    // replaces Host, RFC 9112 §3.2.2).
+    let mut authority = None;
+    let target = if target.starts_with('/') || (target == "*" && method == "OPTIONS") {
+        target
+    } else {
+        let uri: http::Uri = target
+            .parse()
+            .map_err(|_| refuse(400, "invalid request target"))?;
+        let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.authority()) else {
+            return Err(refuse(400, "invalid request target"));
+        };
+        if !matches!(scheme, "http" | "https") || host.as_str().contains('@') {
+            return Err(refuse(400, "invalid request target"));
+        }
+        authority = Some(host.as_str().to_owned());
+        // The path and query start where the authority ends.
+        let start = target
+            .find(host.as_str())
+            .map_or(target.len(), |i| i + host.as_str().len());
+        match &target[start..] {
+            "" => "/",
+            rest if rest.starts_with('/') => rest,
+            _ => return Err(refuse(400, "invalid request target")),
+        }
+    };
+
+    let mut connection = ConnectionTokens::default();
+    let mut length = ContentLength::default();
+    let mut codings = TransferCodings::default();
+    let mut hosts = 0;
+    let mut expect_continue = false;
+    for header in parsed.headers.iter() {
+        match Field::of(header.name) {
+            Field::Connection => connection.add(header.value),
+            Field::ContentLength => length.add(header.value),
+            Field::TransferEncoding => codings.add(header.value),
+            Field::Host => hosts += 1,
+            Field::Expect
+                if header
+                    .value
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"100-continue") =>
+            {
+                expect_continue = true;
+            }
+            Field::Expect => return Err(refuse(417, "unsupported Expect")),
+            _ => {}
+        }
+    }
+    if hosts > 1 {
+        return Err(refuse(400, "more than one Host header"));
+    }
+    if hosts == 0 && !http10 && authority.is_none() {
+        return Err(refuse(400, "HTTP/1.1 request without Host"));
+    }
+    // Both framings, or a Transfer-Encoding the server might read differently: the classic
+    // smuggling vectors. Refused, as nginx does.
+    let body = match (codings.seen, length.seen) {
+        (true, true) => {
+            return Err(refuse(400, "both Content-Length and Transfer-Encoding"));
+        }
+        (true, false) if http10 => {
+            return Err(refuse(400, "Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        (true, false) if codings.misplaced_chunked => {
+            return Err(refuse(400, "chunked is not the final transfer coding"));
+        }
+        (true, false) if codings.other || !codings.chunked_last => {
+            return Err(refuse(501, "unsupported transfer coding"));
+        }
+        (true, false) => Framing::Chunked,
+        (false, true) => match (length.invalid, length.value) {
+            (false, Some(n)) => Framing::Length(n),
+            _ => return Err(refuse(400, "invalid Content-Length")),
+        },
+        (false, false) => Framing::Length(0),
+    };
+
+    out.clear();
+    let method_range = push(out, method.as_bytes());
+    out.push(b' ');
+    let target_range = push(out, target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut host = None;
+    if let Some(authority) = &authority {
+        out.extend_from_slice(b"Host: ");
+        host = Some(push(out, authority.as_bytes()));
+        out.extend_from_slice(b"\r\n");
+    }
+    for header in parsed.headers.iter() {
+        let field = Field::of(header.name);
+        let skip = field.hop_by_hop()
+            || matches!(
+                field,
+                Field::ContentLength
+                    | Field::Expect
+                    | Field::XForwardedFor
+                    | Field::XForwardedProto
+                    | Field::XRequestId
+            )
+            || (field == Field::Host && authority.is_some())
+            || (field == Field::Other
+                && !connection.listed.is_empty()
+                && connection.lists(header.name));
+        if skip {
+            continue;
+        }
+        out.extend_from_slice(header.name.as_bytes());
+        out.extend_from_slice(b": ");
+        let value = push(out, header.value);
+        out.extend_from_slice(b"\r\n");
+        if field == Field::Host {
+            host = Some(value);
+        }
+    }
+    match body {
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::Length(n) if length.seen => {
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        _ => {}
+    }
+    // One X-Forwarded-For list: every earlier line's addresses, then the client's.
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for header in parsed.headers.iter() {
+        if Field::of(header.name) == Field::XForwardedFor {
+            let value = header.value.trim_ascii();
+            if !value.is_empty() {
+                out.extend_from_slice(value);
+                out.extend_from_slice(b", ");
+            }
+        }
+    }
+    let _ = write!(out, "{}\r\n", forwarding.client);
+    out.extend_from_slice(if forwarding.secure {
+        b"X-Forwarded-Proto: https\r\n"
+    } else {
+        b"X-Forwarded-Proto: http\r\n"
+    });
+
+    let keep_alive = if http10 {
+        connection.keep_alive && !connection.close
+    } else {
+        !connection.close
+    };
+    Ok(Some(Request {
+        head_len,
+        method: method_range,
+        target: target_range,
+        host,
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+        ),
+        is_head: method == "HEAD",
+        body,
+        keep_alive,
+        http10,
+        expect_continue,
+    }))
+}
+
+fn push(out: &mut Vec<u8>, bytes: &[u8]) -> Range<usize> {
+    let start = out.len();
+    out.extend_from_slice(bytes);
+    start..out.len()
+}
+
+/// A server's response head, parsed and rewritten for the client.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Response {
+    /// Bytes of the server connection's buffer the head took.
+    pub head_len: usize,
+    pub status: u16,
+    pub body: Framing,
+    /// The server keeps the connection open for another request.
+    pub reusable: bool,
+    /// The client connection stays open after this response (what `Connection` says to it).
+    pub keep_alive: bool,
+    /// A chunked body goes to an HTTP/1.0 client: sent without the chunk framing.
+    pub dechunk: bool,
+}
+
+/// How the response head is rewritten for this client.
+pub struct ResponseRewrite<'a> {
+    pub request_is_head: bool,
+    /// The client asked for keep-alive and the lb is not draining.
+    pub client_keep_alive: bool,
+    pub client_http10: bool,
+    pub request_id: &'a [u8],
+    /// `Strict-Transport-Security` value to set (HTTPS only).
+    pub hsts: Option<&'a [u8]>,
+}
+
+/// Parses a response head at the start of `input` and writes the head for the client into
+/// `out`. `Ok(None)`: incomplete. Interim (1xx) responses parse like any other; the caller
+/// skips them.
+pub fn parse_response(
+    input: &[u8],
+    out: &mut Vec<u8>,
+    rewrite: &ResponseRewrite<'_>,
+) -> Result<Option<Response>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let head_len = match parsed.parse(input) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err("malformed response head"),
+    };
+    let (Some(status), Some(version)) = (parsed.code, parsed.version) else {
+        return Err("malformed status line");
+    };
+    let mut connection = ConnectionTokens::default();
+    let mut length = ContentLength::default();
+    let mut codings = TransferCodings::default();
+    for header in parsed.headers.iter() {
+        match Field::of(header.name) {
+            Field::Connection => connection.add(header.value),
+            Field::ContentLength => length.add(header.value),
+            Field::TransferEncoding => codings.add(header.value),
+            _ => {}
+        }
+    }
+    // RFC 9112 §6.3, in order.
+    let body = if rewrite.request_is_head || status < 200 || status == 204 || status == 304 {
+        Framing::Length(0)
+    } else if codings.seen {
+        if codings.chunked_last && !codings.misplaced_chunked {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else if length.seen {
+        match (length.invalid, length.value) {
+            (false, Some(n)) => Framing::Length(n),
+            _ => return Err("invalid Content-Length"),
+        }
+    } else {
+        Framing::Close
+    };
+    let server_keeps = if version == 0 {
+        connection.keep_alive && !connection.close
+    } else {
+        !connection.close
+    };
+    let reusable = server_keeps && body != Framing::Close && !(codings.seen && length.seen);
+    let dechunk = body == Framing::Chunked && rewrite.client_http10;
+    let keep_alive = rewrite.client_keep_alive && body != Framing::Close && !dechunk;
+
+    out.clear();
+    let _ = write!(out, "HTTP/1.1 {status} ");
+    out.extend_from_slice(parsed.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for header in parsed.headers.iter() {
+        let field = Field::of(header.name);
+        let skip = field.hop_by_hop()
+            || field == Field::XRequestId
+            || (field == Field::StrictTransportSecurity && rewrite.hsts.is_some())
+            || (field == Field::ContentLength && codings.seen)
+            || (field == Field::Other
+                && !connection.listed.is_empty()
+                && connection.lists(header.name));
+        if skip {
+            continue;
+        }
+        out.extend_from_slice(header.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(header.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if body == Framing::Chunked && !dechunk {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    finish_head(
+        out,
+        rewrite.request_id,
+        rewrite.hsts,
+        keep_alive,
+        rewrite.client_http10,
+    );
+    Ok(Some(Response {
+        head_len,
+        status,
+        body,
+        reusable,
+        keep_alive,
+        dechunk,
+    }))
+}
+
+/// The lines every response to the client ends with: request id, HSTS, what happens to the
+/// connection, and the blank line.
+pub fn finish_head(
+    out: &mut Vec<u8>,
+    request_id: &[u8],
+    hsts: Option<&[u8]>,
+    keep_alive: bool,
+    client_http10: bool,
+) {
+    out.extend_from_slice(b"X-Request-Id: ");
+    out.extend_from_slice(request_id);
+    out.extend_from_slice(b"\r\n");
+    if let Some(hsts) = hsts {
+        out.extend_from_slice(b"Strict-Transport-Security: ");
+        out.extend_from_slice(hsts);
+        out.extend_from_slice(b"\r\n");
+    }
+    match (keep_alive, client_http10) {
+        (false, _) => out.extend_from_slice(b"Connection: close\r\n"),
+        (true, true) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        (true, false) => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarding() -> Forwarding {
+        Forwarding {
+            client: "192.0.2.7".parse().unwrap(),
+            secure: false,
+        }
+    }
+
+    fn request(head: &str) -> Result<(Request, String), Refusal> {
+        let mut out = Vec::new();
+        let request = parse_request(head.as_bytes(), &mut out, &forwarding())?.expect("complete");
+        Ok((request, String::from_utf8(out).unwrap()))
+    }
+
+    fn refused(head: &str) -> u16 {
+        request(head).expect_err(head).status
+    }
+
+    #[test]
+    fn a_simple_request_is_rewritten_for_the_server() {
+        let (r, out) = request(
+            "GET /a?b=1 HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Forwarded-For: 203.0.113.1\r\nX-Forwarded-Proto: https\r\nX-Request-Id: mine\r\nAccept: */*\r\n\r\nrest",
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "GET /a?b=1 HTTP/1.1\r\nHost: www.foobar.com\r\nAccept: */*\r\nX-Forwarded-For: 203.0.113.1, 192.0.2.7\r\nX-Forwarded-Proto: http\r\n"
+        );
+        assert_eq!(&out[r.target.clone()], "/a?b=1");
+        assert_eq!(&out[r.method.clone()], "GET");
+        assert_eq!(&out[r.host.clone().unwrap()], "www.foobar.com");
+        assert_eq!(r.body, Framing::Length(0));
+        assert!(r.keep_alive && r.idempotent && r.bodyless() && !r.http10);
+    }
+
+    #[test]
+    fn the_head_length_excludes_what_follows() {
+        let head = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut out = Vec::new();
+        let input = format!("{head}GET /next HTTP/1.1\r\n");
+        let r = parse_request(input.as_bytes(), &mut out, &forwarding())
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.head_len, head.len());
+    }
+
+    #[test]
+    fn an_incomplete_head_asks_for_more() {
+        let mut out = Vec::new();
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n", &mut out, &forwarding()),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn bodies_are_framed_once() {
+        let (r, out) =
+            request("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n").unwrap();
+        assert_eq!(r.body, Framing::Length(5));
+        assert!(out.contains("Content-Length: 5\r\n"));
+        let (r, out) =
+            request("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap();
+        assert_eq!(r.body, Framing::Chunked);
+        assert!(out.contains("Transfer-Encoding: chunked\r\n"));
+        assert!(!r.bodyless());
+    }
+
+    #[test]
+    fn smuggling_shapes_are_refused() {
+        for head in [
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n folded\r\n\r\n",
+            "GET nowhere HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            assert_eq!(refused(head), 400, "{head:?}");
+        }
+        assert_eq!(
+            refused("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            501
+        );
+        assert_eq!(refused("CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
+        assert_eq!(
+            refused("GET / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n"),
+            417
+        );
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: 1\r\n"))
+            .collect();
+        assert_eq!(
+            refused(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")),
+            431
+        );
+    }
+
+    #[test]
+    fn absolute_form_and_http10() {
+        let (r, out) =
+            request("GET http://www.foobar.com:8080/p?q HTTP/1.1\r\nHost: ignored\r\n\r\n")
+                .unwrap();
+        assert!(
+            out.starts_with("GET /p?q HTTP/1.1\r\nHost: www.foobar.com:8080\r\n"),
+            "{out}"
+        );
+        assert!(!out.contains("ignored"));
+        assert_eq!(&out[r.host.unwrap()], "www.foobar.com:8080");
+
+        let (r, _) = request("GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert!(r.http10 && !r.keep_alive && r.host.is_none());
+        let (r, _) = request("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap();
+        assert!(r.keep_alive);
+        let (r, _) = request("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        assert!(!r.keep_alive);
+        let (r, out) = request(
+            "PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+        )
+        .unwrap();
+        assert!(r.expect_continue && !out.contains("Expect"));
+    }
+
+    fn response(head: &str, rewrite: &ResponseRewrite<'_>) -> (Response, String) {
+        let mut out = Vec::new();
+        let response = parse_response(head.as_bytes(), &mut out, rewrite)
+            .unwrap()
+            .expect("complete");
+        (response, String::from_utf8(out).unwrap())
+    }
+
+    fn rewrite() -> ResponseRewrite<'static> {
+        ResponseRewrite {
+            request_is_head: false,
+            client_keep_alive: true,
+            client_http10: false,
+            request_id: b"id",
+            hsts: None,
+        }
+    }
+
+    #[test]
+    fn responses_are_rewritten_for_the_client() {
+        let (r, out) = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\nX-Request-Id: theirs\r\nX-Served-By: web-01\r\n\r\nok",
+            &rewrite(),
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Served-By: web-01\r\nX-Request-Id: id\r\n\r\n"
+        );
+        assert_eq!(r.body, Framing::Length(2));
+        assert!(r.reusable && r.keep_alive && !r.dechunk);
+
+        let (r, out) = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+            &rewrite(),
+        );
+        assert_eq!(r.body, Framing::Chunked);
+        assert!(
+            !r.reusable,
+            "both framings: the server connection is not reused"
+        );
+        assert!(!out.contains("Content-Length") && out.contains("Transfer-Encoding: chunked"));
+
+        let (r, out) = response("HTTP/1.0 200 OK\r\n\r\n", &rewrite());
+        assert_eq!(r.body, Framing::Close);
+        assert!(!r.reusable && !r.keep_alive && out.contains("Connection: close"));
+
+        let head = ResponseRewrite {
+            request_is_head: true,
+            ..rewrite()
+        };
+        let (r, out) = response("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", &head);
+        assert_eq!(r.body, Framing::Length(0));
+        assert!(out.contains("Content-Length: 100"));
+    }
+
+    #[test]
+    fn chunked_to_an_http10_client_is_dechunked() {
+        let old = ResponseRewrite {
+            client_http10: true,
+            ..rewrite()
+        };
+        let (r, out) = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &old,
+        );
+        assert!(r.dechunk && !r.keep_alive);
+        assert!(!out.contains("Transfer-Encoding") && out.contains("Connection: close"));
+    }
+
+    #[test]
+    fn bad_responses_are_errors() {
+        let mut out = Vec::new();
+        for head in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "garbage\r\n\r\n",
+        ] {
+            assert!(
+                parse_response(head.as_bytes(), &mut out, &rewrite()).is_err(),
+                "{head}"
+            );
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Keep-alive TCP connections to the servers for the HTTP/1 path: one pool per worker and
+//! server, plain sockets with their read buffers. The client connection's task writes the
+//! request and reads the response itself (no connection task, no channel in between).
+//! Reused last-in first-out, so idle connections age out.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+use super::body::BUFFER;
+
+/// An idle connection older than this is closed instead of reused: shorter than the web
+/// server's keep-alive timeout, so we never send on a connection the server is closing.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Idle connections kept per server and worker.
+const MAX_IDLE: usize = 256;
+
+/// One connection to a server and what has been read from it.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    /// It served a request before: a failure before any response byte may just mean the
+    /// server closed it while idle.
+    pub reused: bool,
+    since: Instant,
+}
+
+impl Conn {
+    /// Whether the server closed it or sent something unasked while it was idle, without a
+    /// system call unless the runtime saw the socket become readable.
+    fn went_stale(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            // Readable: end of stream, an error, or bytes nobody asked for. Or a stale
+            // readiness flag, which a read that would block clears.
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+            Poll::Ready(Err(_)) => true,
+        }
+    }
+}
+
+/// One worker's idle connections to every server, indexed like the servers.
+pub struct Pool {
+    idle: Vec<Mutex<Vec<Conn>>>,
+    connect_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(servers: usize, connect_timeout: Duration) -> Self {
+        Self {
+            idle: (0..servers).map(|_| Mutex::default()).collect(),
+            connect_timeout,
+        }
+    }
+
+    fn lock(&self, server: usize) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.idle[server].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used live connection to `server`; expired and closed ones are dropped.
+    pub fn checkout(&self, server: usize) -> Option<Conn> {
+        let mut idle = self.lock(server);
+        while let Some(conn) = idle.pop() {
+            if conn.since.elapsed() < IDLE_TIMEOUT && !conn.went_stale() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose exchange is complete (nothing left unread).
+    pub fn checkin(&self, server: usize, mut conn: Conn) {
+        conn.reused = true;
+        conn.since = Instant::now();
+        // A large body grew the buffer: idle connections keep only a normal one.
+        if conn.buf.capacity() > 2 * BUFFER {
+            conn.buf = BytesMut::with_capacity(BUFFER);
+        }
+        let mut idle = self.lock(server);
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+
+    /// A new connection, within the connect timeout.
+    pub async fn connect(&self, addr: SocketAddr) -> std::io::Result<Conn> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        let _ = stream.set_nodelay(true);
+        Ok(Conn {
+            stream,
+            buf: BytesMut::with_capacity(BUFFER),
+            reused: false,
+            since: Instant::now(),
+        })
+    }
+}
