@@ -385,3 +385,69 @@ fn http1_ambiguous_or_broken_requests_are_refused() {
     // The lb still serves normally afterwards.
     assert_eq!(get(lb, "/echo", &[]).unwrap().status, 200);
 }
+
+/// A server that speaks broken HTTP on purpose, on its own thread: `/healthz` is fine,
+/// `/garbage` answers something that is not HTTP, `/short` closes in the middle of its body,
+/// `/nothing` closes without a word.
+fn start_broken_server(addr: std::net::SocketAddr) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                loop {
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    head.clear();
+                    let answer: &[u8] = if text.contains("/healthz") {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    } else if text.contains("/garbage") {
+                        b"NOT HTTP AT ALL\r\n\r\n"
+                    } else if text.contains("/short") {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-part"
+                    } else {
+                        b""
+                    };
+                    if stream.write_all(answer).is_err() || !text.contains("/healthz") {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn http1_broken_servers_get_502_or_a_cut_connection() {
+    start_broken_server(([127, 0, 38, 11], 8000).into());
+    let mut topology = Topology::write(EXE, "lb-broken", 38, &toml(38, 1, ""));
+    let admin = topology.lb_admin();
+    topology.run_role("lb-01", "lb", admin);
+    let lb = topology.lb();
+
+    let r = get(lb, "/garbage", &[]).unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(
+        metric(&topology, "webstack_lb_errors_total{kind=\"bad_response\"}"),
+        1.0
+    );
+
+    let r = get(lb, "/nothing", &[]).unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(metric(&topology, "webstack_lb_errors_total{kind=\"no_response\"}") >= 1.0);
+
+    // Headers already went out: the client sees a body shorter than announced, then the close.
+    let cut = raw_text(lb, b"GET /short HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(cut.starts_with("HTTP/1.1 200 OK"), "{cut}");
+    assert!(cut.ends_with("\r\n\r\nonly-part"), "{cut}");
+
+    assert_eq!(get(lb, "/healthz", &[]).unwrap().status, 200);
+}

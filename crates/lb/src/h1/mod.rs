@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use webstack_common::{HttpOptions, Shutdown};
 
 use crate::proxy::{Failure, PlainHttpAnswer, Proxy, REDIRECT_TEXT, Tried};
@@ -37,7 +37,15 @@ struct Client<C> {
     buf: BytesMut,
     peer: SocketAddr,
     secure: bool,
+    /// The stream is no longer at a request boundary (a refused request, a request body cut
+    /// short): answer, then close, reading what the client still sends for a moment so the
+    /// answer is not lost to a TCP reset (nginx's lingering close).
+    broken: bool,
 }
+
+/// How long, and how much, a broken connection is read and discarded before it closes.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
 
 enum Next {
     Request(Request),
@@ -81,6 +89,7 @@ impl Proxy {
             buf: BytesMut::with_capacity(BUFFER),
             peer,
             secure,
+            broken: false,
         };
         // Reused for every request of the connection: the forwarded head, the response head.
         let mut out = Vec::with_capacity(1024);
@@ -94,36 +103,58 @@ impl Proxy {
                     let keep = self
                         .exchange(&mut client, &request, &mut out, &mut back, draining)
                         .await;
-                    if !keep || shutdown.is_triggered() {
+                    if !keep || client.broken || shutdown.is_triggered() {
                         break;
                     }
                 }
                 Next::Close => break,
                 Next::Refuse(refusal) => {
-                    let status =
-                        StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
-                    let text = format!(
-                        "{} {}: {}.\n",
-                        status.as_u16(),
-                        status.canonical_reason().unwrap_or(""),
-                        refusal.reason
-                    );
-                    let id = self.request_ids.next_bytes();
-                    let local = Local {
-                        status,
-                        content_type: "text/plain; charset=utf-8",
-                        body: text.as_bytes(),
-                        location: None,
-                        request_id: &id,
-                    };
-                    self.answer_local(&mut client, &mut back, &local, false, false, false)
-                        .await;
+                    self.refuse(&mut client, &mut back, refusal).await;
                     break;
                 }
             }
         }
         // A TLS client gets its close_notify; a client that does not read gets no more time.
         let _ = tokio::time::timeout(Duration::from_secs(1), client.io.shutdown()).await;
+        if client.broken {
+            let drain = async {
+                let mut discarded = 0;
+                while discarded < LINGER_BYTES {
+                    client.buf.clear();
+                    match client.io.read_buf(&mut client.buf).await {
+                        Ok(n) if n > 0 => discarded += n,
+                        _ => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+        }
+    }
+
+    /// Answers a request that cannot be served with its status and reason; the connection
+    /// closes after it.
+    async fn refuse<C>(&self, client: &mut Client<C>, back: &mut Vec<u8>, refusal: Refusal)
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        client.broken = true;
+        let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let text = format!(
+            "{} {}: {}.\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            refusal.reason
+        );
+        let id = self.request_ids.next_bytes();
+        let local = Local {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: text.as_bytes(),
+            location: None,
+            request_id: &id,
+        };
+        self.answer_local(client, back, &local, false, false, false)
+            .await;
     }
 
     /// One request: answered locally, or forwarded with retries. Returns whether the client
@@ -293,7 +324,7 @@ impl Proxy {
                         back,
                         &local,
                         request.is_head,
-                        client_keep,
+                        client_keep && !client.broken,
                         request.http10,
                     )
                     .await;
@@ -452,23 +483,21 @@ impl Proxy {
             .await;
             match sent {
                 Ok(()) => {}
-                Err(RelayError::Write(error)) => return Err(unreachable(error)),
+                Err(RelayError::Write(error)) => {
+                    // Part of the body may be unread: this connection cannot go on.
+                    client.broken = true;
+                    return Err(unreachable(error));
+                }
                 Err(RelayError::Read(error)) => {
                     tracing::debug!(client = %client.peer, %error, "client went away during the request body");
                     return Err(AttemptError::Client);
                 }
                 Err(RelayError::Malformed(body::Malformed(what))) => {
-                    let id = self.request_ids.next_bytes();
-                    let text = format!("400 Bad Request: {what}.\n");
-                    let local = Local {
-                        status: StatusCode::BAD_REQUEST,
-                        content_type: "text/plain; charset=utf-8",
-                        body: text.as_bytes(),
-                        location: None,
-                        request_id: &id,
+                    let refusal = Refusal {
+                        status: 400,
+                        reason: what,
                     };
-                    self.answer_local(client, back, &local, false, false, false)
-                        .await;
+                    self.refuse(client, back, refusal).await;
                     return Err(AttemptError::Client);
                 }
             }
