@@ -197,16 +197,26 @@ pub async fn read_more<R: AsyncRead + Unpin>(
     want: usize,
     idle: Duration,
 ) -> io::Result<usize> {
+    match tokio::time::timeout(idle, read_some(src, buf, want)).await {
+        Ok(result) => result,
+        Err(_) => Err(timed_out()),
+    }
+}
+
+/// `read_more` without a timer of its own, for callers that wait under a deadline already
+/// (one timer per wait, not two).
+pub async fn read_some<R: AsyncRead + Unpin>(
+    src: &mut R,
+    buf: &mut BytesMut,
+    want: usize,
+) -> io::Result<usize> {
     let want = want.clamp(BUFFER, MAX_READ);
     if buf.capacity() - buf.len() < want.min(BUFFER / 4)
         || (buf.is_empty() && buf.capacity() < want)
     {
         buf.reserve(want);
     }
-    match tokio::time::timeout(idle, src.read_buf(buf)).await {
-        Ok(result) => result,
-        Err(_) => Err(timed_out()),
-    }
+    src.read_buf(buf).await
 }
 
 /// Writes `first` then `second` (either may be empty) in as few system calls as the kernel

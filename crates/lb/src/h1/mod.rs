@@ -283,16 +283,14 @@ impl Proxy {
                     });
                 }
                 Err(AttemptError::Client) => return false,
-                // Nothing reached a server after a failed connect: any request may go on.
-                Err(AttemptError::Server(failure @ Failure::Unreachable { connect: true, .. })) => {
+                // Nothing was sent after a failed connect, so any request may go on; after
+                // no response, only a replayable one.
+                Err(AttemptError::Server(Failure::Unreachable { connect, error }))
+                    if connect || replayable =>
+                {
                     server.recheck.notify_one();
-                    tracing::warn!(server = %server.config.name, "server unreachable, trying another");
-                    last_failure = Some(failure);
-                }
-                Err(AttemptError::Server(failure @ Failure::Unreachable { .. })) if replayable => {
-                    server.recheck.notify_one();
-                    tracing::warn!(server = %server.config.name, "no response, trying another");
-                    last_failure = Some(failure);
+                    tracing::warn!(server = %server.config.name, %error, "server unreachable or no response, trying another");
+                    last_failure = Some(Failure::Unreachable { connect, error });
                 }
                 Err(AttemptError::Server(failure)) => {
                     if let Failure::Unreachable { .. } = failure {
@@ -536,7 +534,7 @@ impl Proxy {
             let nothing_yet = conn.buf.is_empty() && !interim;
             let read = tokio::time::timeout_at(
                 deadline,
-                body::read_more(&mut conn.stream, &mut conn.buf, BUFFER, BODY_TIMEOUT),
+                body::read_some(&mut conn.stream, &mut conn.buf, BUFFER),
             )
             .await;
             match read {
@@ -717,12 +715,7 @@ where
             biased;
             read = tokio::time::timeout_at(
                 deadline,
-                body::read_more(
-                    &mut client.io,
-                    &mut client.buf,
-                    BUFFER,
-                    options.header_read_timeout,
-                ),
+                body::read_some(&mut client.io, &mut client.buf, BUFFER),
             ) => read,
             () = &mut *stop, if idle => return Next::Close,
         };
