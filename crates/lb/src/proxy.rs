@@ -1,6 +1,8 @@
-//! The request path: pick a server, forward the request over a pooled keep-alive connection,
-//! retry idempotent requests elsewhere when a connection fails, and answer 502/503/504 itself
-//! when no server can.
+//! The request path for HTTP/2 clients (hyper's server and client): pick a server, forward the
+//! request over a pooled keep-alive connection, retry idempotent requests elsewhere when a
+//! connection fails, and answer 502/503/504 itself when no server can. The decisions both
+//! paths share (plain-HTTP answers, error statuses and texts, retry rules) live here; HTTP/1
+//! clients take the faster path in `h1`.
 
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -1,5 +1,5 @@
-//! Keep-alive connections to the servers: one pool per worker and server, on hyper's low-level
-//! HTTP/1.1 client. A worker is a single thread, so a pool's lock is never contended; there is
+//! Keep-alive connections to the servers for requests that came over HTTP/2 (HTTP/1 clients
+//! use `h1::pool`): one pool per worker and server, on hyper's low-level HTTP/1.1 client. A worker is a single thread, so a pool's lock is never contended; there is
 //! no key to hash, no URI to rebuild and no task spawned per request (hyper-util's general
 //! client does all three). A connection goes back to its pool when its response body has been
 //! read to the end, and is reused last-in first-out so idle ones age out.
