@@ -270,8 +270,11 @@ pub fn parse_request(
     let mut codings = TransferCodings::default();
     let mut hosts = 0;
     let mut expect_continue = false;
-    for header in parsed.headers.iter() {
-        match Field::of(header.name) {
+    // Each name classified once; the later passes reuse it.
+    let mut fields = [Field::Other; MAX_HEADERS];
+    for (header, slot) in parsed.headers.iter().zip(fields.iter_mut()) {
+        *slot = Field::of(header.name);
+        match *slot {
             Field::Connection => connection.add(header.value),
             Field::ContentLength => length.add(header.value),
             Field::TransferEncoding => codings.add(header.value),
@@ -328,8 +331,7 @@ pub fn parse_request(
         host = Some(push(out, authority.as_bytes()));
         out.extend_from_slice(b"\r\n");
     }
-    for header in parsed.headers.iter() {
-        let field = Field::of(header.name);
+    for (header, &field) in parsed.headers.iter().zip(&fields) {
         let skip = field.hop_by_hop()
             || matches!(
                 field,
@@ -346,10 +348,7 @@ pub fn parse_request(
         if skip {
             continue;
         }
-        out.extend_from_slice(header.name.as_bytes());
-        out.extend_from_slice(b": ");
-        let value = push(out, header.value);
-        out.extend_from_slice(b"\r\n");
+        let value = push_header(out, header);
         if field == Field::Host {
             host = Some(value);
         }
@@ -363,8 +362,8 @@ pub fn parse_request(
     }
     // One X-Forwarded-For list: every earlier line's addresses, then the client's.
     out.extend_from_slice(b"X-Forwarded-For: ");
-    for header in parsed.headers.iter() {
-        if Field::of(header.name) == Field::XForwardedFor {
+    for (header, &field) in parsed.headers.iter().zip(&fields) {
+        if field == Field::XForwardedFor {
             let value = header.value.trim_ascii();
             if !value.is_empty() {
                 out.extend_from_slice(value);
@@ -405,6 +404,15 @@ fn push(out: &mut Vec<u8>, bytes: &[u8]) -> Range<usize> {
     let start = out.len();
     out.extend_from_slice(bytes);
     start..out.len()
+}
+
+/// Copies one header line as it came; returns where its value landed.
+fn push_header(out: &mut Vec<u8>, header: &httparse::Header<'_>) -> Range<usize> {
+    out.extend_from_slice(header.name.as_bytes());
+    out.extend_from_slice(b": ");
+    let value = push(out, header.value);
+    out.extend_from_slice(b"\r\n");
+    value
 }
 
 /// A server's response head, parsed and rewritten for the client.
@@ -454,8 +462,10 @@ pub fn parse_response(
     let mut connection = ConnectionTokens::default();
     let mut length = ContentLength::default();
     let mut codings = TransferCodings::default();
-    for header in parsed.headers.iter() {
-        match Field::of(header.name) {
+    let mut fields = [Field::Other; MAX_HEADERS];
+    for (header, slot) in parsed.headers.iter().zip(fields.iter_mut()) {
+        *slot = Field::of(header.name);
+        match *slot {
             Field::Connection => connection.add(header.value),
             Field::ContentLength => length.add(header.value),
             Field::TransferEncoding => codings.add(header.value),
@@ -492,8 +502,7 @@ pub fn parse_response(
     let _ = write!(out, "HTTP/1.1 {status} ");
     out.extend_from_slice(parsed.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for header in parsed.headers.iter() {
-        let field = Field::of(header.name);
+    for (header, &field) in parsed.headers.iter().zip(&fields) {
         let skip = field.hop_by_hop()
             || field == Field::XRequestId
             || (field == Field::StrictTransportSecurity && rewrite.hsts.is_some())
@@ -504,10 +513,7 @@ pub fn parse_response(
         if skip {
             continue;
         }
-        out.extend_from_slice(header.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(header.value);
-        out.extend_from_slice(b"\r\n");
+        push_header(out, header);
     }
     if body == Framing::Chunked && !dechunk {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
