@@ -104,7 +104,10 @@ where
         .max_header_size(options.max_header_bytes)
         .max_buf_size(options.max_header_bytes.max(8192) * 2)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    // Upgrades (WebSocket) are handed to the service's task once its 101 went out.
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {

@@ -186,6 +186,8 @@ pub struct LbTimeoutsFile {
     pub client_header: Spanned<HumanDuration>,
     pub connect: Spanned<HumanDuration>,
     pub server: Spanned<HumanDuration>,
+    /// An upgraded connection (WebSocket) idle both ways.
+    pub tunnel: Spanned<HumanDuration>,
 }
 
 impl Default for LbTimeoutsFile {
@@ -194,6 +196,7 @@ impl Default for LbTimeoutsFile {
             client_header: Spanned::new(0..0, HumanDuration::secs(10)),
             connect: Spanned::new(0..0, HumanDuration::secs(2)),
             server: Spanned::new(0..0, HumanDuration::secs(30)),
+            tunnel: Spanned::new(0..0, HumanDuration::secs(600)),
         }
     }
 }

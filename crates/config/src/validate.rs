@@ -439,6 +439,7 @@ fn lb_config(
                 .positive(&lb.timeouts.client_header, "lb.timeouts.client_header")?,
             connect: check.positive(&lb.timeouts.connect, "lb.timeouts.connect")?,
             server: check.positive(&lb.timeouts.server, "lb.timeouts.server")?,
+            tunnel: check.positive(&lb.timeouts.tunnel, "lb.timeouts.tunnel")?,
         },
         retries: *lb.retries.get_ref(),
         access_log: lb.access_log,

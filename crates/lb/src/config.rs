@@ -149,4 +149,7 @@ pub struct Timeouts {
     pub connect: Duration,
     /// From sending the request to a server until its response head arrives.
     pub server: Duration,
+    /// An upgraded connection (WebSocket) with nothing moving either way closes after this
+    /// (HAProxy's `timeout tunnel`).
+    pub tunnel: Duration,
 }

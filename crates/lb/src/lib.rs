@@ -9,7 +9,6 @@ mod metrics;
 mod proxy;
 mod server;
 pub mod tls;
-mod upstream;
 
 use std::sync::Arc;
 
@@ -236,7 +235,7 @@ mod workers {
                 let proxy = proxy.clone();
                 hyper::service::service_fn(move |request| {
                     let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(peer, request, true).await) }
+                    async move { Ok::<_, Infallible>(proxy.handle(peer, request).await) }
                 })
             };
             let plain = accept_loop(listener, shutdown.clone(), |stream, peer, shutdown| {

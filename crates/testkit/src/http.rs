@@ -62,6 +62,43 @@ pub fn request(
     parse(&raw, method == "HEAD")
 }
 
+/// POSTs `len` bytes to `path` on a new connection (`Connection: close`), writing the body
+/// from a second thread while this one reads the response, as browsers and curl do: an answer
+/// that comes before the body is all sent is seen. A write that fails once the server has
+/// answered and closed is expected, not an error.
+pub fn post_streaming(addr: SocketAddr, path: &str, len: usize) -> Result<Response, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+    );
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let sender = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        if writer.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if writer.write_all(&chunk[..n]).is_err() {
+                return;
+            }
+            left -= n;
+        }
+    });
+    let mut out = Vec::new();
+    let read = stream.read_to_end(&mut out);
+    // The sender ends once its writes fail or finish; the connection is closed by now.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = sender.join();
+    match read {
+        Err(e) if out.is_empty() => Err(format!("read: {e}")),
+        _ => parse(&out, false),
+    }
+}
+
 /// Writes `bytes` and reads until the server closes (or `timeout`).
 pub fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> Result<Vec<u8>, String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))

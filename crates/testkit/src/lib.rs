@@ -1,10 +1,12 @@
 //! Test helpers: a temporary topology started with the real `webstack up`, fake backends,
-//! a small HTTP client (also raw bytes, for malformed requests) and `assert_eventually!`.
+//! servers speaking HTTP by hand (`raw`), a small HTTP client (also raw bytes, for malformed
+//! requests) and `assert_eventually!`.
 //! Every test picks its own loopback network (127.0.N.0/24), so tests never share a port.
 
 pub mod backend;
 pub mod http;
 pub mod pebble;
+pub mod raw;
 pub mod topology;
 
 pub use topology::Topology;

@@ -1,93 +1,239 @@
 //! Forwarding dynamic requests to this host's application server over pooled keep-alive
-//! connections, telling the app which web host it came through.
+//! connections, on the HTTP/1 core the lb uses (`webstack_http1`): the same header rules
+//! (the lb's `X-Forwarded-Proto` and `X-Request-Id` kept, `X-Webstack-Web-Host` set), early
+//! responses heard while the body goes out, and upgrades (WebSocket) relayed.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use webstack_common::forward::{
-    self, RequestIds, X_FORWARDED_PROTO, X_REQUEST_ID, X_WEBSTACK_WEB_HOST,
-};
+use hyper_util::rt::TokioIo;
+use webstack_common::forward::{RequestIds, X_WEBSTACK_WEB_HOST};
 use webstack_common::serve::BoxBody;
+use webstack_http1::client::{self, ResponseBody, Return, SendError};
+use webstack_http1::exchange::Sent;
+use webstack_http1::head::{self, Forwarding, ResponseRewrite};
+use webstack_http1::pool::{Conn, Pool};
+use webstack_http1::retry::Failure;
+use webstack_http1::tunnel::{TUNNEL_IDLE, tunnel};
 
 use crate::{Config, plain};
 
+/// A body read or write that makes no progress for this long ends the exchange.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub struct AppProxy {
-    client: Client<HttpConnector, Incoming>,
-    authority: http::uri::Authority,
-    host_name: HeaderValue,
-    response_timeout: std::time::Duration,
+    /// Connections to the one app server (index 0).
+    pool: Arc<Pool>,
+    addr: SocketAddr,
+    authority: String,
+    host_name: String,
+    response_timeout: Duration,
     request_ids: RequestIds,
 }
 
 impl AppProxy {
     pub fn new(config: &Config) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.app_connect_timeout));
-        connector.set_nodelay(true);
         Self {
-            client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(std::time::Duration::from_secs(4))
-                .build(connector),
-            authority: config
-                .app_addr
-                .to_string()
-                .parse()
-                .expect("a socket address is an authority"),
-            host_name: HeaderValue::from_str(&config.host_name).expect("host names are validated"),
+            pool: Arc::new(Pool::new(1, config.app_connect_timeout)),
+            addr: config.app_addr,
+            authority: config.app_addr.to_string(),
+            host_name: config.host_name.clone(),
             response_timeout: config.app_response_timeout,
             request_ids: RequestIds::default(),
         }
     }
 
-    pub async fn forward(&self, peer: SocketAddr, request: Request<Incoming>) -> Response<BoxBody> {
-        let (mut parts, body) = request.into_parts();
-        forward::strip_hop_by_hop(&mut parts.headers);
-        forward::append_forwarded_for(&mut parts.headers, peer.ip());
-        let headers = &mut parts.headers;
-        if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        }
-        if !headers.contains_key(&X_REQUEST_ID) {
-            headers.insert(&X_REQUEST_ID, self.request_ids.next());
-        }
-        headers.insert(&X_WEBSTACK_WEB_HOST, self.host_name.clone());
-
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = Some(self.authority.clone());
-        uri.path_and_query = parts.uri.path_and_query().cloned();
-        parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
-
-        match tokio::time::timeout(
-            self.response_timeout,
-            self.client.request(Request::from_parts(parts, body)),
-        )
-        .await
+    pub async fn forward(
+        &self,
+        peer: SocketAddr,
+        mut request: Request<Incoming>,
+    ) -> Response<BoxBody> {
+        let upgrade = request
+            .headers()
+            .contains_key(http::header::UPGRADE)
+            .then(|| hyper::upgrade::on(&mut request));
+        let (parts, mut body) = request.into_parts();
+        let mut out = Vec::with_capacity(1024);
+        let forwarding = Forwarding {
+            client: peer.ip(),
+            proto: None,
+            keep_request_id: true,
+            own_header: Some((X_WEBSTACK_WEB_HOST.as_str(), self.host_name.as_bytes())),
+            upgrade: upgrade.is_some(),
+        };
+        let request = match head::rewrite_parts(&parts, body.is_end_stream(), &mut out, &forwarding)
         {
-            Ok(Ok(response)) => {
-                let mut response = response.map(|body| body.map_err(Into::into).boxed_unsync());
-                forward::strip_hop_by_hop(response.headers_mut());
-                response
+            Ok(request) => request,
+            Err(refusal) => {
+                let status =
+                    StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
+                return plain(status, refusal_text(status));
             }
-            Ok(Err(error)) => {
-                tracing::warn!(%error, app = %self.authority, "app request failed");
-                plain(
-                    StatusCode::BAD_GATEWAY,
-                    "502 Bad Gateway: the application server could not be reached.\n",
-                )
+        };
+        let request_id = match &request.request_id {
+            Some(range) => out[range.clone()].to_vec(),
+            None => {
+                let id = self.request_ids.next_bytes();
+                out.extend_from_slice(b"X-Request-Id: ");
+                out.extend_from_slice(&id);
+                out.extend_from_slice(b"\r\n");
+                id.to_vec()
             }
-            Err(_) => {
-                tracing::warn!(app = %self.authority, "app response timed out");
-                plain(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "504 Gateway Timeout: the application server did not answer in time.\n",
-                )
+        };
+        if request.host.is_none() {
+            out.extend_from_slice(b"Host: ");
+            out.extend_from_slice(self.authority.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        let rewrite = ResponseRewrite {
+            request_is_head: request.is_head,
+            client_keep_alive: true,
+            client_http10: false,
+            request_id: &request_id,
+            hsts: None,
+            request_upgrade: request.upgrade,
+        };
+        let replayable = request.bodyless() && request.idempotent;
+        let mut back = Vec::with_capacity(1024);
+        let (conn, response, sent) = match self
+            .send(
+                &out,
+                request.body,
+                &mut body,
+                &mut back,
+                &rewrite,
+                replayable,
+            )
+            .await
+        {
+            Ok(exchanged) => exchanged,
+            Err(SendError::Server(failure)) => {
+                tracing::warn!(error = %failure, app = %self.addr, "app request failed");
+                return match failure {
+                    Failure::Timeout => plain(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "504 Gateway Timeout: the application server did not answer in time.\n",
+                    ),
+                    _ => plain(
+                        StatusCode::BAD_GATEWAY,
+                        "502 Bad Gateway: the application server could not be reached.\n",
+                    ),
+                };
+            }
+            Err(SendError::Client(error)) => {
+                tracing::debug!(client = %peer, %error, "the client's request body failed");
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    "400 Bad Request: the request body failed.\n",
+                );
+            }
+        };
+        let head = client::response_parts(&back, &response);
+        if response.upgrade {
+            if let Some(upgrade) = upgrade {
+                tokio::spawn(relay_upgraded(upgrade, conn));
+            }
+            return head.map(|()| {
+                http_body_util::Empty::new()
+                    .map_err(|n| match n {})
+                    .boxed_unsync()
+            });
+        }
+        if sent == Sent::Partial {
+            // The app answered before it had the whole body: read and drop the rest (bounded),
+            // so hyper can keep the client connection instead of closing it under the answer.
+            tokio::spawn(client::drain(body));
+        }
+        let back_to = (response.reusable && sent == Sent::Complete).then(|| Return {
+            pool: self.pool.clone(),
+            server: 0,
+        });
+        let body = ResponseBody::new(conn, response.body, back_to, BODY_TIMEOUT, None);
+        head.map(|()| body.map_err(Into::into).boxed_unsync())
+    }
+
+    /// One attempt: a pooled connection (or a fresh one when the pooled one turns out closed
+    /// and the request can be sent again), the request out, the response head in.
+    async fn send(
+        &self,
+        head: &[u8],
+        framing: head::Framing,
+        body: &mut Incoming,
+        back: &mut Vec<u8>,
+        rewrite: &ResponseRewrite<'_>,
+        replayable: bool,
+    ) -> Result<(Conn, head::Response, Sent), SendError> {
+        let connect = || async {
+            self.pool.connect(self.addr).await.map_err(|error| {
+                SendError::Server(Failure::Unreachable {
+                    connect: true,
+                    error,
+                })
+            })
+        };
+        let mut conn = match self.pool.checkout(0, replayable) {
+            Some(conn) => conn,
+            None => connect().await?,
+        };
+        loop {
+            match client::send(
+                &mut conn,
+                head,
+                framing,
+                body,
+                back,
+                rewrite,
+                self.response_timeout,
+                BODY_TIMEOUT,
+            )
+            .await
+            {
+                Ok((response, sent)) => return Ok((conn, response, sent)),
+                Err(SendError::Server(Failure::Unreachable { .. }))
+                    if conn.reused && replayable =>
+                {
+                    conn = connect().await?;
+                }
+                Err(error) => return Err(error),
             }
         }
+    }
+}
+
+/// After the 101 went out: the client's upgraded connection and the app's, joined.
+async fn relay_upgraded(upgrade: hyper::upgrade::OnUpgrade, mut conn: Conn) {
+    let upgraded = match upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(error) => return tracing::debug!(%error, "the client's upgrade failed"),
+    };
+    let mut client = TokioIo::new(upgraded);
+    // What the app sent right after its 101 belongs to the new protocol.
+    if !conn.buf.is_empty() {
+        let early = std::mem::take(&mut conn.buf);
+        if webstack_http1::body::write_two(&mut client, &early, &[], BODY_TIMEOUT)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    if let Err(error) = tunnel(&mut client, &mut conn.stream, TUNNEL_IDLE).await {
+        tracing::debug!(%error, "upgraded connection ended");
+    }
+}
+
+fn refusal_text(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        405 => "405 Method Not Allowed: CONNECT is not supported.\n",
+        417 => "417 Expectation Failed: unsupported Expect.\n",
+        431 => "431 Request Header Fields Too Large: too many header fields.\n",
+        501 => "501 Not Implemented: unsupported transfer coding.\n",
+        _ => "400 Bad Request: the request head is not valid.\n",
     }
 }

@@ -451,3 +451,229 @@ fn http1_broken_servers_get_502_or_a_cut_connection() {
 
     assert_eq!(get(lb, "/healthz", &[]).unwrap().status, 200);
 }
+
+/// Body sizes for the early-answer loops: under the lb's 1 MiB discard bound, over it, far over.
+const EARLY_SIZES: [usize; 3] = [200 * 1024, 5 * 1024 * 1024, 50 * 1024 * 1024];
+
+#[test]
+fn an_answer_that_comes_before_the_body_is_sent_reaches_the_client() {
+    use webstack_testkit::raw::start_early_answer;
+    let server = start_early_answer(([127, 0, 39, 11], 8000).into());
+    let mut topology = Topology::write(EXE, "lb-early", 39, &toml(39, 1, ""));
+    let admin = topology.lb_admin();
+    topology.run_role("lb-01", "lb", admin);
+
+    // HTTP/1: the server answers 413 after the head and closes with the body unread.
+    for run in 0..100 {
+        let len = EARLY_SIZES[run % EARLY_SIZES.len()];
+        let r = http::post_streaming(topology.lb(), "/api/posts", len)
+            .unwrap_or_else(|e| panic!("run {run}, {len} bytes: {e}"));
+        assert_eq!(r.status, 413, "run {run}, {len} bytes: {}", r.text());
+        assert_eq!(r.text(), "the body is too large\n");
+    }
+    assert_eq!(server.answered(), 100);
+    assert_eq!(
+        metric(&topology, "webstack_lb_errors_total"),
+        0.0,
+        "no 502 was counted"
+    );
+
+    // HTTP/2 (TLS, ALPN h2): the same answers.
+    let body = topology.dir.path().join("body");
+    let ca = topology.state_dir().join("tls/ca.pem");
+    for (run, len) in EARLY_SIZES.iter().cycle().take(30).enumerate() {
+        std::fs::write(&body, vec![b'x'; *len]).unwrap();
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--http2", "--max-time", "30", "--cacert"])
+            .arg(&ca)
+            .args(["--resolve", "www.foobar.com:8443:127.0.39.10"])
+            .args(["-o", "/dev/null", "-w", "%{http_code} %{http_version}"])
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()))
+            .arg("https://www.foobar.com:8443/api/posts")
+            .output()
+            .expect("curl (apt-get install curl)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text,
+            "413 2",
+            "run {run}, {len} bytes: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(metric(&topology, "webstack_lb_errors_total"), 0.0);
+}
+
+#[test]
+fn an_early_answer_to_a_short_body_keeps_the_connection() {
+    use std::io::{Read, Write};
+    use webstack_testkit::raw::start_early_answer;
+    let _server = start_early_answer(([127, 0, 40, 11], 8000).into());
+    let mut topology = Topology::write(EXE, "lb-early-keep", 40, &toml(40, 1, ""));
+    let admin = topology.lb_admin();
+    topology.run_role("lb-01", "lb", admin);
+
+    // 100 KB announced and sent: the lb answers 413 with keep-alive, reads and drops the rest
+    // of the body, and the connection serves the next request.
+    let mut stream = std::net::TcpStream::connect(topology.lb()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let len = 100 * 1024;
+    let mut request =
+        format!("POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+    request.extend(std::iter::repeat_n(b'x', len));
+    request.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    stream.write_all(&request).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("\r\n\r\nthe body is too large\nHTTP/1.1 200 OK"),
+        "the second request was answered on the same connection: {answer}"
+    );
+
+    // A chunked body of unknown length: the answer closes the connection.
+    let chunked = raw_text(
+        topology.lb(),
+        b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    );
+    assert!(chunked.starts_with("HTTP/1.1 413"), "{chunked}");
+    assert!(chunked.contains("Connection: close\r\n"), "{chunked}");
+}
+
+#[test]
+fn websockets_are_relayed_after_the_upgrade() {
+    use webstack_testkit::raw::start_websocket_echo;
+    let server = start_websocket_echo(([127, 0, 30, 11], 8000).into());
+    let mut topology = Topology::write(EXE, "lb-websocket", 30, &toml(30, 1, ""));
+    let admin = topology.lb_admin();
+    topology.run_role("lb-01", "lb", admin);
+
+    let stream = std::net::TcpStream::connect(topology.lb()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let url = format!("ws://{}/chat", topology.lb());
+    let (mut socket, response) =
+        tungstenite::client(url.as_str(), stream).expect("the upgrade goes through the lb");
+    assert_eq!(response.status(), 101);
+    assert!(response.headers().contains_key("x-request-id"));
+    for text in ["hello", "world", &"x".repeat(100_000)] {
+        socket.send(tungstenite::Message::text(text)).unwrap();
+        let echo = socket.read().unwrap();
+        assert_eq!(echo.into_text().unwrap().as_str(), text);
+    }
+    socket.close(None).unwrap();
+    assert_eq!(server.answered(), 1);
+
+    // The lb still serves plain requests, and an Upgrade it does not forward (HTTP/1.0) is an
+    // ordinary request.
+    assert_eq!(get(topology.lb(), "/healthz", &[]).unwrap().status, 200);
+}
+
+#[test]
+fn what_reaches_the_server_is_canonical_whatever_the_client_wrote() {
+    use webstack_testkit::raw::start_recorder;
+    let recorder = start_recorder(([127, 0, 29, 11], 8000).into());
+    let config = toml(29, 1, "").replace("redirect_http = false", "redirect_http = true");
+    let mut topology = Topology::write(EXE, "lb-canonical", 29, &config);
+    let admin = topology.lb_admin();
+    topology.run_role("lb-01", "lb", admin);
+    let lb = topology.lb();
+
+    // Chunk extensions and trailers never reach the server; sizes are ours.
+    let answer = raw_text(
+        lb,
+        b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5;ext=\"x\"\r\nhello\r\n000006 \t;e\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A size line two parsers could read differently is refused before anything is sent.
+    let refused = raw_text(
+        lb,
+        b"POST /d HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5 5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+    // Absolute form: the path from the parsed URI, even when the host also appears in the
+    // scheme; `OPTIONS *` is forwarded as it is, never redirected.
+    for (request, line) in [
+        (
+            &b"GET http://t/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+            "GET / HTTP/1.1\r\nHost: t\r\n",
+        ),
+        (
+            b"GET http://h/p?http://h/q HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            "GET /p?http://h/q HTTP/1.1\r\nHost: h\r\n",
+        ),
+        (
+            b"OPTIONS * HTTP/1.1\r\nHost: www.foobar.com:8080\r\nConnection: close\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\n",
+        ),
+    ] {
+        let answer = raw_text(lb, request);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            recorder.texts().iter().any(|r| r.starts_with(line)),
+            "{line:?} in {:?}",
+            recorder.texts()
+        );
+    }
+    let texts = recorder.texts();
+    let chunked = texts.iter().find(|r| r.starts_with("POST /c ")).unwrap();
+    assert!(
+        chunked.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+        "canonical chunks, no extension, no trailer: {chunked:?}"
+    );
+    assert!(
+        !texts.iter().any(|r| r.starts_with("POST /d ")),
+        "{texts:?}"
+    );
+
+    // Every X-Forwarded-For line is merged, the client's address appended: HTTP/1 here, and
+    // HTTP/2 below, by the same code.
+    let answer = raw_text(
+        lb,
+        b"GET /xff HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 192.0.2.1\r\nX-Forwarded-For: 192.0.2.2, 192.0.2.3\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let ca = topology.state_dir().join("tls/ca.pem");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2", "--max-time", "10", "--cacert"])
+        .arg(&ca)
+        .args(["--resolve", "www.foobar.com:8443:127.0.29.10"])
+        .args([
+            "-H",
+            "X-Forwarded-For: 192.0.2.4",
+            "-H",
+            "X-Forwarded-For: 192.0.2.5",
+        ])
+        .arg("https://www.foobar.com:8443/xff2")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "recorded\n");
+    let texts = recorder.texts();
+    let h1 = texts.iter().find(|r| r.starts_with("GET /xff ")).unwrap();
+    assert!(
+        h1.contains("X-Forwarded-For: 192.0.2.1, 192.0.2.2, 192.0.2.3, 127.0.0.1\r\n"),
+        "{h1}"
+    );
+    let h2 = texts.iter().find(|r| r.starts_with("GET /xff2 ")).unwrap();
+    assert!(
+        h2.contains("X-Forwarded-For: 192.0.2.4, 192.0.2.5, 127.0.0.1\r\n")
+            && h2.contains("X-Forwarded-Proto: https\r\n")
+            && h2.contains("Host: www.foobar.com:8443\r\n"),
+        "{h2}"
+    );
+}
+
+#[test]
+fn local_answers_carry_a_date() {
+    let (topology, _backends) = lb_over_backends("lb-date", 28, 1, &toml(28, 1, ""));
+    let refused = raw_text(topology.lb(), b"NOT HTTP\r\n\r\n");
+    let date = refused
+        .lines()
+        .find_map(|l| l.strip_prefix("Date: "))
+        .unwrap_or_else(|| panic!("no Date: {refused}"));
+    assert!(date.ends_with(" GMT") && date.len() == 29, "{date}");
+}

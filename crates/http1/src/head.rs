@@ -1,8 +1,10 @@
-//! HTTP/1 message heads on the lb's fast path: parsed with httparse, checked for the framing
-//! ambiguities request smuggling lives on (RFC 9112 §6), and rewritten for the next hop in one
-//! pass straight into an output buffer (hop-by-hop headers out, `X-Forwarded-*` in), without a
-//! header map or an allocation per header.
+//! HTTP/1 message heads: parsed with httparse (or taken from hyper's parts), checked for the
+//! framing ambiguities request smuggling lives on (RFC 9112 §6), and rewritten for the next hop
+//! in one pass straight into an output buffer (hop-by-hop headers out, `X-Forwarded-*` in),
+//! without a header map or an allocation per header. One set of rules for every path: the lb's
+//! HTTP/1 and HTTP/2 clients and the web server's requests to its app.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::net::IpAddr;
 use std::ops::Range;
@@ -180,12 +182,14 @@ impl TransferCodings {
 /// A request head, parsed and rewritten. Ranges point into the forwarded head.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Request {
-    /// Bytes of the client's buffer the head took.
+    /// Bytes of the client's buffer the head took (0 when built from hyper's parts).
     pub head_len: usize,
     pub method: Range<usize>,
     pub target: Range<usize>,
     /// The `Host` value as forwarded; None for an HTTP/1.0 request without one.
     pub host: Option<Range<usize>>,
+    /// The client's `X-Request-Id`, when this hop keeps it (`Forwarding::keep_request_id`).
+    pub request_id: Option<Range<usize>>,
     /// GET, HEAD, OPTIONS, PUT, DELETE, TRACE: may be sent again after a failure.
     pub idempotent: bool,
     pub is_head: bool,
@@ -195,6 +199,9 @@ pub struct Request {
     pub http10: bool,
     /// `Expect: 100-continue`: we answer 100 ourselves (as nginx does) and do not forward it.
     pub expect_continue: bool,
+    /// `Connection: upgrade` with an `Upgrade` header, forwarded (WebSocket): after a 101 the
+    /// connection becomes a two-way byte stream.
+    pub upgrade: bool,
 }
 
 impl Request {
@@ -204,20 +211,68 @@ impl Request {
     }
 }
 
-/// What the forwarded request head says about its sender.
-pub struct Forwarding {
+/// What this hop says about the request's sender, and which of the sender's own statements it
+/// keeps.
+pub struct Forwarding<'a> {
+    /// Appended to `X-Forwarded-For`.
     pub client: IpAddr,
-    pub secure: bool,
+    /// `X-Forwarded-Proto`: the edge (the lb) sets it from its own listener, replacing what the
+    /// client said; `None` keeps the incoming value (a hop behind the lb), `http` if none came.
+    pub proto: Option<&'static str>,
+    /// Keep the incoming `X-Request-Id` (a hop behind the lb); the edge drops it and adds its own.
+    pub keep_request_id: bool,
+    /// A header this hop sets, replacing any incoming one of that name (the web server tells
+    /// its app which web host the request came through).
+    pub own_header: Option<(&'a str, &'a [u8])>,
+    /// `Upgrade` may be forwarded (an HTTP/1.1 client; HTTP/2 has no Upgrade).
+    pub upgrade: bool,
 }
 
-/// Parses a request head at the start of `input` and writes the head to forward into `out`:
-/// request line, the client's end-to-end headers, `Content-Length` or `Transfer-Encoding`,
-/// `X-Forwarded-For` (appended) and `X-Forwarded-Proto` (replaced). The caller adds
-/// `X-Request-Id`, `Host` if there was none, and the blank line. `Ok(None)`: incomplete.
+impl Forwarding<'_> {
+    /// The edge's rules: the client's proxy headers are not trusted.
+    pub fn edge(client: IpAddr, secure: bool) -> Forwarding<'static> {
+        Forwarding {
+            client,
+            proto: Some(if secure { "https" } else { "http" }),
+            keep_request_id: false,
+            own_header: None,
+            upgrade: true,
+        }
+    }
+}
+
+/// One header line, as httparse or hyper hands it over.
+pub trait HeaderLine {
+    fn name(&self) -> &str;
+    fn value(&self) -> &[u8];
+}
+
+impl HeaderLine for httparse::Header<'_> {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn value(&self) -> &[u8] {
+        self.value
+    }
+}
+
+impl HeaderLine for (&http::HeaderName, &http::HeaderValue) {
+    fn name(&self) -> &str {
+        self.0.as_str()
+    }
+
+    fn value(&self) -> &[u8] {
+        self.1.as_bytes()
+    }
+}
+
+/// Parses a request head at the start of `input` and writes the head to forward into `out`
+/// (see `rewrite_request`). `Ok(None)`: incomplete.
 pub fn parse_request(
     input: &[u8],
     out: &mut Vec<u8>,
-    forwarding: &Forwarding,
+    forwarding: &Forwarding<'_>,
 ) -> Result<Option<Request>, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
@@ -233,18 +288,87 @@ pub fn parse_request(
     else {
         return Err(refuse(400, "malformed request line"));
     };
-    let http10 = version == 0;
+    let head = Head {
+        method,
+        target,
+        authority: None,
+        http10: version == 0,
+        body_hint: None,
+    };
+    let mut request = rewrite_request(&head, parsed.headers, out, forwarding)?;
+    request.head_len = head_len;
+    Ok(Some(request))
+}
+
+/// The head of a request hyper has parsed (HTTP/2, or HTTP/1 at the web server), rewritten by
+/// the same rules as a raw one. `body_end`: the body is known to be empty. Refused as a raw
+/// head would be (a CONNECT, an unsupported Expect, more than `MAX_HEADERS` fields).
+pub fn rewrite_parts(
+    parts: &http::request::Parts,
+    body_end: bool,
+    out: &mut Vec<u8>,
+    forwarding: &Forwarding<'_>,
+) -> Result<Request, Refusal> {
+    if parts.headers.len() > MAX_HEADERS {
+        return Err(refuse(431, "too many header fields"));
+    }
+    let headers: Vec<(&http::HeaderName, &http::HeaderValue)> = parts.headers.iter().collect();
+    let head = Head {
+        method: parts.method.as_str(),
+        target: parts
+            .uri
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str),
+        authority: parts.uri.authority().map(http::uri::Authority::as_str),
+        http10: parts.version <= http::Version::HTTP_10,
+        // HTTP/2 frames its body itself: a body without a length goes on chunked.
+        body_hint: Some(if body_end {
+            Framing::Length(0)
+        } else {
+            Framing::Chunked
+        }),
+    };
+    rewrite_request(&head, &headers, out, forwarding)
+}
+
+/// The request line's parts, from either parser.
+struct Head<'a> {
+    method: &'a str,
+    target: &'a str,
+    /// The authority hyper already separated from the target (absolute form, HTTP/2).
+    authority: Option<&'a str>,
+    http10: bool,
+    /// How the body is framed when no `Content-Length` or `Transfer-Encoding` says it (hyper's
+    /// parts: HTTP/2 has neither). None: a raw head, where that means no body.
+    body_hint: Option<Framing>,
+}
+
+/// Checks a request head and writes the head to forward into `out`: request line, the
+/// client's end-to-end headers, `Content-Length` or `Transfer-Encoding`, `X-Forwarded-For` (the
+/// client's address appended to every earlier line's list) and `X-Forwarded-Proto`, the hop's
+/// own header, and `Connection: upgrade` + `Upgrade` for an upgrade. The caller adds
+/// `X-Request-Id` (unless kept), `Host` if there was none, and the blank line.
+fn rewrite_request<H: HeaderLine>(
+    head: &Head<'_>,
+    headers: &[H],
+    out: &mut Vec<u8>,
+    forwarding: &Forwarding<'_>,
+) -> Result<Request, Refusal> {
+    let (method, http10) = (head.method, head.http10);
     if method == "CONNECT" {
         return Err(refuse(405, "CONNECT is not supported"));
     }
 
     // The request target: origin form, `*` for OPTIONS, or absolute form (whose authority
     // replaces Host, RFC 9112 §3.2.2).
-    let mut authority = None;
-    let target = if target.starts_with('/') || (target == "*" && method == "OPTIONS") {
-        target
+    let mut authority = head.authority.map(Cow::Borrowed);
+    let target: Cow<'_, str> = if head.target.starts_with('/') {
+        Cow::Borrowed(head.target)
+    } else if head.target == "*" && method == "OPTIONS" {
+        Cow::Borrowed("*")
     } else {
-        let uri: http::Uri = target
+        let uri: http::Uri = head
+            .target
             .parse()
             .map_err(|_| refuse(400, "invalid request target"))?;
         let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.authority()) else {
@@ -253,15 +377,16 @@ pub fn parse_request(
         if !matches!(scheme, "http" | "https") || host.as_str().contains('@') {
             return Err(refuse(400, "invalid request target"));
         }
-        authority = Some(host.as_str().to_owned());
-        // The path and query start where the authority ends.
-        let start = target
-            .find(host.as_str())
-            .map_or(target.len(), |i| i + host.as_str().len());
-        match &target[start..] {
+        authority = Some(Cow::Owned(host.as_str().to_owned()));
+        // The parsed URI's own path and query, never a search in the text (`http://t/` holds
+        // its host inside "http").
+        let path = match uri.path() {
             "" => "/",
-            rest if rest.starts_with('/') => rest,
-            _ => return Err(refuse(400, "invalid request target")),
+            path => path,
+        };
+        match uri.query() {
+            Some(query) => Cow::Owned(format!("{path}?{query}")),
+            None => Cow::Owned(path.to_owned()),
         }
     };
 
@@ -270,18 +395,21 @@ pub fn parse_request(
     let mut codings = TransferCodings::default();
     let mut hosts = 0;
     let mut expect_continue = false;
+    let mut upgrade_value = None;
+    let own = forwarding.own_header.map(|(name, _)| name);
     // Each name classified once; the later passes reuse it.
     let mut fields = [Field::Other; MAX_HEADERS];
-    for (header, slot) in parsed.headers.iter().zip(fields.iter_mut()) {
-        *slot = Field::of(header.name);
+    for (header, slot) in headers.iter().zip(fields.iter_mut()) {
+        *slot = Field::of(header.name());
         match *slot {
-            Field::Connection => connection.add(header.value),
-            Field::ContentLength => length.add(header.value),
-            Field::TransferEncoding => codings.add(header.value),
+            Field::Connection => connection.add(header.value()),
+            Field::ContentLength => length.add(header.value()),
+            Field::TransferEncoding => codings.add(header.value()),
             Field::Host => hosts += 1,
+            Field::Upgrade => upgrade_value = Some(header.value()),
             Field::Expect
                 if header
-                    .value
+                    .value()
                     .trim_ascii()
                     .eq_ignore_ascii_case(b"100-continue") =>
             {
@@ -317,8 +445,13 @@ pub fn parse_request(
             (false, Some(n)) => Framing::Length(n),
             _ => return Err(refuse(400, "invalid Content-Length")),
         },
-        (false, false) => Framing::Length(0),
+        (false, false) => head.body_hint.unwrap_or(Framing::Length(0)),
     };
+    let upgrade = forwarding.upgrade
+        && !http10
+        && body == Framing::Length(0)
+        && connection.lists("upgrade")
+        && upgrade_value.is_some_and(|v| !v.trim_ascii().is_empty());
 
     out.clear();
     let method_range = push(out, method.as_bytes());
@@ -331,26 +464,28 @@ pub fn parse_request(
         host = Some(push(out, authority.as_bytes()));
         out.extend_from_slice(b"\r\n");
     }
-    for (header, &field) in parsed.headers.iter().zip(&fields) {
+    let mut request_id = None;
+    for (header, &field) in headers.iter().zip(&fields) {
         let skip = field.hop_by_hop()
             || matches!(
                 field,
-                Field::ContentLength
-                    | Field::Expect
-                    | Field::XForwardedFor
-                    | Field::XForwardedProto
-                    | Field::XRequestId
+                Field::ContentLength | Field::Expect | Field::XForwardedFor
             )
+            || (field == Field::XForwardedProto && forwarding.proto.is_some())
+            || (field == Field::XRequestId
+                && (!forwarding.keep_request_id || request_id.is_some()))
             || (field == Field::Host && authority.is_some())
             || (field == Field::Other
-                && !connection.listed.is_empty()
-                && connection.lists(header.name));
+                && (own.is_some_and(|own| header.name().eq_ignore_ascii_case(own))
+                    || (!connection.listed.is_empty() && connection.lists(header.name()))));
         if skip {
             continue;
         }
         let value = push_header(out, header);
-        if field == Field::Host {
-            host = Some(value);
+        match field {
+            Field::Host => host = Some(value),
+            Field::XRequestId => request_id = Some(value),
+            _ => {}
         }
     }
     match body {
@@ -360,11 +495,16 @@ pub fn parse_request(
         }
         _ => {}
     }
+    if upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+        out.extend_from_slice(upgrade_value.unwrap_or_default().trim_ascii());
+        out.extend_from_slice(b"\r\n");
+    }
     // One X-Forwarded-For list: every earlier line's addresses, then the client's.
     out.extend_from_slice(b"X-Forwarded-For: ");
-    for (header, &field) in parsed.headers.iter().zip(&fields) {
+    for (header, &field) in headers.iter().zip(&fields) {
         if field == Field::XForwardedFor {
-            let value = header.value.trim_ascii();
+            let value = header.value().trim_ascii();
             if !value.is_empty() {
                 out.extend_from_slice(value);
                 out.extend_from_slice(b", ");
@@ -372,32 +512,52 @@ pub fn parse_request(
         }
     }
     let _ = write!(out, "{}\r\n", forwarding.client);
-    out.extend_from_slice(if forwarding.secure {
-        b"X-Forwarded-Proto: https\r\n"
-    } else {
-        b"X-Forwarded-Proto: http\r\n"
-    });
+    match forwarding.proto {
+        Some(proto) => {
+            out.extend_from_slice(b"X-Forwarded-Proto: ");
+            out.extend_from_slice(proto.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        None if !fields[..headers.len().min(MAX_HEADERS)].contains(&Field::XForwardedProto) => {
+            out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+        }
+        None => {}
+    }
+    if let Some((name, value)) = forwarding.own_header {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
 
     let keep_alive = if http10 {
         connection.keep_alive && !connection.close
     } else {
         !connection.close
     };
-    Ok(Some(Request {
-        head_len,
+    Ok(Request {
+        head_len: 0,
         method: method_range,
         target: target_range,
         host,
-        idempotent: matches!(
-            method,
-            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
-        ),
+        request_id,
+        idempotent: is_idempotent(method),
         is_head: method == "HEAD",
         body,
         keep_alive,
         http10,
         expect_continue,
-    }))
+        upgrade,
+    })
+}
+
+/// GET, HEAD, OPTIONS, PUT, DELETE, TRACE (RFC 9110 §9.2.2): repeating one has the effect of
+/// sending it once, so it may be sent to another server after a failure.
+pub fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+    )
 }
 
 fn push(out: &mut Vec<u8>, bytes: &[u8]) -> Range<usize> {
@@ -407,10 +567,10 @@ fn push(out: &mut Vec<u8>, bytes: &[u8]) -> Range<usize> {
 }
 
 /// Copies one header line as it came; returns where its value landed.
-fn push_header(out: &mut Vec<u8>, header: &httparse::Header<'_>) -> Range<usize> {
-    out.extend_from_slice(header.name.as_bytes());
+fn push_header<H: HeaderLine>(out: &mut Vec<u8>, header: &H) -> Range<usize> {
+    out.extend_from_slice(header.name().as_bytes());
     out.extend_from_slice(b": ");
-    let value = push(out, header.value);
+    let value = push(out, header.value());
     out.extend_from_slice(b"\r\n");
     value
 }
@@ -428,9 +588,12 @@ pub struct Response {
     pub keep_alive: bool,
     /// A chunked body goes to an HTTP/1.0 client: sent without the chunk framing.
     pub dechunk: bool,
+    /// A 101 to a forwarded upgrade: both connections become one byte stream.
+    pub upgrade: bool,
 }
 
 /// How the response head is rewritten for this client.
+#[derive(Clone, Copy)]
 pub struct ResponseRewrite<'a> {
     pub request_is_head: bool,
     /// The client asked for keep-alive and the lb is not draining.
@@ -439,6 +602,8 @@ pub struct ResponseRewrite<'a> {
     pub request_id: &'a [u8],
     /// `Strict-Transport-Security` value to set (HTTPS only).
     pub hsts: Option<&'a [u8]>,
+    /// The request asked for an upgrade: a 101 is forwarded with its `Upgrade`.
+    pub request_upgrade: bool,
 }
 
 /// Parses a response head at the start of `input` and writes the head for the client into
@@ -462,6 +627,7 @@ pub fn parse_response(
     let mut connection = ConnectionTokens::default();
     let mut length = ContentLength::default();
     let mut codings = TransferCodings::default();
+    let mut upgrade_value = None;
     let mut fields = [Field::Other; MAX_HEADERS];
     for (header, slot) in parsed.headers.iter().zip(fields.iter_mut()) {
         *slot = Field::of(header.name);
@@ -469,8 +635,14 @@ pub fn parse_response(
             Field::Connection => connection.add(header.value),
             Field::ContentLength => length.add(header.value),
             Field::TransferEncoding => codings.add(header.value),
+            Field::Upgrade => upgrade_value = Some(header.value),
             _ => {}
         }
+    }
+    // A 101 switches protocols only for an upgrade we forwarded, to one the server names.
+    let upgrade = status == 101;
+    if upgrade && !(rewrite.request_upgrade && upgrade_value.is_some()) {
+        return Err("101 Switching Protocols without an upgrade");
     }
     // RFC 9112 §6.3, in order.
     let body = if rewrite.request_is_head || status < 200 || status == 204 || status == 304 {
@@ -494,9 +666,10 @@ pub fn parse_response(
     } else {
         !connection.close
     };
-    let reusable = server_keeps && body != Framing::Close && !(codings.seen && length.seen);
+    let reusable =
+        server_keeps && body != Framing::Close && !(codings.seen && length.seen) && !upgrade;
     let dechunk = body == Framing::Chunked && rewrite.client_http10;
-    let keep_alive = rewrite.client_keep_alive && body != Framing::Close && !dechunk;
+    let keep_alive = rewrite.client_keep_alive && body != Framing::Close && !dechunk && !upgrade;
 
     out.clear();
     let _ = write!(out, "HTTP/1.1 {status} ");
@@ -518,13 +691,15 @@ pub fn parse_response(
     if body == Framing::Chunked && !dechunk {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
-    finish_head(
-        out,
-        rewrite.request_id,
-        rewrite.hsts,
-        keep_alive,
-        rewrite.client_http10,
-    );
+    let connection = if upgrade {
+        out.extend_from_slice(b"Upgrade: ");
+        out.extend_from_slice(upgrade_value.unwrap_or_default().trim_ascii());
+        out.extend_from_slice(b"\r\n");
+        Persistence::Upgrade
+    } else {
+        Persistence::of(keep_alive, rewrite.client_http10)
+    };
+    finish_head(out, rewrite.request_id, rewrite.hsts, connection);
     Ok(Some(Response {
         head_len,
         status,
@@ -532,7 +707,32 @@ pub fn parse_response(
         reusable,
         keep_alive,
         dechunk,
+        upgrade,
     }))
+}
+
+/// What happens to the client connection after a response, as its `Connection` header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    Close,
+    /// Kept open; an HTTP/1.0 client needs to be told (`Connection: keep-alive`).
+    KeepAlive {
+        http10: bool,
+    },
+    /// A 101: the connection now carries the upgraded protocol.
+    Upgrade,
+}
+
+impl Persistence {
+    pub fn of(keep_alive: bool, client_http10: bool) -> Self {
+        if keep_alive {
+            Self::KeepAlive {
+                http10: client_http10,
+            }
+        } else {
+            Self::Close
+        }
+    }
 }
 
 /// The lines every response to the client ends with: request id, HSTS, what happens to the
@@ -541,8 +741,7 @@ pub fn finish_head(
     out: &mut Vec<u8>,
     request_id: &[u8],
     hsts: Option<&[u8]>,
-    keep_alive: bool,
-    client_http10: bool,
+    connection: Persistence,
 ) {
     out.extend_from_slice(b"X-Request-Id: ");
     out.extend_from_slice(request_id);
@@ -552,10 +751,13 @@ pub fn finish_head(
         out.extend_from_slice(hsts);
         out.extend_from_slice(b"\r\n");
     }
-    match (keep_alive, client_http10) {
-        (false, _) => out.extend_from_slice(b"Connection: close\r\n"),
-        (true, true) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
-        (true, false) => {}
+    match connection {
+        Persistence::Close => out.extend_from_slice(b"Connection: close\r\n"),
+        Persistence::KeepAlive { http10: true } => {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        Persistence::KeepAlive { http10: false } => {}
+        Persistence::Upgrade => out.extend_from_slice(b"Connection: upgrade\r\n"),
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -564,11 +766,8 @@ pub fn finish_head(
 mod tests {
     use super::*;
 
-    fn forwarding() -> Forwarding {
-        Forwarding {
-            client: "192.0.2.7".parse().unwrap(),
-            secure: false,
-        }
+    fn forwarding() -> Forwarding<'static> {
+        Forwarding::edge("192.0.2.7".parse().unwrap(), false)
     }
 
     fn request(head: &str) -> Result<(Request, String), Refusal> {
@@ -676,6 +875,21 @@ mod tests {
         );
         assert!(!out.contains("ignored"));
         assert_eq!(&out[r.host.unwrap()], "www.foobar.com:8080");
+        // The path comes from the parsed URI: a host that also appears in the scheme, no path,
+        // only a query.
+        for (target, host, path) in [
+            ("http://t/", "t", "/"),
+            ("http://t", "t", "/"),
+            ("http://h/x?http://h/y", "h", "/x?http://h/y"),
+            ("https://t?q=1", "t", "/?q=1"),
+        ] {
+            let (r, out) = request(&format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"))
+                .unwrap_or_else(|e| panic!("{target}: {e:?}"));
+            assert_eq!(&out[r.target.clone()], path, "{target}");
+            assert_eq!(&out[r.host.unwrap()], host, "{target}");
+        }
+        let (r, out) = request("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(&out[r.target], "*");
 
         let (r, _) = request("GET / HTTP/1.0\r\n\r\n").unwrap();
         assert!(r.http10 && !r.keep_alive && r.host.is_none());
@@ -688,6 +902,153 @@ mod tests {
         )
         .unwrap();
         assert!(r.expect_continue && !out.contains("Expect"));
+    }
+
+    #[test]
+    fn upgrades_are_forwarded_only_when_asked_and_bodyless() {
+        let (r, out) = request(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n",
+        )
+        .unwrap();
+        assert!(r.upgrade);
+        assert!(
+            out.contains("Connection: upgrade\r\nUpgrade: websocket\r\n")
+                && out.contains("Sec-WebSocket-Key: k\r\n"),
+            "{out}"
+        );
+        // Upgrade without Connection: upgrade, or in HTTP/1.0: an ordinary request.
+        for head in [
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: x\r\nContent-Length: 1\r\n\r\n",
+        ] {
+            let (r, out) = request(head).unwrap();
+            assert!(!r.upgrade && !out.contains("Upgrade"), "{head}");
+        }
+        let no_upgrade = Forwarding {
+            upgrade: false,
+            ..forwarding()
+        };
+        let mut out = Vec::new();
+        let r = parse_request(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            &mut out,
+            &no_upgrade,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!r.upgrade);
+
+        let asked = ResponseRewrite {
+            request_upgrade: true,
+            ..rewrite()
+        };
+        let (r, out) = response(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: a\r\n\r\n",
+            &asked,
+        );
+        assert!(r.upgrade && !r.reusable && r.body == Framing::Length(0));
+        assert!(
+            out.contains("Upgrade: websocket\r\n") && out.ends_with("Connection: upgrade\r\n\r\n"),
+            "{out}"
+        );
+        let mut out = Vec::new();
+        assert!(
+            parse_response(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+                &mut out,
+                &rewrite()
+            )
+            .is_err(),
+            "a 101 nobody asked for"
+        );
+    }
+
+    #[test]
+    fn a_hop_behind_the_edge_keeps_proto_and_request_id_and_sets_its_own_header() {
+        let inner = Forwarding {
+            client: "127.0.0.10".parse().unwrap(),
+            proto: None,
+            keep_request_id: true,
+            own_header: Some(("X-Webstack-Web-Host", b"web-01")),
+            upgrade: true,
+        };
+        let mut out = Vec::new();
+        let r = parse_request(
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: https\r\nX-Request-Id: abc\r\nX-Request-Id: def\r\nX-Webstack-Web-Host: forged\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\n\r\n",
+            &mut out,
+            &inner,
+        )
+        .unwrap()
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(&out[r.request_id.clone().unwrap()], "abc");
+        assert!(!out.contains("def") && !out.contains("forged"), "{out}");
+        assert!(out.contains("X-Forwarded-Proto: https\r\n"), "{out}");
+        assert!(out.contains("X-Webstack-Web-Host: web-01\r\n"), "{out}");
+        assert!(
+            out.contains("X-Forwarded-For: 1.2.3.4, 5.6.7.8, 127.0.0.10\r\n"),
+            "every line merged, the client appended: {out}"
+        );
+        let mut out = Vec::new();
+        parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut out, &inner)
+            .unwrap()
+            .unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("X-Forwarded-Proto: http\r\n")
+        );
+    }
+
+    #[test]
+    fn hyper_parts_follow_the_same_rules() {
+        let parts = |request: http::request::Builder| request.body(()).unwrap().into_parts().0;
+        let mut out = Vec::new();
+        // HTTP/2: the authority in the URI, a body without a length.
+        let h2 = parts(
+            http::Request::post("https://www.foobar.com/p?q=1")
+                .version(http::Version::HTTP_2)
+                .header("x-forwarded-for", "10.0.0.1")
+                .header("te", "trailers")
+                .header("x-request-id", "client"),
+        );
+        let r = rewrite_parts(&h2, false, &mut out, &forwarding()).unwrap();
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(
+            text.starts_with("POST /p?q=1 HTTP/1.1\r\nHost: www.foobar.com\r\n"),
+            "{text}"
+        );
+        assert_eq!(r.body, Framing::Chunked);
+        assert!(text.contains("Transfer-Encoding: chunked\r\n"), "{text}");
+        assert!(
+            text.contains("X-Forwarded-For: 10.0.0.1, 192.0.2.7\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("te:") && !text.contains("client"), "{text}");
+        assert!(!r.idempotent);
+        let with_length = parts(
+            http::Request::put("/x")
+                .version(http::Version::HTTP_2)
+                .header("host", "h")
+                .header("content-length", "3"),
+        );
+        let r = rewrite_parts(&with_length, false, &mut out, &forwarding()).unwrap();
+        assert_eq!(r.body, Framing::Length(3));
+        let empty = parts(
+            http::Request::get("/")
+                .version(http::Version::HTTP_2)
+                .header("host", "h"),
+        );
+        let r = rewrite_parts(&empty, true, &mut out, &forwarding()).unwrap();
+        assert!(r.bodyless() && r.idempotent);
+        let connect = parts(http::Request::connect("h:443").version(http::Version::HTTP_2));
+        assert_eq!(
+            rewrite_parts(&connect, true, &mut out, &forwarding())
+                .unwrap_err()
+                .status,
+            405
+        );
     }
 
     fn response(head: &str, rewrite: &ResponseRewrite<'_>) -> (Response, String) {
@@ -705,6 +1066,7 @@ mod tests {
             client_http10: false,
             request_id: b"id",
             hsts: None,
+            request_upgrade: false,
         }
     }
 

@@ -31,10 +31,16 @@ pub struct Conn {
 
 impl Conn {
     /// Whether the server closed it or sent something unasked while it was idle, without a
-    /// system call unless the runtime saw the socket become readable.
-    fn went_stale(&self) -> bool {
+    /// system call unless the runtime saw the socket become readable. `ask_kernel`: one
+    /// non-blocking peek even then, for a request that cannot be sent twice: the runtime may
+    /// not have seen yet the close of a server that answered early and hung up.
+    fn went_stale(&self, ask_kernel: bool) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending if ask_kernel => {
+                let mut probe = [std::mem::MaybeUninit::<u8>::uninit()];
+                !matches!(socket2::SockRef::from(&self.stream).peek(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
             Poll::Pending => false,
             // Readable: end of stream, an error, or bytes nobody asked for. Or a stale
             // readiness flag, which a read that would block clears.
@@ -66,10 +72,12 @@ impl Pool {
     }
 
     /// The most recently used live connection to `server`; expired and closed ones are dropped.
-    pub fn checkout(&self, server: usize) -> Option<Conn> {
+    /// `replayable`: the request can go out again on a fresh connection if this one fails
+    /// before an answer; one that cannot gets a connection checked with the kernel.
+    pub fn checkout(&self, server: usize, replayable: bool) -> Option<Conn> {
         let mut idle = self.lock(server);
         while let Some(conn) = idle.pop() {
-            if conn.since.elapsed() < IDLE_TIMEOUT && !conn.went_stale() {
+            if conn.since.elapsed() < IDLE_TIMEOUT && !conn.went_stale(!replayable) {
                 return Some(conn);
             }
         }

@@ -1,0 +1,410 @@
+//! Forwarding a request hyper has parsed (the lb's HTTP/2 clients, the web server's requests
+//! to its app) over a pooled HTTP/1 connection, by the same rules as the raw path: the head
+//! rewritten by `head::rewrite_parts`, the body framed as on the wire (chunked when it has no
+//! length), the response head read while the body goes out (`exchange`), and the response body
+//! streamed back to hyper straight from the connection (`ResponseBody`), which returns to its
+//! pool once the body has been read to the end.
+
+use std::future::Future as _;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::AsyncWrite;
+use tokio::time::Sleep;
+
+use crate::body::{self, BUFFER, BodyState, SizeLine};
+use crate::exchange::{self, HeadOutcome, PumpError, Sent};
+use crate::head::{Framing, Response, ResponseRewrite};
+use crate::pool::{Conn, Pool};
+use crate::retry::Failure;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request got no response head.
+#[derive(Debug)]
+pub enum SendError {
+    /// The server's side: decides the status (502/504) and whether to try elsewhere.
+    Server(Failure),
+    /// The client's body failed (reset, too long or short for its length, stalled).
+    Client(BoxError),
+}
+
+/// Sends `head` and then `body` (framed as `framing` says) on `conn`, and reads the response
+/// head into `back`. `server_timeout` bounds the wait for the head once the request is out;
+/// `idle` bounds each read of the client's body and each write to the server.
+#[allow(clippy::too_many_arguments)]
+pub async fn send<B>(
+    conn: &mut Conn,
+    head: &[u8],
+    framing: Framing,
+    body: &mut B,
+    back: &mut Vec<u8>,
+    rewrite: &ResponseRewrite<'_>,
+    server_timeout: Duration,
+    idle: Duration,
+) -> Result<(Response, Sent), SendError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    if framing == Framing::Length(0) {
+        body::write_two(&mut conn.stream, head, &[], idle)
+            .await
+            .map_err(|error| {
+                SendError::Server(Failure::Unreachable {
+                    connect: false,
+                    error,
+                })
+            })?;
+        let read = exchange::read_head(&mut conn.stream, &mut conn.buf, back, rewrite);
+        return match tokio::time::timeout(server_timeout, read).await {
+            Ok(Ok(response)) => {
+                bytes::Buf::advance(&mut conn.buf, response.head_len);
+                Ok((response, Sent::Complete))
+            }
+            Ok(Err(failure)) => Err(SendError::Server(failure)),
+            Err(_) => Err(SendError::Server(Failure::Timeout)),
+        };
+    }
+    let (mut src, mut dst) = conn.stream.split();
+    let pump = pump(body, framing, &mut dst, head, idle);
+    match exchange::response_head(pump, &mut src, &mut conn.buf, back, rewrite, server_timeout)
+        .await
+    {
+        HeadOutcome::Response(response, sent) => {
+            bytes::Buf::advance(&mut conn.buf, response.head_len);
+            Ok((response, sent))
+        }
+        HeadOutcome::Failed(failure) => Err(SendError::Server(failure)),
+        HeadOutcome::Source(error) => Err(SendError::Client(error)),
+    }
+}
+
+/// Writes `head`, then the body's data frames as `framing` says (trailers dropped).
+async fn pump<B, W>(
+    body: &mut B,
+    framing: Framing,
+    dst: &mut W,
+    head: &[u8],
+    idle: Duration,
+) -> Result<(), PumpError<BoxError>>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+    W: AsyncWrite + Unpin,
+{
+    let mut head = head;
+    let mut left = match framing {
+        Framing::Length(n) => Some(n),
+        _ => None,
+    };
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(PumpError::Source("the request body stalled".into())),
+            Ok(None) => break,
+            Ok(Some(Err(error))) => return Err(PumpError::Source(error.into())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let written = match &mut left {
+            Some(left) => {
+                *left = left.checked_sub(data.len() as u64).ok_or_else(|| {
+                    PumpError::Source("the request body is longer than its Content-Length".into())
+                })?;
+                body::write_two(dst, head, &data, idle).await
+            }
+            None => {
+                let line = SizeLine::new(data.len());
+                let mut slices = [
+                    IoSlice::new(head),
+                    IoSlice::new(line.as_bytes()),
+                    IoSlice::new(&data),
+                    IoSlice::new(b"\r\n"),
+                ];
+                body::write_all(dst, &mut slices, idle).await
+            }
+        };
+        written.map_err(PumpError::Write)?;
+        head = &[];
+    }
+    let end: &[u8] = match left {
+        Some(0) => &[],
+        Some(_) => {
+            return Err(PumpError::Source(
+                "the request body is shorter than its Content-Length".into(),
+            ));
+        }
+        None => b"0\r\n\r\n",
+    };
+    if !head.is_empty() || !end.is_empty() {
+        body::write_two(dst, head, end, idle)
+            .await
+            .map_err(PumpError::Write)?;
+    }
+    Ok(())
+}
+
+/// Reads and drops what is left of a request body hyper is still receiving, within the linger
+/// bounds (`body::LINGER_*`): an HTTP/1 connection stays usable when it all came, an HTTP/2
+/// stream ends without a reset the client might take for an error.
+pub async fn drain<B>(mut body: B)
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let read = async {
+        let mut seen = 0;
+        loop {
+            match tokio::time::timeout(body::LINGER_IDLE, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if seen > body::LINGER_BYTES {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(body::LINGER_TIME, read).await;
+}
+
+/// The response head in `back` (as `head::parse_response` rewrote it) as hyper's response head:
+/// every field but the framing and connection ones, which hyper sets for its own client.
+pub fn response_parts(back: &[u8], response: &Response) -> http::Response<()> {
+    let mut headers = [httparse::EMPTY_HEADER; crate::head::MAX_HEADERS + 8];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let mut out = http::Response::new(());
+    *out.status_mut() =
+        http::StatusCode::from_u16(response.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    if parsed.parse(back).is_err() {
+        return out;
+    }
+    let map = out.headers_mut();
+    for header in parsed.headers.iter() {
+        let hop = header.name.eq_ignore_ascii_case("transfer-encoding")
+            || (header.name.eq_ignore_ascii_case("connection") && !response.upgrade);
+        if hop {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(header.name.as_bytes()),
+            http::HeaderValue::from_bytes(header.value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    out
+}
+
+/// Where a connection goes when its response body has been read to the end.
+pub struct Return {
+    pub pool: Arc<Pool>,
+    pub server: usize,
+}
+
+/// A server's response body, read from its connection as hyper asks for it: `Content-Length`
+/// bytes, chunked (decoded; trailers dropped), or until the server closes. `idle` bounds each
+/// wait for the server. Holds `hold` (the lb's in-flight slot) until the body ends.
+pub struct ResponseBody {
+    conn: Option<Conn>,
+    state: BodyState,
+    /// The pool the connection goes back to, when it can be reused.
+    back_to: Option<Return>,
+    idle: Duration,
+    /// Runs while the body waits on the server (not while hyper does not ask for more).
+    timer: Pin<Box<Sleep>>,
+    waiting: bool,
+    hold: Option<Box<dyn Send + Sync>>,
+}
+
+impl ResponseBody {
+    /// `reusable`: the server keeps the connection and the whole request went out.
+    pub fn new(
+        conn: Conn,
+        framing: Framing,
+        back_to: Option<Return>,
+        idle: Duration,
+        hold: Option<Box<dyn Send + Sync>>,
+    ) -> Self {
+        let mut body = Self {
+            conn: Some(conn),
+            state: BodyState::new(framing),
+            back_to,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
+            hold,
+        };
+        if body.state.is_done() {
+            body.finish();
+        }
+        body
+    }
+
+    /// The body ended: the connection goes back to its pool (if it may) and the hold ends.
+    fn finish(&mut self) {
+        self.state = BodyState::Done;
+        if let (Some(conn), Some(back_to)) = (self.conn.take(), self.back_to.take()) {
+            if conn.buf.is_empty() {
+                back_to.pool.checkin(back_to.server, conn);
+            }
+        }
+        self.conn = None;
+        self.hold = None;
+    }
+
+    /// Takes the next piece of data out of what is buffered, if there is one.
+    fn buffered(&mut self) -> Result<Option<Bytes>, io::Error> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(None);
+        };
+        let buf = &mut conn.buf;
+        match &mut self.state {
+            BodyState::Done => Ok(None),
+            BodyState::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let take = (*left).min(buf.len() as u64) as usize;
+                *left -= take as u64;
+                let data = buf.split_to(take).freeze();
+                if *left == 0 {
+                    self.finish();
+                }
+                Ok(Some(data))
+            }
+            BodyState::Close => Ok((!buf.is_empty()).then(|| buf.split().freeze())),
+            BodyState::Chunked(decoder) => {
+                while !buf.is_empty() {
+                    let (used, data) = decoder
+                        .advance(buf)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.0))?;
+                    match data.filter(|d| !d.is_empty()) {
+                        Some(data) => {
+                            bytes::Buf::advance(buf, data.start);
+                            let piece = buf.split_to(data.len()).freeze();
+                            return Ok(Some(piece));
+                        }
+                        None => bytes::Buf::advance(buf, used),
+                    }
+                    if decoder.is_done() {
+                        self.finish();
+                        return Ok(None);
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            match this.buffered() {
+                Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(None) if this.state.is_done() => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if conn.buf.capacity() - conn.buf.len() < BUFFER / 4 {
+                conn.buf.reserve(BUFFER);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.buf) {
+                Poll::Ready(Ok(0)) if this.state == BodyState::Close => {
+                    // Close-delimited: the end. The connection is spent.
+                    this.back_to = None;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into())));
+                }
+                Poll::Ready(Ok(_)) => this.waiting = false,
+                Poll::Ready(Err(error)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(error)));
+                }
+                Poll::Pending => {
+                    if !std::mem::replace(&mut this.waiting, true) {
+                        let deadline = tokio::time::Instant::now() + this.idle;
+                        this.timer.as_mut().reset(deadline);
+                    }
+                    if this.timer.as_mut().poll(cx).is_ready() {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the server sent no more of its response body in time",
+                        ))));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            BodyState::Done => SizeHint::with_exact(0),
+            BodyState::Length(left) => SizeHint::with_exact(left),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_parts_drop_framing_and_connection_fields() {
+        let back = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nX-Request-Id: id\r\nConnection: close\r\n\r\n";
+        let response = Response {
+            head_len: 0,
+            status: 200,
+            body: Framing::Chunked,
+            reusable: true,
+            keep_alive: false,
+            dechunk: false,
+            upgrade: false,
+        };
+        let parts = response_parts(back, &response);
+        assert_eq!(parts.status(), 200);
+        assert_eq!(parts.headers()["content-type"], "text/plain");
+        assert_eq!(parts.headers()["x-request-id"], "id");
+        assert!(parts.headers().get("transfer-encoding").is_none());
+        assert!(parts.headers().get("connection").is_none());
+    }
+}

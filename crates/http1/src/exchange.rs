@@ -1,0 +1,139 @@
+//! One request/response exchange on a server connection: the request goes out while the
+//! response head is read, so a server that answers before it has read the whole request body
+//! (a 413 after the head, then a close) is heard instead of being lost to the reset that follows
+//! (HAProxy and nginx forward such an early response too).
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncRead;
+
+use crate::body::{BUFFER, read_some};
+use crate::head::{self, Response, ResponseRewrite};
+use crate::retry::Failure;
+
+/// Largest response head accepted from a server.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// How far the request got when its response head arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// All of it: the connection is at a message boundary once the response is read.
+    Complete,
+    /// Not all of its body: the server answered first (or stopped reading). The connection
+    /// cannot be reused, and the rest of the client's body is still to be read or dropped.
+    Partial,
+}
+
+/// Why the request could not be sent.
+#[derive(Debug)]
+pub enum PumpError<E> {
+    /// Writing to the server failed: it closed or reset (perhaps after answering).
+    Write(std::io::Error),
+    /// The request body's sender (the client) failed; `E` says how.
+    Source(E),
+}
+
+/// The end of an exchange's first half.
+pub enum HeadOutcome<E> {
+    Response(Response, Sent),
+    /// No usable response head: the server's fault.
+    Failed(Failure),
+    /// The client's body failed: nothing to answer (or the caller refuses the request).
+    Source(E),
+}
+
+/// Reads a final response head from `src` into `buf`, rewritten into `back`; interim (1xx)
+/// responses are dropped. The final head stays in `buf`: the caller advances past its
+/// `head_len`, after parsing it again with other rules if it must (an early response that
+/// closes the client connection). No timer of its own: see `response_head`.
+pub async fn read_head<R: AsyncRead + Unpin>(
+    src: &mut R,
+    buf: &mut BytesMut,
+    back: &mut Vec<u8>,
+    rewrite: &ResponseRewrite<'_>,
+) -> Result<Response, Failure> {
+    let mut interim = false;
+    loop {
+        if !buf.is_empty() {
+            match head::parse_response(buf, back, rewrite) {
+                // Interim responses (103 Early Hints; 100 cannot come, Expect is not
+                // forwarded) are dropped.
+                Ok(Some(response)) if response.status < 200 && response.status != 101 => {
+                    buf.advance(response.head_len);
+                    interim = true;
+                    continue;
+                }
+                Ok(Some(response)) => return Ok(response),
+                Ok(None) if buf.len() > MAX_RESPONSE_HEAD => {
+                    return Err(Failure::Invalid("response head too large"));
+                }
+                Ok(None) => {}
+                Err(what) => return Err(Failure::Invalid(what)),
+            }
+        }
+        let nothing_yet = buf.is_empty() && !interim;
+        match read_some(src, buf, BUFFER).await {
+            Ok(n) if n > 0 => {}
+            // Closed or reset before a response: the server answered nothing.
+            result if nothing_yet => {
+                let error = result
+                    .err()
+                    .unwrap_or_else(|| std::io::ErrorKind::UnexpectedEof.into());
+                return Err(Failure::Unreachable {
+                    connect: false,
+                    error,
+                });
+            }
+            _ => return Err(Failure::Invalid("connection closed in the response head")),
+        }
+    }
+}
+
+/// Runs `pump` (which sends the request: its head and body) while reading the response head
+/// with `read_head`. The server timeout starts once the request is sent, or once writing it
+/// failed (a server that stopped reading may still have answered): a slow upload is not a slow
+/// server. A response head that comes first ends the pump where it is (`Sent::Partial`).
+pub async fn response_head<P, E, R>(
+    pump: P,
+    src: &mut R,
+    buf: &mut BytesMut,
+    back: &mut Vec<u8>,
+    rewrite: &ResponseRewrite<'_>,
+    server_timeout: Duration,
+) -> HeadOutcome<E>
+where
+    P: Future<Output = Result<(), PumpError<E>>>,
+    R: AsyncRead + Unpin,
+{
+    let mut pump = std::pin::pin!(pump);
+    let head = read_head(src, buf, back, rewrite);
+    let mut head = std::pin::pin!(head);
+    let deadline = tokio::time::sleep(Duration::MAX / 4);
+    let mut deadline = std::pin::pin!(deadline);
+    let mut sent = None;
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut head => {
+                return match result {
+                    Ok(response) => HeadOutcome::Response(response, sent.unwrap_or(Sent::Partial)),
+                    Err(failure) => HeadOutcome::Failed(failure),
+                };
+            }
+            result = &mut pump, if sent.is_none() => {
+                sent = Some(match result {
+                    Ok(()) => Sent::Complete,
+                    Err(PumpError::Write(error)) => {
+                        tracing::debug!(%error, "the server stopped reading the request");
+                        Sent::Partial
+                    }
+                    Err(PumpError::Source(error)) => return HeadOutcome::Source(error),
+                });
+                deadline.as_mut().reset(tokio::time::Instant::now() + server_timeout);
+            }
+            () = &mut deadline, if sent.is_some() => return HeadOutcome::Failed(Failure::Timeout),
+        }
+    }
+}

@@ -1,0 +1,734 @@
+//! The HTTP/1 request path (plain HTTP, and HTTPS when ALPN picks http/1.1): HAProxy's model of
+//! one stream over two connections. The client connection's task reads a request head, rewrites
+//! it in one pass, writes it with the body to a pooled server connection while it reads the
+//! response head (so an early answer is heard), and moves the response body back, all without a
+//! header map, a channel or a second task. The codec, the pool and the retry rule are
+//! `webstack_http1`'s; HTTP/2 clients go through hyper (`proxy.rs`) onto the same pool.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use webstack_common::{HttpOptions, Shutdown};
+use webstack_http1::body::{
+    self, BUFFER, BodyState, LINGER_BYTES, LINGER_IDLE, LINGER_TIME, RelayError,
+};
+use webstack_http1::exchange::{self, HeadOutcome, PumpError, Sent};
+use webstack_http1::head::{
+    self, Forwarding, Persistence, Refusal, Request, Response, ResponseRewrite,
+};
+use webstack_http1::pool::Conn;
+use webstack_http1::retry::{Attempts, Failure, GiveUp};
+use webstack_http1::{date, tunnel};
+
+use crate::proxy::{Access, PlainHttpAnswer, Proxy, REDIRECT_TEXT};
+use crate::server::{ActiveGuard, Server};
+
+/// A body read or write that makes no progress for this long ends the exchange (HAProxy's
+/// `timeout client` / `timeout server` for data).
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// A request body the lb did not need (an early or local answer came first) is read and
+/// dropped to keep the connection open when at most this much of it is left; a longer one
+/// closes the connection.
+const DISCARD_MAX: u64 = 1024 * 1024;
+/// How long the rest of such a body may take to arrive.
+const DISCARD_TIME: Duration = Duration::from_secs(2);
+
+/// The client side of one connection.
+struct Client<C> {
+    io: C,
+    /// Bytes read and not yet used: the rest of a request, or pipelined ones.
+    buf: BytesMut,
+    peer: SocketAddr,
+    secure: bool,
+    /// The stream is no longer at a request boundary (a refused request, a request body cut
+    /// short or left unread): answer, then close, reading what the client still sends for a
+    /// while so the answer is not lost to a TCP reset (nginx's lingering close).
+    broken: bool,
+}
+
+enum Next {
+    Request(Request),
+    Close,
+    Refuse(Refusal),
+}
+
+/// Why one attempt on one server failed.
+enum AttemptError {
+    /// A server-side failure before any response: decides retry and status.
+    Server(Failure),
+    /// The client went away or sent a broken body: nothing to answer (or a 400 was sent).
+    Client,
+}
+
+/// A response head from a server, and what became of the request.
+struct Answer {
+    server: Arc<Server>,
+    conn: Conn,
+    response: Response,
+    /// The rewritten response head (owned only when the answer was held back as a fallback).
+    held_head: Option<Vec<u8>>,
+    /// `Partial`: the server answered before it had the whole body.
+    sent: Sent,
+    /// The rest of the client's body, when `sent` is `Partial`.
+    request_body: BodyState,
+    _guard: ActiveGuard,
+}
+
+impl Proxy {
+    /// Serves one HTTP/1 connection until the client closes it, it idles past the header
+    /// timeout, or the lb drains (the request in flight finishes first).
+    pub async fn serve_h1<C>(
+        self: Arc<Self>,
+        io: C,
+        peer: SocketAddr,
+        secure: bool,
+        options: HttpOptions,
+        shutdown: Shutdown,
+    ) where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut client = Client {
+            io,
+            buf: BytesMut::with_capacity(BUFFER),
+            peer,
+            secure,
+            broken: false,
+        };
+        // Reused for every request of the connection: the forwarded head, the response head.
+        let mut out = Vec::with_capacity(1024);
+        let mut back = Vec::with_capacity(1024);
+        let stop = shutdown.triggered();
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            match read_request(&mut client, &mut out, &options, &mut stop).await {
+                Next::Request(request) => {
+                    let draining = shutdown.is_triggered();
+                    let keep = self
+                        .exchange(&mut client, &request, &mut out, &mut back, draining)
+                        .await;
+                    if !keep || client.broken || shutdown.is_triggered() {
+                        break;
+                    }
+                }
+                Next::Close => break,
+                Next::Refuse(refusal) => {
+                    self.refuse(&mut client, &mut back, refusal).await;
+                    break;
+                }
+            }
+        }
+        // A TLS client gets its close_notify; a client that does not read gets no more time.
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.io.shutdown()).await;
+        if client.broken {
+            let mut rest = (&mut client.io).take(LINGER_BYTES);
+            let drain = async {
+                loop {
+                    client.buf.clear();
+                    match tokio::time::timeout(LINGER_IDLE, rest.read_buf(&mut client.buf)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+        }
+    }
+
+    /// Answers a request that cannot be served with its status and reason; the connection
+    /// closes after it.
+    async fn refuse<C>(&self, client: &mut Client<C>, back: &mut Vec<u8>, refusal: Refusal)
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        client.broken = true;
+        let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let text = format!(
+            "{} {}: {}.\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            refusal.reason
+        );
+        let id = self.request_ids.next_bytes();
+        let local = Local {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: text.as_bytes(),
+            location: None,
+            request_id: &id,
+        };
+        self.answer_local(client, back, &local, false, Persistence::Close)
+            .await;
+    }
+
+    /// One request: answered locally, or forwarded with retries. Returns whether the client
+    /// connection stays open.
+    async fn exchange<C>(
+        &self,
+        client: &mut Client<C>,
+        request: &Request,
+        out: &mut Vec<u8>,
+        back: &mut Vec<u8>,
+        draining: bool,
+    ) -> bool
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let started = Instant::now();
+        let request_id = self.request_ids.next_bytes();
+        out.extend_from_slice(b"X-Request-Id: ");
+        out.extend_from_slice(&request_id);
+        out.extend_from_slice(b"\r\n");
+        let base = out.len();
+        let client_keep = request.keep_alive && !draining;
+
+        if !client.secure {
+            let target = std::str::from_utf8(&out[request.target.clone()]).unwrap_or("/");
+            let host = request
+                .host
+                .clone()
+                .and_then(|h| std::str::from_utf8(&out[h]).ok());
+            if let Some(answer) = self.plain_http_answer(target, host) {
+                let (status, content_type, body, location) = match &answer {
+                    PlainHttpAnswer::Challenge(key) => (
+                        StatusCode::OK,
+                        "application/octet-stream",
+                        key.as_bytes(),
+                        None,
+                    ),
+                    PlainHttpAnswer::Redirect(location) => (
+                        StatusCode::PERMANENT_REDIRECT,
+                        "text/plain; charset=utf-8",
+                        REDIRECT_TEXT.as_bytes(),
+                        Some(location.as_str()),
+                    ),
+                };
+                let local = Local {
+                    status,
+                    content_type,
+                    body,
+                    location,
+                    request_id: &request_id,
+                };
+                // The body is not needed: a short one is dropped, a long one closes.
+                let mut rest = BodyState::new(request.body);
+                let keep = client_keep && discardable(&rest);
+                let connection = Persistence::of(keep, request.http10);
+                let kept = self
+                    .answer_local(client, back, &local, request.is_head, connection)
+                    .await;
+                return kept && self.discard(client, &mut rest).await;
+            }
+        }
+
+        let rewrite = ResponseRewrite {
+            request_is_head: request.is_head,
+            client_keep_alive: client_keep,
+            client_http10: request.http10,
+            request_id: &request_id,
+            hsts: self.hsts_for(client.secure),
+            request_upgrade: request.upgrade,
+        };
+        let replayable = request.bodyless() && request.idempotent;
+        let mut attempts = Attempts::new(self.config.retries, replayable);
+        let outcome = loop {
+            let candidate = if attempts.may_try_another() {
+                self.balancer
+                    .select(&|s| !attempts.tried().contains(s.index))
+            } else {
+                None
+            };
+            let Some(server) = candidate else {
+                break match attempts.give_up() {
+                    GiveUp::Fallback(answer) => Ok(answer),
+                    GiveUp::Failed(failure) => Err((None, failure)),
+                };
+            };
+            if attempts.begin(server.index) {
+                self.metrics.retries.inc();
+            }
+            let guard = server.begin();
+            // The forwarded head for this server: a Host if the client sent none (HTTP/1.0).
+            out.truncate(base);
+            if request.host.is_none() {
+                out.extend_from_slice(b"Host: ");
+                out.extend_from_slice(server.authority.as_str().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+            match self
+                .attempt(client, request, &server, out, back, &rewrite, replayable)
+                .await
+            {
+                Ok((conn, response, sent, request_body)) => {
+                    let status = response.status;
+                    let held_head = attempts.holds(status).then(|| back.clone());
+                    let answer = Answer {
+                        server: server.clone(),
+                        conn,
+                        response,
+                        held_head,
+                        sent,
+                        request_body,
+                        _guard: guard,
+                    };
+                    match attempts.answered(status, answer) {
+                        Some(answer) => break Ok(answer),
+                        None => {
+                            tracing::warn!(server = %server.config.name, status, "server answered an error, trying another");
+                            server.recheck.notify_one();
+                        }
+                    }
+                }
+                Err(AttemptError::Client) => return false,
+                Err(AttemptError::Server(failure)) => {
+                    if let Failure::Unreachable { .. } = failure {
+                        server.recheck.notify_one();
+                    }
+                    let text = failure.to_string();
+                    match attempts.failed(failure) {
+                        Ok(()) => {
+                            tracing::warn!(server = %server.config.name, error = text, "trying another server");
+                        }
+                        Err(failure) => break Err((Some(server), Some(failure))),
+                    }
+                }
+            }
+        };
+
+        let (mut answer, waited) = match outcome {
+            Ok(answer) => (answer, started.elapsed()),
+            Err((server, failure)) => {
+                let status = self.answer_failure(failure.as_ref(), server.as_deref());
+                let local = Local {
+                    status,
+                    content_type: "text/plain; charset=utf-8",
+                    body: crate::proxy::error_text(status).as_bytes(),
+                    location: None,
+                    request_id: &request_id,
+                };
+                let connection = Persistence::of(client_keep && !client.broken, request.http10);
+                let keep = self
+                    .answer_local(client, back, &local, request.is_head, connection)
+                    .await;
+                self.access_log(&Access {
+                    client: client.peer.ip(),
+                    method: text(out, &request.method),
+                    path: text(out, &request.target),
+                    status: status.as_u16(),
+                    server: server.as_deref(),
+                    attempts: attempts.tried().count(),
+                    started,
+                    request_id: &request_id,
+                });
+                return keep;
+            }
+        };
+
+        let server = answer.server.clone();
+        let held = answer.held_head.take();
+        let head = held.as_deref().unwrap_or(back);
+        let keep = if answer.response.upgrade {
+            self.tunnel(client, &mut answer, head).await;
+            false
+        } else {
+            let mut response_body = BodyState::new(answer.response.body);
+            let sent = body::relay(
+                &mut answer.conn.stream,
+                &mut answer.conn.buf,
+                &mut response_body,
+                answer.response.dechunk,
+                &mut client.io,
+                head,
+                BODY_TIMEOUT,
+            )
+            .await;
+            let sent = match sent {
+                Ok(()) => body::flush(&mut client.io, BODY_TIMEOUT)
+                    .await
+                    .map_err(RelayError::Write),
+                Err(error) => Err(error),
+            };
+            match &sent {
+                Ok(())
+                    if answer.response.reusable
+                        && answer.sent == Sent::Complete
+                        && answer.conn.buf.is_empty() =>
+                {
+                    self.pool.checkin(server.index, answer.conn);
+                }
+                Ok(()) => {}
+                Err(RelayError::Write(error)) => {
+                    tracing::debug!(client = %client.peer, %error, "client went away during the response");
+                }
+                Err(error) => {
+                    tracing::warn!(server = %server.config.name, %error, "response body cut short");
+                }
+            }
+            let mut keep = answer.response.keep_alive && sent.is_ok();
+            if answer.sent == Sent::Partial {
+                // The server answered before it had the whole body: the rest is read and
+                // dropped to keep the connection, or it closes.
+                keep = keep && self.discard(client, &mut answer.request_body).await;
+                client.broken |= !answer.request_body.is_done();
+            }
+            keep
+        };
+        server.responses(answer.response.status).inc();
+        server.metrics.duration.observe(waited.as_secs_f64());
+        self.access_log(&Access {
+            client: client.peer.ip(),
+            method: text(out, &request.method),
+            path: text(out, &request.target),
+            status: answer.response.status,
+            server: Some(&server),
+            attempts: attempts.tried().count(),
+            started,
+            request_id: &request_id,
+        });
+        keep
+    }
+
+    /// After a 101: the head to the client, then bytes both ways until either side is done.
+    async fn tunnel<C>(&self, client: &mut Client<C>, answer: &mut Answer, head: &[u8])
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let conn = &mut answer.conn;
+        // What either side sent right after its head belongs to the new protocol.
+        let ready = body::write_two(&mut client.io, head, &conn.buf, BODY_TIMEOUT).await;
+        let ready = ready.is_ok()
+            && body::flush(&mut client.io, BODY_TIMEOUT).await.is_ok()
+            && body::write_two(&mut conn.stream, &client.buf, &[], BODY_TIMEOUT)
+                .await
+                .is_ok();
+        conn.buf.clear();
+        client.buf.clear();
+        if !ready {
+            return;
+        }
+        if let Err(error) = tunnel::tunnel(
+            &mut client.io,
+            &mut conn.stream,
+            self.config.timeouts.tunnel,
+        )
+        .await
+        {
+            tracing::debug!(client = %client.peer, %error, "upgraded connection ended");
+        }
+    }
+
+    /// Sends the request to `server` and reads its response head. A pooled connection the
+    /// server had closed gets the (replayable) request again on a fresh one.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt<C>(
+        &self,
+        client: &mut Client<C>,
+        request: &Request,
+        server: &Server,
+        out: &[u8],
+        back: &mut Vec<u8>,
+        rewrite: &ResponseRewrite<'_>,
+        replayable: bool,
+    ) -> Result<(Conn, Response, Sent, BodyState), AttemptError>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let connect = || async {
+            self.pool
+                .connect(server.config.addr)
+                .await
+                .map_err(|error| {
+                    AttemptError::Server(Failure::Unreachable {
+                        connect: true,
+                        error,
+                    })
+                })
+        };
+        let mut conn = match self.pool.checkout(server.index, replayable) {
+            Some(conn) => conn,
+            None => connect().await?,
+        };
+        loop {
+            match self
+                .send_once(client, request, &mut conn, out, back, rewrite)
+                .await
+            {
+                Ok((response, sent, rest)) => return Ok((conn, response, sent, rest)),
+                Err(AttemptError::Server(Failure::Unreachable { .. }))
+                    if conn.reused && replayable =>
+                {
+                    conn = connect().await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Writes the request (head and body) on `conn` while reading the response head into
+    /// `back`. Returns the head, how much of the request went out, and what is left of the
+    /// client's body.
+    async fn send_once<C>(
+        &self,
+        client: &mut Client<C>,
+        request: &Request,
+        conn: &mut Conn,
+        out: &[u8],
+        back: &mut Vec<u8>,
+        rewrite: &ResponseRewrite<'_>,
+    ) -> Result<(Response, Sent, BodyState), AttemptError>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let server_timeout = self.config.timeouts.server;
+        if request.bodyless() {
+            if let Err(error) = body::write_two(&mut conn.stream, out, &[], BODY_TIMEOUT).await {
+                return Err(AttemptError::Server(Failure::Unreachable {
+                    connect: false,
+                    error,
+                }));
+            }
+            let read = exchange::read_head(&mut conn.stream, &mut conn.buf, back, rewrite);
+            let response = match tokio::time::timeout(server_timeout, read).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(failure)) => return Err(AttemptError::Server(failure)),
+                Err(_) => return Err(AttemptError::Server(Failure::Timeout)),
+            };
+            conn.buf.advance(response.head_len);
+            return Ok((response, Sent::Complete, BodyState::Done));
+        }
+
+        if request.expect_continue && !request.http10 && client.buf.is_empty() {
+            let sent = body::write_two(
+                &mut client.io,
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                &[],
+                BODY_TIMEOUT,
+            )
+            .await;
+            if sent.is_err() || body::flush(&mut client.io, BODY_TIMEOUT).await.is_err() {
+                return Err(AttemptError::Client);
+            }
+        }
+        let mut rest = BodyState::new(request.body);
+        let outcome = {
+            let (mut from_server, mut to_server) = conn.stream.split();
+            let pump = async {
+                body::relay(
+                    &mut client.io,
+                    &mut client.buf,
+                    &mut rest,
+                    false,
+                    &mut to_server,
+                    out,
+                    BODY_TIMEOUT,
+                )
+                .await
+                .map_err(|error| match error {
+                    RelayError::Write(error) => PumpError::Write(error),
+                    other => PumpError::Source(other),
+                })
+            };
+            exchange::response_head(
+                pump,
+                &mut from_server,
+                &mut conn.buf,
+                back,
+                rewrite,
+                server_timeout,
+            )
+            .await
+        };
+        match outcome {
+            HeadOutcome::Response(mut response, sent) => {
+                // An early answer keeps the client connection only if the rest of the body is
+                // short enough to be read and dropped.
+                if sent == Sent::Partial && rewrite.client_keep_alive && !discardable(&rest) {
+                    let closing = ResponseRewrite {
+                        client_keep_alive: false,
+                        ..*rewrite
+                    };
+                    if let Ok(Some(again)) = head::parse_response(&conn.buf, back, &closing) {
+                        response = again;
+                    }
+                }
+                conn.buf.advance(response.head_len);
+                Ok((response, sent, rest))
+            }
+            HeadOutcome::Failed(failure) => {
+                // Part of the body may be unread: this client connection cannot go on.
+                client.broken |= !rest.is_done();
+                Err(AttemptError::Server(failure))
+            }
+            HeadOutcome::Source(RelayError::Malformed(body::Malformed(what))) => {
+                let refusal = Refusal {
+                    status: 400,
+                    reason: what,
+                };
+                self.refuse(client, back, refusal).await;
+                Err(AttemptError::Client)
+            }
+            HeadOutcome::Source(error) => {
+                tracing::debug!(client = %client.peer, %error, "client went away during the request body");
+                Err(AttemptError::Client)
+            }
+        }
+    }
+
+    /// Reads and drops the rest of a request body nobody needs, within `DISCARD_MAX` bytes and
+    /// `DISCARD_TIME`. Returns whether the connection is at a request boundary again.
+    async fn discard<C>(&self, client: &mut Client<C>, rest: &mut BodyState) -> bool
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        if rest.is_done() {
+            return true;
+        }
+        let done = tokio::time::timeout(
+            DISCARD_TIME,
+            body::discard(
+                &mut client.io,
+                &mut client.buf,
+                rest,
+                DISCARD_MAX,
+                BODY_TIMEOUT,
+            ),
+        )
+        .await
+        .unwrap_or(false);
+        client.broken |= !done;
+        done
+    }
+
+    fn hsts_for(&self, secure: bool) -> Option<&[u8]> {
+        if secure {
+            self.hsts.as_ref().map(http::HeaderValue::as_bytes)
+        } else {
+            None
+        }
+    }
+
+    /// Writes a response of the lb's own. Returns whether the connection stays open.
+    async fn answer_local<C>(
+        &self,
+        client: &mut Client<C>,
+        back: &mut Vec<u8>,
+        local: &Local<'_>,
+        is_head: bool,
+        connection: Persistence,
+    ) -> bool
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        use std::io::Write;
+        back.clear();
+        let _ = write!(
+            back,
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+            local.status.as_u16(),
+            local.status.canonical_reason().unwrap_or(""),
+            local.content_type,
+            local.body.len()
+        );
+        date::push_header(back);
+        if local.status.is_server_error() {
+            back.extend_from_slice(b"Cache-Control: no-store\r\n");
+        }
+        if let Some(location) = local.location {
+            let _ = write!(back, "Location: {location}\r\n");
+        }
+        head::finish_head(
+            back,
+            local.request_id,
+            self.hsts_for(client.secure),
+            connection,
+        );
+        let body = if is_head { &[][..] } else { local.body };
+        body::write_two(&mut client.io, back, body, BODY_TIMEOUT)
+            .await
+            .is_ok()
+            && body::flush(&mut client.io, BODY_TIMEOUT).await.is_ok()
+            && connection != Persistence::Close
+    }
+}
+
+/// Whether the rest of a body is short enough to read and drop instead of closing.
+fn discardable(rest: &BodyState) -> bool {
+    match rest {
+        BodyState::Done => true,
+        BodyState::Length(left) => *left <= DISCARD_MAX,
+        BodyState::Chunked(_) | BodyState::Close => false,
+    }
+}
+
+/// A range of the forwarded head as text, for the access log.
+fn text<'a>(out: &'a [u8], range: &std::ops::Range<usize>) -> &'a str {
+    std::str::from_utf8(&out[range.clone()]).unwrap_or("-")
+}
+
+/// A response the lb writes itself.
+struct Local<'a> {
+    status: StatusCode,
+    content_type: &'a str,
+    body: &'a [u8],
+    location: Option<&'a str>,
+    request_id: &'a [u8],
+}
+
+/// Reads the next request head within the header timeout (which also bounds an idle
+/// keep-alive connection). An idle connection closes at once when the lb drains.
+async fn read_request<C, S>(
+    client: &mut Client<C>,
+    out: &mut Vec<u8>,
+    options: &HttpOptions,
+    stop: &mut S,
+) -> Next
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: Future<Output = ()> + Unpin,
+{
+    let forwarding = Forwarding::edge(client.peer.ip(), client.secure);
+    let deadline = tokio::time::Instant::now() + options.header_read_timeout;
+    loop {
+        if !client.buf.is_empty() {
+            match head::parse_request(&client.buf, out, &forwarding) {
+                Ok(Some(request)) => {
+                    client.buf.advance(request.head_len);
+                    return Next::Request(request);
+                }
+                Ok(None) if client.buf.len() >= options.max_header_bytes => {
+                    return Next::Refuse(Refusal {
+                        status: 431,
+                        reason: "request head too large",
+                    });
+                }
+                Ok(None) => {}
+                Err(refusal) => return Next::Refuse(refusal),
+            }
+        }
+        let idle = client.buf.is_empty();
+        let read = tokio::select! {
+            biased;
+            read = tokio::time::timeout_at(
+                deadline,
+                body::read_some(&mut client.io, &mut client.buf, BUFFER),
+            ) => read,
+            () = &mut *stop, if idle => return Next::Close,
+        };
+        match read {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Next::Close,
+            Err(_) if idle => return Next::Close,
+            Err(_) => {
+                return Next::Refuse(Refusal {
+                    status: 408,
+                    reason: "the request head took too long",
+                });
+            }
+        }
+    }
+}
