@@ -13,4 +13,7 @@ pub struct Config {
     pub templates_dir: PathBuf,
     /// The database cluster, when the topology has one.
     pub db: Option<webstack_db::ClientConfig>,
+    /// Client connections (from the host's web server) served at once; more wait in the
+    /// listen backlog.
+    pub maxconn: usize,
 }

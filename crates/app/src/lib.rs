@@ -113,11 +113,15 @@ pub async fn run(state: AppState, listener: TcpListener, admin: Admin, shutdown:
         db.refresh().await;
         tokio::spawn(db.poll());
     }
+    let options = HttpOptions {
+        connections: webstack_common::ConnectionLimit::new(state.config.maxconn),
+        ..HttpOptions::default()
+    };
     let router = router(state);
     admin.set_ready(true);
     serve_http(
         listener,
-        HttpOptions::default(),
+        options,
         move |_| hyper_util::service::TowerToHyperService::new(router.clone()),
         shutdown,
     )

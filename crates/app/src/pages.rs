@@ -293,6 +293,7 @@ mod tests {
                 site_name: "www.foobar.com".into(),
                 templates_dir,
                 db: None,
+                maxconn: 16,
             })
             .unwrap(),
         )
@@ -465,6 +466,7 @@ mod tests {
             site_name: "b".into(),
             templates_dir: dir.clone(),
             db: None,
+            maxconn: 16,
         })
         .err()
         .unwrap();

@@ -108,6 +108,12 @@ async fn read(
             let mut conn = node.conn(router.connect_timeout()).await?;
             Ok::<_, RouteError>(query.run(&mut conn).await?)
         };
+        let timeout = router.query_timeout();
+        let attempt = async {
+            tokio::time::timeout(timeout, attempt)
+                .await
+                .unwrap_or(Err(RouteError::Timeout(timeout)))
+        };
         match attempt.await {
             Ok(posts) => return Ok((posts, node)),
             Err(error) => {
@@ -140,28 +146,56 @@ pub async fn get(
     Ok((posts.into_iter().next(), node))
 }
 
-/// Inserts on the primary; returns the stored post and the write's GTID.
+/// Inserts on the primary; returns the stored post and the write's GTID. Bounded by the query
+/// timeout: a primary that hangs answers 503, not never.
 pub async fn create(router: &Router, new: &NewPost) -> Result<(Post, String), AppError> {
     let writer = router.writer()?;
-    let mut conn = writer
-        .conn(router.connect_timeout())
+    let timeout = router.query_timeout();
+    let write = async {
+        let mut conn = writer
+            .conn(router.connect_timeout())
+            .await
+            .inspect_err(|_| router.mark_unreachable(&writer))?;
+        conn.exec_drop(
+            "INSERT INTO posts (author, body) VALUES (?, ?)",
+            (&new.author, &new.body),
+        )
         .await
-        .inspect_err(|_| router.mark_unreachable(&writer))?;
-    conn.exec_drop(
-        "INSERT INTO posts (author, body) VALUES (?, ?)",
-        (&new.author, &new.body),
-    )
-    .await?;
-    let id = conn
-        .last_insert_id()
-        .ok_or_else(|| AppError::Database("no insert id".into()))?;
-    let gtid: Option<String> = conn.query_first("SELECT @@last_gtid").await?;
-    let stored = conn
-        .exec_first(format!("{SELECT} WHERE id = ?"), (id,))
-        .await?
-        .map(post);
-    let stored = stored.ok_or_else(|| AppError::Database("inserted post not found".into()))?;
-    Ok((stored, gtid.unwrap_or_default()))
+        .map_err(|error| write_refused(router, &writer, error))?;
+        let id = conn
+            .last_insert_id()
+            .ok_or_else(|| AppError::Database("no insert id".into()))?;
+        let gtid: Option<String> = conn.query_first("SELECT @@last_gtid").await?;
+        let stored = conn
+            .exec_first(format!("{SELECT} WHERE id = ?"), (id,))
+            .await?
+            .map(post);
+        let stored = stored.ok_or_else(|| AppError::Database("inserted post not found".into()))?;
+        Ok((stored, gtid.unwrap_or_default()))
+    };
+    tokio::time::timeout(timeout, write)
+        .await
+        .unwrap_or_else(|_| Err(RouteError::Timeout(timeout).into()))
+}
+
+/// A failed INSERT: the primary went away or stopped taking writes (read_only, a demoted or
+/// fenced node) is the unavailability the router answers 503 for, not our fault (500).
+fn write_refused(router: &Router, writer: &Node, error: mysql_async::Error) -> AppError {
+    /// ER_OPTION_PREVENTS_STATEMENT: the node runs with read_only.
+    const READ_ONLY: u16 = 1290;
+    match &error {
+        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => {
+            router.mark_unreachable(writer);
+            tracing::warn!(node = %writer.name, %error, "the primary failed a write");
+            RouteError::NoPrimary.into()
+        }
+        mysql_async::Error::Server(server) if server.code == READ_ONLY => {
+            router.mark_unreachable(writer);
+            tracing::warn!(node = %writer.name, %error, "the primary no longer takes writes");
+            RouteError::NoPrimary.into()
+        }
+        _ => error.into(),
+    }
 }
 
 /// The session's last write position, from its cookie.

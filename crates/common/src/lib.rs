@@ -5,10 +5,11 @@ pub mod admin;
 pub mod files;
 pub mod forward;
 pub mod probe;
+pub mod secret;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use admin::{Admin, serve_admin};
-pub use serve::{HttpOptions, serve_http};
+pub use serve::{ConnectionLimit, HttpOptions, serve_http};
 pub use shutdown::Shutdown;

@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::Shutdown;
 
@@ -23,10 +25,13 @@ use crate::Shutdown;
 #[derive(Clone, Debug)]
 pub struct HttpOptions {
     /// How long a client may take to send a request's headers (also bounds idle keep-alive
-    /// connections waiting for their next request): slowloris protection.
+    /// connections waiting for their next request, and HTTP/2 connections without an open
+    /// stream): slowloris protection.
     pub header_read_timeout: Duration,
     /// Largest accepted request head (request line + headers); larger gets 431.
     pub max_header_bytes: usize,
+    /// How many connections are served at once.
+    pub connections: ConnectionLimit,
 }
 
 impl Default for HttpOptions {
@@ -34,7 +39,27 @@ impl Default for HttpOptions {
         Self {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            connections: ConnectionLimit::new(1024),
         }
+    }
+}
+
+/// At most so many connections at once (HAProxy's `maxconn`): the accept loop waits for a
+/// free slot before it accepts, so excess connections wait in the listen backlog instead of
+/// being refused. Clones share the slots (the lb's HTTP and HTTPS listeners, all workers).
+#[derive(Clone, Debug)]
+pub struct ConnectionLimit(Arc<Semaphore>);
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Self {
+        Self(Arc::new(Semaphore::new(
+            max.clamp(1, Semaphore::MAX_PERMITS),
+        )))
+    }
+
+    /// Connections that could be accepted now.
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
     }
 }
 
@@ -55,20 +80,52 @@ pub async fn serve_http<M, S, B>(
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    accept_loop(listener, shutdown, |stream, peer, shutdown| {
+    let limit = options.connections.clone();
+    accept_loop(listener, &limit, shutdown, |stream, peer, shutdown| {
         serve_connection(stream, make_service(peer), options.clone(), shutdown)
     })
     .await
 }
 
 /// Accepts connections until `shutdown` triggers and runs `handle` for each as a tracked task
-/// (so the drain waits for it). Shared by the plain HTTP and the TLS listeners.
-pub async fn accept_loop<H, F>(listener: TcpListener, shutdown: Shutdown, handle: H)
-where
+/// (so the drain waits for it), at most `limit` at once. Shared by the plain HTTP and the TLS
+/// listeners.
+pub async fn accept_loop<H, F>(
+    listener: TcpListener,
+    limit: &ConnectionLimit,
+    shutdown: Shutdown,
+    handle: H,
+) where
     H: Fn(tokio::net::TcpStream, SocketAddr, Shutdown) -> F,
     F: std::future::Future<Output = ()> + Send + 'static,
 {
+    let mut full_since: Option<std::time::Instant> = None;
     loop {
+        let slot = match limit.0.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if full_since.is_none() {
+                    tracing::warn!(
+                        "connection limit reached: new connections wait in the listen backlog"
+                    );
+                    full_since = Some(std::time::Instant::now());
+                }
+                tokio::select! {
+                    biased;
+                    _ = shutdown.triggered() => break,
+                    slot = limit.0.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        if let Some(since) = full_since.take() {
+            tracing::info!(
+                waited_ms = since.elapsed().as_millis() as u64,
+                "accepting again"
+            );
+        }
         let accepted = tokio::select! {
             biased;
             _ = shutdown.triggered() => break,
@@ -84,7 +141,11 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        shutdown.spawn(handle(stream, peer, shutdown.clone()));
+        let connection = handle(stream, peer, shutdown.clone());
+        shutdown.spawn(async move {
+            connection.await;
+            drop(slot);
+        });
     }
 }
 
@@ -124,9 +185,13 @@ where
     }
 }
 
-/// Serves one HTTP/2 connection (after TLS with ALPN h2); on shutdown, sends GOAWAY and lets
-/// open streams finish.
-pub async fn serve_connection_h2<I, S, B>(io: I, service: S, shutdown: Shutdown)
+/// An HTTP/2 connection whose peer answers no ping for this long is closed.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Serves one HTTP/2 connection (after TLS with ALPN h2): pings a silent peer, and sends
+/// GOAWAY once no stream has been open for `idle` or on shutdown, letting open streams finish.
+pub async fn serve_connection_h2<I, S, B>(io: I, service: S, idle: Duration, shutdown: Shutdown)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -134,12 +199,21 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder =
         hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder.timer(TokioTimer::new()).max_concurrent_streams(250);
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(250)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    let streams = Arc::new(streams::OpenStreams::default());
+    let service = streams::Counted {
+        inner: service,
+        streams: streams.clone(),
+    };
     let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
@@ -147,10 +221,131 @@ where
             if let Err(error) = result {
                 tracing::debug!(%error, "HTTP/2 connection ended with an error");
             }
+            return;
         }
-        _ = shutdown.triggered() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+        _ = shutdown.triggered() => {}
+        () = streams.idle_for(idle) => tracing::debug!(?idle, "idle HTTP/2 connection closed"),
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+mod streams {
+    //! Which HTTP/2 streams are open: counted from the request to the end of the response
+    //! body, so a connection is idle only when nothing is in flight.
+
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use http::{Request, Response};
+    use http_body::{Body, Frame, SizeHint};
+    use hyper::service::Service;
+    use tokio::time::Instant;
+
+    #[derive(Default)]
+    pub struct OpenStreams {
+        open: AtomicUsize,
+        /// Milliseconds since `start` when the last stream ended.
+        last_end: AtomicU64,
+        start: std::sync::OnceLock<Instant>,
+    }
+
+    impl OpenStreams {
+        fn start(&self) -> Instant {
+            *self.start.get_or_init(Instant::now)
+        }
+
+        fn opened(&self) {
+            self.open.fetch_add(1, Ordering::AcqRel);
+        }
+
+        fn closed(&self) {
+            let ms = self.start().elapsed().as_millis() as u64;
+            self.last_end.store(ms, Ordering::Release);
+            self.open.fetch_sub(1, Ordering::AcqRel);
+        }
+
+        /// Resolves once no stream has been open for `idle`.
+        pub async fn idle_for(&self, idle: Duration) {
+            let start = self.start();
+            loop {
+                let quiet_since =
+                    start + Duration::from_millis(self.last_end.load(Ordering::Acquire));
+                let due = quiet_since + idle;
+                if self.open.load(Ordering::Acquire) == 0 && Instant::now() >= due {
+                    return;
+                }
+                // Streams open: look again after a whole `idle` at the earliest.
+                tokio::time::sleep_until(due.max(Instant::now() + idle / 4)).await;
+            }
+        }
+    }
+
+    /// A service whose responses count as open streams until their bodies end.
+    #[derive(Clone)]
+    pub struct Counted<S> {
+        pub inner: S,
+        pub streams: Arc<OpenStreams>,
+    }
+
+    impl<S, B, Req> Service<Request<Req>> for Counted<S>
+    where
+        S: Service<Request<Req>, Response = Response<B>>,
+        S::Future: Send + 'static,
+        B: Body + Unpin,
+    {
+        type Response = Response<Tracked<B>>;
+        type Error = S::Error;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+        fn call(&self, request: Request<Req>) -> Self::Future {
+            self.streams.opened();
+            let guard = Guard(self.streams.clone());
+            let response = self.inner.call(request);
+            Box::pin(async move {
+                let response = response.await?;
+                Ok(response.map(|body| Tracked {
+                    inner: body,
+                    _guard: guard,
+                }))
+            })
+        }
+    }
+
+    struct Guard(Arc<OpenStreams>);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.closed();
+        }
+    }
+
+    /// A response body that keeps its stream counted until it is dropped.
+    pub struct Tracked<B> {
+        inner: B,
+        _guard: Guard,
+    }
+
+    impl<B: Body + Unpin> Body for Tracked<B> {
+        type Data = B::Data;
+        type Error = B::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+            Pin::new(&mut self.inner).poll_frame(cx)
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.inner.is_end_stream()
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            self.inner.size_hint()
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct LbFile {
     pub access_log: bool,
     /// Worker threads; 0 means one per CPU core.
     pub threads: Spanned<u32>,
+    /// Client connections at once over both ports; more wait in the listen backlog.
+    pub maxconn: Spanned<u32>,
     pub health: HealthFile,
     pub timeouts: LbTimeoutsFile,
     pub tls: TlsFile,
@@ -66,6 +68,7 @@ impl Default for LbFile {
             retries: Spanned::new(0..0, 2),
             access_log: true,
             threads: Spanned::new(0..0, 0),
+            maxconn: Spanned::new(0..0, 10_000),
             health: HealthFile::default(),
             timeouts: LbTimeoutsFile::default(),
             tls: TlsFile::default(),
@@ -210,6 +213,7 @@ pub struct WebFile {
     pub cache_control: Spanned<String>,
     pub expose_server_name: bool,
     pub access_log: bool,
+    pub maxconn: Spanned<u32>,
     pub timeouts: WebTimeoutsFile,
 }
 
@@ -222,6 +226,7 @@ impl Default for WebFile {
             cache_control: Spanned::new(0..0, "public, max-age=3600".into()),
             expose_server_name: false,
             access_log: true,
+            maxconn: Spanned::new(0..0, 10_000),
             timeouts: WebTimeoutsFile::default(),
         }
     }
@@ -251,6 +256,7 @@ pub struct AppFile {
     pub port: Spanned<u16>,
     pub admin_port: Spanned<u16>,
     pub templates: Spanned<String>,
+    pub maxconn: Spanned<u32>,
 }
 
 impl Default for AppFile {
@@ -259,6 +265,7 @@ impl Default for AppFile {
             port: Spanned::new(0..0, 9000),
             admin_port: Spanned::new(0..0, 9102),
             templates: Spanned::new(0..0, "site/templates".into()),
+            maxconn: Spanned::new(0..0, 10_000),
         }
     }
 }
@@ -307,6 +314,9 @@ pub struct DbFile {
     pub poll_interval: Spanned<HumanDuration>,
     #[serde(default = "db_semi_sync")]
     pub semi_sync_timeout: Spanned<HumanDuration>,
+    /// One request's statements on a node, connection included.
+    #[serde(default = "db_query_timeout")]
+    pub query_timeout: Spanned<HumanDuration>,
     #[serde(default = "db_buffer_pool")]
     pub buffer_pool_size: Spanned<String>,
     #[serde(default = "db_mariadbd")]
@@ -332,6 +342,9 @@ fn db_poll() -> Spanned<HumanDuration> {
 }
 fn db_semi_sync() -> Spanned<HumanDuration> {
     Spanned::new(0..0, HumanDuration::secs(1))
+}
+fn db_query_timeout() -> Spanned<HumanDuration> {
+    Spanned::new(0..0, HumanDuration::secs(5))
 }
 fn db_buffer_pool() -> Spanned<String> {
     Spanned::new(0..0, "64M".into())

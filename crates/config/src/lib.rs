@@ -93,6 +93,7 @@ pub(crate) struct DbSettings {
     pub max_replica_lag: u64,
     pub poll_interval: std::time::Duration,
     pub semi_sync_timeout: std::time::Duration,
+    pub query_timeout: std::time::Duration,
     pub buffer_pool_size: String,
     pub mariadbd: PathBuf,
     pub install_db: PathBuf,
@@ -221,6 +222,7 @@ impl Config {
                 max_replica_lag: db.max_replica_lag,
                 poll_interval: db.poll_interval,
                 connect_timeout: std::time::Duration::from_secs(2),
+                query_timeout: db.query_timeout,
             }),
         };
         Ok(webstack_app::Config {

@@ -47,6 +47,17 @@ impl Checker<'_> {
         Ok(duration)
     }
 
+    /// A connection limit: 1 to a million.
+    fn maxconn(&self, value: &Spanned<u32>, key: &str) -> Result<usize, ConfigError> {
+        let n = *value.get_ref();
+        self.ensure(
+            (1..=1_000_000).contains(&n),
+            value.span(),
+            format!("{key} = {n}: expected 1 to 1000000 connections"),
+        )?;
+        Ok(n as usize)
+    }
+
     /// A folder named relative to the topology file, which must exist.
     fn folder(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
         self.existing(value, key, "folder", Path::is_dir)
@@ -234,6 +245,7 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         site_name: site_name.clone(),
         templates_dir: check.folder(&file.app.templates, "app.templates")?,
         db: None,
+        maxconn: check.maxconn(&file.app.maxconn, "app.maxconn")?,
     };
     let db = db_settings(&check, file.db.as_ref(), &hosts, &file.hosts)?;
 
@@ -306,6 +318,7 @@ fn db_settings(
         max_replica_lag: db.max_replica_lag,
         poll_interval: check.positive(&db.poll_interval, "db.poll_interval")?,
         semi_sync_timeout: check.positive(&db.semi_sync_timeout, "db.semi_sync_timeout")?,
+        query_timeout: check.positive(&db.query_timeout, "db.query_timeout")?,
         buffer_pool_size: pool.clone(),
         mariadbd: PathBuf::from(&db.mariadbd),
         install_db: PathBuf::from(&db.install_db),
@@ -442,6 +455,7 @@ fn lb_config(
             tunnel: check.positive(&lb.timeouts.tunnel, "lb.timeouts.tunnel")?,
         },
         retries: *lb.retries.get_ref(),
+        maxconn: check.maxconn(&lb.maxconn, "lb.maxconn")?,
         access_log: lb.access_log,
         tls: tls_settings(check, &lb.tls)?,
         threads: match *lb.threads.get_ref() {
@@ -570,5 +584,6 @@ fn web_config(check: &Checker, web: &file::WebFile) -> Result<webstack_web::Conf
         client_header_timeout: check
             .positive(&web.timeouts.client_header, "web.timeouts.client_header")?,
         access_log: web.access_log,
+        maxconn: check.maxconn(&web.maxconn, "web.maxconn")?,
     })
 }

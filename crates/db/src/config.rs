@@ -72,11 +72,14 @@ pub struct ClientConfig {
     /// Every db node by host name; the router finds the primary itself.
     pub nodes: Vec<(String, SocketAddr)>,
     pub user: String,
-    pub password: String,
+    /// Shown as `[redacted]` by `Debug`.
+    pub password: webstack_common::secret::Secret,
     pub database: String,
     /// A replica more than this many transactions behind the primary gets no reads.
     pub max_replica_lag: u64,
     /// How often every node's role and position are polled.
     pub poll_interval: Duration,
     pub connect_timeout: Duration,
+    /// One request's statements on a node, connection included; longer is a 503.
+    pub query_timeout: Duration,
 }

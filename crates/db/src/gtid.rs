@@ -44,6 +44,16 @@ impl GtidPos {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Per domain, the further of the two.
+    pub fn union(&self, other: &GtidPos) -> GtidPos {
+        let mut map = self.0.clone();
+        for (&domain, &seq) in &other.0 {
+            let slot = map.entry(domain).or_insert(0);
+            *slot = (*slot).max(seq);
+        }
+        GtidPos(map)
+    }
 }
 
 #[cfg(test)]
@@ -61,5 +71,9 @@ mod tests {
         assert_eq!(GtidPos::parse("").behind(&primary), 49);
         assert!(GtidPos::parse("").is_empty());
         assert_eq!(GtidPos::parse("junk,0-1-x,0-1-3"), GtidPos::parse("0-1-3"));
+        assert_eq!(
+            GtidPos::parse("0-1-42,1-2-3").union(&GtidPos::parse("0-1-40,1-2-7,2-3-1")),
+            GtidPos::parse("0-1-42,1-2-7,2-3-1")
+        );
     }
 }

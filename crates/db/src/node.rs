@@ -21,6 +21,12 @@ use crate::{NodeConfig, secrets};
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// One connection attempt to mariadbd, and one round of status queries: a server that hangs
+/// makes the node not ready instead of freezing the role.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const INSPECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Accounts, schema and replication set up after a start.
+const CONFIGURE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -41,6 +47,26 @@ pub enum NodeError {
     ExitedEarly(std::process::ExitStatus),
     #[error("SQL: {0}")]
     Sql(#[from] mysql_async::Error),
+    #[error("mariadbd did not answer within {0:?}")]
+    Unresponsive(Duration),
+}
+
+/// Runs `work` within `limit`; a timeout is an error like any other.
+async fn bounded<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, NodeError>>,
+) -> Result<T, NodeError> {
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or(Err(NodeError::Unresponsive(limit)))
+}
+
+/// A new admin connection over the socket, within `CONNECT_TIMEOUT`.
+async fn connect(config: &NodeConfig, password: &str) -> Result<Conn, NodeError> {
+    bounded(CONNECT_TIMEOUT, async {
+        Ok(Conn::new(admin_opts(config, password)).await?)
+    })
+    .await
 }
 
 /// What `/status` and `webstack status` show for a node.
@@ -63,14 +89,15 @@ pub struct NodeStatus {
 /// Runs the node until `shutdown`, then stops `mariadbd` cleanly.
 pub async fn run(config: NodeConfig, admin: Admin, shutdown: Shutdown) -> Result<(), NodeError> {
     let admin_password = secrets::read(&config.state_dir, "admin")?;
-    let mut init_file = provision::prepare(&config, &admin_password).await?;
+    let admin_password = admin_password.expose();
+    let mut init_file = provision::prepare(&config, admin_password).await?;
     stop_stale(&config).await;
     let mut backoff = Duration::from_millis(500);
     loop {
         let mut child = spawn(&config, init_file.as_deref())?;
         let started = Instant::now();
         let outcome = tokio::select! {
-            result = serve(&config, &admin_password, &mut child, &admin) => result,
+            result = serve(&config, admin_password, &mut child, &admin) => result,
             _ = shutdown.triggered() => Ok(()),
         };
         admin.set_ready(false);
@@ -182,7 +209,7 @@ async fn serve(
         if let Ok(Some(status)) = child.try_wait() {
             return Err(NodeError::ExitedEarly(status));
         }
-        match Conn::new(admin_opts(config, admin_password)).await {
+        match connect(config, admin_password).await {
             Ok(conn) => break conn,
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await
@@ -191,7 +218,7 @@ async fn serve(
         }
     };
     let _ = std::fs::remove_file(config.node_dir().join("init.sql"));
-    configure(config, &mut conn).await?;
+    bounded(CONFIGURE_TIMEOUT, configure(config, &mut conn)).await?;
     tracing::info!(
         role = if config.is_primary() {
             "primary"
@@ -201,7 +228,9 @@ async fn serve(
         "mariadb configured"
     );
 
-    let monitor_password = secrets::read(&config.state_dir, "monitor").unwrap_or_default();
+    let monitor_password = secrets::read(&config.state_dir, "monitor")
+        .map(|s| s.expose().to_string())
+        .unwrap_or_default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -211,12 +240,13 @@ async fn serve(
                 return Ok(());
             }
             _ = tick.tick() => {
-                let status = match inspect(config, &mut conn, &monitor_password).await {
+                let status = match bounded(INSPECT_TIMEOUT, inspect(config, &mut conn, &monitor_password)).await {
                     Ok(status) => status,
                     Err(error) => {
                         tracing::warn!(%error, "cannot inspect mariadb");
-                        // Reconnect next time; the server may be restarting.
-                        if let Ok(fresh) = Conn::new(admin_opts(config, admin_password)).await {
+                        // A new connection for the next round (an interrupted query leaves this
+                        // one in no known state); the server may be restarting.
+                        if let Ok(fresh) = connect(config, admin_password).await {
                             conn = fresh;
                         }
                         NodeStatus { role: "down".into(), summary: format!("unreachable: {error}"), ..NodeStatus::default() }
@@ -241,7 +271,9 @@ async fn configure(config: &NodeConfig, conn: &mut Conn) -> Result<(), NodeError
     let app = secrets::read(&config.state_dir, "app")?;
     let monitor = secrets::read(&config.state_dir, "monitor")?;
     conn.query_drop("SET SESSION sql_log_bin = 0").await?;
-    for statement in provision::account_statements(config, &repl, &app, &monitor) {
+    for statement in
+        provision::account_statements(config, repl.expose(), app.expose(), monitor.expose())
+    {
         conn.query_drop(statement).await?;
     }
     conn.query_drop("SET SESSION sql_log_bin = 1").await?;
@@ -275,7 +307,7 @@ async fn configure(config: &NodeConfig, conn: &mut Conn) -> Result<(), NodeError
             sql_string(&primary_host),
             config.primary_addr.port(),
             sql_string(REPL_USER),
-            sql_string(&repl),
+            sql_string(repl.expose()),
         ))
         .await?;
     }

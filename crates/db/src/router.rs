@@ -31,7 +31,12 @@ pub enum RouteError {
 pub struct Node {
     pub name: String,
     pub addr: SocketAddr,
+    /// The application's connections.
     pool: Pool,
+    /// The poll's own connection, so a pool busy with requests never starves it (a poll that
+    /// times out would take a healthy primary for a dead one).
+    poll: tokio::sync::Mutex<Option<Conn>>,
+    opts: mysql_async::Opts,
     state: RwLock<NodeState>,
 }
 
@@ -54,6 +59,34 @@ impl Node {
             Err(_) => Err(RouteError::Timeout(timeout)),
         }
     }
+
+    /// Asks the node whether it is writable and how far it got, on the poll's own connection
+    /// (opened again after any failure), within `timeout`.
+    async fn probe(&self, timeout: Duration) -> NodeState {
+        let mut slot = self.poll.lock().await;
+        let ask = async {
+            if slot.is_none() {
+                *slot = Some(Conn::new(self.opts.clone()).await?);
+            }
+            let Some(conn) = slot.as_mut() else {
+                return Ok(None);
+            };
+            conn.query_first::<(bool, String), _>("SELECT @@read_only, @@gtid_current_pos")
+                .await
+        };
+        match tokio::time::timeout(timeout, ask).await {
+            Ok(Ok(Some((read_only, position)))) => NodeState {
+                reachable: true,
+                read_only,
+                position: GtidPos::parse(&position),
+            },
+            _ => {
+                // A failed or interrupted query leaves the connection in no known state.
+                *slot = None;
+                NodeState::default()
+            }
+        }
+    }
 }
 
 pub struct Router {
@@ -72,7 +105,7 @@ impl Router {
                     .ip_or_hostname(addr.ip().to_string())
                     .tcp_port(addr.port())
                     .user(Some(config.user.clone()))
-                    .pass(Some(config.password.clone()))
+                    .pass(Some(config.password.expose().to_string()))
                     .db_name(Some(config.database.clone()))
                     .prefer_socket(false)
                     .init(vec!["SET time_zone = '+00:00'"])
@@ -80,10 +113,13 @@ impl Router {
                         PoolOpts::default()
                             .with_constraints(PoolConstraints::new(0, 20).expect("0 <= 20")),
                     );
+                let opts = mysql_async::Opts::from(opts);
                 Arc::new(Node {
                     name: name.clone(),
                     addr: *addr,
-                    pool: Pool::new(opts),
+                    pool: Pool::new(opts.clone()),
+                    poll: tokio::sync::Mutex::new(None),
+                    opts,
                     state: RwLock::new(NodeState::default()),
                 })
             })
@@ -103,6 +139,11 @@ impl Router {
         self.config.connect_timeout
     }
 
+    /// How long one request's statements may take on a node, connection included.
+    pub fn query_timeout(&self) -> Duration {
+        self.config.query_timeout
+    }
+
     /// Polls every node forever (spawn it); `refresh` once first so routing starts informed.
     pub async fn poll(self: Arc<Self>) {
         loop {
@@ -117,14 +158,7 @@ impl Router {
             let node = node.clone();
             let timeout = self.config.connect_timeout;
             tokio::spawn(async move {
-                let probe = async {
-                    let mut conn = node.pool.get_conn().await?;
-                    conn.query_first::<(bool, String), _>("SELECT @@read_only, @@gtid_current_pos").await
-                };
-                let state = match tokio::time::timeout(timeout, probe).await {
-                    Ok(Ok(Some((read_only, pos)))) => NodeState { reachable: true, read_only, position: GtidPos::parse(&pos) },
-                    _ => NodeState::default(),
-                };
+                let state = node.probe(timeout).await;
                 let was = node.state();
                 if was.reachable != state.reachable || was.read_only != state.read_only {
                     tracing::info!(node = %node.name, reachable = state.reachable, read_only = state.read_only, "database node changed");
@@ -148,63 +182,168 @@ impl Router {
 
     /// The node writes go to: the only reachable writable one.
     pub fn writer(&self) -> Result<Arc<Node>, RouteError> {
-        let writable: Vec<_> = self
-            .nodes
-            .iter()
-            .filter(|n| {
-                matches!(
-                    n.state(),
-                    NodeState {
-                        reachable: true,
-                        read_only: false,
-                        ..
-                    }
-                )
-            })
-            .collect();
-        match writable.as_slice() {
-            [one] => Ok((*one).clone()),
-            [] => Err(RouteError::NoPrimary),
-            many => Err(RouteError::SplitBrain(
-                many.iter()
-                    .map(|n| n.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            )),
-        }
+        let states: Vec<_> = self.nodes.iter().map(|n| (n, n.state())).collect();
+        writer_of(&states).cloned()
     }
 
     /// The node a read goes to: a replica within the lag bound that has applied `after` (the
-    /// session's last write, for read-your-writes), else the primary, else (primary down) the
-    /// most advanced reachable node, so reads survive the primary's loss.
+    /// session's last write, for read-your-writes), else the primary. With no primary, the most
+    /// advanced reachable replica (round-robin among equals), so reads survive the primary's
+    /// loss without going back in time more than they must.
     pub fn reader(&self, after: Option<&GtidPos>) -> Result<Arc<Node>, RouteError> {
-        let writer = self.writer().ok();
-        let primary_pos = writer.as_ref().map(|w| w.state().position);
-        let replicas: Vec<_> = self
+        let states: Vec<_> = self
             .nodes
             .iter()
-            .filter(|n| {
-                let state = n.state();
-                state.reachable
-                    && state.read_only
-                    && primary_pos
-                        .as_ref()
-                        .is_none_or(|p| state.position.behind(p) <= self.config.max_replica_lag)
+            .map(|n| (n, n.state()))
+            .filter(|(_, s)| s.reachable)
+            .collect();
+        let writer = writer_of(&states).ok();
+        // The position reads are measured against, and how far behind it a replica may be.
+        let (reference, allowed_lag) = match writer {
+            Some(writer) => (writer.state().position, self.config.max_replica_lag),
+            None => (most_advanced(&states), 0),
+        };
+        let replicas: Vec<_> = states
+            .iter()
+            .filter(|(_, state)| {
+                state.read_only
+                    && state.position.behind(&reference) <= allowed_lag
                     && after.is_none_or(|a| state.position.includes(a))
             })
             .collect();
         if !replicas.is_empty() {
             let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % replicas.len();
-            return Ok(replicas[i].clone());
+            return Ok(replicas[i].0.clone());
         }
         if let Some(writer) = writer {
-            return Ok(writer);
+            return Ok(writer.clone());
         }
-        self.nodes
+        // The session's write is on no reachable node: the most advanced one, as best effort
+        // (with several replication domains, the one with the most transactions).
+        states
             .iter()
-            .filter(|n| n.state().reachable)
-            .max_by_key(|n| GtidPos::default().behind(&n.state().position))
-            .cloned()
+            .find(|(_, s)| s.position.includes(&reference))
+            .or_else(|| {
+                states
+                    .iter()
+                    .max_by_key(|(_, s)| GtidPos::default().behind(&s.position))
+            })
+            .map(|(n, _)| (*n).clone())
             .ok_or(RouteError::NoNode)
+    }
+}
+
+/// The only reachable writable node among `states`.
+fn writer_of<'a>(states: &[(&'a Arc<Node>, NodeState)]) -> Result<&'a Arc<Node>, RouteError> {
+    let writable: Vec<_> = states
+        .iter()
+        .filter(|(_, s)| s.reachable && !s.read_only)
+        .map(|(n, _)| *n)
+        .collect();
+    match writable.as_slice() {
+        [one] => Ok(one),
+        [] => Err(RouteError::NoPrimary),
+        many => Err(RouteError::SplitBrain(
+            many.iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
+    }
+}
+
+/// The furthest position among `states`: per domain the highest sequence any node applied,
+/// so a node includes it only if it is at least as far as every other one everywhere.
+fn most_advanced(states: &[(&Arc<Node>, NodeState)]) -> GtidPos {
+    states.iter().fold(GtidPos::default(), |furthest, (_, s)| {
+        furthest.union(&s.position)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A router over three nodes that are never connected to; states are set by hand.
+    fn router(max_replica_lag: u64) -> Arc<Router> {
+        let nodes = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                (
+                    n.to_string(),
+                    SocketAddr::from(([127, 0, 0, 1], 1 + i as u16)),
+                )
+            })
+            .collect();
+        Router::new(ClientConfig {
+            nodes,
+            user: "u".into(),
+            password: "p".to_string().into(),
+            database: "d".into(),
+            max_replica_lag,
+            poll_interval: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            query_timeout: Duration::from_secs(1),
+        })
+    }
+
+    fn set(router: &Router, i: usize, reachable: bool, read_only: bool, position: &str) {
+        *router.nodes[i].state.write().unwrap() = NodeState {
+            reachable,
+            read_only,
+            position: GtidPos::parse(position),
+        };
+    }
+
+    fn reads(router: &Router, after: Option<&str>, n: usize) -> Vec<String> {
+        let after = after.map(GtidPos::parse);
+        let mut names: Vec<_> = (0..n)
+            .map(|_| router.reader(after.as_ref()).unwrap().name.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    #[tokio::test]
+    async fn reads_go_to_replicas_within_the_lag_bound_else_the_primary() {
+        let r = router(10);
+        set(&r, 0, true, false, "0-1-100");
+        set(&r, 1, true, true, "0-1-95");
+        set(&r, 2, true, true, "0-1-50");
+        assert_eq!(r.writer().unwrap().name, "a");
+        assert_eq!(reads(&r, None, 4), ["b"], "c is 50 behind");
+        assert_eq!(reads(&r, Some("0-1-98"), 4), ["a"], "read-your-writes");
+        set(&r, 2, true, true, "0-1-100");
+        assert_eq!(reads(&r, None, 4), ["b", "c"]);
+        assert_eq!(reads(&r, Some("0-1-98"), 4), ["c"]);
+    }
+
+    #[tokio::test]
+    async fn with_the_primary_down_reads_go_to_the_most_advanced_replica() {
+        let r = router(1000);
+        set(&r, 0, false, false, "");
+        set(&r, 1, true, true, "0-1-95");
+        set(&r, 2, true, true, "0-1-50");
+        assert!(matches!(r.writer(), Err(RouteError::NoPrimary)));
+        assert_eq!(reads(&r, None, 4), ["b"], "never the one 45 behind");
+        set(&r, 2, true, true, "0-1-95");
+        assert_eq!(reads(&r, None, 4), ["b", "c"], "equals share");
+        // A session's write no reachable node has: the most advanced still answers.
+        assert_eq!(reads(&r, Some("0-1-99"), 4).len(), 1);
+        set(&r, 1, false, true, "0-1-95");
+        set(&r, 2, false, true, "0-1-95");
+        assert!(matches!(r.reader(None), Err(RouteError::NoNode)));
+    }
+
+    #[tokio::test]
+    async fn two_writable_nodes_take_no_writes() {
+        let r = router(10);
+        set(&r, 0, true, false, "0-1-10");
+        set(&r, 1, true, false, "0-1-10");
+        set(&r, 2, true, true, "0-1-10");
+        assert!(matches!(r.writer(), Err(RouteError::SplitBrain(names)) if names == "a, b"));
+        assert_eq!(reads(&r, None, 3), ["c"]);
     }
 }

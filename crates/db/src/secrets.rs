@@ -2,9 +2,11 @@
 //! never in the topology file or the logs.
 
 use std::fs::{self, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use webstack_common::secret::Secret;
 
 /// The accounts webstack creates on every database node.
 pub const ACCOUNTS: [&str; 4] = ["admin", "repl", "app", "monitor"];
@@ -23,6 +25,8 @@ pub enum SecretError {
     },
     #[error("secret {path} is readable by others (mode {mode:o}); expected 0600")]
     Permissions { path: PathBuf, mode: u32 },
+    #[error("no random numbers from the operating system: {0}")]
+    Random(String),
 }
 
 pub fn secrets_dir(state_dir: &Path) -> PathBuf {
@@ -61,7 +65,7 @@ pub fn ensure_all(state_dir: &Path) -> Result<(), SecretError> {
 }
 
 /// Reads one password, refusing a file that others can read.
-pub fn read(state_dir: &Path, name: &str) -> Result<String, SecretError> {
+pub fn read(state_dir: &Path, name: &str) -> Result<Secret, SecretError> {
     let path = secrets_dir(state_dir).join(format!("{name}.password"));
     let meta = fs::metadata(&path).map_err(|source| SecretError::Read {
         path: path.clone(),
@@ -72,27 +76,25 @@ pub fn read(state_dir: &Path, name: &str) -> Result<String, SecretError> {
         return Err(SecretError::Permissions { path, mode });
     }
     fs::read_to_string(&path)
-        .map(|s| s.trim().to_string())
+        .map(|s| Secret::from(s.trim().to_string()))
         .map_err(|source| SecretError::Read { path, source })
 }
 
-/// 32 characters from [A-Za-z0-9], from the kernel's random source.
+/// 32 characters from [A-Za-z0-9], from the operating system's random source.
 fn generate() -> Result<String, SecretError> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut bytes = [0u8; 64];
-    let path = PathBuf::from("/dev/urandom");
-    fs::File::open(&path)
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|source| SecretError::Read { path, source })?;
-    // Rejection sampling keeps the distribution uniform (248 = 4 * 62).
-    let password: String = bytes
-        .iter()
-        .filter(|&&b| b < 248)
-        .map(|&b| ALPHABET[usize::from(b % 62)] as char)
-        .take(32)
-        .collect();
-    if password.len() < 32 {
-        return generate();
+    let mut password = String::with_capacity(32);
+    while password.len() < 32 {
+        let mut bytes = [0u8; 64];
+        getrandom::fill(&mut bytes).map_err(|error| SecretError::Random(error.to_string()))?;
+        // Rejection sampling keeps the distribution uniform (248 = 4 * 62).
+        password.extend(
+            bytes
+                .iter()
+                .filter(|&&b| b < 248)
+                .map(|&b| ALPHABET[usize::from(b % 62)] as char)
+                .take(32 - password.len()),
+        );
     }
     Ok(password)
 }
@@ -106,9 +108,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("webstack-secrets-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         ensure_all(&dir).unwrap();
-        let first: Vec<String> = ACCOUNTS.iter().map(|a| read(&dir, a).unwrap()).collect();
+        let read_all = || -> Vec<String> {
+            ACCOUNTS
+                .iter()
+                .map(|a| read(&dir, a).unwrap().expose().to_string())
+                .collect()
+        };
+        let first = read_all();
         ensure_all(&dir).unwrap();
-        let again: Vec<String> = ACCOUNTS.iter().map(|a| read(&dir, a).unwrap()).collect();
+        let again = read_all();
         assert_eq!(first, again, "kept across starts");
         assert!(
             first

@@ -19,6 +19,9 @@ pub struct Config {
     pub access_log: bool,
     /// Worker threads, each with its own listener (`SO_REUSEPORT`) and connection pool.
     pub threads: usize,
+    /// Client connections served at once over both ports; more wait in the listen backlog
+    /// (HAProxy's `maxconn`).
+    pub maxconn: usize,
     /// HTTPS on a second port; None when TLS is off.
     pub tls: Option<TlsSettings>,
 }

@@ -115,8 +115,10 @@ impl LoadBalancer {
                 admin.clone(),
             ));
         }
+        // One connection limit for every worker and both ports (HAProxy's frontend maxconn).
         let options = HttpOptions {
             header_read_timeout: self.config.timeouts.client_header,
+            connections: webstack_common::ConnectionLimit::new(self.config.maxconn),
             ..HttpOptions::default()
         };
         let balancer = Arc::new(balance::Balancer::new(self.config.algorithm, &self.servers));
@@ -238,11 +240,17 @@ mod workers {
                     async move { Ok::<_, Infallible>(proxy.handle(peer, request).await) }
                 })
             };
-            let plain = accept_loop(listener, shutdown.clone(), |stream, peer, shutdown| {
-                proxy
-                    .clone()
-                    .serve_h1(stream, peer, false, options.clone(), shutdown)
-            });
+            let limit = options.connections.clone();
+            let plain = accept_loop(
+                listener,
+                &limit,
+                shutdown.clone(),
+                |stream, peer, shutdown| {
+                    proxy
+                        .clone()
+                        .serve_h1(stream, peer, false, options.clone(), shutdown)
+                },
+            );
             let https_h1 = {
                 let (proxy, options) = (proxy.clone(), options.clone());
                 move |stream, peer, shutdown| {
@@ -263,6 +271,7 @@ mod workers {
                     listener,
                     acceptor,
                     handshake_timeout,
+                    &options,
                     h2_service,
                     https_h1,
                     shutdown.clone(),

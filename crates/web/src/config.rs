@@ -25,4 +25,6 @@ pub struct Config {
     pub client_header_timeout: Duration,
     /// One log line per request under the `access` target.
     pub access_log: bool,
+    /// Client connections served at once; more wait in the listen backlog.
+    pub maxconn: usize,
 }

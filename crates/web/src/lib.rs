@@ -97,6 +97,7 @@ impl WebServer {
     pub async fn run(self, listener: TcpListener, admin: Admin, shutdown: Shutdown) {
         let options = HttpOptions {
             header_read_timeout: self.config.client_header_timeout,
+            connections: webstack_common::ConnectionLimit::new(self.config.maxconn),
             ..HttpOptions::default()
         };
         let this = Arc::new(self);

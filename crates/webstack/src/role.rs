@@ -50,6 +50,7 @@ pub async fn run(
     supervised: bool,
 ) -> anyhow::Result<ExitCode> {
     telemetry::init();
+    let open_files = raise_open_files();
     let host = config
         .host(host_name)
         .expect("checked by the caller")
@@ -86,7 +87,18 @@ pub async fn run(
             })
         }
         Role::Lb => {
-            let lb_config = config.lb(state_dir);
+            let mut lb_config = config.lb(state_dir);
+            // Each client connection may hold a server connection too; keep room for pools,
+            // certificates and logs.
+            let fits = (open_files.saturating_sub(256) / 2) as usize;
+            if lb_config.maxconn > fits {
+                tracing::warn!(
+                    maxconn = lb_config.maxconn,
+                    open_files,
+                    "lb.maxconn is more than the open-file limit allows; serving {fits} at once"
+                );
+                lb_config.maxconn = fits.max(1);
+            }
             if config.uses_local_ca() {
                 webstack_lb::tls::LocalCa::new(state_dir)
                     .ensure(&config.site_names())
@@ -159,6 +171,20 @@ pub async fn run(
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises this process's soft limit on open files to its hard limit (nginx's
+/// `worker_rlimit_nofile`, HAProxy does the same): a busy lb needs two descriptors per
+/// connection. Returns the limit in force.
+fn raise_open_files() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
 }
 
 /// Resolves when standard input reaches end of file: the supervisor holds the other end of the

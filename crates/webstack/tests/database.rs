@@ -32,6 +32,14 @@ fn db_detail(topology: &Topology, host: &str) -> serde_json::Value {
         .clone()
 }
 
+/// The app's router, as web-01's app builds it from the topology.
+fn app_router(topology: &Topology) -> std::sync::Arc<webstack_db::router::Router> {
+    let config = webstack_config::Config::load(&topology.config_path).unwrap();
+    let host = config.host("web-01").unwrap();
+    let client = config.app(host, topology.state_dir()).unwrap().db.unwrap();
+    webstack_db::router::Router::new(client)
+}
+
 #[test]
 fn posts_are_written_to_the_primary_and_read_from_every_host() {
     let topology = Topology::start(EXE, "db-basic", 41, &toml_with_db(41, 2, ""));
@@ -57,6 +65,30 @@ fn posts_are_written_to_the_primary_and_read_from_every_host() {
         Duration::from_secs(20),
         "status table shows replication"
     );
+
+    // Under load the router's poll does not wait for the app's pool: with every pooled
+    // connection to the primary taken, the poll still finds it (on its own connection).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let router = app_router(&topology);
+        router.refresh().await;
+        let primary = router.writer().expect("a primary");
+        let mut held = Vec::new();
+        for _ in 0..20 {
+            held.push(primary.conn(Duration::from_secs(10)).await.unwrap());
+        }
+        assert!(
+            primary.conn(Duration::from_millis(300)).await.is_err(),
+            "the pool is exhausted"
+        );
+        router.refresh().await;
+        assert_eq!(router.writer().unwrap().name, "web-01");
+        assert!(router.nodes().iter().all(|n| n.state().reachable));
+        drop(held);
+    });
 
     let created = post(&topology, "ada", "hello from the primary");
     assert_eq!(created.status, 201, "{}", created.text());
@@ -276,11 +308,14 @@ fn losing_the_replica_or_the_primary_keeps_the_site_up() {
 
     // The primary stops: reads keep working from the replica, writes answer 503 clearly.
     assert!(topology.cli(&["stop", "web-01/db"]).status.success());
-    assert_eventually!(
-        get(topology.lb(), "/healthz", &[]).unwrap().json()["write"] == false,
-        Duration::from_secs(10),
-        "writes known down"
-    );
+    // Each app polls on its own: wait until both know.
+    for web in [topology.web(1), topology.web(2)] {
+        assert_eventually!(
+            get(web, "/healthz", &[]).is_ok_and(|r| r.json()["write"] == false),
+            Duration::from_secs(10),
+            "writes known down behind {web}"
+        );
+    }
     for _ in 0..6 {
         assert_eq!(get(topology.lb(), "/", &[]).unwrap().status, 200);
         let list = get(topology.lb(), "/api/posts", &[]).unwrap();

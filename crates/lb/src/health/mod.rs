@@ -65,11 +65,13 @@ impl FirstSweep {
 }
 
 /// Checks `server` forever (until the task is dropped). A passive failure reported through
-/// `server.recheck` brings the next check forward.
+/// `server.recheck` brings the next check forward, but never closer than a quarter interval
+/// to the last one: a route that fails every request must not turn each into a check.
 pub async fn run_checker(server: Arc<Server>, config: HealthConfig, sweep: Arc<FirstSweep>) {
     let mut state = HealthState::new();
     let mut first = true;
     loop {
+        let checked_at = tokio::time::Instant::now();
         let result = check_once(&server, &config).await;
         if let Err(error) = &result {
             server.metrics.health_checks_failed.inc();
@@ -97,7 +99,74 @@ pub async fn run_checker(server: Arc<Server>, config: HealthConfig, sweep: Arc<F
         };
         tokio::select! {
             _ = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
-            _ = server.recheck.notified() => {}
+            _ = server.recheck.notified() => {
+                tokio::time::sleep_until(checked_at + early_spacing(&config)).await;
+            }
         }
+    }
+}
+
+/// The least time between two checks of one server when failed requests ask for one early.
+fn early_spacing(config: &HealthConfig) -> Duration {
+    config.interval / 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_requests_bring_checks_forward_at_most_once_per_quarter_interval() {
+        use std::sync::atomic::AtomicU32;
+        // A server whose checks are counted: a listener that accepts and answers 200.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let checks = Arc::new(AtomicU32::new(0));
+        let counted = checks.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        let metrics = crate::metrics::Metrics::register(&mut Default::default());
+        let server = Arc::new(Server::new(
+            0,
+            crate::ServerConfig {
+                name: "s".into(),
+                addr,
+                weight: 1,
+                backup: false,
+            },
+            metrics.server("s"),
+        ));
+        let config = HealthConfig {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(8),
+            timeout: Duration::from_secs(1),
+            rise: 1,
+            fall: 1,
+        };
+        let sweep = FirstSweep::new(1, || {});
+        tokio::spawn(run_checker(server.clone(), config, sweep));
+        // Let the first check happen, then hammer it with passive failures for 8 s.
+        while checks.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for _ in 0..800 {
+            server.recheck.notify_one();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let seen = checks.load(Ordering::SeqCst);
+        // One check at 0 s, then at most one per 2 s: 5 in 8 s (not 800).
+        assert!((2..=5).contains(&seen), "{seen} checks");
     }
 }

@@ -81,12 +81,15 @@ pub fn server_config(certificates: Arc<CertStore>) -> Result<Arc<rustls::ServerC
     Ok(Arc::new(config))
 }
 
-/// Accepts TLS connections until `shutdown`: handshake within `handshake_timeout`, then HTTP/2
-/// (hyper, with `make_service`) when ALPN chose h2, else HTTP/1.1 with `serve_h1`.
+/// Accepts TLS connections until `shutdown`, within `options`' connection limit: handshake
+/// within `handshake_timeout`, then HTTP/2 (hyper, with `make_service`; closed when idle for
+/// the header timeout) when ALPN chose h2, else HTTP/1.1 with `serve_h1`.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_tls<M, S, B, H, F>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
+    options: &webstack_common::HttpOptions,
     make_service: M,
     serve_h1: H,
     shutdown: Shutdown,
@@ -100,7 +103,7 @@ pub async fn serve_tls<M, S, B, H, F>(
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     H: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr, Shutdown) -> F
         + Clone
@@ -108,23 +111,30 @@ pub async fn serve_tls<M, S, B, H, F>(
         + 'static,
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    accept_loop(listener, shutdown, |stream, peer, conn_shutdown| {
-        let (service, acceptor, serve_h1) =
-            (make_service(peer), acceptor.clone(), serve_h1.clone());
-        async move {
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    return tracing::debug!(client = %peer, %error, "TLS handshake failed");
+    let idle = options.header_read_timeout;
+    accept_loop(
+        listener,
+        &options.connections,
+        shutdown,
+        |stream, peer, conn_shutdown| {
+            let (service, acceptor, serve_h1) =
+                (make_service(peer), acceptor.clone(), serve_h1.clone());
+            async move {
+                let tls =
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(error)) => {
+                            return tracing::debug!(client = %peer, %error, "TLS handshake failed");
+                        }
+                        Err(_) => return tracing::debug!(client = %peer, "TLS handshake timed out"),
+                    };
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    serve_connection_h2(tls, service, idle, conn_shutdown).await
+                } else {
+                    serve_h1(tls, peer, conn_shutdown).await
                 }
-                Err(_) => return tracing::debug!(client = %peer, "TLS handshake timed out"),
-            };
-            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                serve_connection_h2(tls, service, conn_shutdown).await
-            } else {
-                serve_h1(tls, peer, conn_shutdown).await
             }
-        }
-    })
+        },
+    )
     .await
 }
