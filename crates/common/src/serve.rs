@@ -101,25 +101,23 @@ pub async fn accept_loop<H, F>(
 {
     let mut full_since: Option<std::time::Instant> = None;
     loop {
-        let slot = match limit.0.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                if full_since.is_none() {
-                    tracing::warn!(
-                        "connection limit reached: new connections wait in the listen backlog"
-                    );
-                    full_since = Some(std::time::Instant::now());
-                }
-                tokio::select! {
-                    biased;
-                    _ = shutdown.triggered() => break,
-                    slot = limit.0.clone().acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break,
-                    },
-                }
+        // Accept only while a slot is free. The slot is taken after the accept, so listeners
+        // waiting in `accept` hold none (the lb has several); one racing another for the last
+        // slot waits for the next one, already accepted.
+        if limit.available() == 0 {
+            if full_since.is_none() {
+                tracing::warn!(
+                    "connection limit reached: new connections wait in the listen backlog"
+                );
+                full_since = Some(std::time::Instant::now());
             }
-        };
+            tokio::select! {
+                biased;
+                _ = shutdown.triggered() => break,
+                slot = limit.0.acquire() => drop(slot),
+            }
+            continue;
+        }
         if let Some(since) = full_since.take() {
             tracing::info!(
                 waited_ms = since.elapsed().as_millis() as u64,
@@ -141,6 +139,17 @@ pub async fn accept_loop<H, F>(
             }
         };
         let _ = stream.set_nodelay(true);
+        let slot = match limit.0.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => tokio::select! {
+                biased;
+                _ = shutdown.triggered() => break,
+                slot = limit.0.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+            },
+        };
         let connection = handle(stream, peer, shutdown.clone());
         shutdown.spawn(async move {
             connection.await;

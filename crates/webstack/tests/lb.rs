@@ -678,3 +678,44 @@ fn local_answers_carry_a_date() {
         .unwrap_or_else(|| panic!("no Date: {refused}"));
     assert!(date.ends_with(" GMT") && date.len() == 29, "{date}");
 }
+
+#[test]
+fn connections_over_maxconn_wait_in_the_backlog_until_one_closes() {
+    use std::io::{Read, Write};
+    let (topology, _backends) = lb_over_backends("lb-maxconn", 37, 1, &toml(37, 1, "maxconn = 2"));
+    let lb = topology.lb();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n";
+    let answered = |stream: &mut std::net::TcpStream| {
+        let mut buf = [0u8; 1024];
+        matches!(stream.read(&mut buf), Ok(n) if n > 0 && buf.starts_with(b"HTTP/1.1 200"))
+    };
+    // Two keep-alive connections take both slots.
+    let mut held: Vec<_> = (0..2)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(lb).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            stream.write_all(request).unwrap();
+            assert!(answered(&mut stream));
+            stream
+        })
+        .collect();
+    // A third connects (the kernel's backlog takes it) but is not served while both are open.
+    let mut third = std::net::TcpStream::connect(lb).unwrap();
+    third.write_all(request).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(third.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
+        "served while the limit was reached"
+    );
+    // One closes: the waiting connection is accepted and answered, never refused.
+    drop(held.pop());
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(answered(&mut third), "served once a slot was free");
+}

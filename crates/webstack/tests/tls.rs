@@ -189,6 +189,17 @@ fn tls_connect(
     roots: &[&Path],
     sni: bool,
 ) -> Result<TlsStream, String> {
+    tls_connect_alpn(addr, name, roots, sni, b"http/1.1")
+}
+
+/// `tls_connect` offering one ALPN protocol.
+fn tls_connect_alpn(
+    addr: SocketAddr,
+    name: &str,
+    roots: &[&Path],
+    sni: bool,
+    alpn: &[u8],
+) -> Result<TlsStream, String> {
     let mut store = rustls::RootCertStore::empty();
     for root in roots {
         for cert in CertificateDer::pem_file_iter(root).unwrap() {
@@ -202,7 +213,7 @@ fn tls_connect(
         .with_root_certificates(store)
         .with_no_client_auth();
     config.enable_sni = sni;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let name = ServerName::try_from(name.to_string()).unwrap();
     let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
     let tcp =
@@ -510,4 +521,44 @@ fn acme_failures_are_retried_and_reported_while_the_local_ca_serves() {
         request_on(&mut stream, "www.foobar.com", "/static/robots.txt").status,
         200
     );
+}
+
+#[test]
+fn an_idle_http2_connection_is_closed_with_a_goaway() {
+    use webstack_testkit::backend::Backend;
+    let _backend = Backend::start(([127, 0, 55, 11], 8000).into(), "web-01");
+    let config = toml(55, 1, "").replace("[lb]\n", "[lb]\n[lb.timeouts]\nclient_header = \"1s\"\n");
+    let mut topology = Topology::write(EXE, "tls-h2-idle", 55, &config);
+    let admin = topology.lb_admin();
+    topology.run_role("lb-01", "lb", admin);
+    let ca = topology.state_dir().join("tls/ca.pem");
+    let addr: SocketAddr = ([127, 0, 55, 10], 8443).into();
+    let mut stream = tls_connect_alpn(addr, "www.foobar.com", &[&ca], true, b"h2").unwrap();
+    assert_eq!(stream.conn.alpn_protocol(), Some(&b"h2"[..]));
+    // The client preface and an empty SETTINGS frame, then nothing: no stream is ever opened.
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    stream.flush().unwrap();
+    // Frames until a GOAWAY (type 7), within the 10 s read timeout.
+    let mut goaway = false;
+    let mut header = [0u8; 9];
+    while !goaway {
+        if stream.read_exact(&mut header).is_err() {
+            break;
+        }
+        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; length];
+        stream.read_exact(&mut payload).unwrap();
+        goaway = header[3] == 7;
+        if goaway {
+            assert_eq!(&payload[4..8], &[0, 0, 0, 0], "GOAWAY with NO_ERROR");
+        }
+        if header[3] == 4 && header[4] & 1 == 0 {
+            // Acknowledge the server's SETTINGS, as a client must.
+            stream.write_all(b"\0\0\0\x04\x01\0\0\0\0").unwrap();
+            stream.flush().unwrap();
+        }
+    }
+    assert!(goaway, "the lb sent GOAWAY to an idle HTTP/2 connection");
 }
