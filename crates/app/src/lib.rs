@@ -47,36 +47,44 @@ const REQUIRED_TEMPLATES: [&str; 3] = ["home.html", "post.html", "error.html"];
 /// Largest accepted request body (a post is at most 5000 characters); larger gets 413.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Reads and compiles every `*.html` in `dir` and checks the ones every page needs are there:
+/// what the app does at start, and `webstack check` before it.
+pub fn load_templates(
+    dir: &std::path::Path,
+) -> Result<minijinja::Environment<'static>, StartError> {
+    let mut templates = minijinja::Environment::new();
+    let read_error = |source| StartError::ReadTemplates {
+        path: dir.display().to_string(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(read_error)? {
+        let path = entry.map_err(read_error)?.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        if !name.ends_with(".html") {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).map_err(read_error)?;
+        templates
+            .add_template_owned(name.clone(), source)
+            .map_err(|source| StartError::BadTemplate { name, source })?;
+    }
+    for name in REQUIRED_TEMPLATES {
+        if templates.get_template(name).is_err() {
+            return Err(StartError::MissingTemplate(name));
+        }
+    }
+    Ok(templates)
+}
+
 impl AppState {
     pub fn load(config: Config) -> Result<Self, StartError> {
-        let mut templates = minijinja::Environment::new();
-        let dir = &config.templates_dir;
-        let read_error = |source| StartError::ReadTemplates {
-            path: dir.display().to_string(),
-            source,
-        };
-        for entry in std::fs::read_dir(dir).map_err(read_error)? {
-            let path = entry.map_err(read_error)?.path();
-            let Some(name) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .map(str::to_string)
-            else {
-                continue;
-            };
-            if !name.ends_with(".html") {
-                continue;
-            }
-            let source = std::fs::read_to_string(&path).map_err(read_error)?;
-            templates
-                .add_template_owned(name.clone(), source)
-                .map_err(|source| StartError::BadTemplate { name, source })?;
-        }
-        for name in REQUIRED_TEMPLATES {
-            if templates.get_template(name).is_err() {
-                return Err(StartError::MissingTemplate(name));
-            }
-        }
+        let templates = load_templates(&config.templates_dir)?;
         let db = config.db.clone().map(webstack_db::router::Router::new);
         Ok(Self {
             config,

@@ -19,6 +19,8 @@ pub enum ProbeError {
     Http(#[from] hyper::Error),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    #[error("{0:?} is not a request path")]
+    BadRequest(String),
 }
 
 /// Sends `GET path` with `Host: host` on a new connection and returns the response head.
@@ -27,18 +29,19 @@ async fn get(
     host: &str,
     path: &str,
 ) -> Result<http::Response<Incoming>, ProbeError> {
+    // Built first: a bad path or host is our caller's mistake, not the server's.
+    let request = http::Request::get(path)
+        .header(http::header::HOST, host)
+        .header(http::header::USER_AGENT, "webstack-probe")
+        .header(http::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|_| ProbeError::BadRequest(format!("{host} {path}")))?;
     let stream = TcpStream::connect(addr)
         .await
         .map_err(ProbeError::Connect)?;
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let request = http::Request::get(path)
-        .header(http::header::HOST, host)
-        .header(http::header::USER_AGENT, "webstack-probe")
-        .header(http::header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .expect("a path starting with / is a valid request");
     Ok(sender.send_request(request).await?)
 }
 

@@ -31,7 +31,12 @@ impl ConfigError {
     pub(crate) fn at(path: &Path, text: &str, span: Option<Range<usize>>, message: String) -> Self {
         let (line, column, source_line) = match span {
             Some(span) => {
-                let start = span.start.min(text.len());
+                // A span inside a character (never from toml, but cheap to rule out) moves to
+                // the character's start.
+                let mut start = span.start.min(text.len());
+                while !text.is_char_boundary(start) {
+                    start -= 1;
+                }
                 let before = &text[..start];
                 let line = before.matches('\n').count() + 1;
                 let line_start = before.rfind('\n').map_or(0, |i| i + 1);

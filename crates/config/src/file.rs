@@ -320,9 +320,9 @@ pub struct DbFile {
     #[serde(default = "db_buffer_pool")]
     pub buffer_pool_size: Spanned<String>,
     #[serde(default = "db_mariadbd")]
-    pub mariadbd: String,
+    pub mariadbd: Spanned<String>,
     #[serde(default = "db_install_db")]
-    pub install_db: String,
+    pub install_db: Spanned<String>,
 }
 
 fn db_port() -> Spanned<u16> {
@@ -349,9 +349,9 @@ fn db_query_timeout() -> Spanned<HumanDuration> {
 fn db_buffer_pool() -> Spanned<String> {
     Spanned::new(0..0, "64M".into())
 }
-fn db_mariadbd() -> String {
-    "/usr/sbin/mariadbd".into()
+fn db_mariadbd() -> Spanned<String> {
+    Spanned::new(0..0, "/usr/sbin/mariadbd".into())
 }
-fn db_install_db() -> String {
-    "/usr/bin/mariadb-install-db".into()
+fn db_install_db() -> Spanned<String> {
+    Spanned::new(0..0, "/usr/bin/mariadb-install-db".into())
 }

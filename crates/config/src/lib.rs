@@ -488,13 +488,33 @@ mod tests {
 
     #[test]
     fn certificate_files_and_acme() {
-        // Files (any existing file passes `check`; the lb parses them at start).
-        let text = default_text().replace(
-            "[lb.health]",
-            "[[lb.tls.certificates]]\ncert = \"site/static/robots.txt\"\nkey = \"site/static/robots.txt\"\n\n\
-             [lb.tls.acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\ncontact = [\"ops@foobar.com\"]\nagree_terms = true\n\n[lb.health]",
+        // Files are parsed and matched by `check`, as the lb does at start: not a certificate
+        // is refused; a real pair passes.
+        let with_files = |cert: &str, key: &str| {
+            default_text().replace(
+                "[lb.health]",
+                &format!("[[lb.tls.certificates]]\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
+                 [lb.tls.acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\ncontact = [\"ops@foobar.com\"]\nagree_terms = true\n\n[lb.health]"),
+            )
+        };
+        let error = parse(&with_files(
+            "site/static/robots.txt",
+            "site/static/robots.txt",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("no PEM certificate"), "{error}");
+        let dir = std::env::temp_dir().join(format!("webstack-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pair = rcgen::generate_simple_self_signed(vec!["www.foobar.com".into()]).unwrap();
+        std::fs::write(dir.join("site.pem"), pair.cert.pem()).unwrap();
+        std::fs::write(dir.join("site.key"), pair.signing_key.serialize_pem()).unwrap();
+        let text = with_files(
+            &dir.join("site.pem").display().to_string(),
+            &dir.join("site.key").display().to_string(),
         );
         let config = parse(&text).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
         assert!(!config.uses_local_ca(), "files configured: no local CA");
         let tls = config.lb(Path::new("/srv/state")).tls.unwrap();
         let origins: Vec<_> = tls.certificates.iter().map(|c| c.origin).collect();

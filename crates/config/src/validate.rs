@@ -11,6 +11,9 @@ use toml::Spanned;
 use crate::file::{self, FileConfig, HumanDuration};
 use crate::{Config, ConfigError, DbSettings, Host, Ports, Role};
 
+/// The longest duration any key takes (HSTS's max-age is a year; two leave room).
+const MAX_DURATION: Duration = Duration::from_secs(2 * 366 * 86_400);
+
 /// Collects the location context so each check is one line.
 struct Checker<'a> {
     path: &'a Path,
@@ -38,11 +41,26 @@ impl Checker<'_> {
     }
 
     fn positive(&self, value: &Spanned<HumanDuration>, key: &str) -> Result<Duration, ConfigError> {
-        let duration = value.get_ref().0;
+        let duration = self.bounded(value, key)?;
         self.ensure(
             !duration.is_zero(),
             value.span(),
             format!("{key} must be longer than 0"),
+        )?;
+        Ok(duration)
+    }
+
+    /// Any duration: at most `MAX_DURATION` (deadlines are computed from now; a century would
+    /// overflow the clock).
+    fn bounded(&self, value: &Spanned<HumanDuration>, key: &str) -> Result<Duration, ConfigError> {
+        let duration = value.get_ref().0;
+        self.ensure(
+            duration <= MAX_DURATION,
+            value.span(),
+            format!(
+                "{key} is longer than {} days",
+                MAX_DURATION.as_secs() / 86_400
+            ),
         )?;
         Ok(duration)
     }
@@ -243,7 +261,7 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
     let app = webstack_app::Config {
         host_name: String::new(),
         site_name: site_name.clone(),
-        templates_dir: check.folder(&file.app.templates, "app.templates")?,
+        templates_dir: templates(&check, &file.app.templates)?,
         db: None,
         maxconn: check.maxconn(&file.app.maxconn, "app.maxconn")?,
     };
@@ -263,6 +281,16 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         db,
         db_ports,
     })
+}
+
+/// The templates folder: it exists, and the app would load it (every template compiles, the
+/// ones every page needs are there).
+fn templates(check: &Checker, value: &Spanned<String>) -> Result<PathBuf, ConfigError> {
+    let dir = check.folder(value, "app.templates")?;
+    if let Err(error) = webstack_app::load_templates(&dir) {
+        return Err(check.error(value.span(), format!("app.templates: {error}")));
+    }
+    Ok(dir)
 }
 
 fn db_settings(
@@ -305,13 +333,26 @@ fn db_settings(
         format!("db.database {database:?}: expected 1 to 64 letters, digits or '_'"),
     )?;
     let pool = db.buffer_pool_size.get_ref();
+    let digits = pool.strip_suffix(['K', 'M', 'G']).unwrap_or("");
     check.ensure(
-        pool.len() > 1
-            && pool[..pool.len() - 1].bytes().all(|b| b.is_ascii_digit())
-            && pool.ends_with(['K', 'M', 'G']),
+        !digits.is_empty() && digits.len() <= 9 && digits.bytes().all(|b| b.is_ascii_digit()),
         db.buffer_pool_size.span(),
         format!("db.buffer_pool_size {pool:?}: expected a size like \"64M\" or \"1G\""),
     )?;
+    for (key, program) in [
+        ("db.mariadbd", &db.mariadbd),
+        ("db.install_db", &db.install_db),
+    ] {
+        let path = Path::new(program.get_ref());
+        check.ensure(
+            path.is_absolute() && path.is_file(),
+            program.span(),
+            format!(
+                "{key}: {} is not a program file (install Debian's MariaDB: apt-get install mariadb-server)",
+                path.display()
+            ),
+        )?;
+    }
     Ok(Some(DbSettings {
         primary: primary.clone(),
         database: database.clone(),
@@ -320,8 +361,8 @@ fn db_settings(
         semi_sync_timeout: check.positive(&db.semi_sync_timeout, "db.semi_sync_timeout")?,
         query_timeout: check.positive(&db.query_timeout, "db.query_timeout")?,
         buffer_pool_size: pool.clone(),
-        mariadbd: PathBuf::from(&db.mariadbd),
-        install_db: PathBuf::from(&db.install_db),
+        mariadbd: PathBuf::from(db.mariadbd.get_ref()),
+        install_db: PathBuf::from(db.install_db.get_ref()),
     }))
 }
 
@@ -355,12 +396,12 @@ fn lb_config(
     web_port: u16,
 ) -> Result<webstack_lb::Config, ConfigError> {
     let health = &lb.health;
+    let path = health.path.get_ref();
     check.ensure(
-        health.path.get_ref().starts_with('/'),
+        path.starts_with('/') && path.parse::<http::uri::PathAndQuery>().is_ok(),
         health.path.span(),
         format!(
-            "lb.health.path {:?} must start with '/'",
-            health.path.get_ref()
+            "lb.health.path {path:?}: expected a request path starting with '/', without spaces or control characters (percent-encode them)"
         ),
     )?;
     for (key, value) in [
@@ -493,7 +534,7 @@ fn tls_settings(
     for entry in &tls.certificates {
         certificates.push(certificate_files(check, &entry.cert, &entry.key)?);
     }
-    let hsts = tls.hsts_max_age.get_ref().0;
+    let hsts = check.bounded(&tls.hsts_max_age, "lb.tls.hsts_max_age")?;
     Ok(Some(webstack_lb::TlsSettings {
         certificates,
         acme: tls
@@ -508,16 +549,26 @@ fn tls_settings(
     }))
 }
 
+/// A configured chain and key: both files exist, parse, and go together (the lb refuses to
+/// start otherwise, so `check` says it first).
 fn certificate_files(
     check: &Checker,
     cert: &Spanned<String>,
     key: &Spanned<String>,
 ) -> Result<webstack_lb::CertificateSource, ConfigError> {
-    Ok(webstack_lb::CertificateSource {
+    let source = webstack_lb::CertificateSource {
         cert: check.file(cert, "lb.tls.cert")?,
         key: check.file(key, "lb.tls.key")?,
         origin: webstack_lb::CertificateOrigin::File,
-    })
+    };
+    if let Err(error) = webstack_lb::tls::check_certificate(&source) {
+        let span = match &error {
+            webstack_lb::tls::TlsError::BadKey { .. } => key.span(),
+            _ => cert.span(),
+        };
+        return Err(check.error(span, format!("lb.tls: {error}")));
+    }
+    Ok(source)
 }
 
 fn acme_settings(
@@ -552,7 +603,19 @@ fn acme_settings(
     let ca_cert = acme
         .ca_cert
         .as_ref()
-        .map(|value| check.file(value, "lb.tls.acme.ca_cert"))
+        .map(|value| {
+            let path = check.file(value, "lb.tls.acme.ca_cert")?;
+            let pem = std::fs::read(&path).unwrap_or_default();
+            check.ensure(
+                webstack_lb::tls::acme::parses_as_roots(&pem),
+                value.span(),
+                format!(
+                    "lb.tls.acme.ca_cert: {} holds no PEM certificate",
+                    path.display()
+                ),
+            )?;
+            Ok(path)
+        })
         .transpose()?;
     Ok(webstack_lb::AcmeSettings {
         directory: directory.clone(),

@@ -176,7 +176,7 @@ async fn publish_tls_status(
                 format!(
                     "{} until {} ({})",
                     c.names.first().map_or("-", String::as_str),
-                    &c.expires[..10],
+                    c.expires.get(..10).unwrap_or(&c.expires),
                     c.origin.as_str()
                 )
             })

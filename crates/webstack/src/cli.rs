@@ -72,7 +72,7 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
     /// Wait up to SECS for every role to be healthy: exit 0 when they are, 1 on timeout.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = parse_wait)]
     pub wait: Option<f64>,
 }
 
@@ -82,6 +82,19 @@ pub struct TargetArgs {
     pub target: String,
     #[arg(long, default_value = ".webstack")]
     pub state_dir: PathBuf,
+}
+
+/// Longest `status --wait`: a day.
+const MAX_WAIT_SECS: f64 = 86_400.0;
+
+/// Seconds from 0 to a day, fractions allowed (`0.5`); not `inf`, `nan` or negative.
+fn parse_wait(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(secs) if (0.0..=MAX_WAIT_SECS).contains(&secs) => Ok(secs),
+        _ => Err(format!(
+            "{text:?}: expected a number of seconds from 0 to {MAX_WAIT_SECS}"
+        )),
+    }
 }
 
 fn parse_role(name: &str) -> Result<Role, String> {
@@ -115,6 +128,18 @@ pub fn check(path: &Path) -> ExitCode {
         Err(error) => {
             eprintln!("{error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wait_takes_seconds_within_a_day() {
+        assert_eq!(super::parse_wait("2.5"), Ok(2.5));
+        assert_eq!(super::parse_wait("0"), Ok(0.0));
+        for bad in ["inf", "-inf", "nan", "-1", "86401", "1e300", "", "x"] {
+            assert!(super::parse_wait(bad).is_err(), "{bad}");
         }
     }
 }

@@ -64,6 +64,7 @@ fn a_generated_topology_with_n_hosts_is_valid() {
 #[test]
 fn broken_topologies_are_rejected_with_file_line_and_expectation() {
     let base = toml(99, 2, "");
+    let with_db = webstack_testkit::topology::toml_with_db(99, 2, "");
     // (what we change, the text of the changed line, what the error must say)
     let cases: Vec<(String, &str, &str)> = vec![
         (
@@ -139,7 +140,35 @@ fn broken_topologies_are_rejected_with_file_line_and_expectation() {
         (
             base.replacen("[lb.health]\n", "[lb.health]\npath = \"healthz\"\n", 1),
             "path = \"healthz\"",
-            "must start with '/'",
+            "starting with '/'",
+        ),
+        (
+            // Passed `check` once, then panicked in every health checker.
+            base.replacen("[lb.health]\n", "[lb.health]\npath = \"/health z\"\n", 1),
+            "path = \"/health z\"",
+            "without spaces",
+        ),
+        (
+            // Panicked `check` (a byte index inside a character).
+            with_db.replacen("[db]\n", "[db]\nbuffer_pool_size = \"64é\"\n", 1),
+            "buffer_pool_size",
+            "expected a size like \"64M\"",
+        ),
+        (
+            with_db.replacen("[db]\n", "[db]\nmariadbd = \"/nonexistent/mariadbd\"\n", 1),
+            "/nonexistent/mariadbd",
+            "is not a program file",
+        ),
+        (
+            // Would overflow the clock when a deadline is computed from it.
+            base.replacen("interval = \"200ms\"", "interval = \"500000000y\"", 1),
+            "500000000y",
+            "is longer than",
+        ),
+        (
+            base.replacen("[lb]\n", "[lb]\nmaxconn = 0\n", 1),
+            "maxconn = 0",
+            "expected 1 to 1000000",
         ),
         (
             format!("{base}\n[[lb.server]]\nhost = \"web-09\"\n"),
@@ -205,6 +234,96 @@ fn broken_topologies_are_rejected_with_file_line_and_expectation() {
             );
         }
         assert!(!said.contains("panicked"), "{said}");
+    }
+}
+
+#[test]
+fn files_the_topology_names_are_read_as_the_roles_will_read_them() {
+    let dir = TempDir::new("check-files");
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    let run = |config: &str| {
+        write("webstack.toml", config);
+        let out = Command::new(EXE)
+            .arg("check")
+            .arg("-c")
+            .arg(dir.path().join("webstack.toml"))
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out))
+    };
+    let base = toml(97, 1, "");
+
+    // A certificate file that is not one, and a key that is not the certificate's: the lb
+    // would refuse to start, so `check` refuses first, at the line that names them.
+    write("garbage.pem", "not a certificate\n");
+    write("garbage.key", "not a key\n");
+    let one = rcgen::generate_simple_self_signed(vec!["www.foobar.com".into()]).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["www.foobar.com".into()]).unwrap();
+    write("site.pem", &one.cert.pem());
+    write("site.key", &one.signing_key.serialize_pem());
+    write("other.key", &other.signing_key.serialize_pem());
+    for (cert, key, message) in [
+        ("garbage.pem", "site.key", "no PEM certificate"),
+        ("site.pem", "garbage.key", "not a PEM private key"),
+        ("site.pem", "other.key", "is not the key of the certificate"),
+    ] {
+        let config = base.replacen(
+            "[lb.tls]\n",
+            &format!("[lb.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n"),
+            1,
+        );
+        let (code, said) = run(&config);
+        assert_eq!(code, Some(1), "{cert} {key}: {said}");
+        assert!(said.contains(message), "{cert} {key}: {said}");
+        let needle = if message.contains("key") && key == "garbage.key" {
+            key
+        } else {
+            cert
+        };
+        let line = line_of(&config, needle);
+        assert!(said.contains(&format!("webstack.toml:{line}:")), "{said}");
+    }
+    let good = base.replacen(
+        "[lb.tls]\n",
+        "[lb.tls]\ncert = \"site.pem\"\nkey = \"site.key\"\n",
+        1,
+    );
+    let (code, said) = run(&good);
+    assert_eq!(code, Some(0), "{said}");
+
+    // A templates folder the app could not start with.
+    std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+    write("templates/home.html", "{{ site }}");
+    let config = base.replace(
+        &format!(
+            "templates = \"{}\"",
+            webstack_testkit::site_dir().join("templates").display()
+        ),
+        "templates = \"templates\"",
+    );
+    let (code, said) = run(&config);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("post.html is missing"), "{said}");
+    write("templates/post.html", "{% if %}");
+    write("templates/error.html", "x");
+    let (code, said) = run(&config);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("template post.html is invalid"), "{said}");
+}
+
+#[test]
+fn status_wait_takes_a_number_of_seconds() {
+    for bad in ["inf", "nan", "-1", "1e400"] {
+        let out = Command::new(EXE)
+            .args(["status", &format!("--wait={bad}")])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
+        assert!(
+            text(&out).contains("expected a number of seconds") && !text(&out).contains("panicked"),
+            "{bad}: {}",
+            text(&out)
+        );
     }
 }
 

@@ -481,6 +481,36 @@ fn acme_certificate_from_pebble() {
         "{}",
         pebble.log()
     );
+
+    // The CA forgets the account (pebble keeps no state across restarts) while a certificate
+    // is due: the stored account is dropped and a new one registered, not every order failed.
+    topology.stop();
+    drop(pebble);
+    let account = topology.state_dir().join("tls/acme/account.json");
+    let old_account = std::fs::read(&account).unwrap();
+    for file in ["tls/acme/site.pem", "tls/acme/site.key"] {
+        std::fs::remove_file(topology.state_dir().join(file)).unwrap();
+    }
+    let pebble = Pebble::start(&dir.join("pebble"), net, 8080);
+    topology.restart();
+    assert_eventually!(
+        acme_state(&topology) == "valid",
+        Duration::from_secs(60),
+        "a certificate with a new account:\n{}\npebble:\n{}",
+        topology.log("lb-01", "lb"),
+        pebble.log()
+    );
+    assert_ne!(std::fs::read(&account).unwrap(), old_account);
+    assert!(
+        topology
+            .log("lb-01", "lb")
+            .contains("the CA does not know the stored account"),
+        "{}",
+        topology.log("lb-01", "lb")
+    );
+    let root = pebble.issuing_root();
+    let stream = tls_connect(https, "www.foobar.com", &[root.as_path()], true).unwrap();
+    assert_eq!(served(&stream), leaf_in(&acme_cert));
 }
 
 #[test]

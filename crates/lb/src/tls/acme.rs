@@ -183,17 +183,30 @@ impl AcmeClient {
 
     /// One order, from the account to the certificate on disk and in service.
     async fn order(&self) -> Result<(), String> {
-        let account = self.account().await?;
         let identifiers: Vec<Identifier> = self
             .settings
             .names
             .iter()
             .map(|n| Identifier::Dns(n.clone()))
             .collect();
-        let mut order = account
-            .new_order(&NewOrder::new(&identifiers))
-            .await
-            .map_err(|e| format!("new order: {e}"))?;
+        let account = self.account().await?;
+        let mut order = match account.new_order(&NewOrder::new(&identifiers)).await {
+            Ok(order) => order,
+            // The CA forgot the stored account (a reset test CA, a deactivated account): it is
+            // dropped and a new one registered, instead of failing every order from now on.
+            Err(instant_acme::Error::Api(problem)) if is_unknown_account(&problem) => {
+                let path = self.settings.account_path();
+                tracing::warn!(account = %path.display(), %problem, "ACME: the CA does not know the stored account; registering a new one");
+                std::fs::remove_file(&path)
+                    .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+                self.account()
+                    .await?
+                    .new_order(&NewOrder::new(&identifiers))
+                    .await
+                    .map_err(|e| format!("new order: {e}"))?
+            }
+            Err(e) => return Err(format!("new order: {e}")),
+        };
         let mut authorizations = order.authorizations();
         while let Some(authorization) = authorizations.next().await {
             let mut authorization = authorization.map_err(|e| format!("authorization: {e}"))?;
@@ -300,6 +313,27 @@ impl AcmeClient {
     }
 }
 
+/// The CA's answer for an account it does not know (RFC 8555 §7.3.1): `accountDoesNotExist`,
+/// or `unauthorized` for a deactivated one.
+fn is_unknown_account(problem: &instant_acme::Problem) -> bool {
+    problem.r#type.as_deref().is_some_and(|t| {
+        t.ends_with(":accountDoesNotExist")
+            || (t.ends_with(":unauthorized")
+                && problem
+                    .detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains("deactivated")))
+    })
+}
+
+/// Whether `pem` holds at least one certificate (`lb.tls.acme.ca_cert`).
+pub fn parses_as_roots(pem: &[u8]) -> bool {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut certificates = CertificateDer::pem_slice_iter(pem);
+    certificates.next().is_some_and(|c| c.is_ok()) && certificates.all(|c| c.is_ok())
+}
+
 /// Time until a certificate valid from `not_before` to `not_after` is renewed: `renew_before`
 /// its end, but never earlier than two thirds into its life, so a `renew_before` longer than
 /// the CA's validity cannot make every new certificate due at once (an order loop).
@@ -328,5 +362,37 @@ mod tests {
         assert_eq!(renewal_in(0, 90 * day, thirty, 100 * day), Duration::ZERO);
         // A 6-day certificate with renew_before 30 days: two thirds into its life, not at once.
         assert_eq!(renewal_in(0, 6 * day, thirty, 0).as_secs(), 4 * day as u64);
+    }
+
+    #[test]
+    fn a_forgotten_account_is_recognised() {
+        let problem = |kind: &str, detail: &str| instant_acme::Problem {
+            r#type: Some(format!("urn:ietf:params:acme:error:{kind}")),
+            detail: Some(detail.into()),
+            status: Some(400),
+            subproblems: Vec::new(),
+        };
+        assert!(is_unknown_account(&problem(
+            "accountDoesNotExist",
+            "no account"
+        )));
+        assert!(is_unknown_account(&problem(
+            "unauthorized",
+            "Account has been deactivated"
+        )));
+        assert!(!is_unknown_account(&problem("rateLimited", "slow down")));
+        assert!(!is_unknown_account(&problem("unauthorized", "wrong key")));
+    }
+
+    #[test]
+    fn acme_roots_must_be_pem_certificates() {
+        assert!(!parses_as_roots(b""));
+        assert!(!parses_as_roots(b"not a certificate"));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["x".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert!(parses_as_roots(cert.pem().as_bytes()));
     }
 }

@@ -18,7 +18,7 @@ use webstack_common::Shutdown;
 use webstack_common::serve::{accept_loop, serve_connection_h2};
 
 pub use local_ca::LocalCa;
-pub use store::{CertStore, CertificateInfo};
+pub use store::{CertStore, CertificateInfo, check as check_certificate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -235,6 +235,12 @@ fn covers(names: &[String], host: &str) -> bool {
     })
 }
 
+/// Reads a certificate chain and its key as the lb will at start: the chain parses, the key
+/// parses and is the leaf's (`webstack check` runs this on configured files).
+pub fn check(source: &CertificateSource) -> Result<CertificateInfo, TlsError> {
+    load(source).map(|loaded| loaded.info)
+}
+
 fn load(source: &CertificateSource) -> Result<Loaded, TlsError> {
     let stamp = Stamp::of(source);
     let read_error = |e: rustls::pki_types::pem::Error| TlsError::Read {
