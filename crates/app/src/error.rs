@@ -42,6 +42,17 @@ impl From<mysql_async::Error> for AppError {
 }
 
 impl AppError {
+    /// What a visitor may read: our own explanation, never a database's or a template's text.
+    pub fn public_message(&self) -> String {
+        match self {
+            AppError::BadInput(message) | AppError::Unavailable(message) => message.clone(),
+            AppError::NotFound => "not found".into(),
+            AppError::Template(_) | AppError::Database(_) => {
+                "the posts cannot be shown right now; try again shortly".into()
+            }
+        }
+    }
+
     fn status_and_message(&self) -> (StatusCode, String) {
         match self {
             AppError::BadInput(message) => (StatusCode::BAD_REQUEST, message.clone()),
@@ -91,4 +102,17 @@ pub fn escape(text: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
         .replace('\'', "&#39;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AppError;
+
+    #[test]
+    fn visitors_never_read_a_database_error() {
+        let raw = AppError::Database("Table 'foobar.posts' doesn't exist at 10.0.0.5".into());
+        assert!(!raw.public_message().contains("foobar.posts"));
+        let ours = AppError::Unavailable("writes are unavailable".into());
+        assert_eq!(ours.public_message(), "writes are unavailable");
+    }
 }

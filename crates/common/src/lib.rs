@@ -2,6 +2,7 @@
 //! listener (`/live`, `/ready`, `/metrics`) and logging setup.
 
 pub mod admin;
+pub mod backoff;
 pub mod files;
 pub mod forward;
 pub mod probe;

@@ -12,6 +12,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::Serialize;
 use tokio::process::{Child, Command};
+use webstack_common::backoff::Backoff;
 use webstack_common::{Admin, Shutdown};
 
 use crate::gtid::GtidPos;
@@ -92,7 +93,7 @@ pub async fn run(config: NodeConfig, admin: Admin, shutdown: Shutdown) -> Result
     let admin_password = admin_password.expose();
     let mut init_file = provision::prepare(&config, admin_password).await?;
     stop_stale(&config).await;
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), MAX_BACKOFF);
     loop {
         let mut child = spawn(&config, init_file.as_deref())?;
         let started = Instant::now();
@@ -111,18 +112,18 @@ pub async fn run(config: NodeConfig, admin: Admin, shutdown: Shutdown) -> Result
         }
         stop(&mut child).await;
         if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_millis(500);
+            backoff.reset();
         }
         // The init file is only for the very first start; keep it until a start succeeded.
         if init_file.as_ref().is_some_and(|f| !f.exists()) {
             init_file = None;
         }
-        tracing::info!(?backoff, "restarting mariadbd");
+        let delay = backoff.next_delay();
+        tracing::info!(?delay, "restarting mariadbd");
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
             _ = shutdown.triggered() => return Ok(()),
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 

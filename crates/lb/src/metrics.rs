@@ -94,7 +94,7 @@ impl Metrics {
         );
         r.register(
             "retries",
-            "Requests retried on another server after a connection failure",
+            "Attempts on another server after a failed connect, a connection closed before an answer, or a 502/503/504 to a replayable request",
             metrics.retries.clone(),
         );
         r.register(

@@ -25,23 +25,22 @@ pub fn check_path(uri: &Uri) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Strict percent-decoding: a malformed escape or non-UTF-8 result is an error.
-fn decode(segment: &str) -> Result<String, &'static str> {
+/// Percent-decoding (the `percent-encoding` crate), strictly: a malformed escape (`%2`, `%zz`)
+/// is refused, as nginx does, rather than kept as text; a result that is not UTF-8 too.
+fn decode(segment: &str) -> Result<std::borrow::Cow<'_, str>, &'static str> {
     let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or("truncated percent escape")?;
-            let text = std::str::from_utf8(hex).map_err(|_| "invalid percent escape")?;
-            out.push(u8::from_str_radix(text, 16).map_err(|_| "invalid percent escape")?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let well_formed = bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return Err("malformed percent escape");
     }
-    String::from_utf8(out).map_err(|_| "path is not UTF-8")
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| "path is not UTF-8")
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
+use webstack_common::backoff::Backoff;
 use webstack_common::probe::{get_body, get_status};
 use webstack_common::shutdown::termination_signal;
 use webstack_config::{Config, Role};
@@ -48,7 +49,7 @@ struct Unit {
     /// The role's own `/status` facts (a db node's replication state), when it has some.
     detail: serde_json::Value,
     restarts: u32,
-    backoff: Duration,
+    backoff: Backoff,
     restart_at: Option<Instant>,
     started_at: Instant,
 }
@@ -149,7 +150,7 @@ pub async fn run(
                 healthy: false,
                 detail: serde_json::Value::Null,
                 restarts: 0,
-                backoff: FIRST_BACKOFF,
+                backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
                 restart_at: None,
                 started_at: Instant::now(),
             });
@@ -216,8 +217,17 @@ async fn bind_control(state_dir: &Path) -> anyhow::Result<UnixListener> {
         fs::remove_file(&path)
             .with_context(|| format!("cannot remove stale {}", path.display()))?;
     }
-    UnixListener::bind(&path)
-        .with_context(|| format!("cannot create the control socket {}", path.display()))
+    // Made under a private name, set to 0600 (only this user may stop or start roles), then
+    // renamed into place: no moment with the umask's wider mode.
+    let fresh = state_dir.join(format!(".control.{}.sock", std::process::id()));
+    let _ = fs::remove_file(&fresh);
+    let listener = UnixListener::bind(&fresh)
+        .with_context(|| format!("cannot create the control socket {}", fresh.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&fresh, fs::Permissions::from_mode(0o600))
+        .and_then(|()| fs::rename(&fresh, &path))
+        .with_context(|| format!("cannot create the control socket {}", path.display()))?;
+    Ok(listener)
 }
 
 fn cleanup(state_dir: &Path) {
@@ -295,15 +305,14 @@ impl Supervisor {
             let _ = fs::remove_file(self.pid_path(unit));
             if unit.wanted {
                 if unit.started_at.elapsed() > STABLE_AFTER {
-                    unit.backoff = FIRST_BACKOFF;
+                    unit.backoff.reset();
                 }
+                let delay = unit.backoff.next_delay();
                 println!(
-                    "webstack: {} exited unexpectedly ({status}); restarting in {:?}",
+                    "webstack: {} exited unexpectedly ({status}); restarting in {delay:?}",
                     unit.label(),
-                    unit.backoff
                 );
-                unit.restart_at = Some(now + unit.backoff);
-                unit.backoff = (unit.backoff * 2).min(MAX_BACKOFF);
+                unit.restart_at = Some(now + delay);
             }
         }
         for unit in units.iter_mut().filter(|u| u.wanted && u.child.is_none()) {
@@ -311,7 +320,7 @@ impl Supervisor {
                 unit.restarts += 1;
                 if let Err(error) = self.spawn(unit) {
                     eprintln!("webstack: {error:#}");
-                    unit.restart_at = Some(now + unit.backoff);
+                    unit.restart_at = Some(now + unit.backoff.peek());
                 }
             }
         }
@@ -322,10 +331,9 @@ impl Supervisor {
         let (host, role) = match target.split_once('/') {
             Some((host, role)) => (
                 host,
-                Some(
-                    Role::parse(role)
-                        .ok_or_else(|| format!("unknown role {role:?}: expected lb, web or app"))?,
-                ),
+                Some(Role::parse(role).ok_or_else(|| {
+                    format!("unknown role {role:?}: expected lb, web, app or db")
+                })?),
             ),
             None => (target, None),
         };
@@ -423,7 +431,7 @@ async fn wait_ready(sup: &Shared, index: usize) -> anyhow::Result<()> {
         if Instant::now() >= deadline {
             let log = sup.log_path(&sup.units.lock().unwrap()[index]);
             anyhow::bail!(
-                "{label} did not become ready within {READY_TIMEOUT:?}; last lines of {}:\n{}",
+                "{label} did not become ready within {timeout:?}; last lines of {}:\n{}",
                 log.display(),
                 tail(&log, 15)
             );
@@ -677,7 +685,7 @@ async fn start_target(sup: &Shared, target: &str) -> Reply {
             let mut units = sup.units.lock().unwrap();
             let unit = &mut units[i];
             unit.wanted = true;
-            unit.backoff = FIRST_BACKOFF;
+            unit.backoff.reset();
             if unit.child.is_some() {
                 continue;
             }

@@ -15,6 +15,8 @@ use instant_acme::{
 };
 use serde::{Deserialize, Serialize};
 
+use webstack_common::backoff::Backoff;
+
 use super::{CertStore, write_file};
 use crate::{AcmeSettings, CertificateOrigin};
 
@@ -122,6 +124,7 @@ impl AcmeClient {
             });
         }
         let mut failures = 0u32;
+        let mut retry = Backoff::new(FIRST_RETRY, LAST_RETRY);
         loop {
             let wait = self.time_until_renewal();
             if !wait.is_zero() {
@@ -134,6 +137,7 @@ impl AcmeClient {
             match self.order().await {
                 Ok(()) => {
                     failures = 0;
+                    retry.reset();
                     self.set_status(|s| {
                         s.failures = 0;
                         s.last_error = None;
@@ -141,9 +145,7 @@ impl AcmeClient {
                 }
                 Err(error) => {
                     failures += 1;
-                    let delay = FIRST_RETRY
-                        .saturating_mul(1 << (failures - 1).min(10))
-                        .min(LAST_RETRY);
+                    let delay = retry.next_delay();
                     tracing::error!(%error, retry_in = ?delay, "ACME: no certificate");
                     self.set_status(|s| {
                         s.state = "retrying";

@@ -321,12 +321,16 @@ pub(crate) fn describe(
 
 /// `YYYY-MM-DD HH:MM UTC`.
 fn utc_date(unix: i64) -> String {
-    let (y, m, d) = super::local_ca::civil_from_days(unix.div_euclid(86_400));
-    let secs = unix.rem_euclid(86_400);
+    let Ok(at) = time::OffsetDateTime::from_unix_timestamp(unix) else {
+        return format!("{unix} (seconds since 1970)");
+    };
     format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        secs / 3600,
-        secs % 3600 / 60
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute()
     )
 }
 
@@ -353,5 +357,6 @@ mod tests {
     fn dates() {
         assert_eq!(utc_date(0), "1970-01-01 00:00 UTC");
         assert_eq!(utc_date(1_798_761_600 + 3_660), "2027-01-01 01:01 UTC");
+        assert_eq!(utc_date(951_782_400), "2000-02-29 00:00 UTC");
     }
 }
