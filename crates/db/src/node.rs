@@ -91,7 +91,12 @@ pub struct NodeStatus {
 pub async fn run(config: NodeConfig, admin: Admin, shutdown: Shutdown) -> Result<(), NodeError> {
     let admin_password = secrets::read(&config.state_dir, "admin")?;
     let admin_password = admin_password.expose();
-    let mut init_file = provision::prepare(&config, admin_password).await?;
+    // The first bootstrap takes a while: a stop meanwhile ends it (mariadb-install-db is
+    // killed with its future) instead of waiting for it.
+    let mut init_file = tokio::select! {
+        prepared = provision::prepare(&config, admin_password) => prepared?,
+        _ = shutdown.triggered() => return Ok(()),
+    };
     stop_stale(&config).await;
     let mut backoff = Backoff::new(Duration::from_millis(500), MAX_BACKOFF);
     loop {

@@ -161,6 +161,7 @@ pub async fn prepare(
             }
         })?))
         .stderr(Stdio::from(log))
+        .kill_on_drop(true)
         .status()
         .await
         .map_err(|source| ProvisionError::Spawn {

@@ -70,8 +70,10 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
+        // Waits until the tasks are gone (the listener closed), so a test that drops a backend
+        // to kill it finds it dead.
         if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+            runtime.shutdown_timeout(Duration::from_secs(5));
         }
     }
 }

@@ -46,8 +46,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        // Keep logs and state of a failing run for a look: WEBSTACK_KEEP_TEST_DIRS=1.
-        if std::env::var_os("WEBSTACK_KEEP_TEST_DIRS").is_some() {
+        // Keep logs and state for a look: always those of a failing test (its thread is
+        // panicking), all of them with WEBSTACK_KEEP_TEST_DIRS=1.
+        if std::thread::panicking() || std::env::var_os("WEBSTACK_KEEP_TEST_DIRS").is_some() {
             eprintln!("kept {}", self.0.display());
             return;
         }

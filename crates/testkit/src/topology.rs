@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 
 use crate::TempDir;
 
-/// How long `up` may take to report every role healthy, and to stop.
-const START_TIMEOUT_SECS: u32 = 60;
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `up` may take to report every role healthy (a first MariaDB bootstrap on a cold,
+/// loaded 2-core machine is the slowest), and to stop (a db role gives mariadbd up to 60 s).
+const START_TIMEOUT_SECS: u32 = 240;
+const STOP_TIMEOUT: Duration = Duration::from_secs(150);
+/// Any one CLI command (`status`, `stop`, `start`) a test runs.
+const CLI_TIMEOUT: Duration = Duration::from_secs(240);
 
 pub struct Topology {
     pub dir: TempDir,
@@ -38,7 +41,7 @@ pub fn toml(net: u8, web_hosts: usize, lb_extra: &str) -> String {
         ));
     }
     text.push_str(&format!(
-        "\n[lb]\n{lb_extra}\n\n[lb.health]\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n\n\
+        "\n[lb]\n{lb_extra}\n\n[lb.health]\ninterval = \"200ms\"\ntimeout = \"2s\"\nrise = 2\nfall = 2\n\n\
          [lb.tls]\nredirect_http = false\n\n\
          [web]\nstatic_root = \"{}\"\nexpose_server_name = true\n\n[app]\ntemplates = \"{}\"\n",
         site.join("static").display(),
@@ -174,14 +177,37 @@ impl Topology {
         .unwrap_or_default()
     }
 
-    /// Runs `webstack ARGS --state-dir <ours>`.
+    /// Runs `webstack ARGS --state-dir <ours>`, killed if it takes longer than `CLI_TIMEOUT`.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(&self.exe)
-            .args(args)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .output()
-            .expect("run webstack")
+        let mut command = Command::new(&self.exe);
+        command.args(args).arg("--state-dir").arg(&self.state_dir);
+        output_within(&mut command, CLI_TIMEOUT)
+    }
+
+    /// The lb's view of its servers: waits (bounded) until every one of `names` is up, so a
+    /// test that counts where requests went starts from a full rotation (the lb is ready after
+    /// one check of each, whatever its result).
+    pub fn wait_servers_up(&self, names: &[&str]) {
+        let up = |name: &str| {
+            crate::http::get(self.lb_admin(), "/metrics", &[]).is_ok_and(|r| {
+                r.text()
+                    .lines()
+                    .any(|l| l == format!("webstack_lb_server_up{{server=\"{name}\"}} 1"))
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for name in names {
+            while !up(name) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} never came up at the lb:\n{}",
+                    crate::http::get(self.lb_admin(), "/metrics", &[])
+                        .map(|r| r.text())
+                        .unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 
     /// `webstack status --json`, parsed.
@@ -189,6 +215,15 @@ impl Topology {
         let out = self.cli(&["status", "--json"]);
         assert!(out.status.success(), "status failed: {}", text(&out));
         serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
+    /// `status`, or `Null` when it failed: for conditions polled with `assert_eventually!`.
+    pub fn try_status(&self) -> serde_json::Value {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
     }
 
     /// Pids of every role process the supervisor reports.
@@ -227,6 +262,7 @@ impl Topology {
             .map_err(|e| e.to_string())?;
         let out = Command::new("mariadb")
             .args([
+                "--connect-timeout=5",
                 "-h",
                 &format!("127.0.{}.{}", self.net, 10 + i),
                 "-P",
@@ -279,6 +315,47 @@ pub fn terminate(child: &mut Child) -> Option<ExitStatus> {
     let _ = child.kill();
     let _ = child.wait();
     None
+}
+
+/// Runs `command` to its end and collects its output; killed (by pid) after `limit`, so a
+/// stuck command fails the test instead of hanging the suite.
+pub fn output_within(command: &mut Command, limit: Duration) -> Output {
+    use std::io::Read;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a command");
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let readers = (
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = out.read_to_end(&mut buf);
+            buf
+        }),
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = err.read_to_end(&mut buf);
+            buf
+        }),
+    );
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("{command:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: readers.0.join().unwrap_or_default(),
+        stderr: readers.1.join().unwrap_or_default(),
+    }
 }
 
 pub fn text(out: &Output) -> String {

@@ -30,6 +30,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const DB_READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long a role may take to drain and exit after SIGTERM before it gets SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// A db role first gives mariadbd its clean shutdown (up to 60 s, see the db role): killed
+/// sooner, the role could not stop it, and mariadbd would outlive us.
+const DB_STOP_TIMEOUT: Duration = Duration::from_secs(75);
+/// One `/ready` or `/status` probe of a role (generous: a loaded machine answers slowly, and
+/// a slow answer is not an unhealthy role).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A role that ran this long before crashing restarts after the first backoff again.
@@ -519,19 +525,20 @@ async fn forward_hangups(sup: Shared) {
                 .filter_map(|u| u.child.as_ref().and_then(|c| c.id()))
                 .collect()
         };
-        for pid in &pids {
-            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGHUP);
-        }
         println!(
             "webstack: SIGHUP: certificates reloading on {} lb process(es)",
             pids.len()
         );
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGHUP);
+        }
     }
 }
 
 /// Polls every running unit's `/ready` so `status` answers from fresh facts.
 async fn health_loop(sup: Shared) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let probes: Vec<(usize, SocketAddr, Role)> = {
@@ -544,15 +551,15 @@ async fn health_loop(sup: Shared) {
                 .collect()
         };
         let checks = probes.into_iter().map(|(i, admin, role)| async move {
-            let ok = matches!(get_status(admin, "localhost", "/ready", Duration::from_millis(400)).await, Ok(s) if s.is_success());
-            // A db node also reports its replication state, an lb its certificates.
+            let ok = matches!(get_status(admin, "localhost", "/ready", PROBE_TIMEOUT).await, Ok(s) if s.is_success());
+            // A db node also reports its replication state, an lb its certificates; None when
+            // the role did not answer (its last facts stay).
             let detail = match role {
-                Role::Db | Role::Lb => get_body(admin, "localhost", "/status", Duration::from_millis(400))
+                Role::Db | Role::Lb => get_body(admin, "localhost", "/status", PROBE_TIMEOUT)
                     .await
                     .ok()
-                    .and_then(|(_, body)| serde_json::from_slice(&body).ok())
-                    .unwrap_or_default(),
-                _ => serde_json::Value::Null,
+                    .and_then(|(_, body)| serde_json::from_slice(&body).ok()),
+                _ => Some(serde_json::Value::Null),
             };
             (i, ok, detail)
         });
@@ -565,11 +572,11 @@ async fn health_loop(sup: Shared) {
                 let mut units = sup.units.lock().unwrap();
                 let unit = &mut units[i];
                 unit.healthy = ok && unit.child.is_some();
-                unit.detail = if unit.child.is_some() {
-                    detail
-                } else {
-                    serde_json::Value::Null
-                };
+                if unit.child.is_none() {
+                    unit.detail = serde_json::Value::Null;
+                } else if let Some(detail) = detail {
+                    unit.detail = detail;
+                }
             }
         }
     }
@@ -632,7 +639,12 @@ async fn stop_units(sup: &Shared, mut indices: Vec<usize>) -> Vec<String> {
         };
         let Some(pid) = pid else { continue };
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let limit = if sup.units.lock().unwrap()[i].role == Role::Db {
+            DB_STOP_TIMEOUT
+        } else {
+            STOP_TIMEOUT
+        };
+        let deadline = Instant::now() + limit;
         loop {
             sup.reap();
             let gone = sup.units.lock().unwrap()[i].child.is_none();
@@ -643,7 +655,7 @@ async fn stop_units(sup: &Shared, mut indices: Vec<usize>) -> Vec<String> {
                 let mut units = sup.units.lock().unwrap();
                 let label = units[i].label();
                 if let Some(child) = units[i].child.as_mut() {
-                    eprintln!("webstack: {label} did not stop within {STOP_TIMEOUT:?}; killing it");
+                    eprintln!("webstack: {label} did not stop within {limit:?}; killing it");
                     let _ = child.start_kill();
                 }
             }

@@ -23,6 +23,8 @@ fn lb_over_backends(
     let mut topology = Topology::write(EXE, name, net, config);
     let admin = topology.lb_admin();
     topology.run_role("lb-01", "lb", admin);
+    let names: Vec<&str> = started.iter().map(|b| b.name.as_str()).collect();
+    topology.wait_servers_up(&names);
     (topology, started)
 }
 
@@ -47,8 +49,9 @@ fn leastconn_sends_new_requests_away_from_a_server_holding_slow_requests() {
         &toml(31, 2, "algorithm = \"leastconn\""),
     );
     let lb = topology.lb();
-    // One slow request occupies one server for 3 s.
-    let slow = std::thread::spawn(move || get(lb, "/slow?ms=3000", &[]).unwrap());
+    // One slow request occupies one server for 6 s (ten quick requests take far less; the
+    // client waits up to 10 s).
+    let slow = std::thread::spawn(move || get(lb, "/slow?ms=6000", &[]).unwrap());
     assert_eventually!(
         hits(&backends).iter().sum::<usize>() == 1,
         Duration::from_secs(5),
@@ -109,7 +112,7 @@ fn weighted_roundrobin_and_backup_servers() {
         .unhealthy
         .store(false, std::sync::atomic::Ordering::SeqCst);
     assert_eventually!(
-        get(topology.lb(), "/", &[]).unwrap().header("x-served-by") == Some("web-02"),
+        get(topology.lb(), "/", &[]).is_ok_and(|r| r.header("x-served-by") == Some("web-02")),
         Duration::from_secs(10),
         "web-02 back, backup idle again"
     );
@@ -193,7 +196,7 @@ fn errors_the_load_balancer_answers_itself() {
         .unhealthy
         .store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eventually!(
-        get(lb, "/", &[]).unwrap().status == 503,
+        get(lb, "/", &[]).is_ok_and(|r| r.status == 503),
         Duration::from_secs(10),
         "503 once the only server is down"
     );

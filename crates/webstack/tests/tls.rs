@@ -145,8 +145,10 @@ fn https_with_the_local_ca_http2_redirect_and_hsts() {
             & 0o777;
         assert_eq!(mode, 0o600, "{key}");
     }
-    assert!(
+    // Printed once every role is up, which `status --wait` may see first.
+    assert_eventually!(
         topology.up_log().contains("tls/ca.pem (curl --cacert)"),
+        Duration::from_secs(10),
         "{}",
         topology.up_log()
     );
@@ -172,7 +174,7 @@ fn status_text(topology: &Topology) -> String {
 
 /// The lb's ACME client state from `webstack status --json` ("" before the first report).
 fn acme_state(topology: &Topology) -> String {
-    topology.status()["units"]
+    topology.try_status()["units"]
         .as_array()
         .into_iter()
         .flatten()
@@ -322,7 +324,9 @@ fn certificates_by_sni_replaced_without_dropping_connections() {
     let ca = TestCa::new(&dir);
     let (a_cert, a_key) = ca.issue(&dir, "a", &["a.test"]);
     let (b_cert, b_key) = ca.issue(&dir, "b", &["*.b.test"]);
-    let config = toml(net, 1, "").replace(
+    // An open connection must outlive the waits below (the lb closes idle ones after the header
+    // timeout).
+    let config = toml(net, 1, "[lb.timeouts]\nclient_header = \"60s\"").replace(
         "[lb.tls]\nredirect_http = false\n",
         &format!(
             "[lb.tls]\ncert = \"{}\"\nkey = \"{}\"\n[[lb.tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n",

@@ -34,6 +34,7 @@ fn the_site_is_served_through_both_web_hosts() {
     );
 
     // 20 GETs through the load balancer reach both web hosts, each page naming its hosts.
+    topology.wait_servers_up(&["web-01", "web-02"]);
     let seen = served_by(&topology, 20);
     assert_eq!(seen.get("web-01"), Some(&10), "{seen:?}");
     assert_eq!(seen.get("web-02"), Some(&10), "{seen:?}");
@@ -96,6 +97,10 @@ fn the_site_is_served_through_both_web_hosts() {
         table.contains("lb-01") && table.contains("ready"),
         "{table}"
     );
+    // Only this user may talk to the supervisor.
+    use std::os::unix::fs::PermissionsExt;
+    let socket = std::fs::metadata(topology.state_dir().join("control.sock")).unwrap();
+    assert_eq!(socket.permissions().mode() & 0o777, 0o600);
 }
 
 #[test]
@@ -213,6 +218,7 @@ fn static_files_have_validators_ranges_and_no_way_out_of_the_root() {
 #[test]
 fn stopping_a_web_host_takes_it_out_of_rotation_without_failed_requests() {
     let topology = Topology::start(EXE, "topo-failover", 22, &toml(22, 2, ""));
+    topology.wait_servers_up(&["web-01", "web-02"]);
     let lb = topology.lb();
 
     // Traffic flows the whole time; not one request may fail.
@@ -235,7 +241,8 @@ fn stopping_a_web_host_takes_it_out_of_rotation_without_failed_requests() {
                         Err(e) => failures.lock().unwrap().push(e),
                     }
                     sent += 1;
-                    std::thread::sleep(Duration::from_millis(5));
+                    // Steady traffic that leaves the (debug-built) roles room on 2 cores.
+                    std::thread::sleep(Duration::from_millis(20));
                 }
                 sent
             })
