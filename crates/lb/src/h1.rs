@@ -22,10 +22,10 @@ use webstack_http1::head::{
     self, Forwarding, Persistence, Refusal, Request, Response, ResponseRewrite,
 };
 use webstack_http1::pool::Conn;
-use webstack_http1::retry::{Attempts, Failure, GiveUp};
+use webstack_http1::retry::{self, Attempts, Failure};
 use webstack_http1::{date, tunnel};
 
-use crate::proxy::{Access, PlainHttpAnswer, Proxy, REDIRECT_TEXT};
+use crate::proxy::{Access, AttemptError, Forwarded, PlainHttpAnswer, Proxy, REDIRECT_TEXT};
 use crate::server::{ActiveGuard, Server};
 
 /// A body read or write that makes no progress for this long ends the exchange (HAProxy's
@@ -57,17 +57,8 @@ enum Next {
     Refuse(Refusal),
 }
 
-/// Why one attempt on one server failed.
-enum AttemptError {
-    /// A server-side failure before any response: decides retry and status.
-    Server(Failure),
-    /// The client went away or sent a broken body: nothing to answer (or a 400 was sent).
-    Client,
-}
-
 /// A response head from a server, and what became of the request.
 struct Answer {
-    server: Arc<Server>,
     conn: Conn,
     response: Response,
     /// The rewritten response head (owned only when the answer was held back as a fallback).
@@ -236,21 +227,10 @@ impl Proxy {
         let replayable = request.bodyless() && request.idempotent;
         let mut attempts = Attempts::new(self.config.retries, replayable);
         let outcome = loop {
-            let candidate = if attempts.may_try_another() {
-                self.balancer
-                    .select(&|s| !attempts.tried().contains(s.index))
-            } else {
-                None
+            let server = match self.next_server(&mut attempts) {
+                Ok(server) => server,
+                Err(outcome) => break outcome,
             };
-            let Some(server) = candidate else {
-                break match attempts.give_up() {
-                    GiveUp::Fallback(answer) => Ok(answer),
-                    GiveUp::Failed(failure) => Err((None, failure)),
-                };
-            };
-            if attempts.begin(server.index) {
-                self.metrics.retries.inc();
-            }
             let guard = server.begin();
             // The forwarded head for this server: a Host if the client sent none (HTTP/1.0).
             out.truncate(base);
@@ -260,15 +240,15 @@ impl Proxy {
                 out.extend_from_slice(b"\r\n");
             }
             out.extend_from_slice(b"\r\n");
-            match self
+            let result = self
                 .attempt(client, request, &server, out, back, &rewrite, replayable)
                 .await
-            {
-                Ok((conn, response, sent, request_body)) => {
+                .map(|(conn, response, sent, request_body)| {
+                    // An answer that may be held back keeps its head: the next attempt
+                    // reuses `back`.
+                    let held_head = retry::holds(replayable, response.status).then(|| back.clone());
                     let status = response.status;
-                    let held_head = attempts.holds(status).then(|| back.clone());
                     let answer = Answer {
-                        server: server.clone(),
                         conn,
                         response,
                         held_head,
@@ -276,33 +256,17 @@ impl Proxy {
                         request_body,
                         _guard: guard,
                     };
-                    match attempts.answered(status, answer) {
-                        Some(answer) => break Ok(answer),
-                        None => {
-                            tracing::warn!(server = %server.config.name, status, "server answered an error, trying another");
-                            server.recheck.notify_one();
-                        }
-                    }
-                }
-                Err(AttemptError::Client) => return false,
-                Err(AttemptError::Server(failure)) => {
-                    if let Failure::Unreachable { .. } = failure {
-                        server.recheck.notify_one();
-                    }
-                    let text = failure.to_string();
-                    match attempts.failed(failure) {
-                        Ok(()) => {
-                            tracing::warn!(server = %server.config.name, error = text, "trying another server");
-                        }
-                        Err(failure) => break Err((Some(server), Some(failure))),
-                    }
-                }
+                    (status, answer)
+                });
+            if let Some(outcome) = self.after_attempt(&mut attempts, server, result) {
+                break outcome;
             }
         };
 
-        let (mut answer, waited) = match outcome {
-            Ok(answer) => (answer, started.elapsed()),
-            Err((server, failure)) => {
+        let (mut answer, server) = match outcome {
+            Forwarded::Answer(answer, server) => (answer, server),
+            Forwarded::Abandoned => return false,
+            Forwarded::Failed(server, failure) => {
                 let status = self.answer_failure(failure.as_ref(), server.as_deref());
                 let local = Local {
                     status,
@@ -328,8 +292,9 @@ impl Proxy {
                 return keep;
             }
         };
+        // Time to the response head, for the metrics.
+        self.answered(&server, answer.response.status, started);
 
-        let server = answer.server.clone();
         let held = answer.held_head.take();
         let head = held.as_deref().unwrap_or(back);
         let keep = if answer.response.upgrade {
@@ -378,8 +343,6 @@ impl Proxy {
             }
             keep
         };
-        server.responses(answer.response.status).inc();
-        server.metrics.duration.observe(waited.as_secs_f64());
         self.access_log(&Access {
             client: client.peer.ip(),
             method: text(out, &request.method),

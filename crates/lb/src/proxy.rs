@@ -54,6 +54,25 @@ pub struct Proxy {
     tls: Option<(Arc<CertStore>, Arc<Challenges>)>,
 }
 
+/// Why one attempt on one server gave no response head.
+pub(crate) enum AttemptError {
+    /// A server-side failure: decides retry and status.
+    Server(Failure),
+    /// The client went away or broke its request: nothing to answer (or it was answered).
+    Client,
+}
+
+/// What became of a request after its attempts.
+pub(crate) enum Forwarded<T> {
+    /// A server's answer (or the 5xx held back, when no other server did better).
+    Answer(T, Arc<Server>),
+    /// No answer: the failure to report (`None`: no server could be tried, 503), and the server
+    /// it came from.
+    Failed(Option<Arc<Server>>, Option<Failure>),
+    /// The client is gone or was refused: nothing more to send.
+    Abandoned,
+}
+
 /// One line of the access log, the same for both client protocols.
 pub(crate) struct Access<'a> {
     pub client: IpAddr,
@@ -126,6 +145,76 @@ impl Proxy {
         }))
     }
 
+    /// The retry loop of both client protocols, in two halves around the attempt (an async
+    /// closure cannot carry it: its future would not be `Send`): servers as the balancer picks
+    /// them, each tried once, until one answers or the one rule (`webstack_http1::retry`) says
+    /// stop. This half: the next server, or what became of the request when none is left.
+    pub(crate) fn next_server<T>(
+        &self,
+        attempts: &mut Attempts<(T, Arc<Server>)>,
+    ) -> Result<Arc<Server>, Forwarded<T>> {
+        let candidate = if attempts.may_try_another() {
+            self.balancer
+                .select(&|s| !attempts.tried().contains(s.index))
+        } else {
+            None
+        };
+        let Some(server) = candidate else {
+            return Err(match attempts.give_up() {
+                GiveUp::Fallback((answer, server)) => Forwarded::Answer(answer, server),
+                GiveUp::Failed(failure) => Forwarded::Failed(None, failure),
+            });
+        };
+        if attempts.begin(server.index) {
+            self.metrics.retries.inc();
+        }
+        Ok(server)
+    }
+
+    /// The other half: one attempt's result. `Some` when the request is done (answered,
+    /// failed, or abandoned by its client), `None` to try another server.
+    pub(crate) fn after_attempt<T>(
+        &self,
+        attempts: &mut Attempts<(T, Arc<Server>)>,
+        server: Arc<Server>,
+        result: Result<(u16, T), AttemptError>,
+    ) -> Option<Forwarded<T>> {
+        match result {
+            Ok((status, answer)) => {
+                if attempts.holds(status) {
+                    tracing::warn!(server = %server.config.name, status, "server answered an error, trying another");
+                    server.recheck.notify_one();
+                }
+                attempts
+                    .answered(status, (answer, server))
+                    .map(|(answer, server)| Forwarded::Answer(answer, server))
+            }
+            Err(AttemptError::Client) => Some(Forwarded::Abandoned),
+            Err(AttemptError::Server(failure)) => {
+                if let Failure::Unreachable { .. } = failure {
+                    server.recheck.notify_one();
+                }
+                let text = failure.to_string();
+                match attempts.failed(failure) {
+                    Ok(()) => {
+                        tracing::warn!(server = %server.config.name, error = text, "trying another server");
+                        None
+                    }
+                    Err(failure) => Some(Forwarded::Failed(Some(server), Some(failure))),
+                }
+            }
+        }
+    }
+
+    /// Records a server's answer in its metrics (status class, time to the response head).
+    pub(crate) fn answered(&self, server: &Server, status: u16, started: Instant) {
+        server.responses(status).inc();
+        server
+            .metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     /// One request of an HTTP/2 client (always over TLS): its head rewritten by the rules of
     /// the HTTP/1 path, forwarded over the worker's pool with the same retries.
     pub async fn handle(
@@ -173,21 +262,10 @@ impl Proxy {
         let mut attempts = Attempts::new(self.config.retries, replayable);
         let mut back = Vec::with_capacity(1024);
         let outcome = loop {
-            let candidate = if attempts.may_try_another() {
-                self.balancer
-                    .select(&|s| !attempts.tried().contains(s.index))
-            } else {
-                None
+            let server = match self.next_server(&mut attempts) {
+                Ok(server) => server,
+                Err(outcome) => break outcome,
             };
-            let Some(server) = candidate else {
-                break match attempts.give_up() {
-                    GiveUp::Fallback(answer) => Ok(answer),
-                    GiveUp::Failed(failure) => Err((None, failure)),
-                };
-            };
-            if attempts.begin(server.index) {
-                self.metrics.retries.inc();
-            }
             let guard = server.begin();
             out.truncate(base);
             if request.host.is_none() {
@@ -207,71 +285,49 @@ impl Proxy {
                     replayable,
                 )
                 .await;
-            match sent {
+            let result = match sent {
                 Ok((conn, response, sent)) => {
-                    let status = response.status;
-                    let answer = client::response_parts(&back, &response);
-                    let reusable = response.reusable && sent == Sent::Complete;
-                    let back_to = reusable.then(|| Return {
+                    let head = client::response_parts(&back, &response);
+                    let back_to = (response.reusable && sent == Sent::Complete).then(|| Return {
                         pool: self.pool.clone(),
                         server: server.index,
                     });
-                    let body = ResponseBody::new(
-                        conn,
-                        response.body,
-                        back_to,
-                        BODY_TIMEOUT,
-                        Some(Box::new(guard)),
-                    );
-                    let answer = answer.map(|()| Either::Left(body));
-                    match attempts.answered(status, (answer, server.clone(), sent)) {
-                        Some(answer) => break Ok(answer),
-                        None => {
-                            tracing::warn!(server = %server.config.name, status, "server answered an error, trying another");
-                            server.recheck.notify_one();
-                        }
-                    }
+                    let hold: Box<dyn Send + Sync> = Box::new(guard);
+                    let body =
+                        ResponseBody::new(conn, response.body, back_to, BODY_TIMEOUT, Some(hold));
+                    Ok((response.status, (head.map(|()| Either::Left(body)), sent)))
                 }
+                Err(SendError::Server(failure)) => Err(AttemptError::Server(failure)),
                 Err(SendError::Client(error)) => {
                     tracing::debug!(client = %peer, %error, "the client's request body failed");
-                    let text = Bytes::from_static(b"400 Bad Request: the request body failed.\n");
-                    return self.local(StatusCode::BAD_REQUEST, text, &request_id);
+                    Err(AttemptError::Client)
                 }
-                Err(SendError::Server(failure)) => {
-                    if let Failure::Unreachable { .. } = failure {
-                        server.recheck.notify_one();
-                    }
-                    let text = failure.to_string();
-                    match attempts.failed(failure) {
-                        Ok(()) => {
-                            tracing::warn!(server = %server.config.name, error = text, "trying another server");
-                        }
-                        Err(failure) => break Err((Some(server), Some(failure))),
-                    }
-                }
+            };
+            if let Some(outcome) = self.after_attempt(&mut attempts, server, result) {
+                break outcome;
             }
         };
         let method = &out[request.method.clone()];
         let path = &out[request.target.clone()];
         let (response, server) = match outcome {
-            Ok((response, server, sent)) => {
+            Forwarded::Answer((response, sent), server) => {
                 if sent == Sent::Partial {
                     // The server answered before it had the whole body: the rest is read and
                     // dropped for a while, so the client finishes its upload and reads the
                     // answer (a reset stream is an error to some clients).
                     tokio::spawn(client::drain(body));
                 }
-                server.responses(response.status().as_u16()).inc();
-                server
-                    .metrics
-                    .duration
-                    .observe(started.elapsed().as_secs_f64());
+                self.answered(&server, response.status().as_u16(), started);
                 (response, Some(server))
             }
-            Err((server, failure)) => {
+            Forwarded::Failed(server, failure) => {
                 let status = self.answer_failure(failure.as_ref(), server.as_deref());
                 let text = Bytes::from_static(error_text(status).as_bytes());
                 (self.local(status, text, &request_id), server)
+            }
+            Forwarded::Abandoned => {
+                let text = Bytes::from_static(b"400 Bad Request: the request body failed.\n");
+                (self.local(StatusCode::BAD_REQUEST, text, &request_id), None)
             }
         };
         self.access_log(&Access {
