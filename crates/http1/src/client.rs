@@ -35,6 +35,70 @@ pub enum SendError {
     Client(BoxError),
 }
 
+/// Where a request goes: a server of a pool, and whether it can be sent twice.
+pub struct Target<'a> {
+    pub pool: &'a Pool,
+    /// The server's index in the pool.
+    pub server: usize,
+    pub addr: std::net::SocketAddr,
+    /// An idempotent request without a body.
+    pub replayable: bool,
+}
+
+/// `send` on a pooled connection to `target` (or a new one). A pooled connection that turns
+/// out closed before any answer (the server closed it while idle) gets a replayable request
+/// again on a fresh one. Returns the connection with the response head.
+#[allow(clippy::too_many_arguments)]
+pub async fn send_pooled<B>(
+    target: &Target<'_>,
+    head: &[u8],
+    framing: Framing,
+    body: &mut B,
+    back: &mut Vec<u8>,
+    rewrite: &ResponseRewrite<'_>,
+    server_timeout: Duration,
+    idle: Duration,
+) -> Result<(Conn, Response, Sent), SendError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let connect = || async {
+        target.pool.connect(target.addr).await.map_err(|error| {
+            SendError::Server(Failure::Unreachable {
+                connect: true,
+                error,
+            })
+        })
+    };
+    let mut conn = match target.pool.checkout(target.server, target.replayable) {
+        Some(conn) => conn,
+        None => connect().await?,
+    };
+    loop {
+        let sent = send(
+            &mut conn,
+            head,
+            framing,
+            body,
+            back,
+            rewrite,
+            server_timeout,
+            idle,
+        )
+        .await;
+        match sent {
+            Ok((response, sent)) => return Ok((conn, response, sent)),
+            Err(SendError::Server(failure))
+                if conn.worth_a_fresh_try(target.replayable, &failure) =>
+            {
+                conn = connect().await?;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// Sends `head` and then `body` (framed as `framing` says) on `conn`, and reads the response
 /// head into `back`. `server_timeout` bounds the wait for the head once the request is out;
 /// `idle` bounds each read of the client's body and each write to the server.

@@ -30,6 +30,13 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// After `failure` on this connection: whether the request should go out once more on a
+    /// fresh one. Only a reused connection (the server may have closed it while it idled) that
+    /// gave no answer at all, and only for a request that can be sent twice.
+    pub fn worth_a_fresh_try(&self, replayable: bool, failure: &crate::retry::Failure) -> bool {
+        self.reused && replayable && matches!(failure, crate::retry::Failure::Unreachable { .. })
+    }
+
     /// Whether the server closed it or sent something unasked while it was idle, without a
     /// system call unless the runtime saw the socket become readable. `ask_kernel`: one
     /// non-blocking peek even then, for a request that cannot be sent twice: the runtime may

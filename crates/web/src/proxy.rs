@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use webstack_common::forward::{RequestIds, X_WEBSTACK_WEB_HOST};
 use webstack_common::serve::BoxBody;
-use webstack_http1::client::{self, ResponseBody, Return, SendError};
+use webstack_http1::client::{self, ResponseBody, Return, SendError, Target};
 use webstack_http1::exchange::Sent;
 use webstack_http1::head::{self, Forwarding, ResponseRewrite};
 use webstack_http1::pool::{Conn, Pool};
@@ -101,17 +101,24 @@ impl AppProxy {
         };
         let replayable = request.bodyless() && request.idempotent;
         let mut back = Vec::with_capacity(1024);
-        let (conn, response, sent) = match self
-            .send(
-                &out,
-                request.body,
-                &mut body,
-                &mut back,
-                &rewrite,
-                replayable,
-            )
-            .await
-        {
+        let target = Target {
+            pool: &self.pool,
+            server: 0,
+            addr: self.addr,
+            replayable,
+        };
+        let sent = client::send_pooled(
+            &target,
+            &out,
+            request.body,
+            &mut body,
+            &mut back,
+            &rewrite,
+            self.response_timeout,
+            BODY_TIMEOUT,
+        )
+        .await;
+        let (conn, response, sent) = match sent {
             Ok(exchanged) => exchanged,
             Err(SendError::Server(failure)) => {
                 tracing::warn!(error = %failure, app = %self.addr, "app request failed");
@@ -156,53 +163,6 @@ impl AppProxy {
         });
         let body = ResponseBody::new(conn, response.body, back_to, BODY_TIMEOUT, None);
         head.map(|()| body.map_err(Into::into).boxed_unsync())
-    }
-
-    /// One attempt: a pooled connection (or a fresh one when the pooled one turns out closed
-    /// and the request can be sent again), the request out, the response head in.
-    async fn send(
-        &self,
-        head: &[u8],
-        framing: head::Framing,
-        body: &mut Incoming,
-        back: &mut Vec<u8>,
-        rewrite: &ResponseRewrite<'_>,
-        replayable: bool,
-    ) -> Result<(Conn, head::Response, Sent), SendError> {
-        let connect = || async {
-            self.pool.connect(self.addr).await.map_err(|error| {
-                SendError::Server(Failure::Unreachable {
-                    connect: true,
-                    error,
-                })
-            })
-        };
-        let mut conn = match self.pool.checkout(0, replayable) {
-            Some(conn) => conn,
-            None => connect().await?,
-        };
-        loop {
-            match client::send(
-                &mut conn,
-                head,
-                framing,
-                body,
-                back,
-                rewrite,
-                self.response_timeout,
-                BODY_TIMEOUT,
-            )
-            .await
-            {
-                Ok((response, sent)) => return Ok((conn, response, sent)),
-                Err(SendError::Server(Failure::Unreachable { .. }))
-                    if conn.reused && replayable =>
-                {
-                    conn = connect().await?;
-                }
-                Err(error) => return Err(error),
-            }
-        }
     }
 }
 
