@@ -152,10 +152,15 @@ pub async fn create(router: &Router, new: &NewPost) -> Result<(Post, String), Ap
     let writer = router.writer()?;
     let timeout = router.query_timeout();
     let write = async {
+        // No connection to the primary: writes are unavailable (503), not our fault (500).
         let mut conn = writer
             .conn(router.connect_timeout())
             .await
-            .inspect_err(|_| router.mark_unreachable(&writer))?;
+            .map_err(|error| {
+                router.mark_unreachable(&writer);
+                tracing::warn!(node = %writer.name, %error, "no connection to the primary");
+                AppError::from(RouteError::NoPrimary)
+            })?;
         conn.exec_drop(
             "INSERT INTO posts (author, body) VALUES (?, ?)",
             (&new.author, &new.body),

@@ -45,6 +45,9 @@ struct Client<C> {
     buf: BytesMut,
     peer: SocketAddr,
     secure: bool,
+    /// What is still to come of the current request's body: the relay to a server keeps it
+    /// exact, so after any answer the rest can be read and dropped (or the connection closed).
+    body: BodyState,
     /// The stream is no longer at a request boundary (a refused request, a request body cut
     /// short or left unread): answer, then close, reading what the client still sends for a
     /// while so the answer is not lost to a TCP reset (nginx's lingering close).
@@ -65,8 +68,6 @@ struct Answer {
     held_head: Option<Vec<u8>>,
     /// `Partial`: the server answered before it had the whole body.
     sent: Sent,
-    /// The rest of the client's body, when `sent` is `Partial`.
-    request_body: BodyState,
     _guard: ActiveGuard,
 }
 
@@ -88,6 +89,7 @@ impl Proxy {
             buf: BytesMut::with_capacity(BUFFER),
             peer,
             secure,
+            body: BodyState::Done,
             broken: false,
         };
         // Reused for every request of the connection: the forwarded head, the response head.
@@ -176,6 +178,7 @@ impl Proxy {
         out.extend_from_slice(b"\r\n");
         let base = out.len();
         let client_keep = request.keep_alive && !draining;
+        client.body = BodyState::new(request.body);
 
         if !client.secure {
             let target = std::str::from_utf8(&out[request.target.clone()]).unwrap_or("/");
@@ -206,13 +209,12 @@ impl Proxy {
                     request_id: &request_id,
                 };
                 // The body is not needed: a short one is dropped, a long one closes.
-                let mut rest = BodyState::new(request.body);
-                let keep = client_keep && discardable(&rest);
+                let keep = client_keep && discardable(&client.body);
                 let connection = Persistence::of(keep, request.http10);
                 let kept = self
                     .answer_local(client, back, &local, request.is_head, connection)
                     .await;
-                return kept && self.discard(client, &mut rest).await;
+                return self.finish_body(client, kept).await;
             }
         }
 
@@ -243,7 +245,7 @@ impl Proxy {
             let result = self
                 .attempt(client, request, &server, out, back, &rewrite, replayable)
                 .await
-                .map(|(conn, response, sent, request_body)| {
+                .map(|(conn, response, sent)| {
                     // An answer that may be held back keeps its head: the next attempt
                     // reuses `back`.
                     let held_head = retry::holds(replayable, response.status).then(|| back.clone());
@@ -253,7 +255,6 @@ impl Proxy {
                         response,
                         held_head,
                         sent,
-                        request_body,
                         _guard: guard,
                     };
                     (status, answer)
@@ -275,8 +276,10 @@ impl Proxy {
                     location: None,
                     request_id: &request_id,
                 };
-                let connection = Persistence::of(client_keep && !client.broken, request.http10);
-                let keep = self
+                // No server read the body (or one stopped in it): dropped if short, else close.
+                let keep = client_keep && !client.broken && discardable(&client.body);
+                let connection = Persistence::of(keep, request.http10);
+                let kept = self
                     .answer_local(client, back, &local, request.is_head, connection)
                     .await;
                 self.access_log(&Access {
@@ -289,7 +292,7 @@ impl Proxy {
                     started,
                     request_id: &request_id,
                 });
-                return keep;
+                return self.finish_body(client, kept).await;
             }
         };
         // Time to the response head, for the metrics.
@@ -334,14 +337,10 @@ impl Proxy {
                     tracing::warn!(server = %server.config.name, %error, "response body cut short");
                 }
             }
-            let mut keep = answer.response.keep_alive && sent.is_ok();
-            if answer.sent == Sent::Partial {
-                // The server answered before it had the whole body: the rest is read and
-                // dropped to keep the connection, or it closes.
-                keep = keep && self.discard(client, &mut answer.request_body).await;
-                client.broken |= !answer.request_body.is_done();
-            }
-            keep
+            // After an early answer the rest of the body is read and dropped to keep the
+            // connection, or it closes.
+            let keep = answer.response.keep_alive && sent.is_ok();
+            self.finish_body(client, keep).await
         };
         self.access_log(&Access {
             client: client.peer.ip(),
@@ -397,7 +396,7 @@ impl Proxy {
         back: &mut Vec<u8>,
         rewrite: &ResponseRewrite<'_>,
         replayable: bool,
-    ) -> Result<(Conn, Response, Sent, BodyState), AttemptError>
+    ) -> Result<(Conn, Response, Sent), AttemptError>
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
@@ -421,7 +420,7 @@ impl Proxy {
                 .send_once(client, request, &mut conn, out, back, rewrite)
                 .await
             {
-                Ok((response, sent, rest)) => return Ok((conn, response, sent, rest)),
+                Ok((response, sent)) => return Ok((conn, response, sent)),
                 Err(AttemptError::Server(Failure::Unreachable { .. }))
                     if conn.reused && replayable =>
                 {
@@ -433,8 +432,8 @@ impl Proxy {
     }
 
     /// Writes the request (head and body) on `conn` while reading the response head into
-    /// `back`. Returns the head, how much of the request went out, and what is left of the
-    /// client's body.
+    /// `back`. Returns the head and how much of the request went out (`client.body` says what
+    /// is left of the client's body).
     async fn send_once<C>(
         &self,
         client: &mut Client<C>,
@@ -443,7 +442,7 @@ impl Proxy {
         out: &[u8],
         back: &mut Vec<u8>,
         rewrite: &ResponseRewrite<'_>,
-    ) -> Result<(Response, Sent, BodyState), AttemptError>
+    ) -> Result<(Response, Sent), AttemptError>
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
@@ -462,7 +461,7 @@ impl Proxy {
                 Err(_) => return Err(AttemptError::Server(Failure::Timeout)),
             };
             conn.buf.advance(response.head_len);
-            return Ok((response, Sent::Complete, BodyState::Done));
+            return Ok((response, Sent::Complete));
         }
 
         if request.expect_continue && !request.http10 && client.buf.is_empty() {
@@ -477,14 +476,13 @@ impl Proxy {
                 return Err(AttemptError::Client);
             }
         }
-        let mut rest = BodyState::new(request.body);
         let outcome = {
             let (mut from_server, mut to_server) = conn.stream.split();
             let pump = async {
                 body::relay(
                     &mut client.io,
                     &mut client.buf,
-                    &mut rest,
+                    &mut client.body,
                     false,
                     &mut to_server,
                     out,
@@ -510,7 +508,8 @@ impl Proxy {
             HeadOutcome::Response(mut response, sent) => {
                 // An early answer keeps the client connection only if the rest of the body is
                 // short enough to be read and dropped.
-                if sent == Sent::Partial && rewrite.client_keep_alive && !discardable(&rest) {
+                if sent == Sent::Partial && rewrite.client_keep_alive && !discardable(&client.body)
+                {
                     let closing = ResponseRewrite {
                         client_keep_alive: false,
                         ..*rewrite
@@ -520,11 +519,11 @@ impl Proxy {
                     }
                 }
                 conn.buf.advance(response.head_len);
-                Ok((response, sent, rest))
+                Ok((response, sent))
             }
             HeadOutcome::Failed(failure) => {
                 // Part of the body may be unread: this client connection cannot go on.
-                client.broken |= !rest.is_done();
+                client.broken |= !client.body.is_done();
                 Err(AttemptError::Server(failure))
             }
             HeadOutcome::Source(RelayError::Malformed(body::Malformed(what))) => {
@@ -542,21 +541,27 @@ impl Proxy {
         }
     }
 
-    /// Reads and drops the rest of a request body nobody needs, within `DISCARD_MAX` bytes and
-    /// `DISCARD_TIME`. Returns whether the connection is at a request boundary again.
-    async fn discard<C>(&self, client: &mut Client<C>, rest: &mut BodyState) -> bool
+    /// After an answer, the rest of the request body nobody read: none left, the connection
+    /// goes on as `keep` says; a short rest is read and dropped (within `DISCARD_MAX` bytes and
+    /// `DISCARD_TIME`) to keep it; otherwise, or when that fails, it is closed with a lingering
+    /// read (`broken`). Returns whether the connection stays open.
+    async fn finish_body<C>(&self, client: &mut Client<C>, keep: bool) -> bool
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
-        if rest.is_done() {
-            return true;
+        if client.body.is_done() {
+            return keep;
+        }
+        if !keep {
+            client.broken = true;
+            return false;
         }
         let done = tokio::time::timeout(
             DISCARD_TIME,
             body::discard(
                 &mut client.io,
                 &mut client.buf,
-                rest,
+                &mut client.body,
                 DISCARD_MAX,
                 BODY_TIMEOUT,
             ),

@@ -67,11 +67,21 @@ pub fn request(
 /// that comes before the body is all sent is seen. A write that fails once the server has
 /// answered and closed is expected, not an error.
 pub fn post_streaming(addr: SocketAddr, path: &str, len: usize) -> Result<Response, String> {
+    post_streaming_as(addr, &addr.to_string(), path, len)
+}
+
+/// `post_streaming` with `Host: host`.
+pub fn post_streaming_as(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    len: usize,
+) -> Result<Response, String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| format!("connect {addr}: {e}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
     );
     let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
     let sender = std::thread::spawn(move || {

@@ -307,6 +307,10 @@ fn losing_the_replica_or_the_primary_keeps_the_site_up() {
 
     // The primary stops: reads keep working from the replica, writes answer 503 clearly.
     assert!(topology.cli(&["stop", "web-01/db"]).status.success());
+    // Whether an app has noticed yet or not, a write is refused as unavailable (503), never
+    // failed as our fault (500).
+    let early = post(&topology, "carol", "right after the stop");
+    assert_eq!(early.status, 503, "{}", early.text());
     // Each app polls on its own: wait until both know.
     for web in [topology.web(1), topology.web(2)] {
         assert_eventually!(

@@ -685,7 +685,7 @@ fn local_answers_carry_a_date() {
 #[test]
 fn connections_over_maxconn_wait_in_the_backlog_until_one_closes() {
     use std::io::{Read, Write};
-    let (topology, _backends) = lb_over_backends("lb-maxconn", 37, 1, &toml(37, 1, "maxconn = 2"));
+    let (topology, _backends) = lb_over_backends("lb-maxconn", 44, 1, &toml(44, 1, "maxconn = 2"));
     let lb = topology.lb();
     let request = b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n";
     let answered = |stream: &mut std::net::TcpStream| {
@@ -721,4 +721,58 @@ fn connections_over_maxconn_wait_in_the_backlog_until_one_closes() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     assert!(answered(&mut third), "served once a slot was free");
+}
+
+#[test]
+fn a_body_no_server_read_is_never_taken_for_the_next_request() {
+    use std::io::{Read, Write};
+    let (topology, backends) = lb_over_backends("lb-unread", 45, 1, &toml(45, 1, ""));
+    backends[0]
+        .unhealthy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eventually!(
+        get(topology.lb(), "/", &[]).is_ok_and(|r| r.status == 503),
+        Duration::from_secs(10),
+        "no server left"
+    );
+    // A body that is itself a request: answered 503, the body read and dropped, and the next
+    // request on the connection is the one after the body.
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut stream = std::net::TcpStream::connect(topology.lb()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{smuggled}GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        smuggled.len()
+    )
+    .unwrap();
+    let mut answers = String::new();
+    let _ = stream.read_to_string(&mut answers);
+    assert_eq!(answers.matches("HTTP/1.1 503").count(), 2, "{answers}");
+    let log = topology.role_log("lb-01", "lb");
+    assert!(!log.contains("/smuggled"), "{log}");
+    assert!(log.contains("\"path\":\"/next\""), "{log}");
+
+    // A long body: the answer closes the connection, and is not lost to a reset while the
+    // client is still sending.
+    let r = http::post_streaming(topology.lb(), "/x", 5 * 1024 * 1024).unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("connection"), Some("close"));
+}
+
+#[test]
+fn a_redirect_before_a_long_upload_reaches_the_client() {
+    let config = toml(46, 1, "").replace("redirect_http = false", "redirect_http = true");
+    let (topology, _backends) = lb_over_backends("lb-redirect-upload", 46, 1, &config);
+    for len in [100 * 1024, 5 * 1024 * 1024] {
+        let r = http::post_streaming_as(topology.lb(), "www.foobar.com:8080", "/p", len).unwrap();
+        assert_eq!(r.status, 308, "{len} bytes: {}", r.text());
+        assert_eq!(
+            r.header("location"),
+            Some("https://www.foobar.com:8443/p"),
+            "{len} bytes"
+        );
+    }
 }
