@@ -1,8 +1,7 @@
-//! The HTTP connection loop every role uses: accept, spawn a tracked task per connection, serve
-//! it with hyper, and on shutdown let in-flight requests finish before closing.
-//!
-//! The loop is generic over the I/O type of a connection so that the TLS listener (a later
-//! issue) hands `TlsStream`s to the same `serve_connection`.
+//! The HTTP connection loop every role uses: accept within the connection limit, spawn a
+//! tracked task per connection, serve it with hyper (HTTP/1.1, or HTTP/2 after TLS), and on
+//! shutdown let in-flight requests finish before closing. The accept loop is generic over what
+//! serves a connection, so the lb's own HTTP/1 path and the TLS listener share it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -197,9 +196,15 @@ where
 /// An HTTP/2 connection whose peer answers no ping for this long is closed.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// A response body hyper has not asked for more of in this long means the client stopped
+/// reading it (its flow-control window stays shut, while it may still answer pings): the
+/// connection closes, as an HTTP/1 client's would when a write to it stalls. Longer than the
+/// 60 s a body waiting on its server may go without being asked (it wakes itself then).
+const H2_STALL: Duration = Duration::from_secs(75);
 
-/// Serves one HTTP/2 connection (after TLS with ALPN h2): pings a silent peer, and sends
-/// GOAWAY once no stream has been open for `idle` or on shutdown, letting open streams finish.
+/// Serves one HTTP/2 connection (after TLS with ALPN h2): pings a silent peer, sends GOAWAY
+/// once no stream has been open for `idle` or on shutdown (open streams finish), and closes it
+/// when a response body has waited on the client for `H2_STALL`.
 pub async fn serve_connection_h2<I, S, B>(io: I, service: S, idle: Duration, shutdown: Shutdown)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -234,6 +239,10 @@ where
         }
         _ = shutdown.triggered() => {}
         () = streams.idle_for(idle) => tracing::debug!(?idle, "idle HTTP/2 connection closed"),
+        () = streams.stalled(H2_STALL) => {
+            // Dropping the connection resets its streams and frees what they hold.
+            return tracing::warn!(stall = ?H2_STALL, "HTTP/2 client stopped reading a response; connection closed");
+        }
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
@@ -260,9 +269,44 @@ mod streams {
         /// Milliseconds since `start` when the last stream ended.
         last_end: AtomicU64,
         start: std::sync::OnceLock<Instant>,
+        /// Response bodies in hyper's hands, by id: when hyper last asked each for more.
+        asked: std::sync::Mutex<std::collections::HashMap<u64, Instant>>,
+        next_body: AtomicU64,
     }
 
     impl OpenStreams {
+        fn bodies(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Instant>> {
+            self.asked.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        /// A new response body, asked for now; its id.
+        pub fn new_body(&self) -> u64 {
+            let id = self.next_body.fetch_add(1, Ordering::Relaxed);
+            self.asked_for(id);
+            id
+        }
+
+        /// Hyper asked body `id` for more.
+        pub fn asked_for(&self, id: u64) {
+            self.bodies().insert(id, Instant::now());
+        }
+
+        /// Body `id` is gone (ended, or its stream reset).
+        pub fn forget(&self, id: u64) {
+            self.bodies().remove(&id);
+        }
+
+        /// Resolves once some body has not been asked for more for `limit`.
+        pub async fn stalled(&self, limit: Duration) {
+            loop {
+                tokio::time::sleep(limit / 4).await;
+                let oldest = self.bodies().values().min().copied();
+                if oldest.is_some_and(|asked| asked.elapsed() >= limit) {
+                    return;
+                }
+            }
+        }
+
         fn start(&self) -> Instant {
             *self.start.get_or_init(Instant::now)
         }
@@ -287,7 +331,7 @@ mod streams {
                 if self.open.load(Ordering::Acquire) == 0 && Instant::now() >= due {
                     return;
                 }
-                // Streams open: look again after a whole `idle` at the earliest.
+                // Streams open, or quiet for less than `idle`: look again a while later.
                 tokio::time::sleep_until(due.max(Instant::now() + idle / 4)).await;
             }
         }
@@ -314,10 +358,13 @@ mod streams {
             self.streams.opened();
             let guard = Guard(self.streams.clone());
             let response = self.inner.call(request);
+            let streams = self.streams.clone();
             Box::pin(async move {
                 let response = response.await?;
                 Ok(response.map(|body| Tracked {
                     inner: body,
+                    id: streams.new_body(),
+                    streams,
                     _guard: guard,
                 }))
             })
@@ -332,10 +379,19 @@ mod streams {
         }
     }
 
-    /// A response body that keeps its stream counted until it is dropped.
+    /// A response body that keeps its stream counted until it is dropped, and says when hyper
+    /// last asked it for more.
     pub struct Tracked<B> {
         inner: B,
+        id: u64,
+        streams: Arc<OpenStreams>,
         _guard: Guard,
+    }
+
+    impl<B> Drop for Tracked<B> {
+        fn drop(&mut self) {
+            self.streams.forget(self.id);
+        }
     }
 
     impl<B: Body + Unpin> Body for Tracked<B> {
@@ -346,6 +402,7 @@ mod streams {
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+            self.streams.asked_for(self.id);
             Pin::new(&mut self.inner).poll_frame(cx)
         }
 
@@ -355,6 +412,42 @@ mod streams {
 
         fn size_hint(&self) -> SizeHint {
             self.inner.size_hint()
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[tokio::test(start_paused = true)]
+        async fn a_body_the_client_stops_reading_is_noticed_one_read_often_is_not() {
+            let streams = Arc::new(OpenStreams::default());
+            let read = streams.new_body();
+            let stuck = streams.new_body();
+            let watching = {
+                let streams = streams.clone();
+                tokio::spawn(async move { streams.stalled(Duration::from_secs(75)).await })
+            };
+            // `read` is asked for more every 10 s; `stuck` never again.
+            for _ in 0..6 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                streams.asked_for(read);
+                assert!(!watching.is_finished(), "nothing stalled for 75 s yet");
+            }
+            tokio::time::sleep(Duration::from_secs(40)).await;
+            assert!(watching.is_finished(), "the stuck body was noticed");
+
+            // Once the stuck body is gone, a connection whose bodies are read is never closed.
+            streams.forget(stuck);
+            let watching = {
+                let streams = streams.clone();
+                tokio::spawn(async move { streams.stalled(Duration::from_secs(75)).await })
+            };
+            for _ in 0..30 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                streams.asked_for(read);
+            }
+            assert!(!watching.is_finished());
         }
     }
 }

@@ -29,6 +29,10 @@ const MAX_TRAILERS: usize = 100;
 /// larger ones are written from the buffer they came in.
 const COPY_BELOW: usize = 4096;
 
+/// A body read or write that makes no progress for this long ends the exchange (HAProxy's
+/// `timeout client` / `timeout server` for data), on every path.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A body nobody will use (the server answered before it was all sent, or the connection
 /// closes) is still read and dropped for a while, at most this long, this long between reads,
 /// and this many bytes, so the client can finish sending and read the answer instead of losing

@@ -118,23 +118,10 @@ where
     B::Error: Into<BoxError>,
 {
     if framing == Framing::Length(0) {
-        body::write_two(&mut conn.stream, head, &[], idle)
+        return exchange::send_bodyless(conn, head, back, rewrite, server_timeout, idle)
             .await
-            .map_err(|error| {
-                SendError::Server(Failure::Unreachable {
-                    connect: false,
-                    error,
-                })
-            })?;
-        let read = exchange::read_head(&mut conn.stream, &mut conn.buf, back, rewrite);
-        return match tokio::time::timeout(server_timeout, read).await {
-            Ok(Ok(response)) => {
-                bytes::Buf::advance(&mut conn.buf, response.head_len);
-                Ok((response, Sent::Complete))
-            }
-            Ok(Err(failure)) => Err(SendError::Server(failure)),
-            Err(_) => Err(SendError::Server(Failure::Timeout)),
-        };
+            .map(|response| (response, Sent::Complete))
+            .map_err(SendError::Server);
     }
     let (mut src, mut dst) = conn.stream.split();
     let pump = pump(body, framing, &mut dst, head, idle);
@@ -219,6 +206,16 @@ where
     Ok(())
 }
 
+/// `drain` in a task of its own, when anything is left of `body`.
+pub fn drain_rest<B>(body: B)
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+{
+    if !body.is_end_stream() {
+        tokio::spawn(drain(body));
+    }
+}
+
 /// Reads and drops what is left of a request body hyper is still receiving, within the linger
 /// bounds (`body::LINGER_*`): an HTTP/1 connection stays usable when it all came, an HTTP/2
 /// stream ends without a reset the client might take for an error.
@@ -293,7 +290,8 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    /// `reusable`: the server keeps the connection and the whole request went out.
+    /// `back_to`: where the connection goes once the body has been read to the end, when it
+    /// can be reused (the server keeps it and the whole request went out); `None` closes it.
     pub fn new(
         conn: Conn,
         framing: Framing,

@@ -11,6 +11,7 @@ use tokio::io::AsyncRead;
 
 use crate::body::{BUFFER, read_some};
 use crate::head::{self, Response, ResponseRewrite};
+use crate::pool::Conn;
 use crate::retry::Failure;
 
 /// Largest response head accepted from a server.
@@ -91,10 +92,37 @@ pub async fn read_head<R: AsyncRead + Unpin>(
     }
 }
 
+/// A request without a body: `head` written on `conn`, then the response head read within
+/// `server_timeout` (past the head, in `conn.buf`, is the response body).
+pub async fn send_bodyless(
+    conn: &mut Conn,
+    head: &[u8],
+    back: &mut Vec<u8>,
+    rewrite: &ResponseRewrite<'_>,
+    server_timeout: Duration,
+    idle: Duration,
+) -> Result<Response, Failure> {
+    if let Err(error) = crate::body::write_two(&mut conn.stream, head, &[], idle).await {
+        return Err(Failure::Unreachable {
+            connect: false,
+            error,
+        });
+    }
+    let read = read_head(&mut conn.stream, &mut conn.buf, back, rewrite);
+    let response = match tokio::time::timeout(server_timeout, read).await {
+        Ok(result) => result?,
+        Err(_) => return Err(Failure::Timeout),
+    };
+    conn.buf.advance(response.head_len);
+    Ok(response)
+}
+
 /// Runs `pump` (which sends the request: its head and body) while reading the response head
 /// with `read_head`. The server timeout starts once the request is sent, or once writing it
 /// failed (a server that stopped reading may still have answered): a slow upload is not a slow
-/// server. A response head that comes first ends the pump where it is (`Sent::Partial`).
+/// server. An error answer (4xx, 5xx) that comes first ends the pump where it is
+/// (`Sent::Partial`): the server wants no more of the body. Any other early answer (a server
+/// that answers while it reads, an echo) waits for the body to be sent, as the server expects.
 pub async fn response_head<P, E, R>(
     pump: P,
     src: &mut R,
@@ -110,27 +138,41 @@ where
     let mut pump = std::pin::pin!(pump);
     let head = read_head(src, buf, back, rewrite);
     let mut head = std::pin::pin!(head);
-    let deadline = tokio::time::sleep(Duration::MAX / 4);
+    let deadline = tokio::time::sleep(Duration::MAX);
     let mut deadline = std::pin::pin!(deadline);
     let mut sent = None;
+    // A head that came while the body still goes out, and is not an error: held until the
+    // pump is done.
+    let mut early = None;
     loop {
         tokio::select! {
             biased;
-            result = &mut head => {
-                return match result {
-                    Ok(response) => HeadOutcome::Response(response, sent.unwrap_or(Sent::Partial)),
-                    Err(failure) => HeadOutcome::Failed(failure),
+            result = &mut head, if early.is_none() => {
+                let response = match result {
+                    Ok(response) => response,
+                    Err(failure) => return HeadOutcome::Failed(failure),
                 };
+                match sent {
+                    Some(sent) => return HeadOutcome::Response(response, sent),
+                    None if response.status >= 400 => {
+                        return HeadOutcome::Response(response, Sent::Partial);
+                    }
+                    None => early = Some(response),
+                }
             }
             result = &mut pump, if sent.is_none() => {
-                sent = Some(match result {
+                let done = match result {
                     Ok(()) => Sent::Complete,
                     Err(PumpError::Write(error)) => {
                         tracing::debug!(%error, "the server stopped reading the request");
                         Sent::Partial
                     }
                     Err(PumpError::Source(error)) => return HeadOutcome::Source(error),
-                });
+                };
+                if let Some(response) = early.take() {
+                    return HeadOutcome::Response(response, done);
+                }
+                sent = Some(done);
                 deadline.as_mut().reset(tokio::time::Instant::now() + server_timeout);
             }
             () = &mut deadline, if sent.is_some() => return HeadOutcome::Failed(Failure::Timeout),

@@ -34,6 +34,20 @@ const fn refuse(status: u16, reason: &'static str) -> Refusal {
     Refusal { status, reason }
 }
 
+impl Refusal {
+    /// The answer's body: `400 Bad Request: malformed request head.`
+    pub fn text(&self) -> String {
+        let status =
+            http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::BAD_REQUEST);
+        format!(
+            "{} {}: {}.\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self.reason
+        )
+    }
+}
+
 /// The header fields the proxy acts on; everything else is copied as it came.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Field {
@@ -360,7 +374,10 @@ fn rewrite_request<H: HeaderLine>(
     }
 
     // The request target: origin form, `*` for OPTIONS, or absolute form (whose authority
-    // replaces Host, RFC 9112 §3.2.2).
+    // replaces Host, RFC 9112 §3.2.2). User information is refused wherever it comes from.
+    if head.authority.is_some_and(|a| a.contains('@')) {
+        return Err(refuse(400, "invalid request target"));
+    }
     let mut authority = head.authority.map(Cow::Borrowed);
     let target: Cow<'_, str> = if head.target.starts_with('/') {
         Cow::Borrowed(head.target)
@@ -624,6 +641,9 @@ pub fn parse_response(
     let (Some(status), Some(version)) = (parsed.code, parsed.version) else {
         return Err("malformed status line");
     };
+    if status < 100 {
+        return Err("status code below 100");
+    }
     let mut connection = ConnectionTokens::default();
     let mut length = ContentLength::default();
     let mut codings = TransferCodings::default();
@@ -1042,6 +1062,21 @@ mod tests {
         );
         let r = rewrite_parts(&empty, true, &mut out, &forwarding()).unwrap();
         assert!(r.bodyless() && r.idempotent);
+        let userinfo = parts(http::Request::get("https://user@h/").version(http::Version::HTTP_2));
+        assert_eq!(
+            rewrite_parts(&userinfo, true, &mut out, &forwarding())
+                .unwrap_err()
+                .status,
+            400
+        );
+        let refusal = Refusal {
+            status: 431,
+            reason: "too many header fields",
+        };
+        assert_eq!(
+            refusal.text(),
+            "431 Request Header Fields Too Large: too many header fields.\n"
+        );
         let connect = parts(http::Request::connect("h:443").version(http::Version::HTTP_2));
         assert_eq!(
             rewrite_parts(&connect, true, &mut out, &forwarding())
@@ -1127,6 +1162,8 @@ mod tests {
         for head in [
             "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 000 Zero\r\n\r\n",
+            "HTTP/1.1 099 Low\r\n\r\n",
             "garbage\r\n\r\n",
         ] {
             assert!(

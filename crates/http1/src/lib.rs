@@ -1,8 +1,10 @@
 //! The HTTP/1 core shared by the load balancer and the web server: heads parsed with httparse
 //! and rewritten for the next hop in one pass (`head`), bodies framed and moved between
-//! connections (`body`), pooled keep-alive connections to servers (`pool`), forwarding an
-//! `http::Request` from hyper's side over those connections (`client`), the one rule for when a
-//! request may go to another server (`retry`), and the `Date` header of local answers (`date`).
+//! connections (`body`), pooled keep-alive connections to servers (`pool`), one exchange on
+//! such a connection with early answers heard (`exchange`), forwarding an `http::Request` from
+//! hyper's side over those connections (`client`), the one rule for when a request may go to
+//! another server (`retry`), upgraded connections (`tunnel`) and the `Date` header of local
+//! answers (`date`).
 
 pub mod body;
 pub mod client;

@@ -1,7 +1,8 @@
-//! Keep-alive TCP connections to the servers for the HTTP/1 path: one pool per worker and
-//! server, plain sockets with their read buffers. The client connection's task writes the
-//! request and reads the response itself (no connection task, no channel in between).
-//! Reused last-in first-out, so idle connections age out.
+//! Keep-alive TCP connections to the servers, for every request path (the lb's HTTP/1 and
+//! HTTP/2 clients, the web server's requests to its app): one pool per worker and server, plain
+//! sockets with their read buffers. The task serving the request writes it and reads the
+//! response itself (no connection task, no channel in between). Reused last-in first-out, so
+//! idle connections age out.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;

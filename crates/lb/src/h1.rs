@@ -15,7 +15,7 @@ use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use webstack_common::{HttpOptions, Shutdown};
 use webstack_http1::body::{
-    self, BUFFER, BodyState, LINGER_BYTES, LINGER_IDLE, LINGER_TIME, RelayError,
+    self, BODY_TIMEOUT, BUFFER, BodyState, LINGER_BYTES, LINGER_IDLE, LINGER_TIME, RelayError,
 };
 use webstack_http1::exchange::{self, HeadOutcome, PumpError, Sent};
 use webstack_http1::head::{
@@ -28,9 +28,6 @@ use webstack_http1::{date, tunnel};
 use crate::proxy::{Access, AttemptError, Forwarded, PlainHttpAnswer, Proxy, REDIRECT_TEXT};
 use crate::server::{ActiveGuard, Server};
 
-/// A body read or write that makes no progress for this long ends the exchange (HAProxy's
-/// `timeout client` / `timeout server` for data).
-pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A request body the lb did not need (an early or local answer came first) is read and
 /// dropped to keep the connection open when at most this much of it is left; a longer one
 /// closes the connection.
@@ -48,6 +45,9 @@ struct Client<C> {
     /// What is still to come of the current request's body: the relay to a server keeps it
     /// exact, so after any answer the rest can be read and dropped (or the connection closed).
     body: BodyState,
+    /// The request asked `Expect: 100-continue` and has had no `100` yet: its client may not
+    /// send the body at all, so an answer of ours closes the connection rather than wait for it.
+    continue_pending: bool,
     /// The stream is no longer at a request boundary (a refused request, a request body cut
     /// short or left unread): answer, then close, reading what the client still sends for a
     /// while so the answer is not lost to a TCP reset (nginx's lingering close).
@@ -68,7 +68,8 @@ struct Answer {
     held_head: Option<Vec<u8>>,
     /// `Partial`: the server answered before it had the whole body.
     sent: Sent,
-    _guard: ActiveGuard,
+    /// The server's in-flight slot, held until its response has been relayed.
+    guard: Option<ActiveGuard>,
 }
 
 impl Proxy {
@@ -90,6 +91,7 @@ impl Proxy {
             peer,
             secure,
             body: BodyState::Done,
+            continue_pending: false,
             broken: false,
         };
         // Reused for every request of the connection: the forwarded head, the response head.
@@ -140,12 +142,7 @@ impl Proxy {
     {
         client.broken = true;
         let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
-        let text = format!(
-            "{} {}: {}.\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            refusal.reason
-        );
+        let text = refusal.text();
         let id = self.request_ids.next_bytes();
         let local = Local {
             status,
@@ -179,6 +176,8 @@ impl Proxy {
         let base = out.len();
         let client_keep = request.keep_alive && !draining;
         client.body = BodyState::new(request.body);
+        client.continue_pending =
+            request.expect_continue && !request.http10 && client.buf.is_empty();
 
         if !client.secure {
             let target = std::str::from_utf8(&out[request.target.clone()]).unwrap_or("/");
@@ -209,7 +208,7 @@ impl Proxy {
                     request_id: &request_id,
                 };
                 // The body is not needed: a short one is dropped, a long one closes.
-                let keep = client_keep && discardable(&client.body);
+                let keep = client_keep && !client.continue_pending && discardable(&client.body);
                 let connection = Persistence::of(keep, request.http10);
                 let kept = self
                     .answer_local(client, back, &local, request.is_head, connection)
@@ -255,7 +254,7 @@ impl Proxy {
                         response,
                         held_head,
                         sent,
-                        _guard: guard,
+                        guard: Some(guard),
                     };
                     (status, answer)
                 });
@@ -277,7 +276,10 @@ impl Proxy {
                     request_id: &request_id,
                 };
                 // No server read the body (or one stopped in it): dropped if short, else close.
-                let keep = client_keep && !client.broken && discardable(&client.body);
+                let keep = client_keep
+                    && !client.broken
+                    && !client.continue_pending
+                    && discardable(&client.body);
                 let connection = Persistence::of(keep, request.http10);
                 let kept = self
                     .answer_local(client, back, &local, request.is_head, connection)
@@ -337,6 +339,9 @@ impl Proxy {
                     tracing::warn!(server = %server.config.name, %error, "response body cut short");
                 }
             }
+            // The server's part is over: leastconn stops counting it while the rest of the
+            // client's body (after an early answer) is read and dropped, or the connection closes.
+            drop(answer.guard.take());
             // After an early answer the rest of the body is read and dropped to keep the
             // connection, or it closes.
             let keep = answer.response.keep_alive && sent.is_ok();
@@ -421,8 +426,8 @@ impl Proxy {
                 .await
             {
                 Ok((response, sent)) => return Ok((conn, response, sent)),
-                Err(AttemptError::Server(Failure::Unreachable { .. }))
-                    if conn.reused && replayable =>
+                Err(AttemptError::Server(failure))
+                    if conn.worth_a_fresh_try(replayable, &failure) =>
                 {
                     conn = connect().await?;
                 }
@@ -448,23 +453,13 @@ impl Proxy {
     {
         let server_timeout = self.config.timeouts.server;
         if request.bodyless() {
-            if let Err(error) = body::write_two(&mut conn.stream, out, &[], BODY_TIMEOUT).await {
-                return Err(AttemptError::Server(Failure::Unreachable {
-                    connect: false,
-                    error,
-                }));
-            }
-            let read = exchange::read_head(&mut conn.stream, &mut conn.buf, back, rewrite);
-            let response = match tokio::time::timeout(server_timeout, read).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(failure)) => return Err(AttemptError::Server(failure)),
-                Err(_) => return Err(AttemptError::Server(Failure::Timeout)),
-            };
-            conn.buf.advance(response.head_len);
-            return Ok((response, Sent::Complete));
+            return exchange::send_bodyless(conn, out, back, rewrite, server_timeout, BODY_TIMEOUT)
+                .await
+                .map(|response| (response, Sent::Complete))
+                .map_err(AttemptError::Server);
         }
 
-        if request.expect_continue && !request.http10 && client.buf.is_empty() {
+        if client.continue_pending {
             let sent = body::write_two(
                 &mut client.io,
                 b"HTTP/1.1 100 Continue\r\n\r\n",
@@ -475,6 +470,7 @@ impl Proxy {
             if sent.is_err() || body::flush(&mut client.io, BODY_TIMEOUT).await.is_err() {
                 return Err(AttemptError::Client);
             }
+            client.continue_pending = false;
         }
         let outcome = {
             let (mut from_server, mut to_server) = conn.stream.split();

@@ -14,19 +14,19 @@ use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use webstack_common::forward::RequestIds;
-use webstack_http1::client::{self, ResponseBody, Return, SendError};
+use webstack_http1::client::{self, ResponseBody, Return, SendError, Target};
 use webstack_http1::exchange::Sent;
-use webstack_http1::head::{self, Forwarding, Framing, ResponseRewrite};
-use webstack_http1::pool::{Conn, Pool};
+use webstack_http1::head::{self, Forwarding, ResponseRewrite};
+use webstack_http1::pool::Pool;
 use webstack_http1::retry::{Attempts, Failure, GiveUp};
 
 use crate::Config;
 use crate::balance::Balancer;
-use crate::h1::BODY_TIMEOUT;
 use crate::metrics::Metrics;
 use crate::server::Server;
 use crate::tls::CertStore;
 use crate::tls::acme::Challenges;
+use webstack_http1::body::BODY_TIMEOUT;
 
 /// What goes back to an HTTP/2 client: the server's body, or our own short answer.
 pub type ProxyBody = Either<ResponseBody, Full<Bytes>>;
@@ -237,13 +237,8 @@ impl Proxy {
             Err(refusal) => {
                 let status =
                     StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
-                let text = format!(
-                    "{} {}: {}.\n",
-                    status.as_u16(),
-                    status.canonical_reason().unwrap_or(""),
-                    refusal.reason
-                );
-                return self.local(status, Bytes::from(text), &request_id);
+                client::drain_rest(body);
+                return self.local(status, Bytes::from(refusal.text()), &request_id);
             }
         };
         out.extend_from_slice(b"X-Request-Id: ");
@@ -274,17 +269,23 @@ impl Proxy {
                 out.extend_from_slice(b"\r\n");
             }
             out.extend_from_slice(b"\r\n");
-            let sent = self
-                .send(
-                    &server,
-                    &out,
-                    request.body,
-                    &mut body,
-                    &mut back,
-                    &rewrite,
-                    replayable,
-                )
-                .await;
+            let target = Target {
+                pool: &self.pool,
+                server: server.index,
+                addr: server.config.addr,
+                replayable,
+            };
+            let sent = client::send_pooled(
+                &target,
+                &out,
+                request.body,
+                &mut body,
+                &mut back,
+                &rewrite,
+                self.config.timeouts.server,
+                BODY_TIMEOUT,
+            )
+            .await;
             let result = match sent {
                 Ok((conn, response, sent)) => {
                     let head = client::response_parts(&back, &response);
@@ -310,13 +311,7 @@ impl Proxy {
         let method = &out[request.method.clone()];
         let path = &out[request.target.clone()];
         let (response, server) = match outcome {
-            Forwarded::Answer((response, sent), server) => {
-                if sent == Sent::Partial {
-                    // The server answered before it had the whole body: the rest is read and
-                    // dropped for a while, so the client finishes its upload and reads the
-                    // answer (a reset stream is an error to some clients).
-                    tokio::spawn(client::drain(body));
-                }
+            Forwarded::Answer((response, _), server) => {
                 self.answered(&server, response.status().as_u16(), started);
                 (response, Some(server))
             }
@@ -330,6 +325,10 @@ impl Proxy {
                 (self.local(StatusCode::BAD_REQUEST, text, &request_id), None)
             }
         };
+        // A body no server read all of (an early answer, a failure): read and dropped for a
+        // while, so the client finishes its upload and reads the answer (a reset stream is an
+        // error to some clients).
+        client::drain_rest(body);
         self.access_log(&Access {
             client: peer.ip(),
             method: std::str::from_utf8(method).unwrap_or("-"),
@@ -341,60 +340,6 @@ impl Proxy {
             request_id: &request_id,
         });
         response
-    }
-
-    /// One attempt on `server` for an HTTP/2 client's request: a pooled connection (or a fresh
-    /// one when the pooled one turns out closed and the request can be sent again), the
-    /// request out, the response head in.
-    #[allow(clippy::too_many_arguments)]
-    async fn send(
-        &self,
-        server: &Server,
-        head: &[u8],
-        framing: Framing,
-        body: &mut Incoming,
-        back: &mut Vec<u8>,
-        rewrite: &ResponseRewrite<'_>,
-        replayable: bool,
-    ) -> Result<(Conn, webstack_http1::head::Response, Sent), SendError> {
-        let connect = || async {
-            self.pool
-                .connect(server.config.addr)
-                .await
-                .map_err(|error| {
-                    SendError::Server(Failure::Unreachable {
-                        connect: true,
-                        error,
-                    })
-                })
-        };
-        let mut conn = match self.pool.checkout(server.index, replayable) {
-            Some(conn) => conn,
-            None => connect().await?,
-        };
-        loop {
-            let timeout = self.config.timeouts.server;
-            match client::send(
-                &mut conn,
-                head,
-                framing,
-                body,
-                back,
-                rewrite,
-                timeout,
-                BODY_TIMEOUT,
-            )
-            .await
-            {
-                Ok((response, sent)) => return Ok((conn, response, sent)),
-                Err(SendError::Server(Failure::Unreachable { .. }))
-                    if conn.reused && replayable =>
-                {
-                    conn = connect().await?;
-                }
-                Err(error) => return Err(error),
-            }
-        }
     }
 
     /// Logs why no server answered, counts it, and names the status the client gets.

@@ -1,6 +1,7 @@
 //! Fake backends: real HTTP servers on their own loopback address that name themselves, echo
 //! the request headers and body they got, sleep on `/slow?ms=N`, send `/bytes?n=N` bytes (with
-//! a length) or `/chunked?n=N` (in chunks), and can be told to fail health checks.
+//! a length) or `/chunked?n=N` (in chunks), stream a body back as it comes (`/stream-echo`), and
+//! can be told to fail health checks.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -100,7 +101,7 @@ pub fn pattern(n: usize) -> Vec<u8> {
         .collect()
 }
 
-type Reply = http::Response<Either<Full<Bytes>, Pieces>>;
+type Reply = http::Response<Either<Either<Full<Bytes>, Pieces>, Incoming>>;
 
 async fn handle(
     req: http::Request<Incoming>,
@@ -117,7 +118,9 @@ async fn handle(
         .unwrap_or(0);
     if path == "/bytes" {
         hits.fetch_add(1, Ordering::SeqCst);
-        return Ok(http::Response::new(Either::Left(Full::from(pattern(n)))));
+        return Ok(http::Response::new(Either::Left(Either::Left(Full::from(
+            pattern(n),
+        )))));
     }
     if path == "/chunked" {
         hits.fetch_add(1, Ordering::SeqCst);
@@ -126,7 +129,14 @@ async fn handle(
             .step_by(1000)
             .map(|i| data.slice(i..(i + 1000).min(n)))
             .collect();
-        return Ok(http::Response::new(Either::Right(Pieces(pieces))));
+        return Ok(http::Response::new(Either::Left(Either::Right(Pieces(
+            pieces,
+        )))));
+    }
+    if path == "/stream-echo" {
+        // The body comes back as it is read: the response starts before the request ends.
+        hits.fetch_add(1, Ordering::SeqCst);
+        return Ok(http::Response::new(Either::Right(req.into_body())));
     }
     if path == "/healthz" {
         let status = if unhealthy.load(Ordering::SeqCst) {
@@ -136,7 +146,9 @@ async fn handle(
         };
         return Ok(http::Response::builder()
             .status(status)
-            .body(Either::Left(Full::new(Bytes::from("health\n"))))
+            .body(Either::Left(Either::Left(Full::new(Bytes::from(
+                "health\n",
+            )))))
             .unwrap());
     }
     hits.fetch_add(1, Ordering::SeqCst);
@@ -176,6 +188,6 @@ async fn handle(
     Ok(http::Response::builder()
         .header("x-served-by", name.as_str())
         .header("content-type", "application/json")
-        .body(Either::Left(Full::new(Bytes::from(body))))
+        .body(Either::Left(Either::Left(Full::new(Bytes::from(body)))))
         .unwrap())
 }

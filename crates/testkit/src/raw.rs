@@ -2,7 +2,7 @@
 //! show: one that answers 413 right after a request head and closes without reading the body
 //! (as hyper does for a body over its limit), a WebSocket echo server (tungstenite), and one
 //! that records the exact bytes of every request it gets.
-//! `/healthz` answers 200 on both, so a load balancer keeps them in rotation.
+//! `/healthz` answers 200 on each, so a load balancer keeps them in rotation.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -161,9 +161,9 @@ impl WebServer {
 }
 
 /// A short plain-text response of our own.
-pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response<BoxBody> {
+pub(crate) fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<BoxBody> {
     use http_body_util::BodyExt;
-    let body = Full::new(Bytes::from_static(text.as_bytes()));
+    let body = Full::new(text.into());
     let mut response = Response::new(body.map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(

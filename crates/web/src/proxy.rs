@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use webstack_common::forward::{RequestIds, X_WEBSTACK_WEB_HOST};
 use webstack_common::serve::BoxBody;
+use webstack_http1::body::BODY_TIMEOUT;
 use webstack_http1::client::{self, ResponseBody, Return, SendError, Target};
 use webstack_http1::exchange::Sent;
 use webstack_http1::head::{self, Forwarding, ResponseRewrite};
@@ -22,9 +23,6 @@ use webstack_http1::retry::Failure;
 use webstack_http1::tunnel::{TUNNEL_IDLE, tunnel};
 
 use crate::{Config, plain};
-
-/// A body read or write that makes no progress for this long ends the exchange.
-const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct AppProxy {
     /// Connections to the one app server (index 0).
@@ -72,7 +70,8 @@ impl AppProxy {
             Err(refusal) => {
                 let status =
                     StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
-                return plain(status, refusal_text(status));
+                client::drain_rest(body);
+                return plain(status, refusal.text());
             }
         };
         let request_id = match &request.request_id {
@@ -122,6 +121,7 @@ impl AppProxy {
             Ok(exchanged) => exchanged,
             Err(SendError::Server(failure)) => {
                 tracing::warn!(error = %failure, app = %self.addr, "app request failed");
+                client::drain_rest(body);
                 return match failure {
                     Failure::Timeout => plain(
                         StatusCode::GATEWAY_TIMEOUT,
@@ -152,11 +152,10 @@ impl AppProxy {
                     .boxed_unsync()
             });
         }
-        if sent == Sent::Partial {
-            // The app answered before it had the whole body: read and drop the rest (bounded),
-            // so hyper can keep the client connection instead of closing it under the answer.
-            tokio::spawn(client::drain(body));
-        }
+        // The app answered before it had the whole body: the rest is read and dropped
+        // (bounded), so hyper can keep the client connection instead of closing it under the
+        // answer.
+        client::drain_rest(body);
         let back_to = (response.reusable && sent == Sent::Complete).then(|| Return {
             pool: self.pool.clone(),
             server: 0,
@@ -185,15 +184,5 @@ async fn relay_upgraded(upgrade: hyper::upgrade::OnUpgrade, mut conn: Conn) {
     }
     if let Err(error) = tunnel(&mut client, &mut conn.stream, TUNNEL_IDLE).await {
         tracing::debug!(%error, "upgraded connection ended");
-    }
-}
-
-fn refusal_text(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        405 => "405 Method Not Allowed: CONNECT is not supported.\n",
-        417 => "417 Expectation Failed: unsupported Expect.\n",
-        431 => "431 Request Header Fields Too Large: too many header fields.\n",
-        501 => "501 Not Implemented: unsupported transfer coding.\n",
-        _ => "400 Bad Request: the request head is not valid.\n",
     }
 }

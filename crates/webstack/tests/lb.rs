@@ -572,8 +572,7 @@ fn websockets_are_relayed_after_the_upgrade() {
     socket.close(None).unwrap();
     assert_eq!(server.answered(), 1);
 
-    // The lb still serves plain requests, and an Upgrade it does not forward (HTTP/1.0) is an
-    // ordinary request.
+    // The lb still serves plain requests afterwards.
     assert_eq!(get(topology.lb(), "/healthz", &[]).unwrap().status, 200);
 }
 
@@ -763,6 +762,21 @@ fn a_body_no_server_read_is_never_taken_for_the_next_request() {
 }
 
 #[test]
+fn an_answer_of_ours_to_an_expect_continue_request_closes_without_waiting_for_the_body() {
+    let config = toml(48, 1, "").replace("redirect_http = false", "redirect_http = true");
+    let (topology, _backends) = lb_over_backends("lb-expect", 48, 1, &config);
+    // The client waits for `100 Continue` before it sends the body; the lb answers 308 first:
+    // no 100, and the connection closes instead of waiting for a body that may never come.
+    let answer = raw_text(
+        topology.lb(),
+        b"POST /p HTTP/1.1\r\nHost: www.foobar.com:8080\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 308"), "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    assert!(answer.contains("Connection: close\r\n"), "{answer}");
+}
+
+#[test]
 fn a_redirect_before_a_long_upload_reaches_the_client() {
     let config = toml(46, 1, "").replace("redirect_http = false", "redirect_http = true");
     let (topology, _backends) = lb_over_backends("lb-redirect-upload", 46, 1, &config);
@@ -775,4 +789,40 @@ fn a_redirect_before_a_long_upload_reaches_the_client() {
             "{len} bytes"
         );
     }
+}
+
+#[test]
+fn a_server_that_answers_while_it_reads_gets_the_whole_body() {
+    let (topology, _backends) = lb_over_backends("lb-stream-echo", 47, 1, &toml(47, 1, ""));
+    // The backend's 200 starts before the body has all arrived: the lb keeps sending it (only
+    // an error answer stops the upload), and the echo comes back whole.
+    let body = webstack_testkit::backend::pattern(1024 * 1024);
+    let r = http::request(topology.lb(), "POST", "/stream-echo", &[], &body).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body == body,
+        "{} bytes back of {}",
+        r.body.len(),
+        body.len()
+    );
+
+    // The same over HTTP/2.
+    let file = topology.dir.path().join("body");
+    std::fs::write(&file, &body).unwrap();
+    let ca = topology.state_dir().join("tls/ca.pem");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2", "--max-time", "30", "--cacert"])
+        .arg(&ca)
+        .args(["--resolve", "www.foobar.com:8443:127.0.47.10"])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg("https://www.foobar.com:8443/stream-echo")
+        .output()
+        .unwrap();
+    assert!(
+        out.stdout == body,
+        "{} bytes back over HTTP/2: {}",
+        out.stdout.len(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
