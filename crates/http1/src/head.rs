@@ -223,6 +223,19 @@ impl Request {
     pub fn bodyless(&self) -> bool {
         self.body == Framing::Length(0)
     }
+
+    /// Ends the forwarded head in `out` for one server: its address as `Host` when the client
+    /// sent none (HTTP/1.0), then the blank line. `base` is where the head ended before any
+    /// server's ending (a retry writes its own over it).
+    pub fn end_head_for(&self, out: &mut Vec<u8>, base: usize, server: &str) {
+        out.truncate(base);
+        if self.host.is_none() {
+            out.extend_from_slice(b"Host: ");
+            out.extend_from_slice(server.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// What this hop says about the request's sender, and which of the sender's own statements it

@@ -233,14 +233,7 @@ impl Proxy {
                 Err(outcome) => break outcome,
             };
             let guard = server.begin();
-            // The forwarded head for this server: a Host if the client sent none (HTTP/1.0).
-            out.truncate(base);
-            if request.host.is_none() {
-                out.extend_from_slice(b"Host: ");
-                out.extend_from_slice(server.authority.as_str().as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
-            out.extend_from_slice(b"\r\n");
+            request.end_head_for(out, base, server.authority.as_str());
             let result = self
                 .attempt(client, request, &server, out, back, &rewrite, replayable)
                 .await

@@ -262,13 +262,7 @@ impl Proxy {
                 Err(outcome) => break outcome,
             };
             let guard = server.begin();
-            out.truncate(base);
-            if request.host.is_none() {
-                out.extend_from_slice(b"Host: ");
-                out.extend_from_slice(server.authority.as_str().as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
-            out.extend_from_slice(b"\r\n");
+            request.end_head_for(&mut out, base, server.authority.as_str());
             let target = Target {
                 pool: &self.pool,
                 server: server.index,

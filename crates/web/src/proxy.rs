@@ -84,12 +84,8 @@ impl AppProxy {
                 id.to_vec()
             }
         };
-        if request.host.is_none() {
-            out.extend_from_slice(b"Host: ");
-            out.extend_from_slice(self.authority.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
+        let base = out.len();
+        request.end_head_for(&mut out, base, &self.authority);
         let rewrite = ResponseRewrite {
             request_is_head: request.is_head,
             client_keep_alive: true,
