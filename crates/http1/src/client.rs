@@ -322,7 +322,6 @@ impl ResponseBody {
                 back_to.pool.checkin(back_to.server, conn);
             }
         }
-        self.conn = None;
         self.hold = None;
     }
 

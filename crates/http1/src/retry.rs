@@ -57,12 +57,6 @@ pub fn is_retryable_status(status: u16) -> bool {
     matches!(status, 502..=504)
 }
 
-/// Whether a response with `status` to a request that is (or is not) `replayable` is held back
-/// while another server may answer better.
-pub fn holds(replayable: bool, status: u16) -> bool {
-    replayable && is_retryable_status(status)
-}
-
 /// The servers a request already tried: a bitset, so the common path allocates nothing (the
 /// first 128 servers; beyond that a list).
 #[derive(Default)]
@@ -156,7 +150,7 @@ impl<T> Attempts<T> {
 
     /// Whether a response with `status` would be held back (see `answered`).
     pub fn holds(&self, status: u16) -> bool {
-        holds(self.replayable, status)
+        self.replayable && is_retryable_status(status)
     }
 
     /// After a response head with `status`: a 502/503/504 to a replayable request is held back

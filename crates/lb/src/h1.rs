@@ -22,7 +22,7 @@ use webstack_http1::head::{
     self, Forwarding, Persistence, Refusal, Request, Response, ResponseRewrite,
 };
 use webstack_http1::pool::Conn;
-use webstack_http1::retry::{self, Attempts, Failure};
+use webstack_http1::retry::{Attempts, Failure};
 use webstack_http1::{date, tunnel};
 
 use crate::proxy::{Access, AttemptError, Forwarded, PlainHttpAnswer, Proxy, REDIRECT_TEXT};
@@ -240,7 +240,7 @@ impl Proxy {
                 .map(|(conn, response, sent)| {
                     // An answer that may be held back keeps its head: the next attempt
                     // reuses `back`.
-                    let held_head = retry::holds(replayable, response.status).then(|| back.clone());
+                    let held_head = attempts.holds(response.status).then(|| back.clone());
                     let status = response.status;
                     let answer = Answer {
                         conn,
