@@ -24,9 +24,12 @@ pub enum AppError {
 impl From<RouteError> for AppError {
     fn from(error: RouteError) -> Self {
         match error {
-            RouteError::NoPrimary | RouteError::SplitBrain(_) => AppError::Unavailable(format!(
-                "writes are unavailable: {error}. Reads still work; try again shortly."
-            )),
+            RouteError::OutcomeUnknown => AppError::Unavailable(error.to_string()),
+            RouteError::NoPrimary | RouteError::SplitBrain(_) | RouteError::NoCoordination(_) => {
+                AppError::Unavailable(format!(
+                    "writes are unavailable: {error}. Reads still work; try again shortly."
+                ))
+            }
             RouteError::NoNode | RouteError::Timeout(_) => {
                 AppError::Unavailable("the database is unavailable; try again shortly".into())
             }

@@ -146,21 +146,70 @@ pub async fn get(
     Ok((posts.into_iter().next(), node))
 }
 
-/// Inserts on the primary; returns the stored post and the write's GTID. Bounded by the query
-/// timeout: a primary that hangs answers 503, not never.
+/// Why one attempt at a write failed: `Retry` when nothing reached a primary (there is none
+/// right now, it refused the statement as read-only, or no connection could be made), so the
+/// write may wait for the next primary; `Fail` otherwise.
+enum Attempt {
+    Retry(AppError),
+    Fail(AppError),
+}
+
+/// How often a held write looks for a primary again.
+const HOLD_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Inserts on the primary; returns the stored post and the write's GTID. During a failover the
+/// write is held (up to `db.write_hold`) and sent to the new primary when it appears. A write
+/// whose commit outcome is unknown (the primary failed after the INSERT was sent) is never
+/// retried: 503 that says so.
 pub async fn create(router: &Router, new: &NewPost) -> Result<(Post, String), AppError> {
-    let writer = router.writer()?;
+    let deadline = std::time::Instant::now() + router.write_hold();
+    let mut held = false;
+    loop {
+        match create_once(router, new).await {
+            Ok(done) => {
+                if held {
+                    tracing::info!("a held write went to the new primary");
+                }
+                return Ok(done);
+            }
+            Err(Attempt::Retry(_)) if std::time::Instant::now() < deadline => {
+                held = true;
+                tokio::time::sleep(HOLD_POLL).await;
+                router.refresh_soon().await;
+            }
+            Err(Attempt::Retry(error) | Attempt::Fail(error)) => return Err(error),
+        }
+    }
+}
+
+async fn create_once(router: &Router, new: &NewPost) -> Result<(Post, String), Attempt> {
+    let writer = router
+        .writer()
+        .map_err(|error| Attempt::Retry(error.into()))?;
     let timeout = router.query_timeout();
+    let sent = std::sync::atomic::AtomicBool::new(false);
     let write = async {
-        // No connection to the primary: writes are unavailable (503), not our fault (500).
-        let mut conn = writer
-            .conn(router.connect_timeout())
-            .await
-            .map_err(|error| {
+        // No connection to the primary, or a pooled one that died with an earlier server (a
+        // ping finds out): nothing was sent, so the write may wait for a primary. Bounded by
+        // the connect timeout: a frozen primary must not eat the whole hold.
+        let ready = async {
+            let mut conn = writer.conn(router.connect_timeout()).await?;
+            conn.ping().await?;
+            Ok::<_, RouteError>(conn)
+        };
+        let mut conn = match tokio::time::timeout(router.connect_timeout(), ready).await {
+            Ok(Ok(conn)) => conn,
+            outcome => {
                 router.mark_unreachable(&writer);
-                tracing::warn!(node = %writer.name, %error, "no connection to the primary");
-                AppError::from(RouteError::NoPrimary)
-            })?;
+                let error = match outcome {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => "no answer".into(),
+                };
+                tracing::warn!(node = %writer.name, %error, "no usable connection to the primary");
+                return Err(Attempt::Retry(RouteError::NoPrimary.into()));
+            }
+        };
+        sent.store(true, std::sync::atomic::Ordering::SeqCst);
         conn.exec_drop(
             "INSERT INTO posts (author, body) VALUES (?, ?)",
             (&new.author, &new.body),
@@ -169,37 +218,52 @@ pub async fn create(router: &Router, new: &NewPost) -> Result<(Post, String), Ap
         .map_err(|error| write_refused(router, &writer, error))?;
         let id = conn
             .last_insert_id()
-            .ok_or_else(|| AppError::Database("no insert id".into()))?;
-        let gtid: Option<String> = conn.query_first("SELECT @@last_gtid").await?;
+            .ok_or_else(|| Attempt::Fail(AppError::Database("no insert id".into())))?;
+        // Committed (autocommit): what follows only reads it back.
+        let gtid: Option<String> = conn
+            .query_first("SELECT @@last_gtid")
+            .await
+            .map_err(|e| Attempt::Fail(e.into()))?;
         let stored = conn
             .exec_first(format!("{SELECT} WHERE id = ?"), (id,))
-            .await?
+            .await
+            .map_err(|e| Attempt::Fail(e.into()))?
             .map(post);
-        let stored = stored.ok_or_else(|| AppError::Database("inserted post not found".into()))?;
+        let stored = stored
+            .ok_or_else(|| Attempt::Fail(AppError::Database("inserted post not found".into())))?;
         Ok((stored, gtid.unwrap_or_default()))
     };
-    tokio::time::timeout(timeout, write)
-        .await
-        .unwrap_or_else(|_| Err(RouteError::Timeout(timeout).into()))
+    match tokio::time::timeout(timeout, write).await {
+        Ok(result) => result,
+        Err(_) if sent.load(std::sync::atomic::Ordering::SeqCst) => {
+            router.mark_unreachable(&writer);
+            Err(Attempt::Fail(RouteError::OutcomeUnknown.into()))
+        }
+        Err(_) => {
+            router.mark_unreachable(&writer);
+            Err(Attempt::Retry(RouteError::Timeout(timeout).into()))
+        }
+    }
 }
 
-/// A failed INSERT: the primary went away or stopped taking writes (read_only, a demoted or
-/// fenced node) is the unavailability the router answers 503 for, not our fault (500).
-fn write_refused(router: &Router, writer: &Node, error: mysql_async::Error) -> AppError {
+/// A failed INSERT. The node refused it as read-only (a demoted or fenced primary): nothing was
+/// written, so it may wait for the next primary. The connection failed: the commit may or may
+/// not have happened, so it is never sent again.
+fn write_refused(router: &Router, writer: &Node, error: mysql_async::Error) -> Attempt {
     /// ER_OPTION_PREVENTS_STATEMENT: the node runs with read_only.
     const READ_ONLY: u16 = 1290;
     match &error {
         mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => {
             router.mark_unreachable(writer);
-            tracing::warn!(node = %writer.name, %error, "the primary failed a write");
-            RouteError::NoPrimary.into()
+            tracing::warn!(node = %writer.name, %error, "the primary failed during a write");
+            Attempt::Fail(RouteError::OutcomeUnknown.into())
         }
         mysql_async::Error::Server(server) if server.code == READ_ONLY => {
             router.mark_unreachable(writer);
             tracing::warn!(node = %writer.name, %error, "the primary no longer takes writes");
-            RouteError::NoPrimary.into()
+            Attempt::Retry(RouteError::NoPrimary.into())
         }
-        _ => error.into(),
+        _ => Attempt::Fail(error.into()),
     }
 }
 

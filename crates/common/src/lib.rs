@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod child;
 pub mod files;
 pub mod forward;
 pub mod probe;

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: cannot read the topology file: {source}", path.display())]
+    // The I/O error is part of the message, not a `source`: `{:#}` would print it twice.
+    #[error("{}: cannot read the topology file: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file was read, but something in it is wrong.
     #[error("{0}")]

@@ -22,6 +22,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub app: AppFile,
     pub db: Option<DbFile>,
+    #[serde(default)]
+    pub etcd: EtcdFile,
 }
 
 #[derive(Deserialize)]
@@ -319,6 +321,9 @@ pub struct DbFile {
     pub query_timeout: Spanned<HumanDuration>,
     #[serde(default = "db_buffer_pool")]
     pub buffer_pool_size: Spanned<String>,
+    /// With failover: how long a write waits for a primary during a failover before a 503.
+    #[serde(default = "db_write_hold")]
+    pub write_hold: Spanned<HumanDuration>,
     #[serde(default = "db_mariadbd")]
     pub mariadbd: Spanned<String>,
     #[serde(default = "db_install_db")]
@@ -346,6 +351,9 @@ fn db_semi_sync() -> Spanned<HumanDuration> {
 fn db_query_timeout() -> Spanned<HumanDuration> {
     Spanned::new(0..0, HumanDuration::secs(5))
 }
+fn db_write_hold() -> Spanned<HumanDuration> {
+    Spanned::new(0..0, HumanDuration::secs(5))
+}
 fn db_buffer_pool() -> Spanned<String> {
     Spanned::new(0..0, "64M".into())
 }
@@ -354,4 +362,35 @@ fn db_mariadbd() -> Spanned<String> {
 }
 fn db_install_db() -> Spanned<String> {
     Spanned::new(0..0, "/usr/bin/mariadb-install-db".into())
+}
+
+/// `[etcd]`: the coordination cluster's members are the hosts with role `etcd`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdFile {
+    /// Client port (the db roles, the apps and `etcdctl` connect here).
+    pub port: Spanned<u16>,
+    /// Raft traffic between members.
+    pub peer_port: Spanned<u16>,
+    pub admin_port: Spanned<u16>,
+    pub program: Spanned<String>,
+    pub heartbeat_interval: Spanned<HumanDuration>,
+    pub election_timeout: Spanned<HumanDuration>,
+    /// The primary's leader key lives this long without renewal: a dead primary is replaced
+    /// after at most this.
+    pub lease_ttl: Spanned<HumanDuration>,
+}
+
+impl Default for EtcdFile {
+    fn default() -> Self {
+        Self {
+            port: Spanned::new(0..0, 2379),
+            peer_port: Spanned::new(0..0, 2380),
+            admin_port: Spanned::new(0..0, 9104),
+            program: Spanned::new(0..0, "/usr/bin/etcd".into()),
+            heartbeat_interval: Spanned::new(0..0, HumanDuration(Duration::from_millis(100))),
+            election_timeout: Spanned::new(0..0, HumanDuration::secs(1)),
+            lease_ttl: Spanned::new(0..0, HumanDuration::secs(2)),
+        }
+    }
 }

@@ -15,6 +15,7 @@ pub use error::ConfigError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    Etcd,
     Db,
     App,
     Web,
@@ -22,10 +23,11 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Db, Role::App, Role::Web, Role::Lb];
+    pub const ALL: [Role; 5] = [Role::Etcd, Role::Db, Role::App, Role::Web, Role::Lb];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Etcd => "etcd",
             Role::Db => "db",
             Role::App => "app",
             Role::Web => "web",
@@ -83,6 +85,18 @@ pub struct Config {
     app_ports: Ports,
     db: Option<DbSettings>,
     db_ports: Ports,
+    etcd: EtcdSettings,
+    etcd_ports: Ports,
+}
+
+/// `[etcd]` settings; the members are the hosts with role `etcd`.
+#[derive(Clone, Debug)]
+pub(crate) struct EtcdSettings {
+    pub peer_port: u16,
+    pub program: PathBuf,
+    pub heartbeat_interval: std::time::Duration,
+    pub election_timeout: std::time::Duration,
+    pub lease_ttl: std::time::Duration,
 }
 
 /// `[db]` settings shared by every db node and the app's router.
@@ -94,6 +108,7 @@ pub(crate) struct DbSettings {
     pub poll_interval: std::time::Duration,
     pub semi_sync_timeout: std::time::Duration,
     pub query_timeout: std::time::Duration,
+    pub write_hold: std::time::Duration,
     pub buffer_pool_size: String,
     pub mariadbd: PathBuf,
     pub install_db: PathBuf,
@@ -102,9 +117,9 @@ pub(crate) struct DbSettings {
 impl Config {
     /// Reads and validates a topology file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         Self::parse(&text, &path)
@@ -127,6 +142,7 @@ impl Config {
             Role::Web => self.web_ports,
             Role::App => self.app_ports,
             Role::Db => self.db_ports,
+            Role::Etcd => self.etcd_ports,
         }
     }
 
@@ -223,6 +239,8 @@ impl Config {
                 poll_interval: db.poll_interval,
                 connect_timeout: std::time::Duration::from_secs(2),
                 query_timeout: db.query_timeout,
+                write_hold: db.write_hold,
+                coordination: self.coordination(),
             }),
         };
         Ok(webstack_app::Config {
@@ -240,16 +258,15 @@ impl Config {
     /// The db node settings of `host`.
     pub fn db_node(&self, host: &Host, state_dir: &Path) -> Option<webstack_db::NodeConfig> {
         let db = self.db.as_ref()?;
+        if !host.has(Role::Db) {
+            return None;
+        }
         let primary = self.host(&db.primary)?;
-        let server_id = self
-            .hosts_with(Role::Db)
-            .position(|h| h.name == host.name)? as u32
-            + 1;
         Some(webstack_db::NodeConfig {
             host_name: host.name.clone(),
             address: host.address,
             port: self.db_ports.service,
-            server_id,
+            server_id: server_id(&host.name),
             primary_name: primary.name.clone(),
             primary_addr: self.service_addr(primary, Role::Db),
             state_dir: state_dir.to_path_buf(),
@@ -261,12 +278,69 @@ impl Config {
             db_hosts: self.hosts_with(Role::Db).map(|h| h.address).collect(),
             app_hosts: self.hosts_with(Role::App).map(|h| h.address).collect(),
             all_hosts: self.hosts.iter().map(|h| h.address).collect(),
+            peers: self
+                .hosts_with(Role::Db)
+                .map(|h| (h.name.clone(), self.service_addr(h, Role::Db)))
+                .collect(),
+            failover: self.coordination(),
         })
+    }
+
+    /// The etcd cluster the database's failover is coordinated through, when the topology has
+    /// one (hosts with role `etcd`) and a database to fail over.
+    pub fn coordination(&self) -> Option<webstack_coord::Cluster> {
+        let members: Vec<_> = self.hosts_with(Role::Etcd).collect();
+        if members.is_empty() || self.db.is_none() {
+            return None;
+        }
+        Some(webstack_coord::Cluster {
+            endpoints: members
+                .iter()
+                .map(|h| format!("http://{}", self.service_addr(h, Role::Etcd)))
+                .collect(),
+            prefix: format!("/webstack/{}/", self.site_name),
+            lease_ttl: self.etcd.lease_ttl,
+            attempts: Default::default(),
+        })
+    }
+
+    /// The etcd member of `host`: its data in `state_dir/etcd/<host>/`.
+    pub fn etcd_member(&self, host: &Host, state_dir: &Path) -> webstack_coord::MemberConfig {
+        let peer = |h: &Host| SocketAddr::new(h.address, self.etcd.peer_port);
+        webstack_coord::MemberConfig {
+            name: host.name.clone(),
+            client_addr: self.service_addr(host, Role::Etcd),
+            peer_addr: peer(host),
+            initial_cluster: self
+                .hosts_with(Role::Etcd)
+                .map(|h| (h.name.clone(), peer(h)))
+                .collect(),
+            cluster_token: format!("webstack-{}", self.site_name),
+            data_dir: state_dir.join("etcd").join(&host.name),
+            log: state_dir
+                .join("logs")
+                .join(format!("{}-etcd.log", host.name)),
+            program: self.etcd.program.clone(),
+            heartbeat_interval: self.etcd.heartbeat_interval,
+            election_timeout: self.etcd.election_timeout,
+        }
     }
 
     pub fn hosts_with(&self, role: Role) -> impl Iterator<Item = &Host> {
         self.hosts.iter().filter(move |h| h.has(role))
     }
+}
+
+/// A MariaDB `server_id` that belongs to the host's name, not to its place in the file:
+/// reordering or inserting hosts never hands a replica the id of another node (it would skip
+/// that node's events). FNV-1a, never 0; `webstack check` refuses two hosts with one id.
+pub fn server_id(host_name: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in host_name.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash.max(1)
 }
 
 #[cfg(test)]
@@ -313,7 +387,7 @@ mod tests {
         let web01 = config.host("web-01").unwrap();
         assert_eq!(
             web01.roles,
-            [Role::Db, Role::App, Role::Web],
+            [Role::Etcd, Role::Db, Role::App, Role::Web],
             "roles sorted in start order"
         );
         let state = Path::new("/srv/state");
@@ -324,9 +398,25 @@ mod tests {
         assert!(primary.is_primary() && !replica.is_primary());
         assert_eq!(
             (primary.server_id, replica.server_id),
-            (1, 2),
-            "unique server ids"
+            (server_id("web-01"), server_id("web-02")),
+            "server ids belong to the names"
         );
+        assert_ne!(primary.server_id, replica.server_id);
+        let cluster = config.coordination().expect("failover is on by default");
+        assert_eq!(
+            cluster.endpoints,
+            [
+                "http://127.0.0.10:2379",
+                "http://127.0.0.11:2379",
+                "http://127.0.0.12:2379"
+            ]
+        );
+        assert_eq!(cluster.prefix, "/webstack/www.foobar.com/");
+        assert!(primary.failover.is_some());
+        let member = config.etcd_member(web01, state);
+        assert_eq!(member.peer_addr.to_string(), "127.0.0.11:2380");
+        assert_eq!(member.initial_cluster.len(), 3);
+        assert_eq!(member.data_dir, Path::new("/srv/state/etcd/web-01"));
         assert_eq!(replica.primary_addr.to_string(), "127.0.0.11:3306");
         assert_eq!(
             replica.address.to_string(),
@@ -589,6 +679,54 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("unspecified")
+        );
+    }
+
+    #[test]
+    fn server_ids_survive_reordering_hosts() {
+        let text = default_text();
+        let reordered = text
+            .replacen("name = \"web-01\"", "name = \"web-xx\"", 1)
+            .replacen("name = \"web-02\"", "name = \"web-01\"", 1)
+            .replacen("name = \"web-xx\"", "name = \"web-02\"", 1);
+        let state = Path::new("/srv/state");
+        let (a, b) = (parse(&text).unwrap(), parse(&reordered).unwrap());
+        for name in ["web-01", "web-02"] {
+            assert_eq!(
+                a.db_node(a.host(name).unwrap(), state).unwrap().server_id,
+                b.db_node(b.host(name).unwrap(), state).unwrap().server_id,
+            );
+        }
+        assert_ne!(server_id(""), 0);
+    }
+
+    #[test]
+    fn etcd_needs_an_odd_number_of_members_and_its_program() {
+        let two = default_text().replacen("roles = [\"lb\", \"etcd\"]", "roles = [\"lb\"]", 1);
+        let error = parse(&two).unwrap_err().to_string();
+        assert!(
+            error.contains("role etcd is on 2 host(s) (web-01, web-02)")
+                && error.contains("odd number of at least 3"),
+            "{error}"
+        );
+        let none = default_text().replace(", \"etcd\"", "");
+        let config = parse(&none).unwrap();
+        assert!(config.coordination().is_none(), "no members: no failover");
+        let missing =
+            default_text().replace("[etcd]\n", "[etcd]\nprogram = \"/nonexistent/etcd\"\n");
+        let error = parse(&missing).unwrap_err().to_string();
+        assert!(
+            error.contains("etcd.program") && error.contains("apt-get install etcd-server"),
+            "{error}"
+        );
+        let short = default_text().replace("lease_ttl = \"2s\"", "lease_ttl = \"1s\"");
+        let error = parse(&short).unwrap_err().to_string();
+        assert!(error.contains("etcd.lease_ttl"), "{error}");
+        let clash = default_text().replace("peer_port = 2380", "peer_port = 3306");
+        let error = parse(&clash).unwrap_err().to_string();
+        assert!(
+            error.contains("etcd.peer_port = 3306 is also db.port"),
+            "{error}"
         );
     }
 }

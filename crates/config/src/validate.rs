@@ -9,7 +9,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use crate::file::{self, FileConfig, HumanDuration};
-use crate::{Config, ConfigError, DbSettings, Host, Ports, Role};
+use crate::{Config, ConfigError, DbSettings, EtcdSettings, Host, Ports, Role};
 
 /// The longest duration any key takes (HSTS's max-age is a year; two leave room).
 const MAX_DURATION: Duration = Duration::from_secs(2 * 366 * 86_400);
@@ -183,7 +183,7 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
             !roles.is_empty(),
             host.roles.span(),
             format!(
-                "host {name}: roles is empty; expected some of \"lb\", \"web\", \"app\", \"db\""
+                "host {name}: roles is empty; expected some of \"lb\", \"web\", \"app\", \"db\", \"etcd\""
             ),
         )?;
         check.ensure(
@@ -221,6 +221,7 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
             (&db.port, &db.admin_port)
         });
     let db_ports = ports(&check, db_port, db_admin)?;
+    let etcd_ports = ports(&check, &file.etcd.port, &file.etcd.admin_port)?;
     let all_ports = [
         ("lb.port", &file.lb.port),
         ("lb.admin_port", &file.lb.admin_port),
@@ -231,11 +232,15 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         ("db.port", db_port),
         ("lb.tls.port", &file.lb.tls.port),
         ("db.admin_port", db_admin),
+        ("etcd.port", &file.etcd.port),
+        ("etcd.peer_port", &file.etcd.peer_port),
+        ("etcd.admin_port", &file.etcd.admin_port),
     ];
     let role_of = |key: &str| match &key[..key.find('.').unwrap_or(0)] {
         "lb" => Role::Lb,
         "web" => Role::Web,
         "db" => Role::Db,
+        "etcd" => Role::Etcd,
         _ => Role::App,
     };
     for host in &hosts {
@@ -266,6 +271,7 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         maxconn: check.maxconn(&file.app.maxconn, "app.maxconn")?,
     };
     let db = db_settings(&check, file.db.as_ref(), &hosts, &file.hosts)?;
+    let etcd = etcd_settings(&check, &file.etcd, &hosts, &file.hosts)?;
 
     Ok(Config {
         path: path.to_path_buf(),
@@ -280,6 +286,66 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         app_ports,
         db,
         db_ports,
+        etcd,
+        etcd_ports,
+    })
+}
+
+/// `[etcd]` and its members: none (no failover), or an odd number of at least 3, so that
+/// losing any one host keeps a quorum.
+fn etcd_settings(
+    check: &Checker,
+    etcd: &file::EtcdFile,
+    hosts: &[Host],
+    files: &[file::HostFile],
+) -> Result<EtcdSettings, ConfigError> {
+    let members: Vec<&Host> = hosts.iter().filter(|h| h.has(Role::Etcd)).collect();
+    if let Some(last) = members.last() {
+        let span = files
+            .iter()
+            .find(|f| f.name.get_ref() == &last.name)
+            .map_or(0..0, |f| f.roles.span());
+        let names: Vec<&str> = members.iter().map(|h| h.name.as_str()).collect();
+        check.ensure(
+            members.len() >= 3 && members.len() % 2 == 1,
+            span,
+            format!(
+                "role etcd is on {} host(s) ({}): expected an odd number of at least 3 on distinct hosts, \
+                 so that losing any one keeps a quorum (database failover is refused otherwise); \
+                 remove role etcd from every host to run without failover",
+                members.len(),
+                names.join(", ")
+            ),
+        )?;
+        let program = Path::new(etcd.program.get_ref());
+        check.ensure(
+            program.is_absolute() && program.is_file(),
+            etcd.program.span(),
+            format!(
+                "etcd.program: {} is not a program file (install Debian's etcd: apt-get install etcd-server)",
+                program.display()
+            ),
+        )?;
+    }
+    let heartbeat_interval = check.positive(&etcd.heartbeat_interval, "etcd.heartbeat_interval")?;
+    let election_timeout = check.positive(&etcd.election_timeout, "etcd.election_timeout")?;
+    check.ensure(
+        election_timeout >= heartbeat_interval * 5,
+        etcd.election_timeout.span(),
+        "etcd.election_timeout must be at least 5 times etcd.heartbeat_interval (etcd's own rule)",
+    )?;
+    let lease_ttl = check.positive(&etcd.lease_ttl, "etcd.lease_ttl")?;
+    check.ensure(
+        lease_ttl.as_millis() % 1000 == 0 && lease_ttl >= election_timeout * 3 / 2,
+        etcd.lease_ttl.span(),
+        "etcd.lease_ttl: expected whole seconds, at least 1.5 times etcd.election_timeout (etcd's minimum)",
+    )?;
+    Ok(EtcdSettings {
+        peer_port: *etcd.peer_port.get_ref(),
+        program: PathBuf::from(etcd.program.get_ref()),
+        heartbeat_interval,
+        election_timeout,
+        lease_ttl,
     })
 }
 
@@ -353,6 +419,15 @@ fn db_settings(
             ),
         )?;
     }
+    let mut ids = HashMap::new();
+    for host in &db_hosts {
+        if let Some(other) = ids.insert(crate::server_id(&host.name), &host.name) {
+            return Err(check.error(
+                db.primary.span(),
+                format!("db hosts {other} and {} would get the same MariaDB server_id (derived from the name); rename one", host.name),
+            ));
+        }
+    }
     Ok(Some(DbSettings {
         primary: primary.clone(),
         database: database.clone(),
@@ -360,6 +435,7 @@ fn db_settings(
         poll_interval: check.positive(&db.poll_interval, "db.poll_interval")?,
         semi_sync_timeout: check.positive(&db.semi_sync_timeout, "db.semi_sync_timeout")?,
         query_timeout: check.positive(&db.query_timeout, "db.query_timeout")?,
+        write_hold: check.bounded(&db.write_hold, "db.write_hold")?,
         buffer_pool_size: pool.clone(),
         mariadbd: PathBuf::from(db.mariadbd.get_ref()),
         install_db: PathBuf::from(db.install_db.get_ref()),

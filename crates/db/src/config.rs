@@ -11,9 +11,10 @@ pub struct NodeConfig {
     /// The host's address: MariaDB binds it (never 0.0.0.0).
     pub address: IpAddr,
     pub port: u16,
-    /// Unique per node in the topology (1-based position among db hosts).
+    /// Unique per node in the topology, derived from the host's name.
     pub server_id: u32,
-    /// The node that is primary when the cluster is first bootstrapped.
+    /// The node that is primary when the cluster is first bootstrapped (with failover, only
+    /// then: afterwards etcd's leader key decides).
     pub primary_name: String,
     pub primary_addr: SocketAddr,
     /// Holds `db/<host>/` (data, config, socket) and `secrets/`.
@@ -32,6 +33,11 @@ pub struct NodeConfig {
     pub db_hosts: Vec<IpAddr>,
     pub app_hosts: Vec<IpAddr>,
     pub all_hosts: Vec<IpAddr>,
+    /// Every db node by host name, this one included.
+    pub peers: Vec<(String, SocketAddr)>,
+    /// The etcd cluster that decides who is primary; `None` runs without failover
+    /// (`primary_name` is the primary for good).
+    pub failover: Option<webstack_coord::Cluster>,
 }
 
 impl NodeConfig {
@@ -59,6 +65,16 @@ impl NodeConfig {
         self.node_dir().join("mariadbd.pid")
     }
 
+    /// This node's address for replicas and the app.
+    pub fn service_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
+
+    /// The failover term this node last held as primary, written when it is promoted.
+    pub fn term_file(&self) -> PathBuf {
+        self.node_dir().join("term")
+    }
+
     pub fn error_log(&self) -> PathBuf {
         self.state_dir
             .join("logs")
@@ -82,4 +98,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// One request's statements on a node, connection included; longer is a 503.
     pub query_timeout: Duration,
+    /// With failover: how long a write waits for a primary before a 503.
+    pub write_hold: Duration,
+    /// The etcd cluster whose leader key names the primary; `None`: the writable node is.
+    pub coordination: Option<webstack_coord::Cluster>,
 }

@@ -56,6 +56,20 @@ impl GtidPos {
     }
 }
 
+/// `domain-0-seq,...`: the positions only (the server ids of the text it was parsed from are
+/// not kept; `parse` reads it back to the same value).
+impl std::fmt::Display for GtidPos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (domain, seq)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{domain}-0-{seq}")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::GtidPos;
@@ -75,5 +89,7 @@ mod tests {
             GtidPos::parse("0-1-42,1-2-3").union(&GtidPos::parse("0-1-40,1-2-7,2-3-1")),
             GtidPos::parse("0-1-42,1-2-7,2-3-1")
         );
+        let pos = GtidPos::parse("0-1-42,1-2-7");
+        assert_eq!(GtidPos::parse(&pos.to_string()), pos);
     }
 }

@@ -2,6 +2,7 @@
 //! webstack (`node`), and the client-side router the application uses (`router`).
 
 mod config;
+pub mod failover;
 pub mod gtid;
 pub mod node;
 pub mod provision;

@@ -11,10 +11,11 @@ use mysql_async::{Conn, OptsBuilder};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::Serialize;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use webstack_common::backoff::Backoff;
 use webstack_common::{Admin, Shutdown};
 
+use crate::failover::{self, Agent};
 use crate::gtid::GtidPos;
 use crate::provision::{self, ADMIN_USER, MONITOR_USER, REPL_USER, sql_string};
 use crate::{NodeConfig, secrets};
@@ -50,6 +51,8 @@ pub enum NodeError {
     Sql(#[from] mysql_async::Error),
     #[error("mariadbd did not answer within {0:?}")]
     Unresponsive(Duration),
+    #[error("etcd: {0}")]
+    Coordination(String),
 }
 
 /// Runs `work` within `limit`; a timeout is an error like any other.
@@ -63,7 +66,7 @@ async fn bounded<T>(
 }
 
 /// A new admin connection over the socket, within `CONNECT_TIMEOUT`.
-async fn connect(config: &NodeConfig, password: &str) -> Result<Conn, NodeError> {
+pub(crate) async fn connect(config: &NodeConfig, password: &str) -> Result<Conn, NodeError> {
     bounded(CONNECT_TIMEOUT, async {
         Ok(Conn::new(admin_opts(config, password)).await?)
     })
@@ -83,12 +86,25 @@ pub struct NodeStatus {
     pub lag_transactions: Option<u64>,
     pub seconds_behind_master: Option<u64>,
     pub last_error: Option<String>,
+    /// With failover: the leader key's term as last seen, what the agent is doing, and why no
+    /// node may be promoted when that is the case.
+    pub term: Option<i64>,
+    pub failover: Option<String>,
+    pub refused: Option<String>,
+    /// Set when the node cannot become ready by itself (its history diverged from the
+    /// primary's): what an operator must do. `webstack start` reports it instead of waiting.
+    pub blocked: Option<String>,
     /// One line for the status table.
     pub summary: String,
 }
 
 /// Runs the node until `shutdown`, then stops `mariadbd` cleanly.
-pub async fn run(config: NodeConfig, admin: Admin, shutdown: Shutdown) -> Result<(), NodeError> {
+pub async fn run(
+    config: NodeConfig,
+    metrics: failover::metrics::Metrics,
+    admin: Admin,
+    shutdown: Shutdown,
+) -> Result<(), NodeError> {
     let admin_password = secrets::read(&config.state_dir, "admin")?;
     let admin_password = admin_password.expose();
     // The first bootstrap takes a while: a stop meanwhile ends it (mariadb-install-db is
@@ -98,16 +114,27 @@ pub async fn run(config: NodeConfig, admin: Admin, shutdown: Shutdown) -> Result
         _ = shutdown.triggered() => return Ok(()),
     };
     stop_stale(&config).await;
+    // With failover, one agent for the life of the role: it keeps the lease (and the leader
+    // key) across a restart of mariadbd.
+    let mut agent = config
+        .failover
+        .clone()
+        .map(|cluster| Agent::new(config.clone(), cluster, metrics));
     let mut backoff = Backoff::new(Duration::from_millis(500), MAX_BACKOFF);
     loop {
         let mut child = spawn(&config, init_file.as_deref())?;
         let started = Instant::now();
         let outcome = tokio::select! {
-            result = serve(&config, admin_password, &mut child, &admin) => result,
+            result = serve(&config, admin_password, &mut child, &admin, agent.as_mut()) => result,
             _ = shutdown.triggered() => Ok(()),
         };
         admin.set_ready(false);
         if shutdown.is_triggered() {
+            if let Some(agent) = agent.as_mut() {
+                // A primary hands over before it stops, so writes move at once.
+                let mut conn = connect(&config, admin_password).await.ok();
+                agent.shutdown(conn.as_mut()).await;
+            }
             stop(&mut child).await;
             return Ok(());
         }
@@ -133,11 +160,19 @@ pub async fn run(config: NodeConfig, admin: Admin, shutdown: Shutdown) -> Result
 }
 
 fn spawn(config: &NodeConfig, init_file: Option<&Path>) -> Result<Child, NodeError> {
-    let mut command = Command::new(&config.mariadbd);
+    // It dies with this role: a mariadbd whose role was killed must not stay writable behind
+    // everyone's back.
+    let mut command = webstack_common::child::dies_with_parent(&config.mariadbd);
     command.arg(format!(
         "--defaults-file={}",
         config.defaults_file().display()
     ));
+    if config.failover.is_some() {
+        // Every start is a replica's: crash recovery truncates binlog transactions that no
+        // replica acknowledged (semi-sync AFTER_SYNC), so an old primary never keeps a
+        // history the new one lacks.
+        command.arg("--init-rpl-role=SLAVE");
+    }
     if let Some(init) = init_file {
         command.arg(format!("--init-file={}", init.display()));
     }
@@ -209,6 +244,7 @@ async fn serve(
     admin_password: &str,
     child: &mut Child,
     admin: &Admin,
+    mut agent: Option<&mut Agent>,
 ) -> Result<(), NodeError> {
     let deadline = Instant::now() + START_TIMEOUT;
     let mut conn = loop {
@@ -224,20 +260,31 @@ async fn serve(
         }
     };
     let _ = std::fs::remove_file(config.node_dir().join("init.sql"));
-    bounded(CONFIGURE_TIMEOUT, configure(config, &mut conn)).await?;
-    tracing::info!(
-        role = if config.is_primary() {
-            "primary"
-        } else {
-            "replica"
-        },
-        "mariadb configured"
-    );
+    if agent.is_some() {
+        bounded(CONFIGURE_TIMEOUT, configure_accounts(config, &mut conn)).await?;
+        tracing::info!("mariadb configured; the failover agent decides its role");
+    } else {
+        bounded(CONFIGURE_TIMEOUT, configure(config, &mut conn)).await?;
+        tracing::info!(
+            role = if config.is_primary() {
+                "primary"
+            } else {
+                "replica"
+            },
+            "mariadb configured"
+        );
+    }
 
     let monitor_password = secrets::read(&config.state_dir, "monitor")
         .map(|s| s.expose().to_string())
         .unwrap_or_default();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let every = if agent.is_some() {
+        failover::agent::TICK
+    } else {
+        Duration::from_secs(1)
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             status = child.wait() => {
@@ -246,6 +293,31 @@ async fn serve(
                 return Ok(());
             }
             _ = tick.tick() => {
+                if let Some(agent) = agent.as_deref_mut() {
+                    match bounded(failover::agent::PROMOTE_LIMIT, agent.tick(&mut conn)).await {
+                        Ok(tick) if tick.kill => {
+                            if let Some(pid) = child.id() {
+                                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                            }
+                            let _ = child.wait().await;
+                            return Ok(());
+                        }
+                        Ok(tick) => {
+                            admin.set_ready(tick.ready);
+                            admin.set_status(serde_json::to_value(&tick.status).unwrap_or_default());
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot inspect mariadb");
+                            if let Ok(fresh) = connect(config, admin_password).await {
+                                conn = fresh;
+                            }
+                            admin.set_ready(false);
+                            let status = NodeStatus { role: "down".into(), summary: format!("unreachable: {error}"), ..NodeStatus::default() };
+                            admin.set_status(serde_json::to_value(&status).unwrap_or_default());
+                        }
+                    }
+                    continue;
+                }
                 let status = match bounded(INSPECT_TIMEOUT, inspect(config, &mut conn, &monitor_password)).await {
                     Ok(status) => status,
                     Err(error) => {
@@ -270,9 +342,9 @@ async fn serve(
     }
 }
 
-/// Makes the node what the topology says: accounts everywhere; on the primary writable with
-/// the schema; on a replica read-only and replicating from the primary by GTID.
-async fn configure(config: &NodeConfig, conn: &mut Conn) -> Result<(), NodeError> {
+/// Accounts for replication, the app and monitoring, on every node and not binlogged (each
+/// node has its own), so new hosts get theirs and passwords follow the secrets.
+async fn configure_accounts(config: &NodeConfig, conn: &mut Conn) -> Result<(), NodeError> {
     let repl = secrets::read(&config.state_dir, "repl")?;
     let app = secrets::read(&config.state_dir, "app")?;
     let monitor = secrets::read(&config.state_dir, "monitor")?;
@@ -283,6 +355,14 @@ async fn configure(config: &NodeConfig, conn: &mut Conn) -> Result<(), NodeError
         conn.query_drop(statement).await?;
     }
     conn.query_drop("SET SESSION sql_log_bin = 1").await?;
+    Ok(())
+}
+
+/// Without failover, makes the node what the topology says: on the primary writable with the
+/// schema; on a replica read-only and replicating from the primary by GTID.
+async fn configure(config: &NodeConfig, conn: &mut Conn) -> Result<(), NodeError> {
+    configure_accounts(config, conn).await?;
+    let repl = secrets::read(&config.state_dir, "repl")?;
 
     if config.is_primary() {
         // A node that replicated before (e.g. an old primary coming back) stops doing so.

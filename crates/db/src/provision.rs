@@ -79,10 +79,15 @@ pub fn defaults_file(config: &NodeConfig) -> String {
          # Every node starts read-only; webstack clears it on the primary only.\n\
          read_only = ON\n\
          # Semi-synchronous replication: a commit waits for a replica's acknowledgement\n\
-         # (or the timeout, after which the primary goes on without it).\n\
+         # {semi_comment}\n\
          rpl_semi_sync_master_enabled = {semi_master}\n\
          rpl_semi_sync_slave_enabled = ON\n\
          rpl_semi_sync_master_timeout = {semi_timeout}\n\
+         # The binary log is written, then acknowledged, then committed: a crashed primary's\n\
+         # unacknowledged transactions are truncated when it restarts as a replica.\n\
+         rpl_semi_sync_master_wait_point = AFTER_SYNC\n\
+         # A replica notices a silent or frozen primary within seconds, not a minute.\n\
+         slave_net_timeout = 1\n\
          # Small footprint: several nodes share one machine under `webstack up`.\n\
          innodb_buffer_pool_size = {buffer_pool}\n\
          innodb_log_file_size = 48M\n\
@@ -99,8 +104,22 @@ pub fn defaults_file(config: &NodeConfig) -> String {
         address = config.address,
         port = config.port,
         server_id = config.server_id,
-        semi_master = if config.is_primary() { "ON" } else { "OFF" },
-        semi_timeout = config.semi_sync_timeout.as_millis(),
+        semi_master = if config.is_primary() && config.failover.is_none() {
+            "ON"
+        } else {
+            "OFF"
+        },
+        semi_comment = if config.failover.is_some() {
+            "(with failover, never given up by the server: the db role records in etcd that it\n\
+             # goes on without one before it switches semi-sync off)."
+        } else {
+            "(or the timeout, after which the primary goes on without it)."
+        },
+        semi_timeout = if config.failover.is_some() {
+            u128::from(u32::MAX)
+        } else {
+            config.semi_sync_timeout.as_millis()
+        },
         buffer_pool = config.buffer_pool_size,
     )
 }

@@ -1,6 +1,8 @@
-//! The application's database router: a connection pool per node, writes to the one writable
-//! node, reads to a replica within the lag bound (or the primary). It finds the primary by
-//! polling `@@read_only` on every node, so a failover needs no change on the app hosts.
+//! The application's database router: a connection pool per node, writes to the primary,
+//! reads to a replica within the lag bound (or the primary). With failover, the primary is the
+//! node etcd's leader key names *and* that answers `@@read_only = 0` (both, or no writes);
+//! without, the one writable node. It polls every node, so a failover needs no change on the
+//! app hosts.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +27,13 @@ pub enum RouteError {
     Sql(#[from] mysql_async::Error),
     #[error("database did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("cannot learn the primary from etcd ({0}); refusing writes rather than guessing")]
+    NoCoordination(String),
+    #[error(
+        "the primary failed while this write was being committed: it may or may not be stored; \
+         check before sending it again"
+    )]
+    OutcomeUnknown,
 }
 
 /// One database node as the router last saw it.
@@ -89,10 +98,26 @@ impl Node {
     }
 }
 
+/// Who etcd says the primary is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaderView {
+    /// Not asked yet, or etcd did not answer (why).
+    Unknown(String),
+    /// No leader key: a failover is under way (or refused).
+    Nobody,
+    /// The leader key names `host` in `term`.
+    Node { host: String, term: i64 },
+}
+
 pub struct Router {
     nodes: Vec<Arc<Node>>,
     config: ClientConfig,
     next_reader: AtomicUsize,
+    /// With failover: a connection to etcd, and what its leader key said last.
+    etcd: tokio::sync::Mutex<Option<webstack_coord::etcd_client::Client>>,
+    leader: RwLock<LeaderView>,
+    /// When `refresh_soon` last finished; its lock makes concurrent callers share one refresh.
+    refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Router {
@@ -128,7 +153,82 @@ impl Router {
             nodes,
             config,
             next_reader: AtomicUsize::new(0),
+            etcd: tokio::sync::Mutex::new(None),
+            leader: RwLock::new(LeaderView::Unknown("not asked yet".into())),
+            refreshed: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// How long a write may wait for a primary during a failover.
+    pub fn write_hold(&self) -> Duration {
+        if self.config.coordination.is_some() {
+            self.config.write_hold
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    pub fn leader(&self) -> LeaderView {
+        self.leader
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_leader(&self, view: LeaderView) {
+        let mut slot = self.leader.write().unwrap_or_else(|e| e.into_inner());
+        if *slot != view {
+            tracing::info!(?view, "primary according to etcd");
+            *slot = view;
+        }
+    }
+
+    /// Reads the leader key (a connection is made on first use and after a failure; one
+    /// failed member is not a verdict: the read is tried once more on another).
+    async fn ask_etcd(&self, cluster: &webstack_coord::Cluster) {
+        let mut slot = self.etcd.lock().await;
+        let mut why = String::new();
+        for _ in 0..2 {
+            if slot.is_none() {
+                match cluster.connect().await {
+                    Ok(client) => *slot = Some(client),
+                    Err(error) => {
+                        why = error.to_string();
+                        continue;
+                    }
+                }
+            }
+            let Some(client) = slot.as_mut() else {
+                continue;
+            };
+            let key = cluster.key("db/leader");
+            let answer =
+                tokio::time::timeout(webstack_coord::REQUEST_TIMEOUT, client.get(key, None)).await;
+            match answer {
+                Ok(Ok(response)) => {
+                    let view = match response.kvs().first() {
+                        None => LeaderView::Nobody,
+                        Some(kv) => {
+                            match serde_json::from_slice::<crate::failover::Leader>(kv.value()) {
+                                Ok(leader) => LeaderView::Node {
+                                    host: leader.host,
+                                    term: kv.create_revision(),
+                                },
+                                Err(_) => {
+                                    LeaderView::Unknown("the leader key is unreadable".into())
+                                }
+                            }
+                        }
+                    };
+                    self.set_leader(view);
+                    return;
+                }
+                Ok(Err(error)) => why = error.to_string(),
+                Err(_) => why = "etcd did not answer".into(),
+            }
+            *slot = None;
+        }
+        self.set_leader(LeaderView::Unknown(why));
     }
 
     pub fn nodes(&self) -> &[Arc<Node>] {
@@ -152,8 +252,12 @@ impl Router {
         }
     }
 
-    /// Asks every node, concurrently, whether it is writable and how far it got.
+    /// Asks every node, concurrently, whether it is writable and how far it got, and etcd
+    /// who the primary is.
     pub async fn refresh(&self) {
+        if let Some(cluster) = &self.config.coordination {
+            self.ask_etcd(cluster).await;
+        }
         let checks = self.nodes.iter().map(|node| {
             let node = node.clone();
             let timeout = self.config.connect_timeout;
@@ -171,6 +275,41 @@ impl Router {
         }
     }
 
+    /// What writes need, now: etcd's leader and that node's answer, shared by every caller that
+    /// asks while one runs (held writes poll this) and skipped when one finished within the
+    /// last 50 ms. Never waits on the other nodes (a frozen one would hold every write).
+    pub async fn refresh_soon(&self) {
+        let mut last = self.refreshed.lock().await;
+        if last.is_some_and(|at| at.elapsed() < Duration::from_millis(50)) {
+            return;
+        }
+        let limit = self.config.connect_timeout;
+        let _ = tokio::time::timeout(limit, async {
+            if let Some(cluster) = &self.config.coordination {
+                self.ask_etcd(cluster).await;
+            }
+            let leader = match self.leader() {
+                LeaderView::Node { host, .. } => self.nodes.iter().find(|n| n.name == host),
+                _ => None,
+            };
+            let probed: Vec<_> = match leader {
+                Some(node) => vec![node.clone()],
+                None => self.nodes.clone(),
+            };
+            let checks = probed.into_iter().map(|node| {
+                tokio::spawn(async move {
+                    let state = node.probe(limit).await;
+                    *node.state.write().unwrap_or_else(|e| e.into_inner()) = state;
+                })
+            });
+            for check in checks.collect::<Vec<_>>() {
+                let _ = check.await;
+            }
+        })
+        .await;
+        *last = Some(std::time::Instant::now());
+    }
+
     /// Records that `node` failed a request, so routing avoids it until the next poll says
     /// otherwise.
     pub fn mark_unreachable(&self, node: &Node) {
@@ -180,10 +319,30 @@ impl Router {
             .reachable = false;
     }
 
-    /// The node writes go to: the only reachable writable one.
+    /// The node writes go to: the one etcd names, when it answers as writable (with failover);
+    /// else the only reachable writable one.
     pub fn writer(&self) -> Result<Arc<Node>, RouteError> {
         let states: Vec<_> = self.nodes.iter().map(|n| (n, n.state())).collect();
-        writer_of(&states).cloned()
+        self.writer_among(&states).cloned()
+    }
+
+    fn writer_among<'a>(
+        &self,
+        states: &[(&'a Arc<Node>, NodeState)],
+    ) -> Result<&'a Arc<Node>, RouteError> {
+        if self.config.coordination.is_none() {
+            return writer_of(states);
+        }
+        match self.leader() {
+            LeaderView::Unknown(why) => Err(RouteError::NoCoordination(why)),
+            LeaderView::Nobody => Err(RouteError::NoPrimary),
+            LeaderView::Node { host, .. } => states
+                .iter()
+                .find(|(n, s)| n.name == host && s.reachable && !s.read_only)
+                .map(|(n, _)| *n)
+                // Named but not yet writable (being promoted), or unreachable: no writes.
+                .ok_or(RouteError::NoPrimary),
+        }
     }
 
     /// The node a read goes to: a replica within the lag bound that has applied `after` (the
@@ -197,7 +356,7 @@ impl Router {
             .map(|n| (n, n.state()))
             .filter(|(_, s)| s.reachable)
             .collect();
-        let writer = writer_of(&states).ok();
+        let writer = self.writer_among(&states).ok();
         // The position reads are measured against, and how far behind it a replica may be.
         let (reference, allowed_lag) = match writer {
             Some(writer) => (writer.state().position, self.config.max_replica_lag),
@@ -264,6 +423,24 @@ fn most_advanced(states: &[(&Arc<Node>, NodeState)]) -> GtidPos {
 mod tests {
     use super::*;
 
+    fn r_config() -> ClientConfig {
+        ClientConfig {
+            nodes: vec![
+                ("a".into(), SocketAddr::from(([127, 0, 0, 1], 1))),
+                ("b".into(), SocketAddr::from(([127, 0, 0, 1], 2))),
+            ],
+            user: "u".into(),
+            password: "p".to_string().into(),
+            database: "d".into(),
+            max_replica_lag: 10,
+            poll_interval: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            query_timeout: Duration::from_secs(1),
+            write_hold: Duration::from_secs(5),
+            coordination: None,
+        }
+    }
+
     /// A router over three nodes that are never connected to; states are set by hand.
     fn router(max_replica_lag: u64) -> Arc<Router> {
         let nodes = ["a", "b", "c"]
@@ -285,6 +462,8 @@ mod tests {
             poll_interval: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             query_timeout: Duration::from_secs(1),
+            write_hold: Duration::ZERO,
+            coordination: None,
         })
     }
 
@@ -335,6 +514,45 @@ mod tests {
         set(&r, 1, false, true, "0-1-95");
         set(&r, 2, false, true, "0-1-95");
         assert!(matches!(r.reader(None), Err(RouteError::NoNode)));
+    }
+
+    #[tokio::test]
+    async fn with_failover_writes_go_only_to_the_node_etcd_names_when_it_is_writable() {
+        let r = Router::new(ClientConfig {
+            coordination: Some(webstack_coord::Cluster {
+                endpoints: vec!["http://127.0.0.1:1".into()],
+                prefix: "/t/".into(),
+                lease_ttl: Duration::from_secs(2),
+                attempts: Default::default(),
+            }),
+            ..r_config()
+        });
+        set(&r, 0, true, false, "0-1-10");
+        set(&r, 1, true, true, "0-1-10");
+        assert!(
+            matches!(r.writer(), Err(RouteError::NoCoordination(_))),
+            "etcd not asked yet"
+        );
+        r.set_leader(LeaderView::Node {
+            host: "a".into(),
+            term: 5,
+        });
+        assert_eq!(r.writer().unwrap().name, "a");
+        // etcd names b (just promoted), a still answers writable: neither takes writes.
+        r.set_leader(LeaderView::Node {
+            host: "b".into(),
+            term: 9,
+        });
+        assert!(matches!(r.writer(), Err(RouteError::NoPrimary)));
+        set(&r, 1, true, false, "0-1-10");
+        assert_eq!(
+            r.writer().unwrap().name,
+            "b",
+            "a is stale: never written to"
+        );
+        r.set_leader(LeaderView::Nobody);
+        assert!(matches!(r.writer(), Err(RouteError::NoPrimary)));
+        assert_eq!(r.write_hold(), Duration::from_secs(5));
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod http;
+pub mod ledger;
 pub mod pebble;
 pub mod raw;
 pub mod topology;

@@ -58,6 +58,20 @@ pub fn toml_with_db(net: u8, web_hosts: usize, lb_extra: &str) -> String {
     ) + "\n[db]\nprimary = \"web-01\"\npoll_interval = \"200ms\"\n"
 }
 
+/// `toml_with_db` with failover: lb-01 and the first two web hosts also run etcd (three
+/// members), and the database waits for an answer quickly (`query_timeout` 3 s).
+pub fn toml_with_failover(net: u8, web_hosts: usize) -> String {
+    assert!(web_hosts >= 2, "three etcd members: lb-01, web-01, web-02");
+    let mut text = toml_with_db(net, web_hosts, "");
+    text = text.replacen("roles = [\"lb\"]", "roles = [\"lb\", \"etcd\"]", 1);
+    text = text.replacen(
+        "roles = [\"web\", \"app\", \"db\"]",
+        "roles = [\"web\", \"app\", \"db\", \"etcd\"]",
+        2,
+    );
+    text + "query_timeout = \"3s\"\n"
+}
+
 impl Topology {
     /// Writes `config` into a fresh folder without starting anything.
     pub fn write(exe: &str, name: &str, net: u8, config: &str) -> Topology {
@@ -184,6 +198,17 @@ impl Topology {
         output_within(&mut command, CLI_TIMEOUT)
     }
 
+    /// `webstack db ARGS -c <this topology>`.
+    pub fn db(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("db")
+            .args(args)
+            .arg("-c")
+            .arg(&self.config_path);
+        output_within(&mut command, CLI_TIMEOUT)
+    }
+
     /// The lb's view of its servers: waits (bounded) until every one of `names` is up, so a
     /// test that counts where requests went starts from a full rotation (the lb is ready after
     /// one check of each, whatever its result).
@@ -285,6 +310,50 @@ impl Topology {
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
+    }
+
+    /// Runs the `mariadb` client on `host`'s database as webstack's admin (over its socket).
+    pub fn admin_sql(&self, host: &str, statement: &str) -> Result<String, String> {
+        let password = std::fs::read_to_string(self.state_dir.join("secrets/admin.password"))
+            .map_err(|e| e.to_string())?;
+        let socket = self.state_dir.join("db").join(host).join("mariadb.sock");
+        let out = output_within(
+            Command::new("mariadb")
+                .arg("--connect-timeout=5")
+                .arg("-S")
+                .arg(&socket)
+                .args([
+                    "-u",
+                    "webstack_admin",
+                    "--batch",
+                    "--skip-column-names",
+                    "-e",
+                    statement,
+                ])
+                .env("MYSQL_PWD", password.trim()),
+            Duration::from_secs(30),
+        );
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// A role's facts from `status` (`Null` while they cannot be had).
+    pub fn detail(&self, host: &str, role: &str) -> serde_json::Value {
+        self.unit(host, role)["detail"].clone()
+    }
+
+    /// A role's line of `status --json` (`Null` while it cannot be had).
+    pub fn unit(&self, host: &str, role: &str) -> serde_json::Value {
+        self.try_status()["units"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|u| u["host"] == host && u["role"] == role)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn state_dir(&self) -> &Path {

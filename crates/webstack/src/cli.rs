@@ -29,6 +29,36 @@ pub enum Command {
     Stop(TargetArgs),
     /// Start again a host or role stopped with `webstack stop`.
     Start(TargetArgs),
+    /// The database cluster: who is primary (etcd's view), switchover, forced failover.
+    Db(DbArgs),
+}
+
+#[derive(Args)]
+pub struct DbArgs {
+    #[command(subcommand)]
+    pub command: DbCommand,
+    #[arg(short, long, default_value = "webstack.toml", global = true)]
+    pub config: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum DbCommand {
+    /// The primary, its term, the last primary report and every node, as etcd holds them.
+    Status,
+    /// Planned: the primary stops taking writes, a replica with every write takes over (writes
+    /// are held meanwhile, none refused), the old primary becomes its replica.
+    Switchover {
+        /// The replica to promote (default: one that has every write).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Promote HOST when the automatic rule refuses to (semi-sync was off, a replica is
+    /// missing writes): the transactions only the old primary had are lost.
+    Failover {
+        /// The db host to promote.
+        #[arg(long, value_name = "HOST")]
+        force: String,
+    },
 }
 
 #[derive(Args)]
@@ -98,7 +128,8 @@ fn parse_wait(text: &str) -> Result<f64, String> {
 }
 
 fn parse_role(name: &str) -> Result<Role, String> {
-    Role::parse(name).ok_or_else(|| format!("unknown role {name:?}: expected lb, web, app or db"))
+    Role::parse(name)
+        .ok_or_else(|| format!("unknown role {name:?}: expected lb, web, app, db or etcd"))
 }
 
 pub fn load(path: &Path) -> anyhow::Result<Config> {
@@ -117,8 +148,22 @@ pub fn check(path: &Path) -> ExitCode {
                     format!("{} ({})", h.name, roles.join("+"))
                 })
                 .collect();
+            let failover = match config.coordination() {
+                Some(_) => {
+                    let members: Vec<&str> = config
+                        .hosts_with(Role::Etcd)
+                        .map(|h| h.name.as_str())
+                        .collect();
+                    format!("; database failover through etcd on {}", members.join(", "))
+                }
+                None if config.has_db() => {
+                    "; no database failover (no etcd members: the first primary stays primary)"
+                        .into()
+                }
+                None => String::new(),
+            };
             println!(
-                "{}: ok: site {}, hosts {}",
+                "{}: ok: site {}, hosts {}{failover}",
                 path.display(),
                 config.site_name,
                 hosts.join(", ")

@@ -4,6 +4,7 @@
 
 mod cli;
 mod control;
+mod db;
 mod role;
 mod status;
 mod supervisor;
@@ -77,5 +78,6 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Start(args) => {
             control::stop_or_start(&args.state_dir, "start", &args.target).await
         }
+        Command::Db(args) => db::run(args).await,
     }
 }

@@ -60,8 +60,8 @@ pub async fn run(
     }
     let label = format!("{host_name}/{role}");
     let listener = match role {
-        // MariaDB binds the db port itself; the lb binds one socket per worker below.
-        Role::Db | Role::Lb => None,
+        // MariaDB and etcd bind their ports themselves; the lb binds one socket per worker below.
+        Role::Db | Role::Lb | Role::Etcd => None,
         _ => Some(bind(config.service_addr(&host, role), &label).await?),
     };
     let admin_listener = bind(config.admin_addr(&host, role), &format!("{label} admin")).await?;
@@ -70,14 +70,31 @@ pub async fn run(
     let mut registry = Registry::default();
     // Build the role first (it registers its metrics), then the admin listener that shows them.
     let start: Box<dyn FnOnce(Admin) -> tokio::task::JoinHandle<()>> = match role {
+        Role::Etcd => {
+            let member = config.etcd_member(&host, state_dir);
+            let shutdown = shutdown.clone();
+            Box::new(move |admin| {
+                tokio::spawn(async move {
+                    if let Err(error) =
+                        webstack_coord::member::run(member, admin, shutdown.clone()).await
+                    {
+                        tracing::error!(%error, "the etcd member failed");
+                        eprintln!("webstack: etcd: {error}");
+                        std::process::exit(1);
+                    }
+                })
+            })
+        }
         Role::Db => {
             let node = config
                 .db_node(&host, state_dir)
                 .context("this host has no db settings")?;
+            let metrics = webstack_db::failover::metrics::Metrics::register(&mut registry);
             let shutdown = shutdown.clone();
             Box::new(move |admin| {
                 tokio::spawn(async move {
-                    if let Err(error) = webstack_db::node::run(node, admin, shutdown.clone()).await
+                    if let Err(error) =
+                        webstack_db::node::run(node, metrics, admin, shutdown.clone()).await
                     {
                         tracing::error!(%error, "the database node failed");
                         eprintln!("webstack: db: {error}");

@@ -434,6 +434,15 @@ async fn wait_ready(sup: &Shared, index: usize) -> anyhow::Result<()> {
             sup.units.lock().unwrap()[index].healthy = true;
             return Ok(());
         }
+        // A db node that cannot get ready by itself (diverged, promotion refused) says so.
+        if sup.units.lock().unwrap()[index].role == Role::Db
+            && let Ok((_, body)) =
+                get_body(admin, "localhost", "/status", Duration::from_millis(500)).await
+            && let Ok(status) = serde_json::from_slice::<serde_json::Value>(&body)
+            && let Some(blocked) = status.get("blocked").and_then(|b| b.as_str())
+        {
+            anyhow::bail!("{label} runs but cannot become ready: {blocked}");
+        }
         if Instant::now() >= deadline {
             let log = sup.log_path(&sup.units.lock().unwrap()[index]);
             anyhow::bail!(
@@ -458,6 +467,7 @@ fn print_endpoints(sup: &Shared) {
     println!("webstack: {} is up", config.site_name);
     for unit in units.iter().rev() {
         let what = match unit.role {
+            Role::Etcd => "coordination (etcd)",
             Role::Db => "database (MariaDB)",
             Role::Lb => "load balancer: the site",
             Role::Web => "web server",
@@ -555,7 +565,7 @@ async fn health_loop(sup: Shared) {
             // A db node also reports its replication state, an lb its certificates; None when
             // the role did not answer (its last facts stay).
             let detail = match role {
-                Role::Db | Role::Lb => get_body(admin, "localhost", "/status", PROBE_TIMEOUT)
+                Role::Db | Role::Lb | Role::Etcd => get_body(admin, "localhost", "/status", PROBE_TIMEOUT)
                     .await
                     .ok()
                     .and_then(|(_, body)| serde_json::from_slice(&body).ok()),
@@ -635,6 +645,7 @@ async fn stop_units(sup: &Shared, mut indices: Vec<usize>) -> Vec<String> {
             unit.wanted = false;
             unit.restart_at = None;
             unit.healthy = false;
+            unit.detail = serde_json::Value::Null;
             unit.pid()
         };
         let Some(pid) = pid else { continue };

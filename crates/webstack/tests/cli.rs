@@ -47,9 +47,10 @@ fn the_default_topology_is_valid() {
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
     assert!(
-        said.contains("lb-01 (lb)")
-            && said.contains("web-01 (db+app+web)")
-            && said.contains("web-02 (db+app+web)"),
+        said.contains("lb-01 (etcd+lb)")
+            && said.contains("web-01 (etcd+db+app+web)")
+            && said.contains("web-02 (etcd+db+app+web)")
+            && said.contains("database failover through etcd on lb-01, web-01, web-02"),
         "{said}"
     );
 }

@@ -99,10 +99,10 @@ fn posts_are_written_to_the_primary_and_read_from_every_host() {
         Some(format!("/api/posts/{id}").as_str())
     );
     assert!(
-        created
-            .header("set-cookie")
-            .unwrap()
-            .starts_with("foobar_gtid=0-1-"),
+        created.header("set-cookie").unwrap().starts_with(&format!(
+            "foobar_gtid=0-{}-",
+            webstack_config::server_id("web-01")
+        )),
         "read-your-writes cookie"
     );
 
