@@ -122,6 +122,10 @@ pub async fn create_from_form(
 }
 
 fn set_session(response: &mut Response, gtid: &str, secure: bool) {
+    // Unknown (the primary went away right after the commit): the session keeps its cookie.
+    if gtid.is_empty() {
+        return;
+    }
     if let Ok(value) = HeaderValue::from_str(&posts::session_cookie(gtid, secure)) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }

@@ -219,19 +219,36 @@ async fn create_once(router: &Router, new: &NewPost) -> Result<(Post, String), A
         let id = conn
             .last_insert_id()
             .ok_or_else(|| Attempt::Fail(AppError::Database("no insert id".into())))?;
-        // Committed (autocommit): what follows only reads it back.
-        let gtid: Option<String> = conn
-            .query_first("SELECT @@last_gtid")
-            .await
-            .map_err(|e| Attempt::Fail(e.into()))?;
-        let stored = conn
-            .exec_first(format!("{SELECT} WHERE id = ?"), (id,))
-            .await
-            .map_err(|e| Attempt::Fail(e.into()))?
-            .map(post);
-        let stored = stored
-            .ok_or_else(|| Attempt::Fail(AppError::Database("inserted post not found".into())))?;
-        Ok((stored, gtid.unwrap_or_default()))
+        // Committed (autocommit, acknowledged by the server): what follows only reads it back.
+        // If the primary goes away now the post is stored all the same: answer with what we
+        // know (the time from our clock, and no GTID for the session) rather than an error.
+        let read_back = async {
+            let gtid: Option<String> = conn.query_first("SELECT @@last_gtid").await?;
+            let stored = conn
+                .exec_first(format!("{SELECT} WHERE id = ?"), (id,))
+                .await?
+                .map(post);
+            Ok::<_, mysql_async::Error>((stored, gtid))
+        };
+        match read_back.await {
+            Ok((Some(stored), gtid)) => Ok((stored, gtid.unwrap_or_default())),
+            Ok((None, _)) => Err(Attempt::Fail(AppError::Database(
+                "inserted post not found".into(),
+            ))),
+            Err(error) => {
+                tracing::warn!(node = %writer.name, %error, id, "the primary went away right after a committed write");
+                router.mark_unreachable(&writer);
+                Ok((
+                    Post {
+                        id,
+                        author: new.author.clone(),
+                        body: new.body.clone(),
+                        created_at: now_utc(),
+                    },
+                    String::new(),
+                ))
+            }
+        }
     };
     match tokio::time::timeout(timeout, write).await {
         Ok(result) => result,
@@ -265,6 +282,20 @@ fn write_refused(router: &Router, writer: &Node, error: mysql_async::Error) -> A
         }
         _ => Attempt::Fail(error.into()),
     }
+}
+
+/// Now, as the database formats `created_at` (`2026-11-29T15:16:41Z`).
+fn now_utc() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
 }
 
 /// The session's last write position, from its cookie.

@@ -5,8 +5,11 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
+use std::time::Duration;
 
-use tokio::process::Command;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
 
 const SETPRIV: &str = "/usr/bin/setpriv";
 
@@ -23,5 +26,20 @@ pub fn dies_with_parent(program: impl AsRef<OsStr>) -> Command {
         command
     } else {
         Command::new(program)
+    }
+}
+
+/// Stops `child` (`name` for the log): SIGTERM, so it can shut down cleanly, and SIGKILL if it
+/// has not exited within `limit`.
+pub async fn stop(child: &mut Child, limit: Duration, name: &str) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    if tokio::time::timeout(limit, child.wait()).await.is_err() {
+        tracing::warn!("{name} did not stop within {limit:?}; killing it");
+        let _ = child.kill().await;
     }
 }

@@ -7,8 +7,6 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde::Serialize;
 use tokio::process::Child;
 use webstack_common::backoff::Backoff;
@@ -121,7 +119,7 @@ pub async fn run(
             _ = shutdown.triggered() => {}
         }
         admin.set_ready(false);
-        stop(&mut child).await;
+        webstack_common::child::stop(&mut child, STOP_TIMEOUT, "etcd").await;
         if shutdown.is_triggered() {
             return Ok(());
         }
@@ -228,22 +226,5 @@ async fn inspect(client: &mut etcd_client::Client) -> MemberStatus {
         leader,
         raft_term: status.raft_term(),
         summary,
-    }
-}
-
-/// SIGTERM, SIGKILL after the timeout.
-async fn stop(child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    if let Some(pid) = child.id() {
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-    }
-    if tokio::time::timeout(STOP_TIMEOUT, child.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("etcd did not stop in time; killing it");
-        let _ = child.kill().await;
     }
 }

@@ -135,14 +135,14 @@ pub async fn run(
                 let mut conn = connect(&config, admin_password).await.ok();
                 agent.shutdown(conn.as_mut()).await;
             }
-            stop(&mut child).await;
+            webstack_common::child::stop(&mut child, STOP_TIMEOUT, "mariadbd").await;
             return Ok(());
         }
         match outcome {
             Ok(()) => tracing::warn!("mariadbd exited"),
             Err(error) => tracing::error!(%error, "mariadbd failed"),
         }
-        stop(&mut child).await;
+        webstack_common::child::stop(&mut child, STOP_TIMEOUT, "mariadbd").await;
         if started.elapsed() > Duration::from_secs(30) {
             backoff.reset();
         }
@@ -211,23 +211,6 @@ async fn stop_stale(config: &NodeConfig) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-}
-
-/// SIGTERM (a clean InnoDB shutdown), SIGKILL after the timeout.
-async fn stop(child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    if let Some(pid) = child.id() {
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-    }
-    if tokio::time::timeout(STOP_TIMEOUT, child.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("mariadbd did not stop in time; killing it");
-        let _ = child.kill().await;
-    }
 }
 
 fn admin_opts(config: &NodeConfig, password: &str) -> OptsBuilder {
