@@ -123,6 +123,9 @@ pub async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(500), MAX_BACKOFF);
     loop {
         let mut child = spawn(&config, init_file.as_deref())?;
+        if let Some(agent) = agent.as_ref() {
+            agent.set_server_pid(child.id().unwrap_or(0));
+        }
         let started = Instant::now();
         let outcome = tokio::select! {
             result = serve(&config, admin_password, &mut child, &admin, agent.as_mut()) => result,
@@ -136,6 +139,10 @@ pub async fn run(
                 agent.shutdown(conn.as_mut()).await;
             }
             webstack_common::child::stop(&mut child, STOP_TIMEOUT, "mariadbd").await;
+            if let Some(agent) = agent.as_mut() {
+                agent.set_server_pid(0);
+                agent.revoke().await;
+            }
             return Ok(());
         }
         match outcome {
@@ -143,6 +150,9 @@ pub async fn run(
             Err(error) => tracing::error!(%error, "mariadbd failed"),
         }
         webstack_common::child::stop(&mut child, STOP_TIMEOUT, "mariadbd").await;
+        if let Some(agent) = agent.as_ref() {
+            agent.set_server_pid(0);
+        }
         if started.elapsed() > Duration::from_secs(30) {
             backoff.reset();
         }

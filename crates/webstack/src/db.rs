@@ -6,13 +6,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use webstack_config::{Config, Role};
-use webstack_coord::etcd_client::{Client, GetOptions};
+use webstack_coord::etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use webstack_db::failover::{Leader, Member, PrimaryReport, agent};
 
 use crate::cli::{DbArgs, DbCommand};
 
 /// How long a switchover or a forced promotion may take before the command gives up waiting.
 const WAIT: Duration = Duration::from_secs(15);
+/// A forced promotion's key lives this long at most (on a lease).
+const FORCE_TTL_SECS: i64 = 30;
 
 pub async fn run(args: DbArgs) -> anyhow::Result<ExitCode> {
     let config = crate::cli::load(&args.config)?;
@@ -238,10 +240,32 @@ async fn force_failover(
         );
     }
     let began = Instant::now();
-    client
-        .put(agent::force_key(cluster), host.clone(), None)
+    // Only while there is no primary, and never for long: a forced promotion that does not
+    // happen (the host went away) must not decide a failover months later.
+    let lease = client
+        .lease_grant(FORCE_TTL_SECS, None)
         .await
-        .context("cannot record the forced promotion")?;
+        .context("cannot record the forced promotion")?
+        .id();
+    let record = Txn::new()
+        .when([Compare::version(
+            agent::leader_key(cluster),
+            CompareOp::Equal,
+            0,
+        )])
+        .and_then([TxnOp::put(
+            agent::force_key(cluster),
+            host.clone(),
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    if !client
+        .txn(record)
+        .await
+        .context("cannot record the forced promotion")?
+        .succeeded()
+    {
+        bail!("a primary appeared meanwhile: nothing forced (`webstack db status`)");
+    }
     let (host, term) = match wait_for_new_primary(client, cluster, None, Some(&host)).await {
         Ok(done) => done,
         Err(error) => {

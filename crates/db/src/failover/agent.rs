@@ -37,6 +37,10 @@ const FENCE_LIMIT: Duration = Duration::from_millis(500);
 const INSPECT_LIMIT: Duration = Duration::from_millis(700);
 /// The longest a promotion may take (the caller bounds a tick by this).
 pub const PROMOTE_LIMIT: Duration = Duration::from_secs(APPLY_WAIT_SECS as u64 + 4);
+/// A replica this many transactions behind (or less) counts as caught up for semi-sync.
+const CAUGHT_UP: u64 = 10;
+/// A node that fails to become primary this many times in a row gives the key up.
+const PROMOTE_ATTEMPTS: u32 = 5;
 /// Every member record is rewritten at least this often even when nothing changed.
 const REPUBLISH_EVERY: Duration = Duration::from_secs(1);
 
@@ -86,11 +90,32 @@ struct Lease {
     renewed: Mutex<Option<Instant>>,
     /// Renewals stop after this: the node's mariadbd was last seen answering before it.
     healthy_until: Mutex<Option<Instant>>,
+    /// Set while this node takes writes as the leader: the watchdog fences it the moment the
+    /// lease is no longer proven, whatever the agent's tick is busy with.
+    leading: std::sync::atomic::AtomicBool,
+    /// The running mariadbd's pid (0: none), for the watchdog and a release.
+    server_pid: std::sync::atomic::AtomicI32,
 }
 
 impl Lease {
     fn id(&self) -> i64 {
         self.id.load(Ordering::SeqCst)
+    }
+
+    fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::SeqCst);
+    }
+
+    /// SIGKILL to the running mariadbd: it restarts read-only as a replica, and crash recovery
+    /// truncates what no replica acknowledged.
+    fn kill_server(&self) {
+        let pid = self.server_pid.load(Ordering::SeqCst);
+        if pid > 0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 
     fn renewed_within(&self, limit: Duration) -> bool {
@@ -163,6 +188,37 @@ async fn keep_lease(cluster: Cluster, lease: Arc<Lease>) {
             Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
                 stream = None;
                 connection = None;
+            }
+        }
+    }
+}
+
+/// Fences a leader whose lease is no longer proven, between the agent's ticks (a tick may be
+/// busy for seconds with etcd or a promotion): read_only at once, or SIGKILL of mariadbd if
+/// read_only does not take within `FENCE_LIMIT` (commits waiting for a replica hold it up).
+async fn watchdog(config: NodeConfig, lease: Arc<Lease>, fence_after: Duration) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !lease.leading.load(Ordering::SeqCst) || lease.renewed_within(fence_after) {
+            continue;
+        }
+        lease.set_leading(false);
+        let fenced = async {
+            let password = secrets::read(&config.state_dir, "admin").ok()?;
+            let mut conn = crate::node::connect(&config, password.expose())
+                .await
+                .ok()?;
+            conn.query_drop("SET GLOBAL read_only = ON").await.ok()?;
+            let _ = conn.disconnect().await;
+            Some(())
+        };
+        match tokio::time::timeout(FENCE_LIMIT, fenced).await {
+            Ok(Some(())) => tracing::warn!("the lease is not proven: fenced (read_only)"),
+            _ => {
+                tracing::error!(
+                    "the lease is not proven and read_only did not take: killing mariadbd"
+                );
+                lease.kill_server();
             }
         }
     }
@@ -278,6 +334,7 @@ pub struct Agent {
     client: Option<Client>,
     lease: Arc<Lease>,
     keeper: Option<tokio::task::JoinHandle<()>>,
+    watchdog: Option<tokio::task::JoinHandle<()>>,
     published: Option<(Member, Instant)>,
     reported: Option<(PrimaryReport, Instant)>,
     /// Since when commits have been waiting for a replica's acknowledgement.
@@ -290,12 +347,17 @@ pub struct Agent {
     stopping: bool,
     /// Looks at the node that failed in a row.
     inspect_failures: u32,
+    /// Promotions that failed in a row: after `PROMOTE_ATTEMPTS` the key is given up.
+    promote_failures: u32,
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if let Some(keeper) = self.keeper.take() {
-            keeper.abort();
+        for task in [self.keeper.take(), self.watchdog.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
         }
     }
 }
@@ -310,6 +372,7 @@ impl Agent {
             client: None,
             lease: Arc::new(Lease::default()),
             keeper: None,
+            watchdog: None,
             published: None,
             reported: None,
             semi_waiting_since: None,
@@ -317,6 +380,17 @@ impl Agent {
             refusal: None,
             stopping: false,
             inspect_failures: 0,
+            promote_failures: 0,
+        }
+    }
+
+    /// The mariadbd this agent's node runs now (0 when none).
+    pub fn set_server_pid(&self, pid: u32) {
+        self.lease
+            .server_pid
+            .store(i32::try_from(pid).unwrap_or(0), Ordering::SeqCst);
+        if pid == 0 {
+            self.lease.set_leading(false);
         }
     }
 
@@ -342,6 +416,11 @@ impl Agent {
                         self.keeper = Some(tokio::spawn(keep_lease(
                             self.cluster.clone(),
                             self.lease.clone(),
+                        )));
+                        self.watchdog = Some(tokio::spawn(watchdog(
+                            self.config.clone(),
+                            self.lease.clone(),
+                            self.fence_after(),
                         )));
                     }
                     self.client = Some(client);
@@ -489,6 +568,7 @@ impl Agent {
                 && kv.lease() == self.lease.id()
                 && self.lease.renewed_within(self.fence_after())
         });
+        self.lease.set_leading(i_lead && !facts.read_only);
         if !facts.read_only && !i_lead {
             let why = match &leader {
                 Some((record, kv)) if record.host != me => {
@@ -564,18 +644,28 @@ impl Agent {
         if lease == 0 {
             return;
         }
+        // The member record goes too: a replica must not wait for it to expire, nor count this
+        // node as live.
+        let member = format!("{}{}", self.keys.members, self.config.host_name);
         let give_up = Txn::new()
             .when([Compare::lease(
                 self.keys.leader.as_str(),
                 CompareOp::Equal,
                 lease,
             )])
-            .and_then([TxnOp::delete(self.keys.leader.as_str(), None)]);
+            .and_then([
+                TxnOp::delete(self.keys.leader.as_str(), None),
+                TxnOp::delete(member, None),
+            ]);
         if let Ok(Ok(response)) =
             tokio::time::timeout(webstack_coord::REQUEST_TIMEOUT, client.txn(give_up)).await
             && response.succeeded()
         {
-            tracing::error!("mariadbd does not answer: gave up the leader key");
+            // A slow (not frozen) server would still take writes: it is killed, and restarts
+            // as a replica.
+            self.lease.set_leading(false);
+            self.lease.kill_server();
+            tracing::error!("mariadbd does not answer: gave up the leader key and killed it");
         }
     }
 
@@ -710,8 +800,27 @@ impl Agent {
                 ));
             }
             match self.promote(conn, client, term).await {
-                Ok(()) => {}
+                Ok(()) => self.promote_failures = 0,
+                Err(error) if self.promote_failures + 1 >= PROMOTE_ATTEMPTS => {
+                    self.promote_failures = 0;
+                    let give_up = Txn::new()
+                        .when([Compare::lease(
+                            self.keys.leader.as_str(),
+                            CompareOp::Equal,
+                            self.lease.id(),
+                        )])
+                        .and_then([TxnOp::delete(self.keys.leader.as_str(), None)]);
+                    let _ = client.txn(give_up).await;
+                    tracing::error!(%error, "cannot become primary: gave up the leader key");
+                    return Ok(self.status(
+                        facts,
+                        Some(snapshot),
+                        format!("gave up the leader key: {error}"),
+                        false,
+                    ));
+                }
                 Err(error) => {
+                    self.promote_failures += 1;
                     tracing::error!(%error, "promotion failed; trying again");
                     return Ok(self.status(
                         facts,
@@ -735,7 +844,8 @@ impl Agent {
             let facts = inspect(conn).await?;
             return Ok(self.status(&facts, Some(snapshot), outcome, false));
         }
-        self.manage_semi_sync(conn, client, facts, term).await?;
+        self.manage_semi_sync(conn, client, facts, snapshot, term)
+            .await?;
         Ok(self.status(facts, Some(snapshot), format!("primary, term {term}"), true))
     }
 
@@ -793,6 +903,7 @@ impl Agent {
             ));
         }
         conn.query_drop("SET GLOBAL read_only = OFF").await?;
+        self.lease.set_leading(true);
         for statement in provision::schema_statements(&self.config.database) {
             conn.query_drop(statement).await?;
         }
@@ -821,6 +932,10 @@ impl Agent {
         report: &PrimaryReport,
         force: bool,
     ) -> bool {
+        // etcd compares a missing key's lease as 0: without a lease, no write at all.
+        if self.lease.id() == 0 {
+            return false;
+        }
         if !force
             && self
                 .reported
@@ -863,6 +978,7 @@ impl Agent {
         conn: &mut Conn,
         client: &mut Client,
         facts: &Facts,
+        snapshot: &Snapshot,
         term: i64,
     ) -> Result<(), NodeError> {
         let report = |semi_sync: bool| PrimaryReport {
@@ -880,7 +996,16 @@ impl Agent {
         }
         if !semi.enabled {
             self.write_report(client, &report(false), false).await;
-            if semi.clients > 0 {
+            // Only with a replica that has (nearly) caught up: one far behind would hold every
+            // commit until it has, and semi-sync would flap off and on.
+            let mine = GtidPos::parse(&facts.binlog_pos);
+            let address = self.config.service_addr().to_string();
+            let caught_up = snapshot.members.iter().any(|m| {
+                m.source.as_deref() == Some(address.as_str())
+                    && m.io_running.as_deref() == Some("Yes")
+                    && GtidPos::parse(&m.received_pos).behind(&mine) <= CAUGHT_UP
+            });
+            if semi.clients > 0 && caught_up {
                 tracing::info!("a replica is connected: semi-sync on");
                 conn.query_drop("SET GLOBAL rpl_semi_sync_master_enabled = ON")
                     .await?;
@@ -922,6 +1047,17 @@ impl Agent {
         let Some(term) = self.term else {
             return "not the primary".into();
         };
+        if self.lease.id() == 0 {
+            return "no lease".into();
+        }
+        // The handover waits for a replica; the lease is this node's to keep meanwhile.
+        *self
+            .lease
+            .healthy_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + HANDOVER_WAIT + HEALTH_GRACE);
+        self.lease.set_leading(false);
         if let Err(error) = self.set_read_only(conn).await {
             return format!("cannot stop writes: {error}");
         }
@@ -1015,8 +1151,21 @@ impl Agent {
             )
             .await;
             tracing::info!(?outcome, "shutdown handover");
+            let read_only: Option<bool> =
+                conn.query_first("SELECT @@read_only").await.ok().flatten();
+            if read_only != Some(true) {
+                // Not handed over and maybe still writable: it must not outlive its lease.
+                tracing::error!("the handover failed: killing mariadbd before the lease goes");
+                self.lease.kill_server();
+            }
         }
-        let lease = self.lease.id();
+    }
+
+    /// Last, once mariadbd has stopped: the lease goes, and with it this node's keys.
+    pub async fn revoke(&mut self) {
+        let (Some(mut client), lease) = (self.client.clone(), self.lease.id()) else {
+            return;
+        };
         if lease != 0 {
             let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
         }

@@ -86,11 +86,15 @@ pub fn decide(
     };
     let reported = GtidPos::parse(&report.binlog_pos);
     let live = |host: &str| members.iter().find(|m| m.host == host);
-    // The last primary has everything it acknowledged (a crash truncates only what no replica
-    // acknowledged); anyone else needs semi-sync to have been on and every reported write.
+    let last_primary = live(&report.host).map(|m| GtidPos::parse(&m.received_pos));
+    // The last primary has everything it acknowledged; so has a node that received everything
+    // the live last primary holds (after a crash, recovery may have truncated writes that node
+    // already received). Anyone else needs semi-sync to have been on and every reported write.
     let allowed = |m: &Member| {
+        let received = GtidPos::parse(&m.received_pos);
         m.host == report.host
-            || (report.semi_sync && GtidPos::parse(&m.received_pos).includes(&reported))
+            || last_primary.as_ref().is_some_and(|p| received.includes(p))
+            || (report.semi_sync && received.includes(&reported))
     };
     if let Some(next) = report.next.as_deref()
         && let Some(member) = live(next)
@@ -102,18 +106,19 @@ pub fn decide(
             Decision::Wait(format!("switchover to {next}"))
         };
     }
-    if live(&report.host).is_none() {
-        // A replica that is not reporting may hold acknowledged writes that the live ones lack.
-        if let Some(silent) = db_hosts
+    // A replica that is not reporting may hold acknowledged writes the live ones lack (any one
+    // replica's acknowledgement lets a commit through): only the last primary itself, which has
+    // them all, may lead without hearing from it.
+    if me != report.host
+        && let Some(silent) = db_hosts
             .iter()
             .find(|h| **h != report.host && live(h).is_none())
-        {
-            return Decision::Refuse(format!(
-                "{} (the last primary) and {silent} are both unreachable: {silent} may hold \
-                 acknowledged writes the others lack; start it, or force with `webstack db failover --force HOST`",
-                report.host
-            ));
-        }
+    {
+        return Decision::Refuse(format!(
+            "{silent} is not reporting and {} (the last primary) is not leading: {silent} may hold \
+             acknowledged writes the others lack; start it, or force with `webstack db failover --force HOST`",
+            report.host
+        ));
     }
     let best = members.iter().filter(|m| allowed(m)).max_by(|a, b| {
         let total = |m: &Member| GtidPos::default().behind(&GtidPos::parse(&m.received_pos));
@@ -259,6 +264,22 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_with_everything_the_crashed_primary_kept_may_lead() {
+        // web-01 crashed; recovery truncated a write web-02 had received; semi-sync was off.
+        let members = [member("web-01", "0-1-40"), member("web-02", "0-1-41")];
+        let db = hosts(&["web-01", "web-02"]);
+        let r = report("web-01", false, "0-1-41");
+        assert_eq!(
+            decide("web-02", Some(&r), &members, &db, None),
+            Decision::Promote
+        );
+        assert!(matches!(
+            decide("web-01", Some(&r), &members, &db, None),
+            Decision::Wait(_)
+        ));
+    }
+
+    #[test]
     fn a_silent_replica_blocks_promotion() {
         let members = [member("db-2", "0-1-44")];
         let db = hosts(&["db-1", "db-2", "db-3"]);
@@ -267,6 +288,12 @@ mod tests {
             panic!("promoted past a silent replica")
         };
         assert!(why.contains("db-3"), "{why}");
+        // Even while the last primary's record lingers (it released the key a moment ago).
+        let members = [member("db-1", "0-1-40"), member("db-2", "0-1-44")];
+        assert!(matches!(
+            decide("db-2", Some(&r), &members, &db, None),
+            Decision::Refuse(_)
+        ));
     }
 
     #[test]
