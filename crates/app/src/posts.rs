@@ -94,6 +94,9 @@ impl Read {
     }
 }
 
+/// How long a session's read waits on a replica for the session's last write.
+const READ_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Runs a read on the node the router picks; if that node fails mid-way, once more on another
 /// (the router has been told), so losing a replica costs no failed request.
 async fn read(
@@ -102,6 +105,41 @@ async fn read(
     query: Read,
 ) -> Result<(Vec<Post>, Arc<Node>), AppError> {
     let mut last = None;
+    // Read-your-writes: when no replica has applied the session's last write yet, its read
+    // waits for it on a replica that is catching up (bounded), rather than going to the
+    // primary; a replica that does not get there in time sends the read to the primary.
+    if let Some(after) = after
+        && router
+            .reader(Some(after))
+            .ok()
+            .is_some_and(|n| !n.state().read_only)
+        && let Some(node) = router.catching_up_reader(after)
+    {
+        let attempt = async {
+            let mut conn = node.conn(router.connect_timeout()).await?;
+            let waited: Option<i64> = conn
+                .exec_first(
+                    "SELECT MASTER_GTID_WAIT(?, ?)",
+                    (after.to_string(), READ_WAIT.as_secs_f64()),
+                )
+                .await?;
+            if waited != Some(0) {
+                return Ok(None);
+            }
+            Ok::<_, RouteError>(Some(query.run(&mut conn).await?))
+        };
+        match tokio::time::timeout(router.query_timeout(), attempt).await {
+            Ok(Ok(Some(posts))) => return Ok((posts, node)),
+            Ok(Ok(None)) => {
+                tracing::info!(node = %node.name, "a replica did not catch up in time; reading from the primary")
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(node = %node.name, %error, "read failed; trying another node");
+                router.mark_unreachable(&node);
+            }
+            Err(_) => router.mark_unreachable(&node),
+        }
+    }
     for _ in 0..2 {
         let node = router.reader(after)?;
         let attempt = async {

@@ -392,6 +392,36 @@ impl Router {
     }
 }
 
+impl Router {
+    /// For a session whose last write (`after`) no replica has applied yet (as last polled): a
+    /// replica within the lag bound, where its read can wait for that write
+    /// (`MASTER_GTID_WAIT`) instead of loading the primary. `None` when there is none.
+    pub fn catching_up_reader(&self, after: &GtidPos) -> Option<Arc<Node>> {
+        let states: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| (n, n.state()))
+            .filter(|(_, s)| s.reachable)
+            .collect();
+        let writer = self.writer_among(&states).ok()?;
+        let reference = writer.state().position;
+        let candidates: Vec<_> = states
+            .iter()
+            .filter(|(n, state)| {
+                !Arc::ptr_eq(n, writer)
+                    && state.read_only
+                    && state.position.behind(&reference) <= self.config.max_replica_lag
+                    && !state.position.includes(after)
+            })
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % candidates.len();
+        Some(candidates[i].0.clone())
+    }
+}
+
 /// The only reachable writable node among `states`.
 fn writer_of<'a>(states: &[(&'a Arc<Node>, NodeState)]) -> Result<&'a Arc<Node>, RouteError> {
     let writable: Vec<_> = states
@@ -553,6 +583,34 @@ mod tests {
         r.set_leader(LeaderView::Nobody);
         assert!(matches!(r.writer(), Err(RouteError::NoPrimary)));
         assert_eq!(r.write_hold(), Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_session_ahead_of_every_replica_waits_on_one_that_is_catching_up() {
+        let r = router(10);
+        set(&r, 0, true, false, "0-1-100");
+        set(&r, 1, true, true, "0-1-97");
+        set(&r, 2, true, true, "0-1-50");
+        let after = GtidPos::parse("0-1-99");
+        assert_eq!(
+            r.reader(Some(&after)).unwrap().name,
+            "a",
+            "no replica has it yet"
+        );
+        let waiting = r
+            .catching_up_reader(&after)
+            .expect("b is within the lag bound");
+        assert_eq!(waiting.name, "b", "never c, 50 behind");
+        set(&r, 1, true, true, "0-1-99");
+        assert!(
+            r.catching_up_reader(&after).is_none(),
+            "b has it: no wait needed"
+        );
+        set(&r, 1, false, true, "0-1-97");
+        assert!(
+            r.catching_up_reader(&after).is_none(),
+            "unreachable replicas are no help"
+        );
     }
 
     #[tokio::test]

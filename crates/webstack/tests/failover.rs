@@ -45,6 +45,33 @@ fn the_primary_fails_over_and_no_acknowledged_write_is_lost() {
         text(&topology.db(&["status"]))
     );
 
+    // Read-your-writes across the switch: a session's post, written before, is read at once
+    // on both web hosts after the switchover too (its cookie's GTID; a replica that has not
+    // applied it yet waits for it).
+    let created = post(&topology);
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_u64().unwrap();
+    let cookie = created
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    let read_own = |what: &str| {
+        for web in [topology.web(1), topology.web(2)] {
+            let read = webstack_testkit::http::get(
+                web,
+                &format!("/api/posts/{id}"),
+                &[("Cookie", cookie.as_str())],
+            )
+            .unwrap();
+            assert_eq!(
+                read.status, 200,
+                "{what}: {web} must show the session's own post"
+            );
+        }
+    };
+    read_own("before the switchover");
+
     // Planned switchover: no write refused, the old primary becomes the replica.
     let ledger = under_writes(&topology, "switchover", || {
         let out = topology.db(&["switchover"]);
@@ -62,6 +89,7 @@ fn the_primary_fails_over_and_no_acknowledged_write_is_lost() {
     );
     wait_roles(&topology, "web-02");
     assert_ledger_kept(&topology, &ledger, &HOSTS);
+    read_own("after the switchover");
 
     // The primary's host stopped (planned): it hands over before it stops.
     let ledger = under_writes(&topology, "stop of the primary's host", || {
