@@ -59,6 +59,16 @@ pub enum DbCommand {
         #[arg(long, value_name = "HOST")]
         force: String,
     },
+    /// Rebuild a replica (one whose history diverged) from the primary: its db role is
+    /// stopped, its node folder moved aside (kept for inspection), and it starts again from
+    /// nothing, replicating the primary's whole binary log. Runs against a running `up` (or
+    /// `run --host`) through its state dir.
+    Rebuild {
+        /// The db host to rebuild (never the primary).
+        host: String,
+        #[arg(long, default_value = ".webstack")]
+        state_dir: PathBuf,
+    },
 }
 
 #[derive(Args)]

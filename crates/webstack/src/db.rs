@@ -10,6 +10,7 @@ use webstack_coord::etcd_client::{Client, Compare, CompareOp, GetOptions, PutOpt
 use webstack_db::failover::{Leader, Member, PrimaryReport, agent};
 
 use crate::cli::{DbArgs, DbCommand};
+use crate::control;
 
 /// How long a switchover or a forced promotion may take before the command gives up waiting.
 const WAIT: Duration = Duration::from_secs(15);
@@ -38,7 +39,76 @@ pub async fn run(args: DbArgs) -> anyhow::Result<ExitCode> {
         DbCommand::Failover { force } => {
             force_failover(&config, &cluster, &mut client, force).await
         }
+        DbCommand::Rebuild { host, state_dir } => {
+            rebuild(&config, &cluster, &mut client, &host, &state_dir).await
+        }
     }
+}
+
+/// Stops `host`'s db role, moves its node folder aside, and starts it again: it provisions an
+/// empty node, which the agent points at the primary, and replicates the primary's binary log
+/// from the start (webstack never purges binary logs).
+async fn rebuild(
+    config: &Config,
+    cluster: &webstack_coord::Cluster,
+    client: &mut Client,
+    host: &str,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    check_db_host(config, host)?;
+    let view = View::read(client, cluster).await?;
+    match &view.leader {
+        Some((leader, _)) if leader.host == host => {
+            bail!("{host} is the primary: switch over first (`webstack db switchover`)")
+        }
+        None => bail!("there is no primary to rebuild {host} from (`webstack db status`)"),
+        Some(_) => {}
+    }
+    let target = format!("{host}/db");
+    let stopped = control::request(
+        state_dir,
+        &control::Request::Stop {
+            target: target.clone(),
+        },
+    )
+    .await?;
+    if !stopped.ok {
+        bail!(
+            "cannot stop {target}: {}",
+            stopped.error.unwrap_or_default()
+        );
+    }
+    let node = state_dir.join("db").join(host);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let kept = state_dir
+        .join("db")
+        .join(format!("{host}.diverged-{stamp}"));
+    if node.exists() {
+        std::fs::rename(&node, &kept).with_context(|| {
+            format!("cannot move {} aside to {}", node.display(), kept.display())
+        })?;
+    }
+    let started = control::request(
+        state_dir,
+        &control::Request::Start {
+            target: target.clone(),
+        },
+    )
+    .await?;
+    if !started.ok {
+        bail!(
+            "{target} did not come back: {} (its old data is in {})",
+            started.error.unwrap_or_default(),
+            kept.display()
+        );
+    }
+    println!(
+        "rebuilt {host} from the primary: it replicates again; its old data is kept in {}",
+        kept.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What etcd holds about the database.

@@ -226,6 +226,23 @@ fn the_primary_fails_over_and_no_acknowledged_write_is_lost() {
         "the old primary reports its divergence: {}",
         text(&topology.cli(&["status"]))
     );
+    // Rebuilt from the new primary: a replica again, with exactly the new primary's posts (the
+    // writes only it had are in the folder kept aside).
+    let mut rebuild = std::process::Command::new(EXE);
+    rebuild
+        .args(["db", "rebuild", primary, "-c"])
+        .arg(&topology.config_path)
+        .arg("--state-dir")
+        .arg(topology.state_dir());
+    let out = webstack_testkit::topology::output_within(&mut rebuild, SETTLE * 2);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_roles(&topology, replica);
+    assert_eventually!(
+        webstack_testkit::ledger::ids_on(&topology, primary)
+            == webstack_testkit::ledger::ids_on(&topology, replica),
+        SETTLE,
+        "the rebuilt node holds the primary's posts"
+    );
 }
 
 #[test]
