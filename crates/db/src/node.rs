@@ -286,8 +286,8 @@ async fn serve(
                 return Ok(());
             }
             _ = tick.tick() => {
-                if let Some(agent) = agent.as_deref_mut() {
-                    match bounded(failover::agent::PROMOTE_LIMIT, agent.tick(&mut conn)).await {
+                let looked = match agent.as_deref_mut() {
+                    Some(agent) => match bounded(failover::agent::PROMOTE_LIMIT, agent.tick(&mut conn)).await {
                         Ok(tick) if tick.kill => {
                             if let Some(pid) = child.id() {
                                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
@@ -295,24 +295,22 @@ async fn serve(
                             let _ = child.wait().await;
                             return Ok(());
                         }
-                        Ok(tick) => {
-                            admin.set_ready(tick.ready);
-                            admin.set_status(serde_json::to_value(&tick.status).unwrap_or_default());
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "cannot inspect mariadb");
-                            if let Ok(fresh) = connect(config, admin_password).await {
-                                conn = fresh;
-                            }
-                            admin.set_ready(false);
-                            let status = NodeStatus { role: "down".into(), summary: format!("unreachable: {error}"), ..NodeStatus::default() };
-                            admin.set_status(serde_json::to_value(&status).unwrap_or_default());
-                        }
-                    }
-                    continue;
-                }
-                let status = match bounded(INSPECT_TIMEOUT, inspect(config, &mut conn, &monitor_password)).await {
-                    Ok(status) => status,
+                        Ok(tick) => Ok((tick.status, tick.ready)),
+                        Err(error) => Err(error),
+                    },
+                    None => bounded(INSPECT_TIMEOUT, inspect(config, &mut conn, &monitor_password))
+                        .await
+                        .map(|status| {
+                            let ready = match status.role.as_str() {
+                                "primary" => true,
+                                "replica" => status.io_running.as_deref() == Some("Yes") && status.sql_running.as_deref() == Some("Yes"),
+                                _ => false,
+                            };
+                            (status, ready)
+                        }),
+                };
+                let (status, ready) = match looked {
+                    Ok(looked) => looked,
                     Err(error) => {
                         tracing::warn!(%error, "cannot inspect mariadb");
                         // A new connection for the next round (an interrupted query leaves this
@@ -320,13 +318,8 @@ async fn serve(
                         if let Ok(fresh) = connect(config, admin_password).await {
                             conn = fresh;
                         }
-                        NodeStatus { role: "down".into(), summary: format!("unreachable: {error}"), ..NodeStatus::default() }
+                        (NodeStatus { role: "down".into(), summary: format!("unreachable: {error}"), ..NodeStatus::default() }, false)
                     }
-                };
-                let ready = match status.role.as_str() {
-                    "primary" => true,
-                    "replica" => status.io_running.as_deref() == Some("Yes") && status.sql_running.as_deref() == Some("Yes"),
-                    _ => false,
                 };
                 admin.set_ready(ready);
                 admin.set_status(serde_json::to_value(&status).unwrap_or_default());

@@ -350,12 +350,7 @@ impl Router {
     /// advanced reachable replica (round-robin among equals), so reads survive the primary's
     /// loss without going back in time more than they must.
     pub fn reader(&self, after: Option<&GtidPos>) -> Result<Arc<Node>, RouteError> {
-        let states: Vec<_> = self
-            .nodes
-            .iter()
-            .map(|n| (n, n.state()))
-            .filter(|(_, s)| s.reachable)
-            .collect();
+        let states = self.reachable_states();
         let writer = self.writer_among(&states).ok();
         // The position reads are measured against, and how far behind it a replica may be.
         let (reference, allowed_lag) = match writer {
@@ -390,19 +385,21 @@ impl Router {
             .map(|(n, _)| (*n).clone())
             .ok_or(RouteError::NoNode)
     }
-}
 
-impl Router {
+    /// Every reachable node with its state as last polled.
+    fn reachable_states(&self) -> Vec<(&Arc<Node>, NodeState)> {
+        self.nodes
+            .iter()
+            .map(|n| (n, n.state()))
+            .filter(|(_, s)| s.reachable)
+            .collect()
+    }
+
     /// For a session whose last write (`after`) no replica has applied yet (as last polled): a
     /// replica within the lag bound, where its read can wait for that write
     /// (`MASTER_GTID_WAIT`) instead of loading the primary. `None` when there is none.
     pub fn catching_up_reader(&self, after: &GtidPos) -> Option<Arc<Node>> {
-        let states: Vec<_> = self
-            .nodes
-            .iter()
-            .map(|n| (n, n.state()))
-            .filter(|(_, s)| s.reachable)
-            .collect();
+        let states = self.reachable_states();
         let writer = self.writer_among(&states).ok()?;
         let reference = writer.state().position;
         let candidates: Vec<_> = states

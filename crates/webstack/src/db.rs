@@ -65,18 +65,11 @@ async fn rebuild(
         Some(_) => {}
     }
     let target = format!("{host}/db");
-    let stopped = control::request(
-        state_dir,
-        &control::Request::Stop {
-            target: target.clone(),
-        },
-    )
-    .await?;
-    if !stopped.ok {
-        bail!(
-            "cannot stop {target}: {}",
-            stopped.error.unwrap_or_default()
-        );
+    let stop = control::Request::Stop {
+        target: target.clone(),
+    };
+    if let Some(error) = control::request(state_dir, &stop).await?.error {
+        bail!("cannot stop {target}: {error}");
     }
     let node = state_dir.join("db").join(host);
     let stamp = std::time::SystemTime::now()
@@ -90,17 +83,12 @@ async fn rebuild(
             format!("cannot move {} aside to {}", node.display(), kept.display())
         })?;
     }
-    let started = control::request(
-        state_dir,
-        &control::Request::Start {
-            target: target.clone(),
-        },
-    )
-    .await?;
-    if !started.ok {
+    let start = control::Request::Start {
+        target: target.clone(),
+    };
+    if let Some(error) = control::request(state_dir, &start).await?.error {
         bail!(
-            "{target} did not come back: {} (its old data is in {})",
-            started.error.unwrap_or_default(),
+            "{target} did not come back: {error} (its old data is in {})",
             kept.display()
         );
     }

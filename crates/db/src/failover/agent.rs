@@ -396,11 +396,37 @@ impl Agent {
 
     /// mariadbd just answered: the lease may be renewed a little longer.
     fn alive(&self) {
+        self.healthy_for(HEALTH_GRACE);
+    }
+
+    /// The lease is renewed for `period` from now without another look at mariadbd (a step
+    /// known to take long while the server is busy with it).
+    fn healthy_for(&self, period: Duration) {
         *self
             .lease
             .healthy_until
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + HEALTH_GRACE);
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + period);
+    }
+
+    /// The condition of every write that only the leader may make: the leader key is on this
+    /// role's lease. (Callers check the lease is not 0: etcd compares a missing key's as 0.)
+    fn holds_key(&self) -> Compare {
+        Compare::lease(self.keys.leader.as_str(), CompareOp::Equal, self.lease.id())
+    }
+
+    /// Deletes the leader key, with `also`, if this node holds it; true when it did.
+    async fn give_up_key(&self, client: &mut Client, also: Vec<TxnOp>) -> bool {
+        if self.lease.id() == 0 {
+            return false;
+        }
+        let mut ops = vec![TxnOp::delete(self.keys.leader.as_str(), None)];
+        ops.extend(also);
+        let give_up = Txn::new().when([self.holds_key()]).and_then(ops);
+        matches!(
+            tokio::time::timeout(webstack_coord::REQUEST_TIMEOUT, client.txn(give_up)).await,
+            Ok(Ok(response)) if response.succeeded()
+        )
     }
 
     /// A leader must fence itself before its lease can expire anywhere: well inside the TTL.
@@ -638,28 +664,15 @@ impl Agent {
 
     /// Deletes the leader key if this node holds it (on this role's lease).
     async fn release(&mut self) {
-        let (Some(mut client), lease) = (self.client.clone(), self.lease.id()) else {
+        let Some(mut client) = self.client.clone() else {
             return;
         };
-        if lease == 0 {
-            return;
-        }
         // The member record goes too: a replica must not wait for it to expire, nor count this
         // node as live.
         let member = format!("{}{}", self.keys.members, self.config.host_name);
-        let give_up = Txn::new()
-            .when([Compare::lease(
-                self.keys.leader.as_str(),
-                CompareOp::Equal,
-                lease,
-            )])
-            .and_then([
-                TxnOp::delete(self.keys.leader.as_str(), None),
-                TxnOp::delete(member, None),
-            ]);
-        if let Ok(Ok(response)) =
-            tokio::time::timeout(webstack_coord::REQUEST_TIMEOUT, client.txn(give_up)).await
-            && response.succeeded()
+        if self
+            .give_up_key(&mut client, vec![TxnOp::delete(member, None)])
+            .await
         {
             // A slow (not frozen) server would still take writes: it is killed, and restarts
             // as a replica.
@@ -783,14 +796,7 @@ impl Agent {
         if facts.read_only {
             if !self.has_everything(facts, snapshot) {
                 // Crash recovery truncated writes a replica holds: that replica must lead.
-                let give_up = Txn::new()
-                    .when([Compare::lease(
-                        self.keys.leader.as_str(),
-                        CompareOp::Equal,
-                        self.lease.id(),
-                    )])
-                    .and_then([TxnOp::delete(self.keys.leader.as_str(), None)]);
-                let _ = client.txn(give_up).await;
+                self.give_up_key(client, Vec::new()).await;
                 tracing::warn!("a replica holds writes this node lacks: giving up the leader key");
                 return Ok(self.status(
                     facts,
@@ -803,14 +809,7 @@ impl Agent {
                 Ok(()) => self.promote_failures = 0,
                 Err(error) if self.promote_failures + 1 >= PROMOTE_ATTEMPTS => {
                     self.promote_failures = 0;
-                    let give_up = Txn::new()
-                        .when([Compare::lease(
-                            self.keys.leader.as_str(),
-                            CompareOp::Equal,
-                            self.lease.id(),
-                        )])
-                        .and_then([TxnOp::delete(self.keys.leader.as_str(), None)]);
-                    let _ = client.txn(give_up).await;
+                    self.give_up_key(client, Vec::new()).await;
                     tracing::error!(%error, "cannot become primary: gave up the leader key");
                     return Ok(self.status(
                         facts,
@@ -860,11 +859,7 @@ impl Agent {
         let began = Instant::now();
         // Stopping an I/O thread whose primary froze can take until its read times out
         // (slave_net_timeout): the lease is this node's to keep meanwhile.
-        *self
-            .lease
-            .healthy_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + PROMOTE_LIMIT);
+        self.healthy_for(PROMOTE_LIMIT);
         stop_receiving(conn).await?;
         self.alive();
         let stopped_io = began.elapsed();
@@ -944,17 +939,11 @@ impl Agent {
         {
             return true;
         }
-        let txn = Txn::new()
-            .when([Compare::lease(
-                self.keys.leader.as_str(),
-                CompareOp::Equal,
-                self.lease.id(),
-            )])
-            .and_then([TxnOp::put(
-                self.keys.primary.as_str(),
-                serde_json::to_vec(report).unwrap_or_default(),
-                None,
-            )]);
+        let txn = Txn::new().when([self.holds_key()]).and_then([TxnOp::put(
+            self.keys.primary.as_str(),
+            serde_json::to_vec(report).unwrap_or_default(),
+            None,
+        )]);
         match client.txn(txn).await {
             Ok(response) if response.succeeded() => {
                 self.metrics.semi_sync.set(i64::from(report.semi_sync));
@@ -1051,12 +1040,7 @@ impl Agent {
             return "no lease".into();
         }
         // The handover waits for a replica; the lease is this node's to keep meanwhile.
-        *self
-            .lease
-            .healthy_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) =
-            Some(Instant::now() + HANDOVER_WAIT + HEALTH_GRACE);
+        self.healthy_for(HANDOVER_WAIT + HEALTH_GRACE);
         self.lease.set_leading(false);
         if let Err(error) = self.set_read_only(conn).await {
             return format!("cannot stop writes: {error}");
@@ -1095,20 +1079,14 @@ impl Agent {
             binlog_pos,
             next: successor.clone(),
         };
-        let txn = Txn::new()
-            .when([Compare::lease(
-                self.keys.leader.as_str(),
-                CompareOp::Equal,
-                self.lease.id(),
-            )])
-            .and_then([
-                TxnOp::put(
-                    self.keys.primary.as_str(),
-                    serde_json::to_vec(&report).unwrap_or_default(),
-                    None,
-                ),
-                TxnOp::delete(self.keys.leader.as_str(), None),
-            ]);
+        let txn = Txn::new().when([self.holds_key()]).and_then([
+            TxnOp::put(
+                self.keys.primary.as_str(),
+                serde_json::to_vec(&report).unwrap_or_default(),
+                None,
+            ),
+            TxnOp::delete(self.keys.leader.as_str(), None),
+        ]);
         match (client.txn(txn).await, successor) {
             (Ok(response), Some(next)) if response.succeeded() => {
                 tracing::info!(
