@@ -45,6 +45,41 @@ fn the_primary_fails_over_and_no_acknowledged_write_is_lost() {
         text(&topology.db(&["status"]))
     );
 
+    // Operator commands refuse what would be wrong, and say why.
+    for (args, expected) in [
+        (
+            vec!["failover", "--force", "web-02"],
+            "web-01 is the primary",
+        ),
+        (
+            vec!["failover", "--force", "lb-01"],
+            "\"lb-01\" is not a db host",
+        ),
+        (
+            vec!["switchover", "--to", "web-01"],
+            "web-01 is already the primary",
+        ),
+    ] {
+        let out = topology.db(&args);
+        assert!(
+            !out.status.success() && text(&out).contains(expected),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    let mut rebuild_primary = std::process::Command::new(EXE);
+    rebuild_primary
+        .args(["db", "rebuild", "web-01", "-c"])
+        .arg(&topology.config_path)
+        .arg("--state-dir")
+        .arg(topology.state_dir());
+    let out = webstack_testkit::topology::output_within(&mut rebuild_primary, SETTLE);
+    assert!(
+        !out.status.success() && text(&out).contains("web-01 is the primary"),
+        "{}",
+        text(&out)
+    );
+
     // Read-your-writes across the switch: a session's post, written before, is read at once
     // on both web hosts after the switchover too (its cookie's GTID; a replica that has not
     // applied it yet waits for it).
@@ -242,6 +277,22 @@ fn the_primary_fails_over_and_no_acknowledged_write_is_lost() {
             == webstack_testkit::ledger::ids_on(&topology, replica),
         SETTLE,
         "the rebuilt node holds the primary's posts"
+    );
+}
+
+#[test]
+fn db_commands_need_failover() {
+    let topology = Topology::write(
+        EXE,
+        "failover-none",
+        59,
+        &webstack_testkit::topology::toml_with_db(59, 2, ""),
+    );
+    let out = topology.db(&["status"]);
+    assert!(
+        !out.status.success() && text(&out).contains("has no failover"),
+        "{}",
+        text(&out)
     );
 }
 
