@@ -24,6 +24,8 @@ pub struct FileConfig {
     pub db: Option<DbFile>,
     #[serde(default)]
     pub etcd: EtcdFile,
+    #[serde(default)]
+    pub netns: NetnsFile,
 }
 
 #[derive(Deserialize)]
@@ -59,6 +61,55 @@ pub struct LbFile {
     pub tls: TlsFile,
     /// Per-server overrides: `[[lb.server]] host = "web-01"  weight = 2  backup = true`.
     pub server: Vec<ServerFile>,
+    /// The site's address, shared by the lb hosts (DNS points here); moves to a survivor.
+    pub vip: Option<Spanned<IpAddr>>,
+    pub vrrp: VrrpFile,
+}
+
+/// `[lb.vrrp]`: how keepalived moves a non-loopback `lb.vip` between the lb hosts.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VrrpFile {
+    /// Seconds between adverts; a dead master is noticed after about three of them.
+    pub advert_interval: Spanned<HumanDuration>,
+    /// VRRP's virtual router id, 1 to 255; 0 derives one from the site's name.
+    pub router_id: Spanned<u32>,
+    /// The interface that carries the VIP; default: the one holding the host's address.
+    pub interface: Option<Spanned<String>>,
+    pub program: Spanned<String>,
+}
+
+impl Default for VrrpFile {
+    fn default() -> Self {
+        Self {
+            advert_interval: Spanned::new(0..0, HumanDuration(Duration::from_millis(100))),
+            router_id: Spanned::new(0..0, 0),
+            interface: None,
+            program: Spanned::new(0..0, "/usr/sbin/keepalived".into()),
+        }
+    }
+}
+
+/// `[netns]`: settings of `webstack up --netns` (each host in a network namespace).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetnsFile {
+    /// Prefix of every namespace's name (`ws-lb-01`, `ws-switch`, `ws-client`).
+    pub prefix: Spanned<String>,
+    /// The private network of the hosts, the VIP and the client, e.g. "10.77.0.0/24".
+    pub network: Option<Spanned<String>>,
+    /// The client namespace's address.
+    pub client: Option<Spanned<IpAddr>>,
+}
+
+impl Default for NetnsFile {
+    fn default() -> Self {
+        Self {
+            prefix: Spanned::new(0..0, "ws-".into()),
+            network: None,
+            client: None,
+        }
+    }
 }
 
 impl Default for LbFile {
@@ -75,6 +126,8 @@ impl Default for LbFile {
             timeouts: LbTimeoutsFile::default(),
             tls: TlsFile::default(),
             server: Vec::new(),
+            vip: None,
+            vrrp: VrrpFile::default(),
         }
     }
 }

@@ -4,11 +4,13 @@
 mod error;
 mod file;
 mod validate;
+mod vip;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub use error::ConfigError;
+pub use vip::NetnsSettings;
 
 /// A role a host can run. The start order of a host's roles follows the declaration order here:
 /// a server starts before whatever sends it traffic.
@@ -87,6 +89,9 @@ pub struct Config {
     db_ports: Ports,
     etcd: EtcdSettings,
     etcd_ports: Ports,
+    vip: Option<vip::VipSettings>,
+    /// `[netns]`: used by `webstack up --netns` only.
+    pub netns: vip::NetnsSettings,
 }
 
 /// `[etcd]` settings; the members are the hosts with role `etcd`.
@@ -156,10 +161,12 @@ impl Config {
         SocketAddr::new(host.address, self.ports(role).admin)
     }
 
-    /// The load balancer's settings (the same on every lb host). ACME's certificate and, when
-    /// no files are configured, the local CA's leaf live in `state_dir/tls/`.
-    pub fn lb(&self, state_dir: &Path) -> webstack_lb::Config {
+    /// The load balancer's settings on `host` (the same on every lb host but for its part in
+    /// the VIP). ACME's certificate and, when no files are configured, the local CA's leaf live
+    /// in `state_dir/tls/`.
+    pub fn lb(&self, host: &Host, state_dir: &Path) -> webstack_lb::Config {
         let mut lb = self.lb.clone();
+        lb.vip = self.vip_config(host, state_dir);
         let uses_local_ca = self.uses_local_ca();
         if let Some(tls) = lb.tls.as_mut() {
             if let Some(acme) = tls.acme.as_mut() {
@@ -367,9 +374,21 @@ mod tests {
         let config = parse(&default_text()).unwrap();
         assert_eq!(config.site_name, "www.foobar.com");
         let names: Vec<_> = config.hosts.iter().map(|h| h.name.as_str()).collect();
-        assert_eq!(names, ["lb-01", "web-01", "web-02"]);
-        let lb = config.lb(Path::new("/srv/state"));
+        assert_eq!(names, ["lb-01", "lb-02", "web-01", "web-02"]);
+        let lb = config.lb(config.host("lb-01").unwrap(), Path::new("/srv/state"));
         assert_eq!(lb.algorithm, webstack_lb::Algorithm::LeastConn);
+        // Two lbs share the site's address; on loopback by the stand-in.
+        assert_eq!(config.site_addr().unwrap().to_string(), "127.0.0.10:8080");
+        assert!(!config.uses_vrrp());
+        let vip = lb.vip.expect("lb.vip is set");
+        assert_eq!(vip.host, "lb-01");
+        match vip.mode {
+            webstack_lb::VipMode::StandIn { run_dir, peers } => {
+                assert_eq!(run_dir, Path::new("/srv/state/run"));
+                assert_eq!(peers, ["lb-02"]);
+            }
+            other => panic!("expected the stand-in on loopback, got {other:?}"),
+        }
         let servers: Vec<_> = lb
             .servers
             .iter()
@@ -406,7 +425,7 @@ mod tests {
         assert_eq!(
             cluster.endpoints,
             [
-                "http://127.0.0.10:2379",
+                "http://127.0.0.8:2379",
                 "http://127.0.0.11:2379",
                 "http://127.0.0.12:2379"
             ]
@@ -453,7 +472,7 @@ mod tests {
             config
                 .admin_addr(config.host("lb-01").unwrap(), Role::Lb)
                 .to_string(),
-            "127.0.0.10:9100"
+            "127.0.0.8:9100"
         );
     }
 
@@ -461,7 +480,7 @@ mod tests {
     fn omitted_sections_take_their_defaults() {
         let text = "[site]\nname = \"a.example\"\n[[host]]\nname = \"h\"\naddress = \"127.0.0.5\"\nroles = [\"lb\", \"web\", \"app\"]\n[lb]\nport = 8081\n";
         let config = parse(text).unwrap();
-        let lb = config.lb(Path::new("/srv/state"));
+        let lb = config.lb(config.host("h").unwrap(), Path::new("/srv/state"));
         assert_eq!(lb.algorithm, webstack_lb::Algorithm::RoundRobin);
         assert_eq!(lb.retries, 2);
         assert_eq!(lb.timeouts.server, std::time::Duration::from_secs(30));
@@ -530,7 +549,7 @@ mod tests {
     #[test]
     fn tls_settings_are_checked() {
         let config = parse(&default_text()).unwrap();
-        let lb = config.lb(Path::new("/srv/state"));
+        let lb = config.lb(config.host("lb-01").unwrap(), Path::new("/srv/state"));
         let tls = lb.tls.expect("TLS is on by default");
         assert_eq!(
             tls.certificates,
@@ -559,7 +578,7 @@ mod tests {
         );
         let error = error_of("cert = \"nope.pem\"\nkey = \"nope.key\"");
         assert!(
-            error.contains("lb.tls.cert: ") && error.contains(":30:8"),
+            error.contains("lb.tls.cert: ") && error.contains(":38:8"),
             "{error}"
         );
         let text = default_text().replace("port = 8443 ", "port = 8080 ");
@@ -573,7 +592,13 @@ mod tests {
             "redirect_http = true",
             "redirect_http = false\nenabled = false",
         );
-        assert!(parse(&text).unwrap().lb(Path::new("/x")).tls.is_none());
+        let config = parse(&text).unwrap();
+        assert!(
+            config
+                .lb(config.host("lb-01").unwrap(), Path::new("/x"))
+                .tls
+                .is_none()
+        );
     }
 
     #[test]
@@ -606,7 +631,10 @@ mod tests {
         let config = parse(&text).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(!config.uses_local_ca(), "files configured: no local CA");
-        let tls = config.lb(Path::new("/srv/state")).tls.unwrap();
+        let tls = config
+            .lb(config.host("lb-01").unwrap(), Path::new("/srv/state"))
+            .tls
+            .unwrap();
         let origins: Vec<_> = tls.certificates.iter().map(|c| c.origin).collect();
         use webstack_lb::CertificateOrigin::{Acme, File};
         assert_eq!(origins, [File, Acme], "files first, then ACME's");
@@ -728,5 +756,106 @@ mod tests {
             error.contains("etcd.peer_port = 3306 is also db.port"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_vip_is_checked() {
+        let vip = "vip = \"127.0.0.10\"";
+        let cases = [
+            // Two lbs need the address they share.
+            (
+                vip,
+                "",
+                "",
+                "role lb is on 2 hosts (lb-01, lb-02): set lb.vip",
+            ),
+            (
+                vip,
+                "vip = \"127.0.0.11\"",
+                "",
+                "lb.vip 127.0.0.11 is host web-01's address",
+            ),
+            (
+                vip,
+                "vip = \"::1\"",
+                "",
+                "lb.vip ::1: expected an IPv4 address",
+            ),
+            (vip, "vip = \"10.1.1.10\"", "", "expected both on loopback"),
+            (
+                vip,
+                vip,
+                "router_id = 300",
+                "lb.vrrp.router_id = 300: expected 1 to 255",
+            ),
+            (
+                vip,
+                vip,
+                "advert_interval = \"5ms\"",
+                "lb.vrrp.advert_interval: expected 10ms to 40.95s",
+            ),
+        ];
+        for (from, to, vrrp, wanted) in cases {
+            let mut text = default_text().replacen(from, to, 1);
+            if !vrrp.is_empty() {
+                text.push_str(&format!("\n[lb.vrrp]\n{vrrp}\n"));
+            }
+            let error = parse(&text).unwrap_err().to_string();
+            assert!(error.contains(wanted), "{wanted:?} not in {error}");
+            assert!(error.contains("webstack.toml:"), "has a line: {error}");
+        }
+    }
+
+    #[test]
+    fn namespace_mode_settings_are_checked() {
+        let netns = |network: &str, client: &str| {
+            default_text().replace("127.0.0.", "10.77.0.").replace(
+                "[site]",
+                &format!("[netns]\nnetwork = \"{network}\"\nclient = \"{client}\"\n\n[site]"),
+            )
+        };
+        let config = parse(&netns("10.77.0.0/24", "10.77.0.100")).unwrap();
+        assert!(config.uses_vrrp());
+        assert_eq!(
+            config.netns.network,
+            Some(("10.77.0.0".parse().unwrap(), 24))
+        );
+        assert_eq!(config.netns.namespace("lb-01"), "ws-lb-01");
+        let vip = config
+            .lb(config.host("lb-02").unwrap(), Path::new("/s"))
+            .vip
+            .unwrap();
+        match vip.mode {
+            webstack_lb::VipMode::Vrrp(vrrp) => {
+                assert_eq!(vrrp.address.to_string(), "10.77.0.9");
+                assert_eq!(
+                    vrrp.peers,
+                    ["10.77.0.8".parse::<std::net::IpAddr>().unwrap()]
+                );
+                assert_eq!(vrrp.advert_interval, std::time::Duration::from_millis(100));
+            }
+            other => panic!("expected VRRP off loopback, got {other:?}"),
+        }
+        for ((network, client), wanted) in [
+            (
+                ("8.8.0.0/16", "8.8.0.100"),
+                "expected a private IPv4 network",
+            ),
+            (
+                ("10.77.0.0/24", "10.78.0.100"),
+                "netns.client 10.78.0.100: expected an address of netns.network",
+            ),
+            (
+                ("10.77.0.0/24", "10.77.0.11"),
+                "netns.client 10.77.0.11 is host web-01's address",
+            ),
+            (
+                ("10.77.1.0/24", "10.77.1.100"),
+                "host lb-01 (10.77.0.8) is outside netns.network",
+            ),
+        ] {
+            let error = parse(&netns(network, client)).unwrap_err().to_string();
+            assert!(error.contains(wanted), "{wanted:?} not in {error}");
+        }
     }
 }

@@ -15,19 +15,19 @@ use crate::{Config, ConfigError, DbSettings, EtcdSettings, Host, Ports, Role};
 const MAX_DURATION: Duration = Duration::from_secs(2 * 366 * 86_400);
 
 /// Collects the location context so each check is one line.
-struct Checker<'a> {
+pub(crate) struct Checker<'a> {
     path: &'a Path,
     text: &'a str,
 }
 
 impl Checker<'_> {
-    fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         // Defaults carry an empty 0..0 span: no line to show.
         let span = (span != (0..0)).then_some(span);
         ConfigError::at(self.path, self.text, span, message.into())
     }
 
-    fn ensure(
+    pub(crate) fn ensure(
         &self,
         ok: bool,
         span: Range<usize>,
@@ -40,7 +40,11 @@ impl Checker<'_> {
         }
     }
 
-    fn positive(&self, value: &Spanned<HumanDuration>, key: &str) -> Result<Duration, ConfigError> {
+    pub(crate) fn positive(
+        &self,
+        value: &Spanned<HumanDuration>,
+        key: &str,
+    ) -> Result<Duration, ConfigError> {
         let duration = self.bounded(value, key)?;
         self.ensure(
             !duration.is_zero(),
@@ -272,6 +276,8 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
     };
     let db = db_settings(&check, file.db.as_ref(), &hosts, &file.hosts)?;
     let etcd = etcd_settings(&check, &file.etcd, &hosts, &file.hosts)?;
+    let vip = crate::vip::vip_settings(&check, &file.lb, &hosts, &file.hosts)?;
+    let netns = crate::vip::netns_settings(&check, &file.netns, &hosts, vip.as_ref())?;
 
     Ok(Config {
         path: path.to_path_buf(),
@@ -288,6 +294,8 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         db_ports,
         etcd,
         etcd_ports,
+        vip,
+        netns,
     })
 }
 
@@ -575,6 +583,7 @@ fn lb_config(
         maxconn: check.maxconn(&lb.maxconn, "lb.maxconn")?,
         access_log: lb.access_log,
         tls: tls_settings(check, &lb.tls)?,
+        vip: None,
         threads: match *lb.threads.get_ref() {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n as usize,

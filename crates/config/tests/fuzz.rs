@@ -164,7 +164,11 @@ impl Edit {
 /// What the roles do with their settings at start, without binding or spawning anything.
 fn resolves(config: &Config) {
     let state = Path::new("/srv/state");
-    let lb = config.lb(state);
+    let lb_host = config
+        .hosts_with(Role::Lb)
+        .next()
+        .expect("validated: an lb host");
+    let lb = config.lb(lb_host, state);
     let now = Instant::now();
     for duration in [
         lb.health.interval,

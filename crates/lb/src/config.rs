@@ -24,6 +24,9 @@ pub struct Config {
     pub maxconn: usize,
     /// HTTPS on a second port; None when TLS is off.
     pub tls: Option<TlsSettings>,
+    /// The site's address shared with the other lb hosts; None: this lb serves its own
+    /// address only.
+    pub vip: Option<VipConfig>,
 }
 
 /// TLS termination settings.
@@ -155,4 +158,45 @@ pub struct Timeouts {
     /// An upgraded connection (WebSocket) with nothing moving either way closes after this
     /// (HAProxy's `timeout tunnel`).
     pub tunnel: Duration,
+}
+
+/// The site's address (`lb.vip`), shared by the lb hosts: one of them serves it at a time.
+#[derive(Clone, Debug)]
+pub struct VipConfig {
+    pub address: std::net::IpAddr,
+    /// This lb host's name (status, metrics, file names).
+    pub host: String,
+    pub mode: VipMode,
+}
+
+/// How the address moves from one lb to another.
+#[derive(Clone, Debug)]
+pub enum VipMode {
+    /// One machine's loopback, where VRRP cannot run: the lbs share one listening socket
+    /// (passed over Unix sockets in `run_dir`) and whoever holds the lock file accepts on it.
+    StandIn {
+        run_dir: PathBuf,
+        /// The other lb hosts' names: where a starting lb asks for the socket.
+        peers: Vec<String>,
+    },
+    /// Real machines or network namespaces: keepalived (VRRPv3) moves the address.
+    Vrrp(VrrpConfig),
+}
+
+/// One lb host's keepalived: what webstack generates its configuration from.
+#[derive(Clone, Debug)]
+pub struct VrrpConfig {
+    pub program: PathBuf,
+    pub advert_interval: Duration,
+    pub router_id: u8,
+    /// The interface carrying the VIP; None: the one holding `address`.
+    pub interface: Option<String>,
+    /// This host's own address (unicast source).
+    pub address: std::net::IpAddr,
+    /// The other lb hosts' addresses (unicast peers).
+    pub peers: Vec<std::net::IpAddr>,
+    /// keepalived's configuration, pid files, notify FIFO and track file.
+    pub run_dir: PathBuf,
+    /// keepalived's own output.
+    pub log_file: PathBuf,
 }

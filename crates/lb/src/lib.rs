@@ -1,23 +1,33 @@
 //! The load balancer role (HAProxy's job): an HTTP reverse proxy over the web servers with
-//! health checks, weighted round-robin or leastconn, retries and backup servers.
+//! health checks, weighted round-robin or leastconn, retries and backup servers; with other lb
+//! hosts it shares the site's address (`vip`).
 
 pub mod balance;
 mod config;
 mod h1;
 pub mod health;
+pub mod listen;
 mod metrics;
 mod proxy;
 mod server;
 pub mod tls;
+pub mod vip;
 
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, oneshot, watch};
 use webstack_common::{Admin, HttpOptions, Shutdown};
 
 pub use config::*;
+pub use listen::Listener;
 pub use proxy::Proxy;
 pub use server::Server;
+use vip::{Vip, VipState};
 
 /// A configured load balancer, its metrics registered and certificates loaded, ready to serve.
 pub struct LoadBalancer {
@@ -25,6 +35,11 @@ pub struct LoadBalancer {
     servers: Vec<Arc<Server>>,
     metrics: metrics::Metrics,
     tls: Option<Tls>,
+    vip: Option<Arc<Vip>>,
+    /// The stand-in's VIP sockets, kept to hand duplicates to the other lbs.
+    shared_vip_sockets: Vec<OwnedFd>,
+    /// keepalived's track file, when the VIP moves by VRRP.
+    track: Option<Arc<vip::keepalived::Track>>,
 }
 
 /// HTTPS state shared by the workers, the certificate watcher and the ACME client.
@@ -36,7 +51,37 @@ struct Tls {
 }
 
 /// How often certificate files are checked for changes.
-const CERTIFICATE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+const CERTIFICATE_POLL: Duration = Duration::from_secs(2);
+
+/// What a planned stop does before the lb drains: with VRRP, signal a fault so the other lb
+/// takes the address while this one still accepts (no connection refused).
+pub struct Handoff {
+    track: Option<Arc<vip::keepalived::Track>>,
+    state: Option<watch::Receiver<VipState>>,
+    advert_interval: Duration,
+}
+
+impl Handoff {
+    /// Returns once the VIP left this host (at most about a second).
+    pub async fn run(mut self) {
+        let (Some(track), Some(state)) = (self.track.take(), self.state.as_mut()) else {
+            return;
+        };
+        if *state.borrow() != VipState::Master {
+            track.stop();
+            return;
+        }
+        track.stop();
+        tracing::info!("stopping: handing the VIP over before draining");
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            state.wait_for(|s| *s != VipState::Master),
+        )
+        .await;
+        // SYNs already on their way to this host still find the listener.
+        tokio::time::sleep(self.advert_interval * 2).await;
+    }
+}
 
 impl LoadBalancer {
     /// Fails when TLS is on and a configured certificate does not load (HAProxy refuses to
@@ -70,30 +115,102 @@ impl LoadBalancer {
             }
             None => None,
         };
+        let vip = config.vip.clone().map(|v| Arc::new(Vip::new(v)));
+        let track = match config.vip.as_ref().map(|v| &v.mode) {
+            Some(VipMode::Vrrp(vrrp)) => Some(Arc::new(vip::keepalived::Track::new(vrrp))),
+            _ => None,
+        };
         Ok(Self {
             config,
             servers,
             metrics,
             tls,
+            vip,
+            shared_vip_sockets: Vec::new(),
+            track,
         })
     }
 
-    /// Runs health checks, the certificate watcher and the ACME client on the current runtime,
-    /// and serves each listener on a worker thread of its own (one single-threaded runtime per
-    /// listener, see `workers`) until `shutdown`. Ready once every server has been checked once.
-    /// `tls_listeners` (one per worker, possibly none) serve HTTPS.
-    pub async fn run(
-        self,
-        listeners: Vec<std::net::TcpListener>,
-        mut tls_listeners: Vec<std::net::TcpListener>,
-        admin: Admin,
-        shutdown: Shutdown,
-    ) {
+    /// Binds every listener: this host's own address (`own`) and, with a VIP, the site's
+    /// address, on the HTTP port and the HTTPS port when TLS is on.
+    pub async fn listen(
+        &mut self,
+        own: IpAddr,
+        port: u16,
+        https_port: Option<u16>,
+    ) -> io::Result<Vec<Listener>> {
+        let ports: Vec<(u16, bool)> = std::iter::once((port, false))
+            .chain(https_port.map(|p| (p, true)))
+            .collect();
+        let mut listeners = Vec::new();
+        for &(port, tls) in &ports {
+            let what = if tls { "lb https" } else { "lb" };
+            listeners.push(Listener {
+                socket: listen::bind_for(SocketAddr::new(own, port), false, what)?,
+                tls,
+                gated: false,
+            });
+        }
+        let Some(vip) = &self.vip else {
+            return Ok(listeners);
+        };
+        let address = vip.address();
+        match &vip.config.mode {
+            VipMode::StandIn { run_dir, peers } => {
+                let (run_dir, peers) = (run_dir.clone(), peers.clone());
+                let numbers: Vec<u16> = ports.iter().map(|(p, _)| *p).collect();
+                let sockets = tokio::task::spawn_blocking(move || {
+                    vip::standin::acquire(address, &numbers, &run_dir, &peers)
+                })
+                .await
+                .map_err(io::Error::other)??;
+                for (socket, &(_, tls)) in sockets.into_iter().zip(&ports) {
+                    self.shared_vip_sockets
+                        .push(OwnedFd::from(socket.try_clone()?));
+                    listeners.push(Listener {
+                        socket,
+                        tls,
+                        gated: true,
+                    });
+                }
+            }
+            VipMode::Vrrp(_) => {
+                for &(port, tls) in &ports {
+                    // The address arrives when keepalived makes this host master.
+                    listeners.push(Listener {
+                        socket: listen::bind_for(SocketAddr::new(address, port), true, "the VIP")?,
+                        tls,
+                        gated: false,
+                    });
+                }
+            }
+        }
+        Ok(listeners)
+    }
+
+    /// What to run on SIGTERM before draining (see `Handoff`).
+    pub fn handoff(&self) -> Handoff {
+        let advert_interval = match self.config.vip.as_ref().map(|v| &v.mode) {
+            Some(VipMode::Vrrp(vrrp)) => vrrp.advert_interval,
+            _ => Duration::ZERO,
+        };
+        Handoff {
+            track: self.track.clone(),
+            state: self.vip.as_ref().map(|v| v.state.subscribe()),
+            advert_interval,
+        }
+    }
+
+    /// Runs health checks, the certificate watcher, the ACME client and the VIP on the current
+    /// runtime, and serves the listeners on worker threads (one single-threaded runtime each,
+    /// every worker accepting on every listener, see `workers`) until `shutdown`. Ready once
+    /// every server has been checked once.
+    pub async fn run(self, listeners: Vec<Listener>, admin: Admin, shutdown: Shutdown) {
         let handshake_timeout = self
             .config
             .tls
             .as_ref()
-            .map_or(std::time::Duration::from_secs(10), |t| t.handshake_timeout);
+            .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
         let ready = admin.clone();
         let sweep = health::FirstSweep::new(self.servers.len(), move || ready.set_ready(true));
         let mut background = tokio::task::JoinSet::new();
@@ -104,17 +221,53 @@ impl LoadBalancer {
                 sweep.clone(),
             ));
         }
+        // The stand-in's lock is let go only once this lb stopped accepting: `release`.
+        let (release, release_when) = oneshot::channel::<()>();
+        let mut vip_task = None;
+        if let Some(vip) = &self.vip {
+            background.spawn(vip::export_holder(
+                vip.state.subscribe(),
+                self.metrics.vip_holder(&vip.config.host),
+            ));
+            match &vip.config.mode {
+                VipMode::StandIn { run_dir, .. } => {
+                    vip_task = Some(tokio::spawn(vip::standin::run(
+                        run_dir.clone(),
+                        vip.config.host.clone(),
+                        self.shared_vip_sockets,
+                        vip.state.clone(),
+                        shutdown.clone(),
+                        release_when,
+                    )));
+                }
+                VipMode::Vrrp(vrrp) => {
+                    let track = self.track.clone().expect("made with the VRRP settings");
+                    background.spawn(vip::keepalived::track_health(
+                        track.clone(),
+                        self.servers.clone(),
+                    ));
+                    vip_task = Some(tokio::spawn(vip::keepalived::run(
+                        vrrp.clone(),
+                        vip.clone(),
+                        shutdown.clone(),
+                    )));
+                }
+            }
+        }
+        let acme_holder = self.vip.as_ref().map(|v| v.state.subscribe());
         if let Some(tls) = &self.tls {
             background.spawn(tls.certificates.clone().watch(CERTIFICATE_POLL));
             if let Some(acme) = &tls.acme {
-                background.spawn(acme.clone().run());
+                background.spawn(run_acme_while_holder(acme.clone(), acme_holder));
             }
-            background.spawn(publish_tls_status(
-                tls.certificates.clone(),
-                tls.acme.clone(),
-                admin.clone(),
-            ));
         }
+        background.spawn(publish_status(
+            self.tls
+                .as_ref()
+                .map(|t| (t.certificates.clone(), t.acme.clone())),
+            self.vip.clone(),
+            admin.clone(),
+        ));
         // One connection limit for every worker and both ports (HAProxy's frontend maxconn).
         let options = HttpOptions {
             header_read_timeout: self.config.timeouts.client_header,
@@ -122,8 +275,11 @@ impl LoadBalancer {
             ..HttpOptions::default()
         };
         let balancer = Arc::new(balance::Balancer::new(self.config.algorithm, &self.servers));
+        let gate = self.vip.as_ref().map(|v| v.state.subscribe());
+        // Each worker drops its sender once it stopped accepting on every listener.
+        let (accepting, mut all_stopped) = mpsc::channel::<()>(1);
         let mut threads = Vec::new();
-        for (n, listener) in listeners.into_iter().enumerate() {
+        for n in 0..self.config.threads.max(1) {
             // Each worker has its own proxy: its own keep-alive pool, so a request and its
             // upstream connection stay on one thread. Health and load counters are shared.
             let proxy = Arc::new(Proxy::new(
@@ -134,91 +290,155 @@ impl LoadBalancer {
                     .as_ref()
                     .map(|t| (t.certificates.clone(), t.challenges.clone())),
             ));
-            let (options, shutdown) = (options.clone(), shutdown.clone());
-            let tls = tls_listeners
-                .pop()
-                .zip(self.tls.as_ref().map(|t| t.acceptor.clone()))
-                .map(|(l, a)| (l, a, handshake_timeout));
+            let mut own = Vec::new();
+            for listener in &listeners {
+                match listener.socket.try_clone() {
+                    Ok(socket) => own.push(workers::WorkerListener {
+                        socket,
+                        tls: listener.tls,
+                        gate: listener.gated.then(|| gate.clone()).flatten(),
+                    }),
+                    Err(error) => tracing::error!(%error, "cannot share a listener with a worker"),
+                }
+            }
+            let acceptor = self
+                .tls
+                .as_ref()
+                .map(|t| (t.acceptor.clone(), handshake_timeout));
+            let (options, shutdown, accepting) =
+                (options.clone(), shutdown.clone(), accepting.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("lb-worker-{n}"))
                 .spawn(move || {
-                    workers::serve_on_own_runtime(listener, tls, options, proxy, shutdown)
+                    workers::serve_on_own_runtime(
+                        own, acceptor, options, proxy, shutdown, accepting,
+                    )
                 });
             match spawned {
                 Ok(handle) => threads.push(handle),
                 Err(error) => tracing::error!(%error, "cannot start a worker thread"),
             }
         }
+        drop(accepting);
+        drop(listeners);
         shutdown.triggered().await;
         admin.set_ready(false);
+        // Every worker stopped accepting: the other lb may take the VIP's queue now.
+        while all_stopped.recv().await.is_some() {}
+        let _ = release.send(());
         background.abort_all();
         // Workers return once their connections drained (or the grace ran out).
         let _ =
             tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join())))
                 .await;
+        if let Some(task) = vip_task {
+            let _ = task.await;
+        }
     }
 }
 
-/// Keeps the admin `/status` document current: each certificate's names and expiry, and the
-/// ACME client's state (`webstack status` shows them).
-async fn publish_tls_status(
-    certificates: Arc<tls::CertStore>,
-    acme: Option<Arc<tls::acme::AcmeClient>>,
+/// The ACME client orders and renews only on the lb that holds the VIP (the CA's validation
+/// requests reach it there); the others load the certificate it writes. Without a VIP, always.
+async fn run_acme_while_holder(
+    acme: Arc<tls::acme::AcmeClient>,
+    holder: Option<watch::Receiver<VipState>>,
+) {
+    let Some(mut holder) = holder else {
+        return acme.run().await;
+    };
+    loop {
+        if holder.wait_for(|s| *s == VipState::Master).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            () = acme.clone().run() => return,
+            _ = holder.wait_for(|s| *s != VipState::Master) => {
+                tracing::info!("ACME: this lb no longer holds the VIP; the holder orders now");
+            }
+        }
+    }
+}
+
+/// Keeps the admin `/status` document current: each certificate's names and expiry, the ACME
+/// client's state and the VIP's (`webstack status` shows them).
+async fn publish_status(
+    tls: Option<(Arc<tls::CertStore>, Option<Arc<tls::acme::AcmeClient>>)>,
+    vip: Option<Arc<Vip>>,
     admin: Admin,
 ) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
-        let list = certificates.certificates();
-        let summary = list
-            .iter()
-            .map(|c| {
-                format!(
-                    "{} until {} ({})",
-                    c.names.first().map_or("-", String::as_str),
-                    c.expires.get(..10).unwrap_or(&c.expires),
-                    c.origin.as_str()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        let certificates_json: Vec<_> = list
-            .iter()
-            .map(|c| {
-                let mut value = serde_json::to_value(c).unwrap_or_default();
-                value["days_left"] = c.days_left().into();
-                value
-            })
-            .collect();
-        admin.set_status(serde_json::json!({
-            "summary": format!("tls: {summary}"),
-            "certificates": certificates_json,
-            "acme": acme.as_ref().map(|a| a.status()),
-        }));
+        let mut summary = Vec::new();
+        let mut status = serde_json::json!({});
+        if let Some(vip) = &vip {
+            summary.push(vip.summary());
+            status["vip"] = vip.status();
+        }
+        if let Some((certificates, acme)) = &tls {
+            let list = certificates.certificates();
+            let names = list
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} until {} ({})",
+                        c.names.first().map_or("-", String::as_str),
+                        c.expires.get(..10).unwrap_or(&c.expires),
+                        c.origin.as_str()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            summary.push(format!("tls: {names}"));
+            status["certificates"] = list
+                .iter()
+                .map(|c| {
+                    let mut value = serde_json::to_value(c).unwrap_or_default();
+                    value["days_left"] = c.days_left().into();
+                    value
+                })
+                .collect();
+            status["acme"] =
+                serde_json::to_value(acme.as_ref().map(|a| a.status())).unwrap_or_default();
+        }
+        status["summary"] = summary.join("; ").into();
+        admin.set_status(status);
     }
 }
 
 mod workers {
-    //! One worker: a current-thread tokio runtime serving one `SO_REUSEPORT` listener. No work
-    //! stealing and no cross-thread wake-ups on the request path; the kernel spreads new
-    //! connections across the workers' listeners.
+    //! One worker: a current-thread tokio runtime accepting on its duplicates of every listener.
+    //! No work stealing and no cross-thread wake-ups on the request path: a connection stays on
+    //! the worker that accepted it.
 
     use std::convert::Infallible;
+    use std::future::Future;
     use std::sync::Arc;
     use std::time::Duration;
 
+    use tokio::sync::{mpsc, watch};
     use webstack_common::serve::accept_loop;
     use webstack_common::shutdown::DRAIN_GRACE;
     use webstack_common::{HttpOptions, Shutdown};
 
     use crate::Proxy;
+    use crate::vip::VipState;
+
+    /// This worker's duplicate of one listener.
+    pub struct WorkerListener {
+        pub socket: std::net::TcpListener,
+        pub tls: bool,
+        /// Accept only while this lb holds the VIP.
+        pub gate: Option<watch::Receiver<VipState>>,
+    }
 
     pub fn serve_on_own_runtime(
-        listener: std::net::TcpListener,
-        tls: Option<(std::net::TcpListener, tokio_rustls::TlsAcceptor, Duration)>,
+        listeners: Vec<WorkerListener>,
+        acceptor: Option<(tokio_rustls::TlsAcceptor, Duration)>,
         options: HttpOptions,
         proxy: Arc<Proxy>,
         shutdown: Shutdown,
+        accepting: mpsc::Sender<()>,
     ) {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -228,59 +448,119 @@ mod workers {
             Err(error) => return tracing::error!(%error, "cannot start a worker runtime"),
         };
         runtime.block_on(async move {
-            let listener = match tokio::net::TcpListener::from_std(listener) {
-                Ok(listener) => listener,
-                Err(error) => return tracing::error!(%error, "cannot use the listener"),
-            };
-            // HTTP/2 (TLS with ALPN h2 only) goes through hyper and `Proxy::handle`.
-            let h2_service = |peer| {
-                let proxy = proxy.clone();
-                hyper::service::service_fn(move |request| {
-                    let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(peer, request).await) }
-                })
-            };
-            let limit = options.connections.clone();
-            let plain = accept_loop(
-                listener,
-                &limit,
-                shutdown.clone(),
-                |stream, peer, shutdown| {
-                    proxy
-                        .clone()
-                        .serve_h1(stream, peer, false, options.clone(), shutdown)
-                },
-            );
-            let https_h1 = {
+            let mut loops = tokio::task::JoinSet::new();
+            for listener in listeners {
                 let (proxy, options) = (proxy.clone(), options.clone());
-                move |stream, peer, shutdown| {
-                    proxy
-                        .clone()
-                        .serve_h1(stream, peer, true, options.clone(), shutdown)
+                let (shutdown, stop) = (shutdown.clone(), shutdown.clone());
+                match (listener.tls, acceptor.clone()) {
+                    (false, _) => {
+                        let serve = move |socket: tokio::net::TcpListener| {
+                            let (proxy, options, shutdown) =
+                                (proxy.clone(), options.clone(), shutdown.clone());
+                            async move {
+                                let limit = options.connections.clone();
+                                accept_loop(socket, &limit, shutdown, |stream, peer, shutdown| {
+                                    proxy.clone().serve_h1(
+                                        stream,
+                                        peer,
+                                        false,
+                                        options.clone(),
+                                        shutdown,
+                                    )
+                                })
+                                .await
+                            }
+                        };
+                        loops.spawn(accept_while_allowed(listener, stop, serve));
+                    }
+                    (true, Some((acceptor, handshake_timeout))) => {
+                        let serve = move |socket: tokio::net::TcpListener| {
+                            let (proxy, options, shutdown, acceptor) = (
+                                proxy.clone(),
+                                options.clone(),
+                                shutdown.clone(),
+                                acceptor.clone(),
+                            );
+                            async move {
+                                // HTTP/2 (ALPN h2) goes through hyper and `Proxy::handle`.
+                                let h2_service = |peer| {
+                                    let proxy = proxy.clone();
+                                    hyper::service::service_fn(move |request| {
+                                        let proxy = proxy.clone();
+                                        async move {
+                                            Ok::<_, Infallible>(proxy.handle(peer, request).await)
+                                        }
+                                    })
+                                };
+                                let https_h1 = {
+                                    let (proxy, options) = (proxy.clone(), options.clone());
+                                    move |stream, peer, shutdown| {
+                                        proxy.clone().serve_h1(
+                                            stream,
+                                            peer,
+                                            true,
+                                            options.clone(),
+                                            shutdown,
+                                        )
+                                    }
+                                };
+                                crate::tls::serve_tls(
+                                    socket,
+                                    acceptor,
+                                    handshake_timeout,
+                                    &options,
+                                    h2_service,
+                                    https_h1,
+                                    shutdown,
+                                )
+                                .await
+                            }
+                        };
+                        loops.spawn(accept_while_allowed(listener, stop, serve));
+                    }
+                    (true, None) => tracing::error!("an HTTPS listener without TLS settings"),
                 }
-            };
-            let https = async {
-                let Some((listener, acceptor, handshake_timeout)) = tls else {
-                    return;
-                };
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => listener,
-                    Err(error) => return tracing::error!(%error, "cannot use the TLS listener"),
-                };
-                crate::tls::serve_tls(
-                    listener,
-                    acceptor,
-                    handshake_timeout,
-                    &options,
-                    h2_service,
-                    https_h1,
-                    shutdown.clone(),
-                )
-                .await
-            };
-            tokio::join!(plain, https);
+            }
+            while loops.join_next().await.is_some() {}
+            drop(accepting);
             // Connection tasks live on this runtime: keep it until they are done.
             shutdown.drain(DRAIN_GRACE).await;
         });
+    }
+
+    /// Runs `serve` on the listener until shutdown; a gated listener only while this lb holds
+    /// the VIP (`serve` is stopped when it no longer does, and started again when it does).
+    async fn accept_while_allowed<S, F>(listener: WorkerListener, shutdown: Shutdown, serve: S)
+    where
+        S: Fn(tokio::net::TcpListener) -> F,
+        F: Future<Output = ()>,
+    {
+        let register = |socket: &std::net::TcpListener| {
+            socket
+                .try_clone()
+                .and_then(tokio::net::TcpListener::from_std)
+                .inspect_err(|error| tracing::error!(%error, "cannot use a listener"))
+                .ok()
+        };
+        let Some(mut gate) = listener.gate else {
+            if let Some(socket) = register(&listener.socket) {
+                serve(socket).await;
+            }
+            return;
+        };
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.triggered() => return,
+                held = gate.wait_for(|s| *s == VipState::Master) => if held.is_err() { return },
+            }
+            let Some(socket) = register(&listener.socket) else {
+                return;
+            };
+            tokio::select! {
+                () = serve(socket) => return,
+                _ = gate.wait_for(|s| *s != VipState::Master) => {}
+            }
+        }
     }
 }

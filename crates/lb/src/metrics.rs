@@ -20,6 +20,11 @@ pub struct ResponseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabel {
+    pub host: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
     /// no_server, connect, no_response, timeout
     pub kind: &'static str,
@@ -37,6 +42,7 @@ pub struct Metrics {
     health_checks_failed: Family<ServerLabel, Counter>,
     pub retries: Counter,
     pub errors: Family<ErrorLabel, Counter>,
+    vip_holder: Family<HostLabel, Gauge>,
 }
 
 /// One server's handles, fetched from the families once at startup.
@@ -65,6 +71,7 @@ impl Metrics {
             health_checks_failed: Family::default(),
             retries: Counter::default(),
             errors: Family::default(),
+            vip_holder: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("webstack_lb");
         r.register(
@@ -102,7 +109,21 @@ impl Metrics {
             "Requests answered by the load balancer itself with an error, by cause",
             metrics.errors.clone(),
         );
+        r.register(
+            "vip_holder",
+            "1 while this lb (host) holds the site's address, lb.vip",
+            metrics.vip_holder.clone(),
+        );
         metrics
+    }
+
+    /// The holder gauge of this lb host.
+    pub fn vip_holder(&self, host: &str) -> Gauge {
+        self.vip_holder
+            .get_or_create(&HostLabel {
+                host: host.to_string(),
+            })
+            .clone()
     }
 
     pub fn server(&self, name: &str) -> ServerMetrics {

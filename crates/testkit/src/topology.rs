@@ -72,6 +72,24 @@ pub fn toml_with_failover(net: u8, web_hosts: usize) -> String {
     text + "query_timeout = \"3s\"\n"
 }
 
+/// `toml` with two lb hosts sharing the site's address: lb-01 on 127.0.`net`.8, lb-02 on .9,
+/// `lb.vip` 127.0.`net`.10 (so `Topology::lb` is the VIP).
+pub fn toml_with_two_lbs(net: u8, web_hosts: usize, lb_extra: &str) -> String {
+    toml(
+        net,
+        web_hosts,
+        &format!("vip = \"127.0.{net}.10\"\n{lb_extra}"),
+    )
+    .replacen(
+        &format!("name = \"lb-01\"\naddress = \"127.0.{net}.10\"\nroles = [\"lb\"]\n"),
+        &format!(
+            "name = \"lb-01\"\naddress = \"127.0.{net}.8\"\nroles = [\"lb\"]\n\n\
+             [[host]]\nname = \"lb-02\"\naddress = \"127.0.{net}.9\"\nroles = [\"lb\"]\n"
+        ),
+        1,
+    )
+}
+
 impl Topology {
     /// Writes `config` into a fresh folder without starting anything.
     pub fn write(exe: &str, name: &str, net: u8, config: &str) -> Topology {

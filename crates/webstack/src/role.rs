@@ -19,29 +19,6 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
-/// `n` listeners on one address with `SO_REUSEPORT`, one per lb worker: the kernel spreads
-/// connections across them. (Only processes of the same user can join such a port.)
-fn bind_workers(
-    addr: SocketAddr,
-    n: usize,
-    what: &str,
-) -> anyhow::Result<Vec<std::net::TcpListener>> {
-    (0..n.max(1))
-        .map(|_| {
-            let socket = if addr.is_ipv4() {
-                tokio::net::TcpSocket::new_v4()?
-            } else {
-                tokio::net::TcpSocket::new_v6()?
-            };
-            socket.set_reuseaddr(true)?;
-            socket.set_reuseport(true)?;
-            socket.bind(addr)?;
-            socket.listen(4096)?.into_std()
-        })
-        .collect::<std::io::Result<_>>()
-        .with_context(|| format!("cannot listen on {addr} ({what})"))
-}
-
 pub async fn run(
     config: Config,
     host_name: &str,
@@ -68,6 +45,8 @@ pub async fn run(
 
     let shutdown = Shutdown::new();
     let mut registry = Registry::default();
+    // The lb's step before draining (hand the VIP over).
+    let mut handoff = None;
     // Build the role first (it registers its metrics), then the admin listener that shows them.
     let start: Box<dyn FnOnce(Admin) -> tokio::task::JoinHandle<()>> = match role {
         Role::Etcd => {
@@ -104,7 +83,7 @@ pub async fn run(
             })
         }
         Role::Lb => {
-            let mut lb_config = config.lb(state_dir);
+            let mut lb_config = config.lb(&host, state_dir);
             // Each client connection may hold a server connection too; keep room for pools,
             // certificates and logs.
             let fits = (open_files.saturating_sub(256) / 2) as usize;
@@ -121,20 +100,18 @@ pub async fn run(
                     .ensure(&config.site_names())
                     .context("cannot create the local certificate authority")?;
             }
-            let listeners =
-                bind_workers(config.service_addr(&host, role), lb_config.threads, &label)?;
-            let tls_listeners = match config.https_port() {
-                Some(port) => bind_workers(
-                    SocketAddr::new(host.address, port),
-                    lb_config.threads,
-                    &format!("{label} https"),
-                )?,
-                None => Vec::new(),
-            };
-            let lb = webstack_lb::LoadBalancer::new(lb_config, &mut registry)
+            let mut lb = webstack_lb::LoadBalancer::new(lb_config, &mut registry)
                 .context("cannot load the TLS certificates")?;
+            let listeners = lb
+                .listen(
+                    host.address,
+                    config.ports(role).service,
+                    config.https_port(),
+                )
+                .await?;
+            handoff = Some(lb.handoff());
             let shutdown = shutdown.clone();
-            Box::new(move |admin| tokio::spawn(lb.run(listeners, tls_listeners, admin, shutdown)))
+            Box::new(move |admin| tokio::spawn(lb.run(listeners, admin, shutdown)))
         }
         Role::Web => {
             let listener = listener.expect("bound above");
@@ -177,6 +154,9 @@ pub async fn run(
         signal = termination_signal() => signal,
         _ = supervisor_gone(supervised) => "supervisor gone",
     };
+    if let Some(handoff) = handoff {
+        handoff.run().await;
+    }
     tracing::info!(reason, "draining");
     let drained = shutdown.drain(DRAIN_GRACE).await;
     if !drained {

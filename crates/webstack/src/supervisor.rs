@@ -134,6 +134,17 @@ pub async fn run(
             }
         }
     }
+    let runs_lb = config
+        .hosts_with(Role::Lb)
+        .any(|h| only_host.as_ref().is_none_or(|o| *o == h.name));
+    if runs_lb && config.uses_local_ca() {
+        // Once, before the lbs start: two lbs must not race to make the CA.
+        if let Err(error) = webstack_lb::tls::LocalCa::new(&state_dir).ensure(&config.site_names())
+        {
+            cleanup(&state_dir);
+            anyhow::bail!("cannot create the local certificate authority: {error}");
+        }
+    }
     fs::write(
         state_dir.join("run/supervisor.pid"),
         format!("{}\n", std::process::id()),
@@ -465,6 +476,14 @@ fn print_endpoints(sup: &Shared) {
     let config = &sup.config;
     let units = sup.units.lock().unwrap();
     println!("webstack: {} is up", config.site_name);
+    if let (Some(vip), Some(site)) = (config.vip(), config.site_addr()) {
+        let how = if config.uses_vrrp() {
+            "keepalived (VRRP) moves it"
+        } else {
+            "one lb serves it at a time, the other takes over"
+        };
+        println!("  http://{site}/  the site: lb.vip {vip}, shared by the lb hosts ({how})");
+    }
     for unit in units.iter().rev() {
         let what = match unit.role {
             Role::Etcd => "coordination (etcd)",
