@@ -54,32 +54,33 @@ struct Tls {
 const CERTIFICATE_POLL: Duration = Duration::from_secs(2);
 
 /// What a planned stop does before the lb drains: with VRRP, signal a fault so the other lb
-/// takes the address while this one still accepts (no connection refused).
+/// takes the address while this one still serves (no connection refused or cut).
 pub struct Handoff {
     track: Option<Arc<vip::keepalived::Track>>,
     state: Option<watch::Receiver<VipState>>,
-    advert_interval: Duration,
+    address: Option<IpAddr>,
 }
 
 impl Handoff {
-    /// Returns once the VIP left this host (at most about a second).
+    /// Returns once the other lb serves the VIP (about 1.5 s for a VIP holder).
     pub async fn run(mut self) {
-        let (Some(track), Some(state)) = (self.track.take(), self.state.as_mut()) else {
+        let (Some(track), Some(state), Some(address)) =
+            (self.track.take(), self.state.as_mut(), self.address)
+        else {
             return;
         };
-        if *state.borrow() != VipState::Master {
-            track.stop();
+        let holder = *state.borrow() == VipState::Master;
+        track.stop();
+        if !holder {
             return;
         }
-        track.stop();
         tracing::info!("stopping: handing the VIP over before draining");
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
             state.wait_for(|s| *s != VipState::Master),
         )
         .await;
-        // SYNs already on their way to this host still find the listener.
-        tokio::time::sleep(self.advert_interval * 2).await;
+        vip::keepalived::serve_while_clients_move(address).await;
     }
 }
 
@@ -190,14 +191,10 @@ impl LoadBalancer {
 
     /// What to run on SIGTERM before draining (see `Handoff`).
     pub fn handoff(&self) -> Handoff {
-        let advert_interval = match self.config.vip.as_ref().map(|v| &v.mode) {
-            Some(VipMode::Vrrp(vrrp)) => vrrp.advert_interval,
-            _ => Duration::ZERO,
-        };
         Handoff {
             track: self.track.clone(),
             state: self.vip.as_ref().map(|v| v.state.subscribe()),
-            advert_interval,
+            address: self.vip.as_ref().map(|v| v.address()),
         }
     }
 

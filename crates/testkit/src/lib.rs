@@ -8,6 +8,7 @@ pub mod http;
 pub mod ledger;
 pub mod pebble;
 pub mod raw;
+pub mod requests;
 pub mod topology;
 
 pub use topology::Topology;

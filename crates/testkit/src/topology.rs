@@ -25,6 +25,8 @@ pub struct Topology {
     up: Option<Child>,
     /// Role processes started alone with `run_role`.
     roles: Vec<Child>,
+    /// `up --netns`: every host in a network namespace.
+    netns: bool,
 }
 
 /// A topology file with one lb host and `web_hosts` web+app hosts on 127.0.`net`.0/24.
@@ -104,6 +106,7 @@ impl Topology {
             exe: PathBuf::from(exe),
             up: None,
             roles: Vec::new(),
+            netns: false,
             dir,
         }
     }
@@ -121,8 +124,21 @@ impl Topology {
         self.spawn_up();
     }
 
+    /// Writes `config` and runs `webstack up --netns` on it (root) until every host is healthy.
+    /// `up` gets SIGTERM if this test dies, so its namespaces never outlive the test.
+    pub fn start_netns(exe: &str, name: &str, config: &str) -> Topology {
+        let mut topology = Self::write(exe, name, 0, config);
+        topology.netns = true;
+        topology.spawn_up();
+        topology
+    }
+
     fn spawn_up(&mut self) {
-        let child = self.spawn_logged(&["up"], "up.log");
+        let child = if self.netns {
+            self.spawn_logged(&["up", "--netns"], "up.log")
+        } else {
+            self.spawn_logged(&["up"], "up.log")
+        };
         self.up = Some(child);
         let status = self.cli(&["status", "--wait", &START_TIMEOUT_SECS.to_string()]);
         assert!(
@@ -164,7 +180,14 @@ impl Topology {
             .append(true)
             .open(self.dir.path().join(log))
             .expect("open a log file");
-        Command::new(&self.exe)
+        let mut command = if self.netns {
+            let mut command = Command::new("/usr/bin/setpriv");
+            command.args(["--pdeathsig", "TERM", "--"]).arg(&self.exe);
+            command
+        } else {
+            Command::new(&self.exe)
+        };
+        command
             .args(args)
             .arg("-c")
             .arg(&self.config_path)

@@ -31,6 +31,19 @@ pub enum Command {
     Start(TargetArgs),
     /// The database cluster: who is primary (etcd's view), switchover, forced failover.
     Db(DbArgs),
+    /// Run a command inside a host's network namespace (`up --netns`), or `client`'s.
+    Exec(ExecArgs),
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    /// A host of the topology, or `client` (the clients' namespace) or `switch`.
+    pub host: String,
+    #[arg(short, long, default_value = "webstack.toml")]
+    pub config: PathBuf,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Args)]
@@ -82,6 +95,10 @@ pub struct ConfigArg {
 pub struct UpArgs {
     #[arg(short, long, default_value = "webstack.toml")]
     pub config: PathBuf,
+    /// Each host in a network namespace of its own on a private bridge, running `webstack run
+    /// --host` (root only; needs [netns] in the topology, e.g. examples/netns.toml).
+    #[arg(long)]
+    pub netns: bool,
     /// Where logs, pid files and the control socket live.
     #[arg(long, default_value = ".webstack")]
     pub state_dir: PathBuf,

@@ -5,6 +5,7 @@
 mod cli;
 mod control;
 mod db;
+mod netns;
 mod role;
 mod status;
 mod supervisor;
@@ -49,7 +50,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check(args) => Ok(cli::check(&args.config)),
         Command::Up(args) => {
             let config = cli::load(&args.config)?;
-            supervisor::run(config, None, args.state_dir).await
+            if args.netns {
+                netns::up(config, args.state_dir).await
+            } else {
+                supervisor::run(config, None, args.state_dir).await
+            }
         }
         Command::Run(args) => {
             let config = cli::load(&args.config)?;
@@ -79,5 +84,6 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             control::stop_or_start(&args.state_dir, "start", &args.target).await
         }
         Command::Db(args) => db::run(args).await,
+        Command::Exec(args) => netns::exec(&cli::load(&args.config)?, &args.host, &args.command),
     }
 }

@@ -221,7 +221,7 @@ pub async fn run(
 }
 
 /// Binds the control socket, refusing when another supervisor already answers on it.
-async fn bind_control(state_dir: &Path) -> anyhow::Result<UnixListener> {
+pub(crate) async fn bind_control(state_dir: &Path) -> anyhow::Result<UnixListener> {
     let path = control::socket_path(state_dir);
     if path.exists() {
         if UnixStream::connect(&path).await.is_ok() {

@@ -4,76 +4,15 @@
 //! started again and killed.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use webstack_testkit::http::get;
+use webstack_testkit::requests::RequestLoop;
 use webstack_testkit::topology::toml_with_two_lbs;
 use webstack_testkit::{Topology, assert_eventually};
 
 const EXE: &str = env!("CARGO_BIN_EXE_webstack");
 const LBS: [&str; 2] = ["lb-01", "lb-02"];
-
-/// Requests against one address, one at a time, each on a new connection (a `while curl`
-/// loop), on a thread of their own; every outcome with its time.
-struct RequestLoop {
-    stop: Arc<AtomicBool>,
-    handle: JoinHandle<Vec<(Instant, Result<u16, String>)>>,
-}
-
-impl RequestLoop {
-    fn start(addr: SocketAddr) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut outcomes = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                let result = get(addr, "/api/whoami", &[]).map(|r| r.status);
-                outcomes.push((Instant::now(), result));
-            }
-            outcomes
-        });
-        Self { stop, handle }
-    }
-
-    fn finish(self) -> Outcomes {
-        self.stop.store(true, Ordering::Relaxed);
-        Outcomes(self.handle.join().expect("the request loop"))
-    }
-}
-
-struct Outcomes(Vec<(Instant, Result<u16, String>)>);
-
-impl Outcomes {
-    fn answered(&self) -> usize {
-        self.0.iter().filter(|(_, r)| *r == Ok(200)).count()
-    }
-
-    fn failures(&self) -> Vec<String> {
-        self.0
-            .iter()
-            .filter(|(_, r)| *r != Ok(200))
-            .map(|(_, r)| format!("{r:?}"))
-            .collect()
-    }
-
-    /// The longest time between two answered requests (what a client waited at worst).
-    fn longest_silence(&self) -> Duration {
-        let answered: Vec<Instant> = self
-            .0
-            .iter()
-            .filter(|(_, r)| *r == Ok(200))
-            .map(|(t, _)| *t)
-            .collect();
-        answered
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .max()
-            .unwrap_or_default()
-    }
-}
 
 /// The lb hosts whose status says they hold the VIP.
 fn holders(topology: &Topology) -> Vec<String> {
@@ -143,7 +82,7 @@ fn the_site_address_survives_a_stop_and_a_kill_of_the_lb_holding_it() {
     }
 
     // A planned stop of the holder: not one request fails, the other lb takes the address.
-    let requests = RequestLoop::start(topology.lb());
+    let requests = RequestLoop::start(None, topology.lb());
     std::thread::sleep(Duration::from_millis(500));
     let stop = topology.cli(&["stop", &format!("{first}/lb")]);
     assert!(stop.status.success(), "{stop:?}");
@@ -177,7 +116,7 @@ fn the_site_address_survives_a_stop_and_a_kill_of_the_lb_holding_it() {
     // SIGKILL of the holder: only the request it was serving fails; the standby accepts the
     // connections waiting in the shared socket's queue.
     let pid = topology.unit(second, "lb")["pid"].as_u64().expect("a pid") as i32;
-    let requests = RequestLoop::start(topology.lb());
+    let requests = RequestLoop::start(None, topology.lb());
     std::thread::sleep(Duration::from_millis(500));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),

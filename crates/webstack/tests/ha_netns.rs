@@ -1,0 +1,281 @@
+//! The load balancer's address in namespace mode (`webstack up --netns`): every host in a network
+//! namespace of its own, keepalived (VRRP) moving the VIP between lb-01 and lb-02. From the
+//! client's namespace a request loop runs against the VIP while the holder's keepalived is
+//! killed, its lb role is killed, its link goes down (the host dies) and it is stopped cleanly.
+//! Needs root (CI is root); skipped with the reason where namespaces cannot be made.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use webstack_testkit::requests::{Outcomes, RequestLoop};
+use webstack_testkit::{Topology, assert_eventually, site_dir};
+
+const EXE: &str = env!("CARGO_BIN_EXE_webstack");
+const LBS: [&str; 2] = ["lb-01", "lb-02"];
+const VIP: &str = "10.78.0.10";
+
+/// A prefix of our own per test process: namespaces of a run never meet another's.
+fn prefix() -> String {
+    format!("t{}-", std::process::id() % 100_000)
+}
+
+fn topology_text(prefix: &str) -> String {
+    let site = site_dir();
+    format!(
+        "[netns]\nprefix = \"{prefix}\"\nnetwork = \"10.78.0.0/24\"\nclient = \"10.78.0.100\"\n\n\
+         [site]\nname = \"www.foobar.com\"\n\n\
+         [[host]]\nname = \"lb-01\"\naddress = \"10.78.0.8\"\nroles = [\"lb\"]\n\n\
+         [[host]]\nname = \"lb-02\"\naddress = \"10.78.0.9\"\nroles = [\"lb\"]\n\n\
+         [[host]]\nname = \"web-01\"\naddress = \"10.78.0.11\"\nroles = [\"web\", \"app\"]\n\n\
+         [[host]]\nname = \"web-02\"\naddress = \"10.78.0.12\"\nroles = [\"web\", \"app\"]\n\n\
+         [lb]\nvip = \"{VIP}\"\n\n[lb.health]\ninterval = \"200ms\"\ntimeout = \"2s\"\n\n\
+         [lb.tls]\nredirect_http = false\n\n\
+         [web]\nstatic_root = \"{}\"\nexpose_server_name = true\n\n[app]\ntemplates = \"{}\"\n",
+        site.join("static").display(),
+        site.join("templates").display()
+    )
+}
+
+/// Why namespace mode cannot run here, if it cannot.
+fn cannot_make_namespaces() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root: network namespaces need root".into());
+    }
+    let probe = format!("{}probe", prefix());
+    let made = Command::new("ip").args(["netns", "add", &probe]).output();
+    match made {
+        Ok(out) if out.status.success() => {
+            let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+            None
+        }
+        Ok(out) => Some(format!(
+            "`ip netns add` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(error) => Some(format!("cannot run `ip`: {error}")),
+    }
+}
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The lb hosts whose eth0 carries the VIP: the ground truth, whatever status says.
+fn vip_on(prefix: &str) -> Vec<&'static str> {
+    LBS.into_iter()
+        .filter(|h| {
+            ip(&[
+                "-n",
+                &format!("{prefix}{h}"),
+                "-o",
+                "addr",
+                "show",
+                "dev",
+                "eth0",
+            ])
+            .contains(&format!(" {VIP}/"))
+        })
+        .collect()
+}
+
+fn holders(topology: &Topology) -> Vec<&'static str> {
+    LBS.into_iter()
+        .filter(|h| topology.detail(h, "lb")["vip"]["holder"] == true)
+        .collect()
+}
+
+/// Waits for one holder, as both its status and the interfaces say; returns it.
+fn settled(topology: &Topology, prefix: &str) -> &'static str {
+    assert_eventually!(
+        vip_on(prefix).len() == 1 && holders(topology) == vip_on(prefix),
+        Duration::from_secs(30),
+        "one lb holds the VIP: on {:?}, status {:?}",
+        vip_on(prefix),
+        holders(topology)
+    );
+    vip_on(prefix)[0]
+}
+
+fn other(host: &str) -> &'static str {
+    if host == "lb-01" { "lb-02" } else { "lb-01" }
+}
+
+/// The switch's port of `host` (`port<i>`, i its place in the topology).
+fn switch_port(host: &str) -> &'static str {
+    if host == "lb-01" { "port0" } else { "port1" }
+}
+
+struct Scenario {
+    name: &'static str,
+    outcomes: Outcomes,
+}
+
+/// Runs `fault` on the holder under a request loop from the client namespace; checks that the
+/// other lb took the address and the client saw no failure after the first second.
+fn under_requests(
+    topology: &Topology,
+    prefix: &str,
+    name: &'static str,
+    fault: impl FnOnce(&'static str),
+) -> (Scenario, &'static str) {
+    let holder = settled(topology, prefix);
+    let client = PathBuf::from("/run/netns").join(format!("{prefix}client"));
+    let vip: SocketAddr = format!("{VIP}:8080").parse().unwrap();
+    let requests = RequestLoop::start(Some(client), vip);
+    std::thread::sleep(Duration::from_millis(700));
+    fault(holder);
+    std::thread::sleep(Duration::from_millis(2500));
+    let outcomes = requests.finish();
+    eprintln!(
+        "{name} ({holder}): {} answered, {} failed over {:?}, longest silence {:?}: {:?}",
+        outcomes.answered(),
+        outcomes.failures().len(),
+        outcomes.failing_for(),
+        outcomes.longest_silence(),
+        outcomes.failures().iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(outcomes.answered() > 10, "{name}: the loop ran");
+    assert!(
+        outcomes.failing_for() < Duration::from_secs(1),
+        "{name}: the client saw failures for {:?}",
+        outcomes.failing_for()
+    );
+    assert_eq!(
+        settled(topology, prefix),
+        other(holder),
+        "{name}: the address moved"
+    );
+    (Scenario { name, outcomes }, holder)
+}
+
+/// Waits until `host`'s lb is back and a standby; the holder keeps the address (nopreempt).
+fn back_as_standby(topology: &Topology, prefix: &str, host: &str) {
+    assert_eventually!(
+        topology.unit(host, "lb")["healthy"] == true
+            && topology.detail(host, "lb")["vip"]["state"] == "backup",
+        Duration::from_secs(30),
+        "{host} back as a standby: {}",
+        topology.detail(host, "lb")
+    );
+    for _ in 0..5 {
+        assert_eq!(vip_on(prefix), vec![other(host)], "no split brain");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn kill(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+}
+
+fn run_scenarios(topology: &Topology, prefix: &str) -> Vec<Scenario> {
+    let mut done = Vec::new();
+    let host_dir = |host: &str| topology.state_dir.join("hosts").join(host);
+
+    let (scenario, victim) = under_requests(topology, prefix, "keepalived killed", |holder| {
+        let address = if holder == "lb-01" {
+            "10.78.0.8"
+        } else {
+            "10.78.0.9"
+        };
+        let pid_file = host_dir(holder).join(format!("run/keepalived-{address}.pid"));
+        let pid = std::fs::read_to_string(&pid_file).expect("keepalived's pid file");
+        kill(pid.trim().parse().unwrap());
+    });
+    done.push(scenario);
+    back_as_standby(topology, prefix, victim);
+
+    let (scenario, victim) = under_requests(topology, prefix, "lb role killed", |holder| {
+        kill(topology.unit(holder, "lb")["pid"].as_u64().expect("a pid") as u32);
+    });
+    done.push(scenario);
+    back_as_standby(topology, prefix, victim);
+
+    let (scenario, victim) = under_requests(topology, prefix, "link down", |holder| {
+        ip(&[
+            "-n",
+            &format!("{prefix}switch"),
+            "link",
+            "set",
+            switch_port(holder),
+            "down",
+        ]);
+    });
+    done.push(scenario);
+    ip(&[
+        "-n",
+        &format!("{prefix}switch"),
+        "link",
+        "set",
+        switch_port(victim),
+        "up",
+    ]);
+    back_as_standby(topology, prefix, victim);
+
+    let (scenario, victim) = under_requests(topology, prefix, "clean stop", |holder| {
+        let out = topology.cli(&["stop", &format!("{holder}/lb")]);
+        assert!(out.status.success(), "{out:?}");
+    });
+    assert_eq!(
+        scenario.outcomes.failures(),
+        Vec::<String>::new(),
+        "a clean stop fails no request"
+    );
+    done.push(scenario);
+    let out = topology.cli(&["start", &format!("{victim}/lb")]);
+    assert!(out.status.success(), "{out:?}");
+    back_as_standby(topology, prefix, victim);
+    done
+}
+
+#[test]
+fn keepalived_moves_the_vip_between_namespaces_and_up_removes_them() {
+    if let Some(reason) = cannot_make_namespaces() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let prefix = prefix();
+    let mut topology = Topology::start_netns(EXE, "ha-netns", &topology_text(&prefix));
+    // Nothing of this mode in the machine's own namespace.
+    assert!(!ip(&["-o", "addr"]).contains("10.78.0."));
+    assert!(!ip(&["route"]).contains("10.78.0."));
+    let scenarios = run_scenarios(&topology, &prefix);
+    if let Ok(path) = std::env::var("WEBSTACK_HA_OUT") {
+        let mut table = String::from(
+            "| event on the VIP holder | answered | failed | failing for | longest silence |\n|---|---|---|---|---|\n",
+        );
+        for s in &scenarios {
+            table.push_str(&format!(
+                "| {} | {} | {} | {:.0?} | {:.0?} |\n",
+                s.name,
+                s.outcomes.answered(),
+                s.outcomes.failures().len(),
+                s.outcomes.failing_for(),
+                s.outcomes.longest_silence()
+            ));
+        }
+        std::fs::write(path, table).expect("write the results");
+    }
+    assert!(
+        topology.stop().is_some_and(|s| s.success()),
+        "{}",
+        topology.up_log()
+    );
+    let left: Vec<String> = ip(&["netns", "list"])
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        left,
+        Vec::<String>::new(),
+        "up removes every namespace it made"
+    );
+}
