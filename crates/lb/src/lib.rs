@@ -99,7 +99,9 @@ impl LoadBalancer {
             Some(settings) => {
                 let certificates = Arc::new(tls::CertStore::load(settings.certificates.clone())?);
                 let acceptor = tls::server_config(certificates.clone())?.into();
-                let challenges = Arc::new(tls::acme::Challenges::default());
+                let challenges = Arc::new(tls::acme::Challenges::new(
+                    settings.acme.as_ref().map(|a| a.dir.join("challenges")),
+                ));
                 let acme = settings.acme.clone().map(|acme| {
                     Arc::new(tls::acme::AcmeClient::new(
                         acme,
@@ -344,6 +346,9 @@ async fn run_acme_while_holder(
         return acme.run().await;
     };
     loop {
+        if *holder.borrow() != VipState::Master {
+            acme.standby();
+        }
         if holder.wait_for(|s| *s == VipState::Master).await.is_err() {
             return;
         }

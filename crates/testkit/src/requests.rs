@@ -89,3 +89,24 @@ impl Outcomes {
             .unwrap_or_default()
     }
 }
+
+/// With `WEBSTACK_HA_OUT` set (by `bench/ha`), appends one row of the results table to it.
+pub fn record(mode: &str, event: &str, outcomes: &Outcomes) {
+    let Ok(path) = std::env::var("WEBSTACK_HA_OUT") else {
+        return;
+    };
+    use std::io::Write;
+    let row = format!(
+        "| {mode} | {event} | {} | {} | {:.0?} | {:.0?} |\n",
+        outcomes.answered(),
+        outcomes.failures().len(),
+        outcomes.failing_for(),
+        outcomes.longest_silence()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open the results file");
+    file.write_all(row.as_bytes()).expect("write the results");
+}

@@ -255,7 +255,7 @@ struct Host {
 
 /// The files every host needs from the start, made once and copied to each host's state dir
 /// (in production: copied to each machine, see docs/operations.md): the database accounts'
-/// passwords and the local CA with the site's certificate.
+/// passwords and the local CA with the site's certificate; the lbs' ACME folder is shared.
 fn hand_out_secrets(config: &Config, state_dir: &Path, hosts: &[Host]) -> anyhow::Result<()> {
     if config.has_db() {
         webstack_db::secrets::ensure_all(state_dir)
@@ -271,6 +271,18 @@ fn hand_out_secrets(config: &Config, state_dir: &Path, hosts: &[Host]) -> anyhow
             let from = state_dir.join(folder);
             if from.is_dir() {
                 copy_dir(&from, &host.state_dir.join(folder))?;
+            }
+        }
+        // The lbs share one ACME folder, as production shares it between machines: the VIP
+        // holder orders, every lb loads the certificate and answers the CA's challenges.
+        let is_lb = config.host(&host.name).is_some_and(|h| h.has(Role::Lb));
+        if is_lb && config.uses_acme() {
+            let shared = state_dir.join("tls/acme");
+            let link = host.state_dir.join("tls/acme");
+            fs::create_dir_all(&shared)?;
+            if fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(&shared, &link)
+                    .with_context(|| format!("cannot link {}", link.display()))?;
             }
         }
     }

@@ -98,6 +98,7 @@ fn the_site_address_survives_a_stop_and_a_kill_of_the_lb_holding_it() {
         Vec::<String>::new(),
         "a planned stop fails no request"
     );
+    webstack_testkit::requests::record("loopback (stand-in)", "clean stop", &outcomes);
     eprintln!(
         "stop of {first}: {} requests answered, longest silence {:?}",
         outcomes.answered(),
@@ -131,6 +132,7 @@ fn the_site_address_survives_a_stop_and_a_kill_of_the_lb_holding_it() {
         outcomes.failures(),
         outcomes.longest_silence()
     );
+    webstack_testkit::requests::record("loopback (stand-in)", "lb role killed", &outcomes);
     assert!(
         outcomes.failures().len() <= 1,
         "only the request in flight may fail: {:?}",

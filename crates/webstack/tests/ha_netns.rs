@@ -247,21 +247,8 @@ fn keepalived_moves_the_vip_between_namespaces_and_up_removes_them() {
     assert!(!ip(&["-o", "addr"]).contains("10.78.0."));
     assert!(!ip(&["route"]).contains("10.78.0."));
     let scenarios = run_scenarios(&topology, &prefix);
-    if let Ok(path) = std::env::var("WEBSTACK_HA_OUT") {
-        let mut table = String::from(
-            "| event on the VIP holder | answered | failed | failing for | longest silence |\n|---|---|---|---|---|\n",
-        );
-        for s in &scenarios {
-            table.push_str(&format!(
-                "| {} | {} | {} | {:.0?} | {:.0?} |\n",
-                s.name,
-                s.outcomes.answered(),
-                s.outcomes.failures().len(),
-                s.outcomes.failing_for(),
-                s.outcomes.longest_silence()
-            ));
-        }
-        std::fs::write(path, table).expect("write the results");
+    for s in &scenarios {
+        webstack_testkit::requests::record("namespaces (VRRP)", s.name, &s.outcomes);
     }
     assert!(
         topology.stop().is_some_and(|s| s.success()),

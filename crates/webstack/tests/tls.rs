@@ -14,7 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use webstack_testkit::http::{self, get};
 use webstack_testkit::pebble::Pebble;
-use webstack_testkit::topology::toml;
+use webstack_testkit::topology::{toml, toml_with_two_lbs};
 use webstack_testkit::{Topology, assert_eventually};
 
 const EXE: &str = env!("CARGO_BIN_EXE_webstack");
@@ -172,14 +172,17 @@ fn status_text(topology: &Topology) -> String {
     String::from_utf8_lossy(&topology.cli(&["status"]).stdout).into_owned()
 }
 
-/// The lb's ACME client state from `webstack status --json` ("" before the first report).
+/// The ACME client state of the lb that orders (with two lbs: the VIP holder; the other says
+/// "standby") from `webstack status --json` ("" before the first report).
 fn acme_state(topology: &Topology) -> String {
     topology.try_status()["units"]
         .as_array()
         .into_iter()
         .flatten()
-        .find_map(|u| u["detail"]["acme"]["state"].as_str().map(str::to_owned))
+        .filter_map(|u| u["detail"]["acme"]["state"].as_str())
+        .find(|state| !state.is_empty() && *state != "standby")
         .unwrap_or_default()
+        .to_string()
 }
 
 type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
@@ -417,7 +420,8 @@ fn acme_certificate_from_pebble() {
     let mut topology = Topology::write(EXE, "tls-acme", net, "");
     let dir = topology.state_dir().parent().unwrap().to_path_buf();
     let pebble = Pebble::start(&dir.join("pebble"), net, 8080);
-    let config = toml(net, 1, "").replace(
+    // Two lbs share the site's address: the holder orders, both serve what it gets.
+    let config = toml_with_two_lbs(net, 1, "").replace(
         "redirect_http = false\n",
         &format!(
             "redirect_http = false\n[lb.tls.acme]\ndirectory = \"{}\"\nca_cert = \"{}\"\ncontact = [\"ops@foobar.com\"]\nagree_terms = true\n",
@@ -433,7 +437,7 @@ fn acme_certificate_from_pebble() {
         acme_state(&topology) == "valid",
         Duration::from_secs(60),
         "an ACME certificate:\n{}\npebble:\n{}",
-        topology.log("lb-01", "lb"),
+        lb_logs(&topology),
         pebble.log()
     );
     // Validated over HTTP-01 through our lb, issued by pebble's root, and served.
@@ -450,6 +454,17 @@ fn acme_certificate_from_pebble() {
         request_on(&mut stream, "www.foobar.com", "/static/robots.txt").status,
         200
     );
+    // The standby loads the same certificate (its own address), and did not order one.
+    for own in [8, 9] {
+        let addr = SocketAddr::from(([127, 0, net, own], 8443));
+        assert_eventually!(
+            tls_connect(addr, "www.foobar.com", &[root.as_path()], true)
+                .is_ok_and(|s| served(&s) == leaf_in(&acme_cert)),
+            Duration::from_secs(10),
+            "the lb on {addr} serves the ACME certificate"
+        );
+    }
+    assert_eq!(pebble.log().matches("Issued certificate").count(), 1);
     use std::os::unix::fs::PermissionsExt;
     for secret in ["tls/acme/site.key", "tls/acme/account.json"] {
         let mode = std::fs::metadata(topology.state_dir().join(secret))
@@ -460,7 +475,9 @@ fn acme_certificate_from_pebble() {
     }
     let status = status_text(&topology);
     assert!(
-        status.contains("acme: valid") && status.contains("tls/acme/site.pem"),
+        status.contains("acme: valid")
+            && status.contains("acme: standby")
+            && status.contains("tls/acme/site.pem"),
         "{status}"
     );
 
@@ -472,7 +489,7 @@ fn acme_certificate_from_pebble() {
         acme_state(&topology) == "valid",
         Duration::from_secs(20),
         "{}",
-        topology.log("lb-01", "lb")
+        lb_logs(&topology)
     );
     assert_eq!(
         std::fs::read(&acme_cert).unwrap(),
@@ -501,20 +518,23 @@ fn acme_certificate_from_pebble() {
         acme_state(&topology) == "valid",
         Duration::from_secs(60),
         "a certificate with a new account:\n{}\npebble:\n{}",
-        topology.log("lb-01", "lb"),
+        lb_logs(&topology),
         pebble.log()
     );
     assert_ne!(std::fs::read(&account).unwrap(), old_account);
     assert!(
-        topology
-            .log("lb-01", "lb")
-            .contains("the CA does not know the stored account"),
+        lb_logs(&topology).contains("the CA does not know the stored account"),
         "{}",
-        topology.log("lb-01", "lb")
+        lb_logs(&topology)
     );
     let root = pebble.issuing_root();
     let stream = tls_connect(https, "www.foobar.com", &[root.as_path()], true).unwrap();
     assert_eq!(served(&stream), leaf_in(&acme_cert));
+}
+
+/// Both lbs' logs: either may be the one that orders.
+fn lb_logs(topology: &Topology) -> String {
+    topology.log("lb-01", "lb") + &topology.log("lb-02", "lb")
 }
 
 #[test]

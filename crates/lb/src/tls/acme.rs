@@ -6,6 +6,7 @@
 //! the local CA's.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -25,23 +26,56 @@ const RECHECK: Duration = Duration::from_secs(3600);
 const FIRST_RETRY: Duration = Duration::from_secs(10);
 const LAST_RETRY: Duration = Duration::from_secs(3600);
 
-/// HTTP-01 tokens being validated and their key authorizations.
+/// HTTP-01 tokens being validated and their key authorizations. With a folder (the ACME dir's
+/// `challenges/`, shared by the lbs of one site), each pending token is also a file there, so
+/// that whichever lb the CA's validation request reaches can answer it, not only the one that
+/// ordered.
 #[derive(Debug, Default)]
 pub struct Challenges {
     tokens: RwLock<HashMap<String, String>>,
+    dir: Option<PathBuf>,
+}
+
+/// A token as RFC 8555 §8.3 makes them (base64url): safe as a file name.
+fn is_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 256
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl Challenges {
-    /// The body for `/.well-known/acme-challenge/{token}`, while that challenge is pending.
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Self {
+            tokens: RwLock::default(),
+            dir,
+        }
+    }
+
+    /// The body for `/.well-known/acme-challenge/{token}`, while that challenge is pending
+    /// here or (shared folder) on another lb of the site.
     pub fn answer(&self, token: &str) -> Option<String> {
-        self.tokens
+        if let Some(answer) = self
+            .tokens
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(token)
-            .cloned()
+        {
+            return Some(answer.clone());
+        }
+        let dir = self.dir.as_ref().filter(|_| is_token(token))?;
+        std::fs::read_to_string(dir.join(token)).ok()
     }
 
     fn set(&self, token: String, key_authorization: String) {
+        if let Some(dir) = self.dir.as_ref().filter(|_| is_token(&token)) {
+            let written = std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(dir.join(&token), &key_authorization));
+            if let Err(error) = written {
+                tracing::warn!(%error, dir = %dir.display(), "ACME: cannot share a challenge with the other lbs");
+            }
+        }
         self.tokens
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -49,17 +83,20 @@ impl Challenges {
     }
 
     fn clear(&self) {
-        self.tokens
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(dir) = &self.dir {
+            for token in tokens.keys().filter(|t| is_token(t)) {
+                let _ = std::fs::remove_file(dir.join(token));
+            }
+        }
+        tokens.clear();
     }
 }
 
 /// What `webstack status` shows of the ACME client.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AcmeStatus {
-    /// "ordering", "valid", or "retrying".
+    /// "ordering", "valid", "retrying", or "standby" (another lb orders).
     pub state: &'static str,
     pub directory: String,
     /// Consecutive failed orders.
@@ -102,6 +139,11 @@ impl AcmeClient {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Another lb holds the site's address and orders; this one loads what it writes.
+    pub fn standby(&self) {
+        self.set_status(|s| s.state = "standby");
     }
 
     fn set_status(&self, update: impl FnOnce(&mut AcmeStatus)) {
@@ -396,5 +438,28 @@ mod tests {
             .self_signed(&key)
             .unwrap();
         assert!(parses_as_roots(cert.pem().as_bytes()));
+    }
+}
+
+#[cfg(test)]
+mod challenge_tests {
+    use super::*;
+
+    #[test]
+    fn a_challenge_set_on_one_lb_is_answered_by_another_sharing_the_folder() {
+        let dir = std::env::temp_dir().join(format!("webstack-challenges-{}", std::process::id()));
+        let ordering = Challenges::new(Some(dir.clone()));
+        let other = Challenges::new(Some(dir.clone()));
+        ordering.set("tok-EN_1".into(), "tok-EN_1.thumbprint".into());
+        assert_eq!(
+            other.answer("tok-EN_1").as_deref(),
+            Some("tok-EN_1.thumbprint")
+        );
+        // Never a path outside the folder.
+        assert_eq!(other.answer("../tok-EN_1"), None);
+        ordering.clear();
+        assert_eq!(other.answer("tok-EN_1"), None);
+        assert_eq!(ordering.answer("tok-EN_1"), None);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
