@@ -59,10 +59,11 @@ pub struct Handoff {
     track: Option<Arc<vip::keepalived::Track>>,
     state: Option<watch::Receiver<VipState>>,
     address: Option<IpAddr>,
+    advert_interval: Duration,
 }
 
 impl Handoff {
-    /// Returns once the other lb serves the VIP (about 1.5 s for a VIP holder).
+    /// Returns once the other lb serves the VIP (a few hundred ms for a VIP holder).
     pub async fn run(mut self) {
         let (Some(track), Some(state), Some(address)) =
             (self.track.take(), self.state.as_mut(), self.address)
@@ -80,7 +81,11 @@ impl Handoff {
             state.wait_for(|s| *s != VipState::Master),
         )
         .await;
-        vip::keepalived::serve_while_clients_move(address).await;
+        vip::keepalived::serve_while_clients_move(
+            address,
+            vip::keepalived::move_grace(self.advert_interval),
+        )
+        .await;
     }
 }
 
@@ -193,10 +198,15 @@ impl LoadBalancer {
 
     /// What to run on SIGTERM before draining (see `Handoff`).
     pub fn handoff(&self) -> Handoff {
+        let advert_interval = match self.config.vip.as_ref().map(|v| &v.mode) {
+            Some(VipMode::Vrrp(vrrp)) => vrrp.advert_interval,
+            _ => Duration::ZERO,
+        };
         Handoff {
             track: self.track.clone(),
             state: self.vip.as_ref().map(|v| v.state.subscribe()),
             address: self.vip.as_ref().map(|v| v.address()),
+            advert_interval,
         }
     }
 

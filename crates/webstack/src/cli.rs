@@ -189,8 +189,23 @@ pub fn check(path: &Path) -> ExitCode {
                 }
                 None => String::new(),
             };
+            let vip = match config.vip() {
+                Some(vip) => {
+                    let lbs: Vec<&str> = config
+                        .hosts_with(Role::Lb)
+                        .map(|h| h.name.as_str())
+                        .collect();
+                    let how = if config.uses_vrrp() {
+                        "VRRP (keepalived)"
+                    } else {
+                        "the loopback stand-in"
+                    };
+                    format!("; site address {vip} shared by {} ({how})", lbs.join(", "))
+                }
+                None => String::new(),
+            };
             println!(
-                "{}: ok: site {}, hosts {}{failover}",
+                "{}: ok: site {}, hosts {}{vip}{failover}",
                 path.display(),
                 config.site_name,
                 hosts.join(", ")

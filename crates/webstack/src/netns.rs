@@ -550,10 +550,10 @@ async fn answer(mut stream: UnixStream, dirs: Arc<Vec<(String, PathBuf)>>) {
             }
             all
         }
-        Some(request @ (Request::Stop { .. } | Request::Start { .. })) => {
+        Some(request) => {
             let target = match &request {
-                Request::Stop { target } | Request::Start { target } => target.clone(),
-                Request::Status => unreachable!(),
+                Request::Stop { target } | Request::Start { target } => target.as_str(),
+                Request::Status => "",
             };
             let host = target.split('/').next().unwrap_or_default();
             match dirs.iter().find(|(name, _)| name == host) {

@@ -94,9 +94,9 @@ pub fn render(config: &VrrpConfig, vip: IpAddr, interface: &str, prefix_len: u8)
          \x20   router_id webstack-{address}\n\
          \x20   vrrp_notify_fifo {fifo} root\n\
          \x20   max_auto_priority -1\n\
-         \x20   # Gratuitous ARPs on becoming master, again after 1 s: a client that refreshed its\n\
-         \x20   # neighbour entry less than a second ago (Linux's locktime) ignores the first.\n\
-         \x20   vrrp_garp_master_delay 1\n\
+         \x20   # Gratuitous ARPs on becoming master, and again once the lb that gave the address\n\
+         \x20   # up stopped serving it (see `move_grace`): the last word on who has it.\n\
+         \x20   vrrp_garp_master_delay {garp_delay}\n\
          \x20   vrrp_garp_master_repeat 5\n\
          }}\n\
          \n\
@@ -127,6 +127,7 @@ pub fn render(config: &VrrpConfig, vip: IpAddr, interface: &str, prefix_len: u8)
         fifo = file(config, "fifo").display(),
         track = file(config, "track").display(),
         router_id = config.router_id,
+        garp_delay = second_announcement(config.advert_interval).as_secs(),
     )
 }
 
@@ -156,10 +157,22 @@ fn parse_interface(text: &str, address: IpAddr) -> Option<(String, u8)> {
     })
 }
 
-/// How long a stopping lb keeps serving the VIP after keepalived gave it up: the other lb takes
-/// it within about 3 adverts and announces it at once and again 1 s later (a client that
-/// refreshed its neighbour entry less than a second ago, Linux's locktime, ignores the first).
-const MOVE_GRACE: Duration = Duration::from_millis(1500);
+/// How long an lb keeps serving the VIP after keepalived gave it up (planned stop, keepalived
+/// died): the other lb becomes master after its skew time (under one advert interval when the
+/// old master sent priority 0) and announces the address; requests in flight here finish
+/// meanwhile.
+pub fn move_grace(advert_interval: Duration) -> Duration {
+    advert_interval + Duration::from_millis(150)
+}
+
+/// When the new master announces the address a second time (whole seconds, keepalived's
+/// unit): after the old one stopped serving it, so a client that the old host's own ARP
+/// traffic pointed back at it during `move_grace` is corrected.
+fn second_announcement(advert_interval: Duration) -> Duration {
+    let after = move_grace(advert_interval) * 2;
+    Duration::from_secs(after.as_secs() + u64::from(after.subsec_nanos() > 0))
+        .max(Duration::from_secs(1))
+}
 
 async fn ip_quietly(args: &[&str]) -> bool {
     tokio::process::Command::new("ip")
@@ -186,14 +199,14 @@ async fn remove_stale_vip(vip: IpAddr, prefix_len: u8, interface: &str) {
     ip_quietly(&["addr", "del", &format!("{vip}/32"), "dev", "lo"]).await;
 }
 
-/// A planned stop: keepalived removed the VIP from the interface when it went to FAULT, and
-/// the other lb announces it about 60 ms later. Until every client follows the announcement,
-/// some still send here: the address is kept on `lo` (where keepalived does not look) so that
-/// connections this lb accepted finish, and new ones still find it. Then it goes, and the lb
-/// drains.
-pub async fn serve_while_clients_move(vip: IpAddr) {
+/// A planned stop (or keepalived died): keepalived removed the VIP from the interface, and the
+/// other lb announces it within `move_grace`. Until then clients still send here: the address is
+/// kept on `lo` (where keepalived does not look) so that requests this lb accepted finish and
+/// new ones still find it; then it goes. Kept short: while it is here, this host's own ARP
+/// traffic may point a client back at it, which the other lb's second announcement corrects.
+pub async fn serve_while_clients_move(vip: IpAddr, grace: Duration) {
     let on_lo = ip_quietly(&["addr", "add", &format!("{vip}/32"), "dev", "lo"]).await;
-    tokio::time::sleep(MOVE_GRACE).await;
+    tokio::time::sleep(grace).await;
     if on_lo {
         ip_quietly(&["addr", "del", &format!("{vip}/32"), "dev", "lo"]).await;
     }
@@ -251,7 +264,8 @@ pub async fn run(config: VrrpConfig, vip: Arc<Vip>, shutdown: Shutdown) {
                 // it now. Connections accepted here still finish meanwhile.
                 remove_stale_vip(vip.address(), prefix_len, &interface).await;
                 if was_master {
-                    serve_while_clients_move(vip.address()).await;
+                    serve_while_clients_move(vip.address(), move_grace(config.advert_interval))
+                        .await;
                 }
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff.reset();
@@ -403,6 +417,7 @@ mod tests {
             "version 3",
             "virtual_router_id 42",
             "advert_int 0.10",
+            "vrrp_garp_master_delay 1\n",
             "unicast_src_ip 10.77.0.1",
             "        10.77.0.2\n",
             "10.77.0.10/24 dev eth0",
@@ -411,6 +426,22 @@ mod tests {
         ] {
             assert!(text.contains(wanted), "{wanted:?} missing in\n{text}");
         }
+    }
+
+    #[test]
+    fn the_second_announcement_comes_after_the_old_master_stopped_serving() {
+        for ms in [10, 100, 850, 1000, 2500, 40_950] {
+            let advert = Duration::from_millis(ms);
+            assert!(
+                second_announcement(advert) >= move_grace(advert) * 2,
+                "{ms} ms"
+            );
+            assert!(second_announcement(advert) >= Duration::from_secs(1));
+        }
+        assert_eq!(
+            second_announcement(Duration::from_millis(100)),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]

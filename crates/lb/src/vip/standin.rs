@@ -143,6 +143,8 @@ async fn share(run_dir: PathBuf, host: String, sockets: Vec<OwnedFd>) {
     let fds: Vec<_> = sockets.iter().map(AsFd::as_fd).collect();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors, say: try again later rather than spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let byte = [1u8];
