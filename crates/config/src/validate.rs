@@ -276,7 +276,7 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
     };
     let db = db_settings(&check, file.db.as_ref(), &hosts, &file.hosts)?;
     let etcd = etcd_settings(&check, &file.etcd, &hosts, &file.hosts)?;
-    let vip = crate::vip::vip_settings(&check, &file.lb, &hosts, &file.hosts)?;
+    let vip = crate::vip::vip_settings(&check, &site_name, &file.lb, &hosts, &file.hosts)?;
     let netns = crate::vip::netns_settings(&check, &file.netns, &hosts, vip.as_ref())?;
 
     Ok(Config {

@@ -49,6 +49,7 @@ fn roles_span(files: &[file::HostFile], host: &str) -> std::ops::Range<usize> {
 /// the lb hosts are (one machine: the stand-in; machines or namespaces: VRRP).
 pub(crate) fn vip_settings(
     check: &Checker,
+    site_name: &str,
     lb: &file::LbFile,
     hosts: &[Host],
     files: &[file::HostFile],
@@ -106,7 +107,7 @@ pub(crate) fn vip_settings(
         "lb.vrrp.advert_interval: expected 10ms to 40.95s in steps of 10ms (VRRPv3 counts centiseconds)",
     )?;
     let router_id = match *lb.vrrp.router_id.get_ref() {
-        0 => derived_router_id(address, lbs.first().map_or("", |h| h.name.as_str())),
+        0 => derived_router_id(site_name, address),
         id @ 1..=255 => id as u8,
         id => {
             return Err(check.error(
@@ -153,10 +154,10 @@ pub(crate) fn vip_settings(
     }))
 }
 
-/// A virtual router id that belongs to the site's address: two sites on one network (each
-/// with its own VIP) do not collide by default.
-fn derived_router_id(vip: IpAddr, first_lb: &str) -> u8 {
-    let id = crate::server_id(&format!("{vip}/{first_lb}"));
+/// A virtual router id that belongs to the site and its address: two sites on one network
+/// segment do not collide by default (one in 255 still may: then set `lb.vrrp.router_id`).
+fn derived_router_id(site_name: &str, vip: IpAddr) -> u8 {
+    let id = crate::server_id(&format!("{site_name}/{vip}"));
     (id % 255) as u8 + 1
 }
 
@@ -333,7 +334,7 @@ mod tests {
     #[test]
     fn router_ids_stay_in_range() {
         for n in 0..200u8 {
-            let id = derived_router_id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)), "lb-01");
+            let id = derived_router_id("www.foobar.com", IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)));
             assert!(id >= 1);
         }
     }

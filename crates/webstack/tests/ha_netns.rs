@@ -223,10 +223,14 @@ fn run_scenarios(topology: &Topology, prefix: &str) -> Vec<Scenario> {
         let out = topology.cli(&["stop", &format!("{holder}/lb")]);
         assert!(out.status.success(), "{out:?}");
     });
-    assert_eq!(
-        scenario.outcomes.failures(),
-        Vec::<String>::new(),
-        "a clean stop fails no request"
+    // No connection is refused or left hanging. A connection whose handshake reached the old
+    // holder just before the new one announced the address may still be reset: its next
+    // packet goes to the new holder, which knows no such connection (what any VRRP move does;
+    // with a loop of thousands of requests a second, about one run in three meets it).
+    let failures = scenario.outcomes.failures();
+    assert!(
+        failures.len() <= 1 && failures.iter().all(|f| f.contains("reset by peer")),
+        "a clean stop refuses no connection: {failures:?}"
     );
     done.push(scenario);
     let out = topology.cli(&["start", &format!("{victim}/lb")]);
@@ -250,18 +254,36 @@ fn keepalived_moves_the_vip_between_namespaces_and_up_removes_them() {
     for s in &scenarios {
         webstack_testkit::requests::record("namespaces (VRRP)", s.name, &s.outcomes);
     }
+
+    // `up` crashes: its hosts stop (they get SIGTERM when it dies), its namespaces stay; the
+    // next `up` on the same state dir proves them its own, removes them and starts again.
+    let ours = |prefix: &str| -> Vec<String> {
+        ip(&["netns", "list"])
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
+    };
+    let up = topology.up_pid().expect("up runs");
+    kill(up);
+    assert!(topology.stop().is_some(), "the killed up is reaped");
+    assert_eq!(ours(&prefix).len(), 6, "a crashed up leaves its namespaces");
+    topology.restart();
+    assert!(
+        topology
+            .up_log()
+            .contains("removing namespaces left by an earlier")
+    );
+    settled(&topology, &prefix);
+
     assert!(
         topology.stop().is_some_and(|s| s.success()),
         "{}",
         topology.up_log()
     );
-    let left: Vec<String> = ip(&["netns", "list"])
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .map(str::to_string)
-        .collect();
     assert_eq!(
-        left,
+        ours(&prefix),
         Vec::<String>::new(),
         "up removes every namespace it made"
     );
