@@ -70,22 +70,21 @@ impl Handoff {
         else {
             return;
         };
-        let holder = *state.borrow() == VipState::Master;
-        track.stop();
-        if !holder {
+        if *state.borrow() != VipState::Master {
+            track.stop();
             return;
         }
         tracing::info!("stopping: handing the VIP over before draining");
+        // On `lo` first, so the address never leaves this host before the other lb has it.
+        let added = vip::keepalived::keep_on_lo(address).await;
+        track.stop();
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
             state.wait_for(|s| *s != VipState::Master),
         )
         .await;
-        vip::keepalived::serve_while_clients_move(
-            address,
-            vip::keepalived::move_grace(self.advert_interval),
-        )
-        .await;
+        let grace = vip::keepalived::move_grace(self.advert_interval);
+        vip::keepalived::leave_lo(address, added, grace).await;
     }
 }
 

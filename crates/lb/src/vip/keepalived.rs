@@ -184,7 +184,7 @@ async fn ip_quietly(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Removes the VIP from `interface` (and from `lo`, see `serve_while_clients_move`) if a
+/// Removes the VIP from `interface` (and from `lo`, see `keep_on_lo`) if a
 /// keepalived or an lb that died left it there: two hosts holding it would split the site's
 /// traffic.
 async fn remove_stale_vip(vip: IpAddr, prefix_len: u8, interface: &str) {
@@ -199,15 +199,20 @@ async fn remove_stale_vip(vip: IpAddr, prefix_len: u8, interface: &str) {
     ip_quietly(&["addr", "del", &format!("{vip}/32"), "dev", "lo"]).await;
 }
 
-/// A planned stop (or keepalived died): keepalived removed the VIP from the interface, and the
-/// other lb announces it within `move_grace`. Until then clients still send here: the address is
-/// kept on `lo` (where keepalived does not look) so that requests this lb accepted finish and
-/// new ones still find it; then it goes. Kept short: while it is here, this host's own ARP
-/// traffic may point a client back at it, which the other lb's second announcement corrects.
-pub async fn serve_while_clients_move(vip: IpAddr, grace: Duration) {
-    let on_lo = ip_quietly(&["addr", "add", &format!("{vip}/32"), "dev", "lo"]).await;
+/// The VIP on `lo` (where keepalived does not look) while this lb gives it up: keepalived takes it
+/// off the interface at once, and the other lb announces it within `move_grace`; until then
+/// clients still send here, and requests this lb accepted must be able to answer. Returns
+/// whether the address was added (and must be taken away by `leave_lo`).
+pub async fn keep_on_lo(vip: IpAddr) -> bool {
+    ip_quietly(&["addr", "add", &format!("{vip}/32"), "dev", "lo"]).await
+}
+
+/// Waits out `grace`, then takes the VIP off `lo` again. Kept short: while it is here, this
+/// host's own ARP traffic may point a client back at it, which the other lb's second
+/// announcement corrects.
+pub async fn leave_lo(vip: IpAddr, added: bool, grace: Duration) {
     tokio::time::sleep(grace).await;
-    if on_lo {
+    if added {
         ip_quietly(&["addr", "del", &format!("{vip}/32"), "dev", "lo"]).await;
     }
 }
@@ -264,8 +269,9 @@ pub async fn run(config: VrrpConfig, vip: Arc<Vip>, shutdown: Shutdown) {
                 // it now. Connections accepted here still finish meanwhile.
                 remove_stale_vip(vip.address(), prefix_len, &interface).await;
                 if was_master {
-                    serve_while_clients_move(vip.address(), move_grace(config.advert_interval))
-                        .await;
+                    // Too late to avoid a gap, but what this lb accepted still finishes.
+                    let added = keep_on_lo(vip.address()).await;
+                    leave_lo(vip.address(), added, move_grace(config.advert_interval)).await;
                 }
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff.reset();
