@@ -238,6 +238,14 @@ pub(crate) fn netns_settings(
         }
         for host in hosts {
             check.ensure(
+                host.name != "switch" && host.name != "client",
+                netns.network.as_ref().map_or(0..0, Spanned::span),
+                format!(
+                    "host name {:?} is taken in namespace mode (the bridge's and the clients' namespaces): rename the host",
+                    host.name
+                ),
+            )?;
+            check.ensure(
                 usable_in(host.address, network),
                 netns.network.as_ref().map_or(0..0, Spanned::span),
                 format!(

@@ -34,6 +34,8 @@ use crate::server::{ActiveGuard, Server};
 const DISCARD_MAX: u64 = 1024 * 1024;
 /// How long the rest of such a body may take to arrive.
 const DISCARD_TIME: Duration = Duration::from_secs(2);
+/// How long a connection accepted just before a drain may take to send its first request.
+const FRESH_GRACE: Duration = Duration::from_secs(1);
 
 /// The client side of one connection.
 struct Client<C> {
@@ -99,9 +101,11 @@ impl Proxy {
         let mut back = Vec::with_capacity(1024);
         let stop = shutdown.triggered();
         let mut stop = std::pin::pin!(stop);
+        let mut fresh = true;
         loop {
-            match read_request(&mut client, &mut out, &options, &mut stop).await {
+            match read_request(&mut client, &mut out, &options, &mut stop, fresh).await {
                 Next::Request(request) => {
+                    fresh = false;
                     let draining = shutdown.is_triggered();
                     let keep = self
                         .exchange(&mut client, &request, &mut out, &mut back, draining)
@@ -637,19 +641,24 @@ struct Local<'a> {
 }
 
 /// Reads the next request head within the header timeout (which also bounds an idle
-/// keep-alive connection). An idle connection closes at once when the lb drains.
+/// keep-alive connection). An idle connection closes at once when the lb drains, but a `fresh`
+/// one (accepted, no request yet) gets `FRESH_GRACE` for its request: it was accepted just
+/// before the drain and its request is on its way (after the handshake, for TLS).
 async fn read_request<C, S>(
     client: &mut Client<C>,
     out: &mut Vec<u8>,
     options: &HttpOptions,
     stop: &mut S,
+    fresh: bool,
 ) -> Next
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: Future<Output = ()> + Unpin,
 {
     let forwarding = Forwarding::edge(client.peer.ip(), client.secure);
-    let deadline = tokio::time::Instant::now() + options.header_read_timeout;
+    let mut deadline = tokio::time::Instant::now() + options.header_read_timeout;
+    // `stop` fired while this fresh connection waits for its request (polled once only).
+    let mut stopped = false;
     loop {
         if !client.buf.is_empty() {
             match head::parse_request(&client.buf, out, &forwarding) {
@@ -674,7 +683,14 @@ where
                 deadline,
                 body::read_some(&mut client.io, &mut client.buf, BUFFER),
             ) => read,
-            () = &mut *stop, if idle => return Next::Close,
+            () = &mut *stop, if idle && !stopped => {
+                if !fresh {
+                    return Next::Close;
+                }
+                stopped = true;
+                deadline = deadline.min(tokio::time::Instant::now() + FRESH_GRACE);
+                continue;
+            }
         };
         match read {
             Ok(Ok(n)) if n > 0 => {}

@@ -63,7 +63,8 @@ pub struct Handoff {
 }
 
 impl Handoff {
-    /// Returns once the other lb serves the VIP (a few hundred ms for a VIP holder).
+    /// For a VIP holder: puts the address on `lo`, signals the fault, waits (at most 1 s) until
+    /// keepalived gave the address up and then `move_grace` for the other lb to announce it.
     pub async fn run(mut self) {
         let (Some(track), Some(state), Some(address)) =
             (self.track.take(), self.state.as_mut(), self.address)

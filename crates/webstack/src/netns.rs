@@ -94,6 +94,7 @@ async fn ip(args: &[&str]) -> anyhow::Result<String> {
     let output = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())
+        .kill_on_drop(true)
         .output()
         .await
         .context("cannot run `ip` (Debian's iproute2)")?;
@@ -133,6 +134,12 @@ fn alive(pid: u32) -> bool {
     })
 }
 
+/// True when `pid` is alive and runs this program (not a process that reused a dead up's pid).
+fn runs_webstack(pid: u32) -> bool {
+    let exe = fs::read_link(format!("/proc/{pid}/exe"));
+    alive(pid) && matches!((exe, std::env::current_exe()), (Ok(a), Ok(b)) if a == b)
+}
+
 /// Removes namespaces of this topology that a previous `up` of this state dir left (it
 /// crashed); refuses namespaces it cannot prove are its own.
 async fn clean_leftovers(plan: &Plan, state_dir: &Path) -> anyhow::Result<()> {
@@ -149,7 +156,7 @@ async fn clean_leftovers(plan: &Plan, state_dir: &Path) -> anyhow::Result<()> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     match owner {
-        Some(owner) if alive(owner.pid) && owner.pid != std::process::id() => bail!(
+        Some(owner) if runs_webstack(owner.pid) && owner.pid != std::process::id() => bail!(
             "namespaces {} belong to a running `webstack up --netns` (pid {}) with state dir {}",
             present.join(", "),
             owner.pid,
@@ -186,7 +193,9 @@ async fn remove_namespaces(namespaces: &[String]) {
         for &pid in &pids {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // The hosts of a crashed `up` got SIGTERM too and may still be stopping (a database
+        // shuts down cleanly): give them the time a host stop takes.
+        let deadline = Instant::now() + HOST_STOP_TIMEOUT;
         while pids.iter().any(|&p| alive(p as u32)) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -200,15 +209,19 @@ async fn remove_namespaces(namespaces: &[String]) {
 }
 
 /// Creates the switch, the client and one namespace per host, each host's veth on the bridge.
-async fn create(plan: &Plan) -> anyhow::Result<()> {
+/// Every namespace made is pushed to `made` as soon as it exists, so a failure (a name another
+/// `up` took meanwhile) removes only this run's.
+async fn create(plan: &Plan, made: &mut Vec<String>) -> anyhow::Result<()> {
     let switch = plan.switch.as_str();
     ip(&["netns", "add", switch]).await?;
+    made.push(switch.to_string());
     ip(&["-n", switch, "link", "set", "lo", "up"]).await?;
     ip(&["-n", switch, "link", "add", BRIDGE, "type", "bridge"]).await?;
     ip(&["-n", switch, "link", "set", BRIDGE, "up"]).await?;
     for ns in std::iter::once(&plan.client).chain(&plan.hosts) {
         let netns = ns.netns.as_str();
         ip(&["netns", "add", netns]).await?;
+        made.push(netns.to_string());
         // Made in the switch's namespace with its peer straight in the host's: no link is
         // ever in the machine's own namespace.
         ip(&[
@@ -267,11 +280,25 @@ fn hand_out_secrets(config: &Config, state_dir: &Path, hosts: &[Host]) -> anyhow
             .context("cannot create the local certificate authority")?;
     }
     for host in hosts {
-        for folder in ["secrets", "tls"] {
-            let from = state_dir.join(folder);
-            if from.is_dir() {
-                copy_dir(&from, &host.state_dir.join(folder))?;
-            }
+        let roles = config
+            .host(&host.name)
+            .map(|h| h.roles.clone())
+            .unwrap_or_default();
+        // Each host gets what its roles read, no more: the passwords where a database or an
+        // app runs, the site's certificate (not the CA's key) where an lb runs.
+        if roles.contains(&Role::Db) || roles.contains(&Role::App) {
+            copy_dir(
+                &state_dir.join("secrets"),
+                &host.state_dir.join("secrets"),
+                &[],
+            )?;
+        }
+        if roles.contains(&Role::Lb) {
+            copy_dir(
+                &state_dir.join("tls"),
+                &host.state_dir.join("tls"),
+                &["ca.key"],
+            )?;
         }
         // The lbs share one ACME folder, as production shares it between machines: the VIP
         // holder orders, every lb loads the certificate and answers the CA's challenges.
@@ -289,12 +316,19 @@ fn hand_out_secrets(config: &Config, state_dir: &Path, hosts: &[Host]) -> anyhow
     Ok(())
 }
 
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+/// Copies the files of `from` (not its folders, not `except`) into `to`, made 0700.
+fn copy_dir(from: &Path, to: &Path, except: &[&str]) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    if !from.is_dir() {
+        return Ok(());
+    }
     fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
     fs::set_permissions(to, fs::Permissions::from_mode(0o700))?;
     for entry in fs::read_dir(from)? {
         let entry = entry?;
+        if except.iter().any(|e| entry.file_name() == *e) {
+            continue;
+        }
         if entry.file_type()?.is_file() {
             let target = to.join(entry.file_name());
             fs::copy(entry.path(), &target)
@@ -412,6 +446,17 @@ pub async fn up(config: Config, state_dir: PathBuf) -> anyhow::Result<ExitCode> 
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let state_dir = fs::canonicalize(&state_dir)?;
+    {
+        // Root writes secrets and runs programs from here: nobody else may plant links in it.
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(&state_dir)?;
+        if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            bail!(
+                "state dir {} must be owned by root and writable by root only in namespace mode (it holds every host's secrets): use another --state-dir, or chown root and chmod go-w it",
+                state_dir.display()
+            );
+        }
+    }
     let listener = crate::supervisor::bind_control(&state_dir).await?;
     if let Err(error) = clean_leftovers(&plan, &state_dir).await {
         let _ = fs::remove_file(control::socket_path(&state_dir));
@@ -439,8 +484,9 @@ pub async fn up(config: Config, state_dir: PathBuf) -> anyhow::Result<ExitCode> 
         })
         .collect();
     let exe = std::env::current_exe().context("cannot find the webstack executable")?;
+    let mut made = Vec::new();
     let started = async {
-        create(&plan).await?;
+        create(&plan, &mut made).await?;
         hand_out_secrets(&config, &state_dir, &hosts)?;
         for (host, ns) in hosts.iter_mut().zip(&plan.hosts) {
             spawn_host(&config, &exe, &ns.netns, host)?;
@@ -467,7 +513,7 @@ pub async fn up(config: Config, state_dir: PathBuf) -> anyhow::Result<ExitCode> 
         }
     };
     stop_hosts(&mut hosts.lock().await, &config).await;
-    remove_namespaces(&plan.namespaces()).await;
+    remove_namespaces(&made).await;
     let _ = fs::remove_file(owner_path(&state_dir));
     let _ = fs::remove_file(control::socket_path(&state_dir));
     println!("webstack: stopped; namespaces removed");

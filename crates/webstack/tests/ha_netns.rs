@@ -179,15 +179,19 @@ fn run_scenarios(topology: &Topology, prefix: &str) -> Vec<Scenario> {
     let mut done = Vec::new();
     let host_dir = |host: &str| topology.state_dir.join("hosts").join(host);
 
+    // Both of keepalived's processes at once (as the OOM killer would): no priority-0 advert,
+    // the other lb takes over after three missed adverts.
     let (scenario, victim) = under_requests(topology, prefix, "keepalived killed", |holder| {
         let address = if holder == "lb-01" {
             "10.78.0.8"
         } else {
             "10.78.0.9"
         };
-        let pid_file = host_dir(holder).join(format!("run/keepalived-{address}.pid"));
-        let pid = std::fs::read_to_string(&pid_file).expect("keepalived's pid file");
-        kill(pid.trim().parse().unwrap());
+        for file in ["pid", "vrrp.pid"] {
+            let pid_file = host_dir(holder).join(format!("run/keepalived-{address}.{file}"));
+            let pid = std::fs::read_to_string(&pid_file).expect("keepalived's pid files");
+            kill(pid.trim().parse().unwrap());
+        }
     });
     done.push(scenario);
     back_as_standby(topology, prefix, victim);

@@ -141,8 +141,10 @@ impl AcmeClient {
             .clone()
     }
 
-    /// Another lb holds the site's address and orders; this one loads what it writes.
+    /// Another lb holds the site's address and orders; this one loads what it writes. The
+    /// challenges of an order it dropped (it lost the address) are withdrawn.
     pub fn standby(&self) {
+        self.challenges.clear();
         self.set_status(|s| s.state = "standby");
     }
 

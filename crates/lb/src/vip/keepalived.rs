@@ -49,12 +49,13 @@ impl Track {
 
     /// Records whether this lb can serve; written only on a change.
     pub fn set_healthy(&self, healthy: bool) {
-        let fault = !healthy || self.stopping.load(Ordering::Acquire);
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        // Read under the lock: a health tick racing `stop` never writes "0" after its "1".
+        let fault = !healthy || self.stopping.load(Ordering::Acquire);
         if *written == Some(fault) {
             return;
         }
-        // Written in place: keepalived watches the file itself (inotify), not its directory.
+        // Written in place: keepalived watches the file itself (inotify).
         match std::fs::write(&self.path, if fault { "1\n" } else { "0\n" }) {
             Ok(()) => *written = Some(fault),
             Err(error) => {
@@ -165,11 +166,17 @@ pub fn move_grace(advert_interval: Duration) -> Duration {
     advert_interval + Duration::from_millis(150)
 }
 
+/// The same when keepalived died without a word (SIGKILL, out of memory): the other lb waits
+/// for three missed adverts plus its skew time before it takes over.
+fn crash_grace(advert_interval: Duration) -> Duration {
+    advert_interval * 4 + Duration::from_millis(150)
+}
+
 /// When the new master announces the address a second time (whole seconds, keepalived's
 /// unit): after the old one stopped serving it, so a client that the old host's own ARP
 /// traffic pointed back at it during `move_grace` is corrected.
 fn second_announcement(advert_interval: Duration) -> Duration {
-    let after = move_grace(advert_interval) * 2;
+    let after = crash_grace(advert_interval) * 2;
     Duration::from_secs(after.as_secs() + u64::from(after.subsec_nanos() > 0))
         .max(Duration::from_secs(1))
 }
@@ -188,6 +195,11 @@ async fn ip_quietly(args: &[&str]) -> bool {
 /// keepalived or an lb that died left it there: two hosts holding it would split the site's
 /// traffic.
 async fn remove_stale_vip(vip: IpAddr, prefix_len: u8, interface: &str) {
+    remove_from_interface(vip, prefix_len, interface).await;
+    ip_quietly(&["addr", "del", &format!("{vip}/32"), "dev", "lo"]).await;
+}
+
+async fn remove_from_interface(vip: IpAddr, prefix_len: u8, interface: &str) {
     ip_quietly(&[
         "addr",
         "del",
@@ -204,7 +216,11 @@ async fn remove_stale_vip(vip: IpAddr, prefix_len: u8, interface: &str) {
 /// clients still send here, and requests this lb accepted must be able to answer. Returns
 /// whether the address was added (and must be taken away by `leave_lo`).
 pub async fn keep_on_lo(vip: IpAddr) -> bool {
-    ip_quietly(&["addr", "add", &format!("{vip}/32"), "dev", "lo"]).await
+    let added = ip_quietly(&["addr", "add", &format!("{vip}/32"), "dev", "lo"]).await;
+    if !added {
+        tracing::warn!(%vip, "cannot put the VIP on lo (does this lb have CAP_NET_ADMIN?): requests in flight on it may fail while it moves");
+    }
+    added
 }
 
 /// Waits out `grace`, then takes the VIP off `lo` again. Kept short: while it is here, this
@@ -265,13 +281,12 @@ pub async fn run(config: VrrpConfig, vip: Arc<Vip>, shutdown: Shutdown) {
             }
             (status, was_master) = exited(&mut child, vip.state.subscribe()) => {
                 vip.state.send_replace(VipState::Fault);
-                // Killed, it may have left the address on the interface; the other lb takes
-                // it now. Connections accepted here still finish meanwhile.
-                remove_stale_vip(vip.address(), prefix_len, &interface).await;
+                // Killed, it may have left the address on the interface: the other lb takes it
+                // now. Held on `lo` first, so what this lb accepted still finishes meanwhile.
+                let added = was_master && keep_on_lo(vip.address()).await;
+                remove_from_interface(vip.address(), prefix_len, &interface).await;
                 if was_master {
-                    // Too late to avoid a gap, but what this lb accepted still finishes.
-                    let added = keep_on_lo(vip.address()).await;
-                    leave_lo(vip.address(), added, move_grace(config.advert_interval)).await;
+                    leave_lo(vip.address(), added, crash_grace(config.advert_interval)).await;
                 }
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff.reset();
@@ -423,7 +438,7 @@ mod tests {
             "version 3",
             "virtual_router_id 42",
             "advert_int 0.10",
-            "vrrp_garp_master_delay 1\n",
+            "vrrp_garp_master_delay 2\n",
             "unicast_src_ip 10.77.0.1",
             "        10.77.0.2\n",
             "10.77.0.10/24 dev eth0",
@@ -439,14 +454,15 @@ mod tests {
         for ms in [10, 100, 850, 1000, 2500, 40_950] {
             let advert = Duration::from_millis(ms);
             assert!(
-                second_announcement(advert) >= move_grace(advert) * 2,
+                second_announcement(advert) >= crash_grace(advert) * 2,
                 "{ms} ms"
             );
+            assert!(crash_grace(advert) > move_grace(advert));
             assert!(second_announcement(advert) >= Duration::from_secs(1));
         }
         assert_eq!(
             second_announcement(Duration::from_millis(100)),
-            Duration::from_secs(1)
+            Duration::from_secs(2)
         );
     }
 

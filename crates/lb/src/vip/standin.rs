@@ -77,7 +77,7 @@ pub fn acquire(
                 return Err(io::Error::new(
                     error.kind(),
                     format!(
-                        "cannot listen on the VIP ({}): {error}; no other lb of this site shares it, so another process holds the address",
+                        "cannot listen on the VIP ({}): {error}; no other lb of this site shares it (see their logs), so another process holds the address",
                         wanted
                             .iter()
                             .map(ToString::to_string)
@@ -124,22 +124,31 @@ fn fetch(path: &Path, wanted: &[SocketAddr]) -> io::Result<Vec<std::net::TcpList
     Ok(ordered)
 }
 
-/// Hands duplicates of `sockets` to every peer that connects to this lb's share path, until the
-/// task is dropped. The path is made private (0600) before it is visible.
-async fn share(run_dir: PathBuf, host: String, sockets: Vec<OwnedFd>) {
-    let path = share_path(&run_dir, &host);
+/// Binds this lb's share path, private (0600) before it is visible.
+fn bind_share(run_dir: &Path, host: &str) -> io::Result<tokio::net::UnixListener> {
+    let path = share_path(run_dir, host);
     let fresh = run_dir.join(format!(".{host}-vip.{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&fresh);
-    let listener = match tokio::net::UnixListener::bind(&fresh) {
-        Ok(listener) => listener,
-        Err(error) => return tracing::error!(%error, "cannot share the VIP's sockets"),
-    };
+    let listener = tokio::net::UnixListener::bind(&fresh)?;
     use std::os::unix::fs::PermissionsExt;
-    if let Err(error) = std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| std::fs::rename(&fresh, &path))
-    {
-        return tracing::error!(%error, "cannot share the VIP's sockets");
-    }
+    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&fresh, &path))?;
+    Ok(listener)
+}
+
+/// True when the peer of `stream` runs this very program (another lb of the site): the file
+/// mode already keeps other users out, this keeps out other programs of the same user.
+fn is_webstack(stream: &tokio::net::UnixStream) -> bool {
+    let Ok(peer) = rustix::net::sockopt::socket_peercred(stream) else {
+        return false;
+    };
+    let exe = std::fs::read_link(format!("/proc/{}/exe", peer.pid.as_raw_pid()));
+    matches!((exe, std::env::current_exe()), (Ok(theirs), Ok(ours)) if theirs == ours)
+}
+
+/// Hands duplicates of `sockets` to every other lb that connects to this lb's share path,
+/// until the task is dropped.
+async fn share(listener: tokio::net::UnixListener, sockets: Vec<OwnedFd>) {
     let fds: Vec<_> = sockets.iter().map(AsFd::as_fd).collect();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -147,6 +156,10 @@ async fn share(run_dir: PathBuf, host: String, sockets: Vec<OwnedFd>) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        if !is_webstack(&stream) {
+            tracing::warn!("refused the VIP's sockets to a process that is not webstack");
+            continue;
+        }
         let byte = [1u8];
         let iov = [IoSlice::new(&byte)];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_SOCKETS))];
@@ -170,7 +183,15 @@ pub async fn run(
     shutdown: Shutdown,
     release: oneshot::Receiver<()>,
 ) {
-    let sharing = tokio::spawn(share(run_dir.clone(), host.clone(), sockets));
+    let sharing = match bind_share(&run_dir, &host) {
+        Ok(listener) => Some(tokio::spawn(share(listener, sockets))),
+        Err(error) => {
+            // Still serve: an lb that starts later cannot get the socket from this one (it
+            // says so), but the site keeps its address.
+            tracing::error!(%error, path = %share_path(&run_dir, &host).display(), "cannot share the VIP's sockets with the other lbs");
+            None
+        }
+    };
     let path = lock_path(&run_dir);
     let mut file = match std::fs::OpenOptions::new()
         .create(true)
@@ -189,6 +210,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while let Some(candidate) = file.take() {
         tokio::select! {
+            biased;
             _ = shutdown.triggered() => break,
             _ = tick.tick() => {}
         }
@@ -207,5 +229,7 @@ pub async fn run(
         }
     }
     let _ = std::fs::remove_file(share_path(&run_dir, &host));
-    sharing.abort();
+    if let Some(sharing) = sharing {
+        sharing.abort();
+    }
 }
