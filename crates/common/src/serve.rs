@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,6 +32,8 @@ pub struct HttpOptions {
     pub max_header_bytes: usize,
     /// How many connections are served at once.
     pub connections: ConnectionLimit,
+    /// This worker's place among workers accepting on the same sockets (the lb's); None alone.
+    pub share: Option<AcceptShare>,
 }
 
 impl Default for HttpOptions {
@@ -39,6 +42,7 @@ impl Default for HttpOptions {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             connections: ConnectionLimit::new(1024),
+            share: None,
         }
     }
 }
@@ -62,6 +66,60 @@ impl ConnectionLimit {
     }
 }
 
+/// Workers accepting on one shared listening socket (the lb's): the kernel wakes all of them
+/// for a new connection and the first to ask gets it, so one busy worker could end up with
+/// most connections. Each counts its open connections; one holding more than the least busy
+/// worker plus one lets its own tasks run a few times (`SHARE_YIELDS`) before it accepts,
+/// leaving the connection to a less busy worker woken by the same event (or taking it if none
+/// did). Never a timer: a worker that sleeps while busy costs more than an uneven spread. `SO_REUSEPORT` would spread connections
+/// too, but would let any process of the same user join the socket.
+#[derive(Clone, Debug)]
+pub struct AcceptShare {
+    open: Arc<[AtomicUsize]>,
+    me: usize,
+}
+
+/// How many turns a crowded worker leaves a new connection to the others.
+const SHARE_YIELDS: usize = 8;
+
+impl AcceptShare {
+    /// One share per worker, all counting together.
+    pub fn for_workers(workers: usize) -> Vec<AcceptShare> {
+        let open: Arc<[AtomicUsize]> = (0..workers.max(1)).map(|_| AtomicUsize::new(0)).collect();
+        (0..workers.max(1))
+            .map(|me| AcceptShare {
+                open: open.clone(),
+                me,
+            })
+            .collect()
+    }
+
+    fn crowded(&self) -> bool {
+        let mine = self.open[self.me].load(Ordering::Relaxed);
+        let least = self
+            .open
+            .iter()
+            .map(|o| o.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        mine > least + 1
+    }
+
+    /// Counts one more open connection of this worker until the guard drops.
+    fn opened(&self) -> OpenGuard {
+        self.open[self.me].fetch_add(1, Ordering::Relaxed);
+        OpenGuard(self.clone())
+    }
+}
+
+struct OpenGuard(AcceptShare);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open[self.0.me].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Boxed body type used where responses of different origins meet.
 pub type BoxBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -80,18 +138,25 @@ pub async fn serve_http<M, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let limit = options.connections.clone();
-    accept_loop(listener, &limit, shutdown, |stream, peer, shutdown| {
-        serve_connection(stream, make_service(peer), options.clone(), shutdown)
-    })
+    accept_loop(
+        listener,
+        &limit,
+        None,
+        shutdown,
+        |stream, peer, shutdown| {
+            serve_connection(stream, make_service(peer), options.clone(), shutdown)
+        },
+    )
     .await
 }
 
 /// Accepts connections until `shutdown` triggers and runs `handle` for each as a tracked task
-/// (so the drain waits for it), at most `limit` at once. Shared by the plain HTTP and the TLS
-/// listeners.
+/// (so the drain waits for it), at most `limit` at once; with `share`, evenly among the workers
+/// accepting on the same socket. Shared by the plain HTTP and the TLS listeners.
 pub async fn accept_loop<H, F>(
     listener: TcpListener,
     limit: &ConnectionLimit,
+    share: Option<AcceptShare>,
     shutdown: Shutdown,
     handle: H,
 ) where
@@ -123,6 +188,12 @@ pub async fn accept_loop<H, F>(
                 "accepting again"
             );
         }
+        for _ in 0..SHARE_YIELDS {
+            if !share.as_ref().is_some_and(AcceptShare::crowded) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         let accepted = tokio::select! {
             biased;
             _ = shutdown.triggered() => break,
@@ -149,10 +220,12 @@ pub async fn accept_loop<H, F>(
                 },
             },
         };
+        let open = share.as_ref().map(AcceptShare::opened);
         let connection = handle(stream, peer, shutdown.clone());
         shutdown.spawn(async move {
             connection.await;
             drop(slot);
+            drop(open);
         });
     }
 }
@@ -449,5 +522,24 @@ mod streams {
             }
             assert!(!watching.is_finished());
         }
+    }
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::AcceptShare;
+
+    #[test]
+    fn a_worker_ahead_of_the_least_busy_by_two_leaves_new_connections_to_it() {
+        let shares = AcceptShare::for_workers(2);
+        let (a, b) = (&shares[0], &shares[1]);
+        let first = a.opened();
+        assert!(!a.crowded(), "one ahead is within the share");
+        let second = a.opened();
+        assert!(a.crowded() && !b.crowded());
+        let _on_b = b.opened();
+        assert!(!a.crowded());
+        drop((first, second));
+        assert!(!a.crowded() && !b.crowded());
     }
 }

@@ -17,7 +17,8 @@ pub struct Config {
     pub retries: u32,
     /// One log line per request under the `access` target.
     pub access_log: bool,
-    /// Worker threads, each with its own listener (`SO_REUSEPORT`) and connection pool.
+    /// Worker threads, each accepting on every (shared) listening socket, with its own
+    /// connection pool.
     pub threads: usize,
     /// Client connections served at once over both ports; more wait in the listen backlog
     /// (HAProxy's `maxconn`).

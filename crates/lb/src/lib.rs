@@ -285,6 +285,9 @@ impl LoadBalancer {
         };
         let balancer = Arc::new(balance::Balancer::new(self.config.algorithm, &self.servers));
         let gate = self.vip.as_ref().map(|v| v.state.subscribe());
+        // Every worker accepts on every listening socket: they keep their shares even.
+        let mut shares =
+            webstack_common::serve::AcceptShare::for_workers(self.config.threads.max(1));
         // Each worker drops its sender once it stopped accepting on every listener.
         let (accepting, mut all_stopped) = mpsc::channel::<()>(1);
         let mut threads = Vec::new();
@@ -314,8 +317,11 @@ impl LoadBalancer {
                 .tls
                 .as_ref()
                 .map(|t| (t.acceptor.clone(), handshake_timeout));
-            let (options, shutdown, accepting) =
-                (options.clone(), shutdown.clone(), accepting.clone());
+            let options = HttpOptions {
+                share: shares.pop(),
+                ..options.clone()
+            };
+            let (shutdown, accepting) = (shutdown.clone(), accepting.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("lb-worker-{n}"))
                 .spawn(move || {
@@ -471,15 +477,22 @@ mod workers {
                                 (proxy.clone(), options.clone(), shutdown.clone());
                             async move {
                                 let limit = options.connections.clone();
-                                accept_loop(socket, &limit, shutdown, |stream, peer, shutdown| {
-                                    proxy.clone().serve_h1(
-                                        stream,
-                                        peer,
-                                        false,
-                                        options.clone(),
-                                        shutdown,
-                                    )
-                                })
+                                let share = options.share.clone();
+                                accept_loop(
+                                    socket,
+                                    &limit,
+                                    share,
+                                    shutdown,
+                                    |stream, peer, shutdown| {
+                                        proxy.clone().serve_h1(
+                                            stream,
+                                            peer,
+                                            false,
+                                            options.clone(),
+                                            shutdown,
+                                        )
+                                    },
+                                )
                                 .await
                             }
                         };

@@ -115,6 +115,7 @@ pub async fn serve_tls<M, S, B, H, F>(
     accept_loop(
         listener,
         &options.connections,
+        options.share.clone(),
         shutdown,
         |stream, peer, conn_shutdown| {
             let (service, acceptor, serve_h1) =
