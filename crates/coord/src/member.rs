@@ -67,6 +67,9 @@ impl MemberConfig {
             "--auto-compaction-mode=periodic".into(),
             "--auto-compaction-retention=10m".into(),
             "--logger=zap".into(),
+            // A member coming back (restarted, reconnected) asks before it campaigns, so it
+            // does not depose a working leader (the default from etcd 3.5 on).
+            "--pre-vote=true".into(),
         ]
     }
 }
