@@ -159,6 +159,16 @@ fn parse_role(name: &str) -> Result<Role, String> {
         .ok_or_else(|| format!("unknown role {name:?}: expected lb, web, app, db or etcd"))
 }
 
+/// The topology's host names, for error messages: "lb-01, lb-02, web-01".
+pub fn host_names(config: &Config) -> String {
+    config
+        .hosts
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }

@@ -54,6 +54,44 @@ pub struct UnitStatus {
     pub restarts: u32,
 }
 
+impl Reply {
+    pub fn failure(error: String) -> Reply {
+        Reply {
+            ok: false,
+            error: Some(error),
+            ..Reply::default()
+        }
+    }
+}
+
+/// Answers one connection of a control socket: reads its request (one short JSON line, bounded
+/// in size and time) and writes back what `answer` makes of it.
+pub async fn answer_one<F, Fut>(mut stream: UnixStream, answer: F)
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Reply>,
+{
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        (&mut stream).take(64 * 1024).read_to_end(&mut buf),
+    )
+    .await;
+    let reply = match read
+        .ok()
+        .and_then(|r| r.ok())
+        .map(|_| serde_json::from_slice::<Request>(&buf))
+    {
+        Some(Ok(request)) => answer(request).await,
+        Some(Err(error)) => Reply::failure(format!("bad request: {error}")),
+        None => Reply::failure("no request received".into()),
+    };
+    if let Ok(bytes) = serde_json::to_vec(&reply) {
+        let _ = stream.write_all(&bytes).await;
+    }
+    let _ = stream.shutdown().await;
+}
+
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("control.sock")
 }

@@ -63,12 +63,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     "host {:?} is not in {} (hosts: {})",
                     args.host,
                     config.path.display(),
-                    config
-                        .hosts
-                        .iter()
-                        .map(|h| h.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    cli::host_names(&config)
                 );
             }
             match args.role {

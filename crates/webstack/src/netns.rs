@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 use webstack_common::shutdown::termination_signal;
@@ -570,64 +569,39 @@ async fn control_loop(listener: UnixListener, hosts: Arc<tokio::sync::Mutex<Vec<
     }
 }
 
-async fn answer(mut stream: UnixStream, dirs: Arc<Vec<(String, PathBuf)>>) {
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(
-        Duration::from_secs(5),
-        (&mut stream).take(64 * 1024).read_to_end(&mut buf),
-    )
-    .await;
-    let request = read
-        .ok()
-        .and_then(|r| r.ok())
-        .and_then(|_| serde_json::from_slice::<Request>(&buf).ok());
-    let reply = match request {
-        None => failure("no readable request received".into()),
-        Some(Request::Status) => {
-            let mut all = Reply {
-                ok: true,
-                ..Reply::default()
-            };
-            for (_, dir) in dirs.iter() {
-                if let Ok(reply) = control::request(dir, &Request::Status).await {
-                    all.site = reply.site;
-                    all.units.extend(reply.units);
+async fn answer(stream: UnixStream, dirs: Arc<Vec<(String, PathBuf)>>) {
+    control::answer_one(stream, |request| async move {
+        let target = match &request {
+            Request::Stop { target } | Request::Start { target } => target.as_str(),
+            Request::Status => {
+                let mut all = Reply {
+                    ok: true,
+                    ..Reply::default()
+                };
+                for (_, dir) in dirs.iter() {
+                    if let Ok(reply) = control::request(dir, &Request::Status).await {
+                        all.site = reply.site;
+                        all.units.extend(reply.units);
+                    }
                 }
+                return all;
             }
-            all
+        };
+        let host = target.split('/').next().unwrap_or_default();
+        match dirs.iter().find(|(name, _)| name == host) {
+            Some((_, dir)) => control::request(dir, &request)
+                .await
+                .unwrap_or_else(|e| Reply::failure(format!("{e:#}"))),
+            None => Reply::failure(format!(
+                "{target:?} names no host: expected HOST or HOST/ROLE with HOST one of {}",
+                dirs.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
         }
-        Some(request) => {
-            let target = match &request {
-                Request::Stop { target } | Request::Start { target } => target.as_str(),
-                Request::Status => "",
-            };
-            let host = target.split('/').next().unwrap_or_default();
-            match dirs.iter().find(|(name, _)| name == host) {
-                Some((_, dir)) => control::request(dir, &request)
-                    .await
-                    .unwrap_or_else(|e| failure(format!("{e:#}"))),
-                None => failure(format!(
-                    "{target:?} names no host: expected HOST or HOST/ROLE with HOST one of {}",
-                    dirs.iter()
-                        .map(|(n, _)| n.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-            }
-        }
-    };
-    if let Ok(bytes) = serde_json::to_vec(&reply) {
-        let _ = stream.write_all(&bytes).await;
-    }
-    let _ = stream.shutdown().await;
-}
-
-fn failure(error: String) -> Reply {
-    Reply {
-        ok: false,
-        error: Some(error),
-        ..Reply::default()
-    }
+    })
+    .await;
 }
 
 /// `webstack exec HOST -- CMD`: runs CMD in the host's namespace (or `client`, `switch`).
@@ -637,12 +611,7 @@ pub fn exec(config: &Config, host: &str, command: &[String]) -> anyhow::Result<E
         bail!(
             "{host:?} is not a host of {} (hosts: {}, or client, switch)",
             config.path.display(),
-            config
-                .hosts
-                .iter()
-                .map(|h| h.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            crate::cli::host_names(config)
         );
     }
     let Some((program, args)) = command.split_first() else {

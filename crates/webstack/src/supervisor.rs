@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 use webstack_common::backoff::Backoff;
@@ -620,37 +619,15 @@ async fn control_loop(sup: Shared, listener: UnixListener) {
     }
 }
 
-async fn handle_control(sup: Shared, mut stream: UnixStream) {
-    let mut buf = Vec::new();
-    // A request is one short JSON line; bound both size and time.
-    let read = tokio::time::timeout(
-        Duration::from_secs(5),
-        (&mut stream).take(64 * 1024).read_to_end(&mut buf),
-    )
+async fn handle_control(sup: Shared, stream: UnixStream) {
+    control::answer_one(stream, |request| async move {
+        match request {
+            Request::Status => sup.snapshot(),
+            Request::Stop { target } => stop_target(&sup, &target).await,
+            Request::Start { target } => start_target(&sup, &target).await,
+        }
+    })
     .await;
-    let reply = match read
-        .ok()
-        .and_then(|r| r.ok())
-        .map(|_| serde_json::from_slice::<Request>(&buf))
-    {
-        Some(Ok(Request::Status)) => sup.snapshot(),
-        Some(Ok(Request::Stop { target })) => stop_target(&sup, &target).await,
-        Some(Ok(Request::Start { target })) => start_target(&sup, &target).await,
-        Some(Err(error)) => failure(format!("bad request: {error}")),
-        None => failure("no request received".into()),
-    };
-    if let Ok(bytes) = serde_json::to_vec(&reply) {
-        let _ = stream.write_all(&bytes).await;
-    }
-    let _ = stream.shutdown().await;
-}
-
-fn failure(error: String) -> Reply {
-    Reply {
-        ok: false,
-        error: Some(error),
-        ..Reply::default()
-    }
 }
 
 /// SIGTERM to each named unit (front to back), then wait for them to exit; SIGKILL stragglers.
@@ -700,7 +677,7 @@ async fn stop_units(sup: &Shared, mut indices: Vec<usize>) -> Vec<String> {
 async fn stop_target(sup: &Shared, target: &str) -> Reply {
     let indices = match sup.resolve(target) {
         Ok(indices) => indices,
-        Err(error) => return failure(error),
+        Err(error) => return Reply::failure(error),
     };
     let stopped = stop_units(sup, indices).await;
     let message = if stopped.is_empty() {
@@ -718,7 +695,7 @@ async fn stop_target(sup: &Shared, target: &str) -> Reply {
 async fn start_target(sup: &Shared, target: &str) -> Reply {
     let mut indices = match sup.resolve(target) {
         Ok(indices) => indices,
-        Err(error) => return failure(error),
+        Err(error) => return Reply::failure(error),
     };
     indices.sort_by_key(|&i| sup.units.lock().unwrap()[i].role);
     let mut started = Vec::new();
@@ -732,11 +709,11 @@ async fn start_target(sup: &Shared, target: &str) -> Reply {
                 continue;
             }
             if let Err(error) = sup.spawn(unit) {
-                return failure(format!("{error:#}"));
+                return Reply::failure(format!("{error:#}"));
             }
         }
         if let Err(error) = wait_ready(sup, i).await {
-            return failure(format!("{error:#}"));
+            return Reply::failure(format!("{error:#}"));
         }
         let units = sup.units.lock().unwrap();
         started.push(format!(
