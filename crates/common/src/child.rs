@@ -1,4 +1,5 @@
-//! Child programs that must not outlive the role that runs them (mariadbd, etcd, keepalived):
+//! Child programs that must not outlive the role that runs them (mariadbd, etcd, keepalived),
+//! and whether a pid runs this very program. Children are
 //! started through util-linux's `setpriv --pdeathsig KILL`, so the kernel kills them if their
 //! role dies, even by SIGKILL. (The workspace forbids `unsafe`, which `pre_exec` + `prctl`
 //! would need; `setpriv` execs the program, so its pid is the program's.)
@@ -42,4 +43,11 @@ pub async fn stop(child: &mut Child, limit: Duration, name: &str) {
         tracing::warn!("{name} did not stop within {limit:?}; killing it");
         let _ = child.kill().await;
     }
+}
+
+/// True when process `pid` runs this very program (its `/proc/<pid>/exe` is ours): another
+/// webstack process, not one that reused a dead one's pid. False for a zombie or a gone pid.
+pub fn runs_this_program(pid: u32) -> bool {
+    let theirs = std::fs::read_link(format!("/proc/{pid}/exe"));
+    matches!((theirs, std::env::current_exe()), (Ok(theirs), Ok(ours)) if theirs == ours)
 }

@@ -133,12 +133,6 @@ fn alive(pid: u32) -> bool {
     })
 }
 
-/// True when `pid` is alive and runs this program (not a process that reused a dead up's pid).
-fn runs_webstack(pid: u32) -> bool {
-    let exe = fs::read_link(format!("/proc/{pid}/exe"));
-    alive(pid) && matches!((exe, std::env::current_exe()), (Ok(a), Ok(b)) if a == b)
-}
-
 /// Removes namespaces of this topology that a previous `up` of this state dir left (it
 /// crashed); refuses namespaces it cannot prove are its own.
 async fn clean_leftovers(plan: &Plan, state_dir: &Path) -> anyhow::Result<()> {
@@ -155,12 +149,17 @@ async fn clean_leftovers(plan: &Plan, state_dir: &Path) -> anyhow::Result<()> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     match owner {
-        Some(owner) if runs_webstack(owner.pid) && owner.pid != std::process::id() => bail!(
-            "namespaces {} belong to a running `webstack up --netns` (pid {}) with state dir {}",
-            present.join(", "),
-            owner.pid,
-            state_dir.display()
-        ),
+        Some(owner)
+            if webstack_common::child::runs_this_program(owner.pid)
+                && owner.pid != std::process::id() =>
+        {
+            bail!(
+                "namespaces {} belong to a running `webstack up --netns` (pid {}) with state dir {}",
+                present.join(", "),
+                owner.pid,
+                state_dir.display()
+            )
+        }
         Some(owner) if present.iter().all(|n| owner.namespaces.contains(n)) => {
             println!(
                 "webstack: removing namespaces left by an earlier `up --netns` (pid {}): {}",
@@ -372,12 +371,6 @@ fn spawn_host(config: &Config, exe: &Path, netns: &str, host: &mut Host) -> anyh
     Ok(())
 }
 
-fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// Waits until every host's supervisor reports all its roles healthy.
 async fn wait_ready(hosts: &mut [Host]) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -396,7 +389,7 @@ async fn wait_ready(hosts: &mut [Host]) -> anyhow::Result<()> {
                     "host {} exited during startup ({status}); last lines of {}:\n{}",
                     host.name,
                     host.log.display(),
-                    tail(&host.log, 15)
+                    crate::supervisor::tail(&host.log, 15)
                 );
             }
             if let Ok(reply) = control::request(&host.state_dir, &Request::Status).await

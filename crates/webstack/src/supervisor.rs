@@ -465,7 +465,8 @@ async fn wait_ready(sup: &Shared, index: usize) -> anyhow::Result<()> {
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+/// The last `lines` lines of a log file (for a start that failed).
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

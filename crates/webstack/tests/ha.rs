@@ -81,6 +81,19 @@ fn the_site_address_survives_a_stop_and_a_kill_of_the_lb_holding_it() {
         assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
     }
 
+    // Nor can another program of the same user get the shared socket from an lb.
+    {
+        use std::io::Read;
+        let share = topology.state_dir().join(format!("run/{first}-vip.sock"));
+        let mut stream = std::os::unix::net::UnixStream::connect(&share).expect("the share socket");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = stream.read_to_end(&mut got);
+        assert!(got.is_empty(), "the lb handed its socket to a stranger");
+    }
+
     // A planned stop of the holder: not one request fails, the other lb takes the address.
     let requests = RequestLoop::start(None, topology.lb());
     std::thread::sleep(Duration::from_millis(500));

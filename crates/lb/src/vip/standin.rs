@@ -139,11 +139,9 @@ fn bind_share(run_dir: &Path, host: &str) -> io::Result<tokio::net::UnixListener
 /// True when the peer of `stream` runs this very program (another lb of the site): the file
 /// mode already keeps other users out, this keeps out other programs of the same user.
 fn is_webstack(stream: &tokio::net::UnixStream) -> bool {
-    let Ok(peer) = rustix::net::sockopt::socket_peercred(stream) else {
-        return false;
-    };
-    let exe = std::fs::read_link(format!("/proc/{}/exe", peer.pid.as_raw_pid()));
-    matches!((exe, std::env::current_exe()), (Ok(theirs), Ok(ours)) if theirs == ours)
+    rustix::net::sockopt::socket_peercred(stream).is_ok_and(|peer| {
+        u32::try_from(peer.pid.as_raw_pid()).is_ok_and(webstack_common::child::runs_this_program)
+    })
 }
 
 /// Hands duplicates of `sockets` to every other lb that connects to this lb's share path,
