@@ -10,7 +10,7 @@ need_cargo() {
 }
 
 # Installs Debian packages that provide the given commands, when they are missing.
-# Usage: need_packages command:package ...
+# Usage: need_packages command:package ...   (NO_RECOMMENDS=1: without recommended packages)
 need_packages() {
     local missing=()
     for pair in "$@"; do
@@ -26,5 +26,10 @@ need_packages() {
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
     echo "installing ${missing[*]} (apt-get)" >&2
-    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    local extra=()
+    [ "${NO_RECOMMENDS:-0}" = 1 ] && extra+=(--no-install-recommends)
+    # Deduplicated: one package may provide several of the commands.
+    local unique
+    mapfile -t unique < <(printf '%s\n' "${missing[@]}" | sort -u)
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${extra[@]}" "${unique[@]}" >/dev/null
 }

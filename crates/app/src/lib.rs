@@ -3,8 +3,10 @@
 
 mod config;
 mod error;
+pub mod metrics;
 mod pages;
 mod posts;
+mod trace;
 
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ pub struct AppState {
     templates: minijinja::Environment<'static>,
     /// The database router, when the topology has a database.
     db: Option<Arc<webstack_db::router::Router>>,
+    metrics: metrics::Metrics,
 }
 
 /// Why the application could not start.
@@ -83,13 +86,19 @@ pub fn load_templates(
 }
 
 impl AppState {
-    pub fn load(config: Config) -> Result<Self, StartError> {
+    /// Loads the templates, makes the database router and registers the app's metrics.
+    pub fn load(
+        config: Config,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Result<Self, StartError> {
         let templates = load_templates(&config.templates_dir)?;
         let db = config.db.clone().map(webstack_db::router::Router::new);
+        let metrics = metrics::Metrics::register(registry, db.clone());
         Ok(Self {
             config,
             templates,
             db,
+            metrics,
         })
     }
 
@@ -100,6 +109,11 @@ impl AppState {
 
 /// The application's routes, without a socket (tests call them with `oneshot`).
 pub fn router(state: Arc<AppState>) -> Router {
+    let tracking = trace::Tracking {
+        metrics: state.metrics.clone(),
+        access_log: state.config.access_log,
+        server_timing: state.config.server_timing,
+    };
     Router::new()
         .route("/", get(pages::home))
         .route("/posts", post(pages::create_from_form))
@@ -110,6 +124,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(pages::healthz))
         .fallback(pages::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(axum::middleware::from_fn_with_state(tracking, trace::track))
         .with_state(state)
 }
 

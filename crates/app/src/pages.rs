@@ -59,7 +59,14 @@ pub async fn home(
     let (posts, db_error) = match &state.db {
         None => (Vec::new(), None),
         Some(router) => {
-            match posts::recent(router, 10, posts::session_position(&headers).as_ref()).await {
+            match posts::recent(
+                router,
+                &state.metrics,
+                10,
+                posts::session_position(&headers).as_ref(),
+            )
+            .await
+            {
                 Ok((posts, node)) => {
                     db_read = Some(node.name.clone());
                     (posts, None)
@@ -100,8 +107,13 @@ pub async fn post_page(
     headers: HeaderMap,
 ) -> Result<Html<String>, AppError> {
     let id = parse_id(&id)?;
-    let (post, node) =
-        posts::get(db(&state)?, id, posts::session_position(&headers).as_ref()).await?;
+    let (post, node) = posts::get(
+        db(&state)?,
+        &state.metrics,
+        id,
+        posts::session_position(&headers).as_ref(),
+    )
+    .await?;
     let post = post.ok_or(AppError::NotFound)?;
     Ok(Html(state.render("post.html", context! { site => &state.config.site_name, post => minijinja::Value::from(minijinja::value::Serde(&post)), db_read => &node.name })?))
 }
@@ -115,7 +127,7 @@ pub async fn create_from_form(
 ) -> Result<Response, AppError> {
     let Form(new) = form.map_err(|rejection| AppError::BadInput(rejection.body_text()))?;
     let new = new.validate()?;
-    let (post, gtid) = posts::create(db(&state)?, &new).await?;
+    let (post, gtid) = posts::create(db(&state)?, &state.metrics, &new).await?;
     let mut response = Redirect::to(&format!("/posts/{}", post.id)).into_response();
     set_session(&mut response, &gtid, behind_https(&headers));
     Ok(response)
@@ -153,6 +165,7 @@ pub async fn api_list(
     };
     let (posts, node) = posts::recent(
         db(&state)?,
+        &state.metrics,
         limit,
         posts::session_position(&headers).as_ref(),
     )
@@ -166,7 +179,13 @@ pub async fn api_get(
     headers: HeaderMap,
 ) -> Result<Json<Post>, ApiError> {
     let id = parse_id(&id)?;
-    let (post, _) = posts::get(db(&state)?, id, posts::session_position(&headers).as_ref()).await?;
+    let (post, _) = posts::get(
+        db(&state)?,
+        &state.metrics,
+        id,
+        posts::session_position(&headers).as_ref(),
+    )
+    .await?;
     Ok(Json(post.ok_or(AppError::NotFound)?))
 }
 
@@ -182,7 +201,7 @@ pub async fn api_create(
         ))
     })?;
     let new = new.validate()?;
-    let (post, gtid) = posts::create(db(&state)?, &new).await?;
+    let (post, gtid) = posts::create(db(&state)?, &state.metrics, &new).await?;
     let location = format!("/api/posts/{}", post.id);
     let mut response = (
         StatusCode::CREATED,
@@ -248,13 +267,18 @@ mod tests {
         let templates_dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../site/templates");
         Arc::new(
-            AppState::load(Config {
-                host_name: "web-01".into(),
-                site_name: "www.foobar.com".into(),
-                templates_dir,
-                db: None,
-                maxconn: 16,
-            })
+            AppState::load(
+                Config {
+                    host_name: "web-01".into(),
+                    site_name: "www.foobar.com".into(),
+                    templates_dir,
+                    db: None,
+                    maxconn: 16,
+                    access_log: false,
+                    server_timing: true,
+                },
+                &mut Default::default(),
+            )
             .unwrap(),
         )
     }
@@ -432,13 +456,18 @@ mod tests {
         let dir =
             std::env::temp_dir().join(format!("webstack-empty-templates-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let err = AppState::load(Config {
-            host_name: "a".into(),
-            site_name: "b".into(),
-            templates_dir: dir.clone(),
-            db: None,
-            maxconn: 16,
-        })
+        let err = AppState::load(
+            Config {
+                host_name: "a".into(),
+                site_name: "b".into(),
+                templates_dir: dir.clone(),
+                db: None,
+                maxconn: 16,
+                access_log: false,
+                server_timing: false,
+            },
+            &mut Default::default(),
+        )
         .err()
         .unwrap();
         assert!(err.to_string().contains("home.html"), "{err}");

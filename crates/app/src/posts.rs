@@ -9,6 +9,7 @@ use webstack_db::gtid::GtidPos;
 use webstack_db::router::{Node, RouteError, Router};
 
 use crate::AppError;
+use crate::metrics::{Kind, Metrics};
 
 pub const AUTHOR_MAX: usize = 64;
 pub const BODY_MAX: usize = 5000;
@@ -101,6 +102,7 @@ const READ_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// (the router has been told), so losing a replica costs no failed request.
 async fn read(
     router: &Router,
+    metrics: &Metrics,
     after: Option<&GtidPos>,
     query: Read,
 ) -> Result<(Vec<Post>, Arc<Node>), AppError> {
@@ -128,7 +130,15 @@ async fn read(
             }
             Ok::<_, RouteError>(Some(query.run(&mut conn).await?))
         };
-        match tokio::time::timeout(router.query_timeout(), attempt).await {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(router.query_timeout(), attempt).await;
+        metrics.query(
+            &node.name,
+            Kind::Read,
+            started.elapsed(),
+            matches!(outcome, Ok(Ok(_))),
+        );
+        match outcome {
             Ok(Ok(Some(posts))) => return Ok((posts, node)),
             Ok(Ok(None)) => {
                 tracing::info!(node = %node.name, "a replica did not catch up in time; reading from the primary")
@@ -152,7 +162,10 @@ async fn read(
                 .await
                 .unwrap_or(Err(RouteError::Timeout(timeout)))
         };
-        match attempt.await {
+        let started = std::time::Instant::now();
+        let outcome = attempt.await;
+        metrics.query(&node.name, Kind::Read, started.elapsed(), outcome.is_ok());
+        match outcome {
             Ok(posts) => return Ok((posts, node)),
             Err(error) => {
                 tracing::warn!(node = %node.name, %error, "read failed; trying another node");
@@ -169,18 +182,20 @@ async fn read(
 
 pub async fn recent(
     router: &Router,
+    metrics: &Metrics,
     limit: u32,
     after: Option<&GtidPos>,
 ) -> Result<(Vec<Post>, Arc<Node>), AppError> {
-    read(router, after, Read::Recent(limit)).await
+    read(router, metrics, after, Read::Recent(limit)).await
 }
 
 pub async fn get(
     router: &Router,
+    metrics: &Metrics,
     id: u64,
     after: Option<&GtidPos>,
 ) -> Result<(Option<Post>, Arc<Node>), AppError> {
-    let (posts, node) = read(router, after, Read::One(id)).await?;
+    let (posts, node) = read(router, metrics, after, Read::One(id)).await?;
     Ok((posts.into_iter().next(), node))
 }
 
@@ -199,11 +214,15 @@ const HOLD_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// write is held (up to `db.write_hold`) and sent to the new primary when it appears. A write
 /// whose commit outcome is unknown (the primary failed after the INSERT was sent) is never
 /// retried: 503 that says so.
-pub async fn create(router: &Router, new: &NewPost) -> Result<(Post, String), AppError> {
+pub async fn create(
+    router: &Router,
+    metrics: &Metrics,
+    new: &NewPost,
+) -> Result<(Post, String), AppError> {
     let deadline = std::time::Instant::now() + router.write_hold();
     let mut held = false;
     loop {
-        match create_once(router, new).await {
+        match create_once(router, metrics, new).await {
             Ok(done) => {
                 if held {
                     tracing::info!("a held write went to the new primary");
@@ -211,19 +230,46 @@ pub async fn create(router: &Router, new: &NewPost) -> Result<(Post, String), Ap
                 return Ok(done);
             }
             Err(Attempt::Retry(_)) if std::time::Instant::now() < deadline => {
+                if !held {
+                    metrics.writes_held.inc();
+                }
                 held = true;
                 tokio::time::sleep(HOLD_POLL).await;
                 router.refresh_soon().await;
             }
-            Err(Attempt::Retry(error) | Attempt::Fail(error)) => return Err(error),
+            Err(Attempt::Retry(error)) => {
+                metrics.writes_refused.inc();
+                return Err(error);
+            }
+            Err(Attempt::Fail(error)) => return Err(error),
         }
     }
 }
 
-async fn create_once(router: &Router, new: &NewPost) -> Result<(Post, String), Attempt> {
+async fn create_once(
+    router: &Router,
+    metrics: &Metrics,
+    new: &NewPost,
+) -> Result<(Post, String), Attempt> {
     let writer = router
         .writer()
         .map_err(|error| Attempt::Retry(error.into()))?;
+    let started = std::time::Instant::now();
+    let outcome = write_once(router, &writer, new).await;
+    metrics.query(
+        &writer.name,
+        Kind::Write,
+        started.elapsed(),
+        outcome.is_ok(),
+    );
+    outcome
+}
+
+async fn write_once(
+    router: &Router,
+    writer: &Arc<Node>,
+    new: &NewPost,
+) -> Result<(Post, String), Attempt> {
     let timeout = router.query_timeout();
     let sent = std::sync::atomic::AtomicBool::new(false);
     let write = async {
@@ -238,7 +284,7 @@ async fn create_once(router: &Router, new: &NewPost) -> Result<(Post, String), A
         let mut conn = match tokio::time::timeout(router.connect_timeout(), ready).await {
             Ok(Ok(conn)) => conn,
             outcome => {
-                router.mark_unreachable(&writer);
+                router.mark_unreachable(writer);
                 let error = match outcome {
                     Ok(Err(error)) => error.to_string(),
                     _ => "no answer".into(),
@@ -253,7 +299,7 @@ async fn create_once(router: &Router, new: &NewPost) -> Result<(Post, String), A
             (&new.author, &new.body),
         )
         .await
-        .map_err(|error| write_refused(router, &writer, error))?;
+        .map_err(|error| write_refused(router, writer, error))?;
         let id = conn
             .last_insert_id()
             .ok_or_else(|| Attempt::Fail(AppError::Database("no insert id".into())))?;
@@ -275,7 +321,7 @@ async fn create_once(router: &Router, new: &NewPost) -> Result<(Post, String), A
             ))),
             Err(error) => {
                 tracing::warn!(node = %writer.name, %error, id, "the primary went away right after a committed write");
-                router.mark_unreachable(&writer);
+                router.mark_unreachable(writer);
                 Ok((
                     Post {
                         id,
@@ -291,11 +337,11 @@ async fn create_once(router: &Router, new: &NewPost) -> Result<(Post, String), A
     match tokio::time::timeout(timeout, write).await {
         Ok(result) => result,
         Err(_) if sent.load(std::sync::atomic::Ordering::SeqCst) => {
-            router.mark_unreachable(&writer);
+            router.mark_unreachable(writer);
             Err(Attempt::Fail(RouteError::OutcomeUnknown.into()))
         }
         Err(_) => {
-            router.mark_unreachable(&writer);
+            router.mark_unreachable(writer);
             Err(Attempt::Retry(RouteError::Timeout(timeout).into()))
         }
     }

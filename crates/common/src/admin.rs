@@ -1,17 +1,19 @@
 //! The admin listener every role process serves: `/live` (the process runs), `/ready` (the role
-//! can do its job: the LB after its first health sweep) and `/metrics` (Prometheus text).
+//! can do its job: the LB after its first health sweep) and `/metrics`: OpenMetrics when the
+//! scraper asks for it (Prometheus does), the classic text format otherwise (curl, promtool).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::metrics::Format;
 use crate::{HttpOptions, Shutdown, serve_http};
 
 /// Readiness flag and metrics registry of one role process.
@@ -25,7 +27,9 @@ pub struct Admin {
 
 impl Admin {
     /// `registry` holds every metric the role registered before serving.
-    pub fn new(registry: Registry) -> Self {
+    /// `webstack_build_info` and the `process_*` families are added here.
+    pub fn new(mut registry: Registry) -> Self {
+        crate::metrics::register_process(&mut registry);
         Self {
             ready: Arc::new(AtomicBool::new(false)),
             registry: Arc::new(registry),
@@ -74,24 +78,27 @@ async fn status(State(admin): State<Admin>) -> axum::Json<serde_json::Value> {
     )
 }
 
-async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
-    let mut body = String::new();
-    if let Err(error) = prometheus_client::encoding::text::encode(&mut body, &admin.registry) {
-        tracing::error!(%error, "cannot encode metrics");
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            String::new(),
-        );
+async fn metrics(State(admin): State<Admin>, headers: HeaderMap) -> impl IntoResponse {
+    let format = Format::negotiate(
+        headers
+            .get(header::ACCEPT)
+            .and_then(|value| value.to_str().ok()),
+    );
+    match format.encode(&admin.registry) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, format.content_type())],
+            body,
+        ),
+        Err(error) => {
+            tracing::error!(%error, "cannot encode metrics");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, "text/plain")],
+                String::new(),
+            )
+        }
     }
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
 }
 
 /// Serves the admin routes on `listener` until `shutdown`.

@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod child;
 pub mod files;
 pub mod forward;
+pub mod metrics;
 pub mod probe;
 pub mod secret;
 pub mod serve;

@@ -26,6 +26,51 @@ pub struct FileConfig {
     pub etcd: EtcdFile,
     #[serde(default)]
     pub netns: NetnsFile,
+    #[serde(default)]
+    pub monitor: MonitorFile,
+}
+
+/// `[monitor]`: Prometheus, Alertmanager and the dashboard on the hosts with role `monitor`,
+/// and the port every host's supervisor serves its own metrics on.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorFile {
+    /// The dashboard, and the webhook Alertmanager calls.
+    pub port: Spanned<u16>,
+    pub admin_port: Spanned<u16>,
+    /// Every host's supervisor: `/metrics` with each role's state and restarts.
+    pub host_port: Spanned<u16>,
+    pub prometheus_port: Spanned<u16>,
+    pub alertmanager_port: Spanned<u16>,
+    /// Alertmanager's gossip between monitor hosts.
+    pub cluster_port: Spanned<u16>,
+    pub scrape_interval: Spanned<HumanDuration>,
+    /// How long Prometheus keeps samples; `retention_size` bounds the disk as well.
+    pub retention: Spanned<HumanDuration>,
+    pub retention_size: Spanned<String>,
+    pub prometheus: Spanned<String>,
+    pub alertmanager: Spanned<String>,
+    /// More receivers of every alert (webhook URLs), besides the dashboards.
+    pub webhooks: Vec<Spanned<String>>,
+}
+
+impl Default for MonitorFile {
+    fn default() -> Self {
+        Self {
+            port: Spanned::new(0..0, 9200),
+            admin_port: Spanned::new(0..0, 9106),
+            host_port: Spanned::new(0..0, 9105),
+            prometheus_port: Spanned::new(0..0, 9290),
+            alertmanager_port: Spanned::new(0..0, 9293),
+            cluster_port: Spanned::new(0..0, 9294),
+            scrape_interval: Spanned::new(0..0, HumanDuration::secs(5)),
+            retention: Spanned::new(0..0, HumanDuration::secs(15 * 86_400)),
+            retention_size: Spanned::new(0..0, "1GB".into()),
+            prometheus: Spanned::new(0..0, "/usr/bin/prometheus".into()),
+            alertmanager: Spanned::new(0..0, "/usr/bin/prometheus-alertmanager".into()),
+            webhooks: Vec::new(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -52,6 +97,8 @@ pub struct LbFile {
     pub algorithm: Algorithm,
     pub retries: Spanned<u32>,
     pub access_log: bool,
+    /// `Server-Timing: lb;dur=..` on responses (opt-in).
+    pub server_timing: bool,
     /// Worker threads; 0 means one per CPU core.
     pub threads: Spanned<u32>,
     /// Client connections at once over both ports; more wait in the listen backlog.
@@ -120,6 +167,7 @@ impl Default for LbFile {
             algorithm: Algorithm::RoundRobin,
             retries: Spanned::new(0..0, 2),
             access_log: true,
+            server_timing: false,
             threads: Spanned::new(0..0, 0),
             maxconn: Spanned::new(0..0, 10_000),
             health: HealthFile::default(),
@@ -268,6 +316,8 @@ pub struct WebFile {
     pub cache_control: Spanned<String>,
     pub expose_server_name: bool,
     pub access_log: bool,
+    /// `Server-Timing: web;dur=..` on proxied responses (opt-in).
+    pub server_timing: bool,
     pub maxconn: Spanned<u32>,
     pub timeouts: WebTimeoutsFile,
 }
@@ -281,6 +331,7 @@ impl Default for WebFile {
             cache_control: Spanned::new(0..0, "public, max-age=3600".into()),
             expose_server_name: false,
             access_log: true,
+            server_timing: false,
             maxconn: Spanned::new(0..0, 10_000),
             timeouts: WebTimeoutsFile::default(),
         }
@@ -312,6 +363,9 @@ pub struct AppFile {
     pub admin_port: Spanned<u16>,
     pub templates: Spanned<String>,
     pub maxconn: Spanned<u32>,
+    pub access_log: bool,
+    /// `Server-Timing: app;dur=.., db;dur=..` on responses (opt-in).
+    pub server_timing: bool,
 }
 
 impl Default for AppFile {
@@ -321,6 +375,8 @@ impl Default for AppFile {
             admin_port: Spanned::new(0..0, 9102),
             templates: Spanned::new(0..0, "site/templates".into()),
             maxconn: Spanned::new(0..0, 10_000),
+            access_log: true,
+            server_timing: false,
         }
     }
 }

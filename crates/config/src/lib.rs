@@ -22,10 +22,19 @@ pub enum Role {
     App,
     Web,
     Lb,
+    /// Prometheus, Alertmanager and the dashboard: started last, as it watches the others.
+    Monitor,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [Role::Etcd, Role::Db, Role::App, Role::Web, Role::Lb];
+    pub const ALL: [Role; 6] = [
+        Role::Etcd,
+        Role::Db,
+        Role::App,
+        Role::Web,
+        Role::Lb,
+        Role::Monitor,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -34,6 +43,7 @@ impl Role {
             Role::App => "app",
             Role::Web => "web",
             Role::Lb => "lb",
+            Role::Monitor => "monitor",
         }
     }
 
@@ -90,6 +100,8 @@ pub struct Config {
     etcd: EtcdSettings,
     etcd_ports: Ports,
     vip: Option<vip::VipSettings>,
+    monitor: MonitorSettings,
+    monitor_ports: Ports,
     /// `[netns]`: used by `webstack up --netns` only.
     pub netns: vip::NetnsSettings,
 }
@@ -102,6 +114,21 @@ pub(crate) struct EtcdSettings {
     pub heartbeat_interval: std::time::Duration,
     pub election_timeout: std::time::Duration,
     pub lease_ttl: std::time::Duration,
+}
+
+/// `[monitor]` settings; the monitor hosts are the hosts with role `monitor`.
+#[derive(Clone, Debug)]
+pub(crate) struct MonitorSettings {
+    pub host_port: u16,
+    pub prometheus_port: u16,
+    pub alertmanager_port: u16,
+    pub cluster_port: u16,
+    pub scrape_interval: std::time::Duration,
+    pub retention_time: std::time::Duration,
+    pub retention_size: String,
+    pub prometheus: PathBuf,
+    pub alertmanager: PathBuf,
+    pub webhooks: Vec<String>,
 }
 
 /// `[db]` settings shared by every db node and the app's router.
@@ -148,6 +175,7 @@ impl Config {
             Role::App => self.app_ports,
             Role::Db => self.db_ports,
             Role::Etcd => self.etcd_ports,
+            Role::Monitor => self.monitor_ports,
         }
     }
 
@@ -330,6 +358,91 @@ impl Config {
             program: self.etcd.program.clone(),
             heartbeat_interval: self.etcd.heartbeat_interval,
             election_timeout: self.etcd.election_timeout,
+        }
+    }
+
+    /// `db.max_replica_lag` (0 without a database).
+    pub fn max_replica_lag(&self) -> u64 {
+        self.db.as_ref().map_or(0, |db| db.max_replica_lag)
+    }
+
+    /// Where `host`'s supervisor serves its `/metrics` (roles' states, restarts, the state
+    /// dir's disk): Prometheus' job `host`.
+    pub fn host_metrics_addr(&self, host: &Host) -> SocketAddr {
+        SocketAddr::new(host.address, self.monitor.host_port)
+    }
+
+    /// Everything Prometheus scrapes: every role's admin port, every host's supervisor, and
+    /// each monitor host's Prometheus and Alertmanager.
+    pub fn scrape_targets(&self) -> Vec<webstack_monitor::Target> {
+        let target = |job: &str, host: &Host, role: &str, addr| webstack_monitor::Target {
+            job: job.into(),
+            host: host.name.clone(),
+            role: role.into(),
+            addr,
+        };
+        let mut targets = Vec::new();
+        for host in &self.hosts {
+            targets.push(target("host", host, "host", self.host_metrics_addr(host)));
+            for role in &host.roles {
+                targets.push(target(
+                    role.as_str(),
+                    host,
+                    role.as_str(),
+                    self.admin_addr(host, *role),
+                ));
+            }
+            if host.has(Role::Monitor) {
+                let at = |port| SocketAddr::new(host.address, port);
+                targets.push(target(
+                    "prometheus",
+                    host,
+                    "monitor",
+                    at(self.monitor.prometheus_port),
+                ));
+                targets.push(target(
+                    "alertmanager",
+                    host,
+                    "monitor",
+                    at(self.monitor.alertmanager_port),
+                ));
+            }
+        }
+        targets
+    }
+
+    /// The monitor role's settings on `host`; its files and data live in
+    /// `state_dir/monitor/<host>/`.
+    pub fn monitor(&self, host: &Host, state_dir: &Path) -> webstack_monitor::Config {
+        let m = &self.monitor;
+        webstack_monitor::Config {
+            site: self.site_name.clone(),
+            host: host.name.clone(),
+            address: host.address,
+            port: self.monitor_ports.service,
+            prometheus_port: m.prometheus_port,
+            alertmanager_port: m.alertmanager_port,
+            cluster_port: m.cluster_port,
+            monitors: self.hosts_with(Role::Monitor).map(|h| h.address).collect(),
+            targets: self.scrape_targets(),
+            hosts: self
+                .hosts
+                .iter()
+                .map(|h| webstack_monitor::HostView {
+                    name: h.name.clone(),
+                    address: h.address,
+                    roles: h.roles.iter().map(|r| r.to_string()).collect(),
+                })
+                .collect(),
+            vip: self.vip(),
+            scrape_interval: m.scrape_interval,
+            retention_time: m.retention_time,
+            retention_size: m.retention_size.clone(),
+            prometheus: m.prometheus.clone(),
+            alertmanager: m.alertmanager.clone(),
+            webhooks: m.webhooks.clone(),
+            dir: state_dir.join("monitor").join(&host.name),
+            logs: state_dir.join("logs"),
         }
     }
 
@@ -730,7 +843,11 @@ mod tests {
 
     #[test]
     fn etcd_needs_an_odd_number_of_members_and_its_program() {
-        let two = default_text().replacen("roles = [\"lb\", \"etcd\"]", "roles = [\"lb\"]", 1);
+        let two = default_text().replacen(
+            "roles = [\"lb\", \"etcd\", \"monitor\"]",
+            "roles = [\"lb\", \"monitor\"]",
+            1,
+        );
         let error = parse(&two).unwrap_err().to_string();
         assert!(
             error.contains("role etcd is on 2 host(s) (web-01, web-02)")

@@ -187,7 +187,7 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
             !roles.is_empty(),
             host.roles.span(),
             format!(
-                "host {name}: roles is empty; expected some of \"lb\", \"web\", \"app\", \"db\", \"etcd\""
+                "host {name}: roles is empty; expected some of \"lb\", \"web\", \"app\", \"db\", \"etcd\", \"monitor\""
             ),
         )?;
         check.ensure(
@@ -226,6 +226,8 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         });
     let db_ports = ports(&check, db_port, db_admin)?;
     let etcd_ports = ports(&check, &file.etcd.port, &file.etcd.admin_port)?;
+    let monitor_ports = ports(&check, &file.monitor.port, &file.monitor.admin_port)?;
+    let m = &file.monitor;
     let all_ports = [
         ("lb.port", &file.lb.port),
         ("lb.admin_port", &file.lb.admin_port),
@@ -239,17 +241,33 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         ("etcd.port", &file.etcd.port),
         ("etcd.peer_port", &file.etcd.peer_port),
         ("etcd.admin_port", &file.etcd.admin_port),
+        ("monitor.port", &m.port),
+        ("monitor.admin_port", &m.admin_port),
+        ("monitor.prometheus_port", &m.prometheus_port),
+        ("monitor.alertmanager_port", &m.alertmanager_port),
+        ("monitor.cluster_port", &m.cluster_port),
+        // Every host's supervisor serves its metrics here, whatever its roles.
+        ("host.port", &m.host_port),
     ];
     let role_of = |key: &str| match &key[..key.find('.').unwrap_or(0)] {
         "lb" => Role::Lb,
         "web" => Role::Web,
         "db" => Role::Db,
         "etcd" => Role::Etcd,
+        "monitor" => Role::Monitor,
         _ => Role::App,
     };
     for host in &hosts {
         let mut seen: HashMap<u16, (&str, &Spanned<u16>)> = HashMap::new();
-        for (key, port) in all_ports.iter().filter(|(key, _)| host.has(role_of(key))) {
+        for (key, port) in all_ports
+            .iter()
+            .filter(|(key, _)| key.starts_with("host.") || host.has(role_of(key)))
+        {
+            check.ensure(
+                *port.get_ref() != 0,
+                port.span(),
+                format!("{key} = 0 is not a port: expected 1 to 65535"),
+            )?;
             if let Some((other_key, other)) = seen.insert(*port.get_ref(), (key, port)) {
                 // Blame the port the file sets explicitly (a default has no line).
                 let (blamed, blamed_key, innocent_key) = if port.span() == (0..0) {
@@ -273,11 +291,14 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         templates_dir: templates(&check, &file.app.templates)?,
         db: None,
         maxconn: check.maxconn(&file.app.maxconn, "app.maxconn")?,
+        access_log: file.app.access_log,
+        server_timing: file.app.server_timing,
     };
     let db = db_settings(&check, file.db.as_ref(), &hosts, &file.hosts)?;
     let etcd = etcd_settings(&check, &file.etcd, &hosts, &file.hosts)?;
     let vip = crate::vip::vip_settings(&check, &site_name, &file.lb, &hosts, &file.hosts)?;
     let netns = crate::vip::netns_settings(&check, &file.netns, &hosts, vip.as_ref())?;
+    let monitor = monitor_settings(&check, &file.monitor)?;
 
     Ok(Config {
         path: path.to_path_buf(),
@@ -295,7 +316,61 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         etcd,
         etcd_ports,
         vip,
+        monitor,
+        monitor_ports,
         netns,
+    })
+}
+
+/// `[monitor]`: a scrape interval Prometheus accepts, a bounded retention, webhook URLs.
+fn monitor_settings(
+    check: &Checker,
+    monitor: &file::MonitorFile,
+) -> Result<crate::MonitorSettings, ConfigError> {
+    let interval = check.positive(&monitor.scrape_interval, "monitor.scrape_interval")?;
+    check.ensure(
+        interval >= Duration::from_millis(100) && interval <= Duration::from_secs(300),
+        monitor.scrape_interval.span(),
+        "monitor.scrape_interval: expected 100ms to 5m (Prometheus scrapes every role this often)",
+    )?;
+    let retention = check.positive(&monitor.retention, "monitor.retention")?;
+    check.ensure(
+        retention >= Duration::from_secs(3600),
+        monitor.retention.span(),
+        "monitor.retention: expected at least 1h (Prometheus keeps samples this long)",
+    )?;
+    let size = monitor.retention_size.get_ref();
+    let digits = size.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    check.ensure(
+        digits.parse::<u64>().is_ok_and(|n| n > 0)
+            && ["KB", "MB", "GB", "TB", "PB"].contains(&&size[digits.len()..]),
+        monitor.retention_size.span(),
+        format!("monitor.retention_size {size:?}: expected a size such as \"512MB\" or \"1GB\""),
+    )?;
+    for hook in &monitor.webhooks {
+        let url = hook.get_ref();
+        check.ensure(
+            (url.starts_with("http://") || url.starts_with("https://"))
+                && url.parse::<http::Uri>().is_ok(),
+            hook.span(),
+            format!("monitor.webhooks: {url:?} is not an http:// or https:// URL"),
+        )?;
+    }
+    Ok(crate::MonitorSettings {
+        host_port: *monitor.host_port.get_ref(),
+        prometheus_port: *monitor.prometheus_port.get_ref(),
+        alertmanager_port: *monitor.alertmanager_port.get_ref(),
+        cluster_port: *monitor.cluster_port.get_ref(),
+        scrape_interval: interval,
+        retention_time: retention,
+        retention_size: size.clone(),
+        prometheus: PathBuf::from(monitor.prometheus.get_ref()),
+        alertmanager: PathBuf::from(monitor.alertmanager.get_ref()),
+        webhooks: monitor
+            .webhooks
+            .iter()
+            .map(|h| h.get_ref().clone())
+            .collect(),
     })
 }
 
@@ -582,6 +657,7 @@ fn lb_config(
         retries: *lb.retries.get_ref(),
         maxconn: check.maxconn(&lb.maxconn, "lb.maxconn")?,
         access_log: lb.access_log,
+        server_timing: lb.server_timing,
         tls: tls_settings(check, &lb.tls)?,
         vip: None,
         threads: match *lb.threads.get_ref() {
@@ -732,6 +808,7 @@ fn web_config(check: &Checker, web: &file::WebFile) -> Result<webstack_web::Conf
         client_header_timeout: check
             .positive(&web.timeouts.client_header, "web.timeouts.client_header")?,
         access_log: web.access_log,
+        server_timing: web.server_timing,
         maxconn: check.maxconn(&web.maxconn, "web.maxconn")?,
     })
 }

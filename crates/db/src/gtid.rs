@@ -41,6 +41,11 @@ impl GtidPos {
         self.behind(other) == 0
     }
 
+    /// (domain, last sequence number) per domain, in domain order.
+    pub fn sequences(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.0.iter().map(|(domain, seq)| (*domain, *seq))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -4,6 +4,7 @@
 mod config;
 pub mod failover;
 pub mod gtid;
+pub mod metrics;
 pub mod node;
 pub mod provision;
 pub mod router;

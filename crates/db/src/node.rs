@@ -17,6 +17,7 @@ use webstack_common::{Admin, Shutdown};
 
 use crate::failover::{self, Agent};
 use crate::gtid::GtidPos;
+use crate::metrics::{ServerSample, ServerStats};
 use crate::provision::{self, ADMIN_USER, MONITOR_USER, REPL_USER, sql_string};
 use crate::{NodeConfig, secrets};
 
@@ -102,6 +103,7 @@ pub struct NodeStatus {
 pub async fn run(
     config: NodeConfig,
     metrics: failover::metrics::Metrics,
+    stats: ServerStats,
     admin: Admin,
     shutdown: Shutdown,
 ) -> Result<(), NodeError> {
@@ -128,7 +130,7 @@ pub async fn run(
         }
         let started = Instant::now();
         let outcome = tokio::select! {
-            result = serve(&config, admin_password, &mut child, &admin, agent.as_mut()) => result,
+            result = serve(&config, admin_password, &mut child, &admin, &stats, agent.as_mut()) => result,
             _ = shutdown.triggered() => Ok(()),
         };
         admin.set_ready(false);
@@ -237,6 +239,7 @@ async fn serve(
     admin_password: &str,
     child: &mut Child,
     admin: &Admin,
+    stats: &ServerStats,
     mut agent: Option<&mut Agent>,
 ) -> Result<(), NodeError> {
     let deadline = Instant::now() + START_TIMEOUT;
@@ -278,6 +281,14 @@ async fn serve(
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The server's statistics on a connection and task of their own: a slow `SHOW GLOBAL
+    // STATUS` must never delay the failover agent's tick (its lease).
+    let sampler = tokio::spawn(sample_server(
+        config.clone(),
+        admin_password.to_string(),
+        stats.clone(),
+    ));
+    let _sampler = AbortOnDrop(sampler);
     loop {
         tokio::select! {
             status = child.wait() => {
@@ -323,6 +334,7 @@ async fn serve(
                 };
                 admin.set_ready(ready);
                 admin.set_status(serde_json::to_value(&status).unwrap_or_default());
+                stats.set_status(&status);
             }
         }
     }
@@ -435,6 +447,44 @@ async fn inspect(
         status.summary.push_str(&format!(", error: {error}"));
     }
     Ok(status)
+}
+
+/// How often the server's statistics are read for the metrics.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Reads the server's statistics every `SAMPLE_EVERY` (reconnecting after a failure) until
+/// aborted; a failed read clears them, so stale numbers are never exported.
+async fn sample_server(config: NodeConfig, password: String, stats: ServerStats) {
+    let mut conn: Option<Conn> = None;
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if conn.is_none() {
+            conn = connect(&config, &password).await.ok();
+        }
+        let Some(c) = conn.as_mut() else {
+            stats.set_server(None);
+            continue;
+        };
+        match bounded(INSPECT_TIMEOUT, async { Ok(ServerSample::read(c).await?) }).await {
+            Ok(sample) => stats.set_server(Some(sample)),
+            Err(error) => {
+                tracing::debug!(%error, "cannot read the server's statistics");
+                stats.set_server(None);
+                conn = None;
+            }
+        }
+    }
+}
+
+/// Aborts a task when its owner's scope ends (here: when `serve` returns or is dropped).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn primary_position(config: &NodeConfig, monitor_password: &str) -> Option<GtidPos> {

@@ -49,6 +49,17 @@ pub struct Node {
     state: RwLock<NodeState>,
 }
 
+/// One node in the router's view (see `Router::view`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    pub reachable: bool,
+    pub writer: bool,
+    pub reader: bool,
+    /// Transactions behind the writer; None without a writer or when unreachable.
+    pub lag_transactions: Option<u64>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct NodeState {
     pub reachable: bool,
@@ -384,6 +395,40 @@ impl Router {
             })
             .map(|(n, _)| (*n).clone())
             .ok_or(RouteError::NoNode)
+    }
+
+    /// How the router sees each node right now (the app's metrics): where writes go, which
+    /// nodes take reads, and how far behind the writer each one is.
+    pub fn view(&self) -> Vec<NodeView> {
+        let all: Vec<_> = self.nodes.iter().map(|n| (n, n.state())).collect();
+        let reachable: Vec<_> = all.iter().filter(|(_, s)| s.reachable).cloned().collect();
+        let writer = self.writer_among(&reachable).ok().cloned();
+        let reference = writer.as_ref().map(|w| w.state().position);
+        let mut view: Vec<NodeView> = all
+            .iter()
+            .map(|(node, state)| {
+                let lag = reference
+                    .as_ref()
+                    .filter(|_| state.reachable)
+                    .map(|r| state.position.behind(r));
+                NodeView {
+                    name: node.name.clone(),
+                    reachable: state.reachable,
+                    writer: writer.as_ref().is_some_and(|w| Arc::ptr_eq(w, node)),
+                    reader: state.reachable
+                        && state.read_only
+                        && lag.is_some_and(|lag| lag <= self.config.max_replica_lag),
+                    lag_transactions: lag,
+                }
+            })
+            .collect();
+        // With no replica in bounds, reads go to the writer.
+        if !view.iter().any(|n| n.reader) {
+            for node in view.iter_mut().filter(|n| n.writer) {
+                node.reader = true;
+            }
+        }
+        view
     }
 
     /// Every reachable node with its state as last polled.

@@ -634,6 +634,8 @@ pub struct ResponseRewrite<'a> {
     pub hsts: Option<&'a [u8]>,
     /// The request asked for an upgrade: a 101 is forwarded with its `Upgrade`.
     pub request_upgrade: bool,
+    /// `Server-Timing: <name>;dur=<ms since start>` added (opt-in, per tier).
+    pub timing: Option<(&'a str, std::time::Instant)>,
 }
 
 /// Parses a response head at the start of `input` and writes the head for the client into
@@ -732,6 +734,9 @@ pub fn parse_response(
     } else {
         Persistence::of(keep_alive, rewrite.client_http10)
     };
+    if let Some((name, started)) = rewrite.timing {
+        server_timing(out, name, started.elapsed());
+    }
     finish_head(out, rewrite.request_id, rewrite.hsts, connection);
     Ok(Some(Response {
         head_len,
@@ -766,6 +771,16 @@ impl Persistence {
             Self::Close
         }
     }
+}
+
+/// One `Server-Timing` line: this tier's time from the request to the response head.
+pub fn server_timing(out: &mut Vec<u8>, name: &str, took: std::time::Duration) {
+    use std::io::Write as _;
+    let _ = write!(
+        out,
+        "Server-Timing: {name};dur={:.1}\r\n",
+        took.as_secs_f64() * 1000.0
+    );
 }
 
 /// The lines every response to the client ends with: request id, HSTS, what happens to the
@@ -974,6 +989,7 @@ mod tests {
 
         let asked = ResponseRewrite {
             request_upgrade: true,
+            timing: None,
             ..rewrite()
         };
         let (r, out) = response(
@@ -1115,6 +1131,7 @@ mod tests {
             request_id: b"id",
             hsts: None,
             request_upgrade: false,
+            timing: None,
         }
     }
 

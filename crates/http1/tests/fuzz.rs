@@ -174,6 +174,7 @@ proptest! {
             request_id: b"id",
             hsts: None,
             request_upgrade: upgrade,
+            timing: None,
         };
         let mut out = Vec::new();
         let mut text = b"HTTP/1.1 200 OK\r\n".to_vec();

@@ -17,6 +17,8 @@ pub struct Config {
     pub retries: u32,
     /// One log line per request under the `access` target.
     pub access_log: bool,
+    /// `Server-Timing: lb;dur=..` on responses: the lb's time to the response head (opt-in).
+    pub server_timing: bool,
     /// Worker threads, each accepting on every (shared) listening socket, with its own
     /// connection pool.
     pub threads: usize,

@@ -228,6 +228,7 @@ impl Proxy {
             request_id: &request_id,
             hsts: self.hsts_for(client.secure),
             request_upgrade: request.upgrade,
+            timing: self.config.server_timing.then_some(("lb", started)),
         };
         let replayable = request.bodyless() && request.idempotent;
         let mut attempts = Attempts::new(self.config.retries, replayable);

@@ -276,6 +276,7 @@ impl LoadBalancer {
                 .map(|t| (t.certificates.clone(), t.acme.clone())),
             self.vip.clone(),
             admin.clone(),
+            self.metrics.clone(),
         ));
         // One connection limit for every worker and both ports (HAProxy's frontend maxconn).
         let options = HttpOptions {
@@ -383,8 +384,10 @@ async fn publish_status(
     tls: Option<(Arc<tls::CertStore>, Option<Arc<tls::acme::AcmeClient>>)>,
     vip: Option<Arc<Vip>>,
     admin: Admin,
+    metrics: metrics::Metrics,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut published_expiries = Vec::new();
     loop {
         tick.tick().await;
         let mut summary = Vec::new();
@@ -408,6 +411,18 @@ async fn publish_status(
                 .collect::<Vec<_>>()
                 .join("; ");
             summary.push(format!("tls: {names}"));
+            let expiries: Vec<(String, String, i64)> = list
+                .iter()
+                .map(|c| {
+                    let name = c.names.first().cloned().unwrap_or_default();
+                    (name, c.origin.as_str().to_string(), c.not_after)
+                })
+                .collect();
+            // Replaced only on a change: a scrape between clear and set would miss them.
+            if expiries != published_expiries {
+                metrics.set_certificates(&expiries);
+                published_expiries = expiries;
+            }
             status["certificates"] = list
                 .iter()
                 .map(|c| {

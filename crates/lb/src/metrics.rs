@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServerLabel {
@@ -23,6 +24,17 @@ pub struct ResponseLabels {
 pub struct HostLabel {
     pub host: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// The certificate's first DNS name.
+    pub name: String,
+    /// local-ca, acme or file.
+    pub origin: String,
+}
+
+/// A gauge holding seconds since the epoch.
+pub type Timestamp = Gauge<f64, AtomicU64>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
@@ -43,6 +55,9 @@ pub struct Metrics {
     pub retries: Counter,
     pub errors: Family<ErrorLabel, Counter>,
     vip_holder: Family<HostLabel, Gauge>,
+    state_since: Family<ServerLabel, Timestamp>,
+    last_check: Family<ServerLabel, Timestamp>,
+    certificate_expiry: Family<CertificateLabels, Timestamp>,
 }
 
 /// One server's handles, fetched from the families once at startup.
@@ -53,6 +68,9 @@ pub struct ServerMetrics {
     pub up: Gauge,
     pub active: Gauge,
     pub health_checks_failed: Counter,
+    /// When the server last went up or down (or was first checked).
+    pub state_since: Timestamp,
+    pub last_check: Timestamp,
 }
 
 fn duration_histogram() -> Histogram {
@@ -72,6 +90,9 @@ impl Metrics {
             retries: Counter::default(),
             errors: Family::default(),
             vip_holder: Family::default(),
+            state_since: Family::default(),
+            last_check: Family::default(),
+            certificate_expiry: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("webstack_lb");
         r.register(
@@ -114,7 +135,35 @@ impl Metrics {
             "1 while this lb (host) holds the site's address, lb.vip",
             metrics.vip_holder.clone(),
         );
+        r.register(
+            "server_state_since_timestamp_seconds",
+            "When the server last went up or down (its first check counts), seconds since the epoch",
+            metrics.state_since.clone(),
+        );
+        r.register(
+            "server_last_check_timestamp_seconds",
+            "When the server's last active health check ended, seconds since the epoch",
+            metrics.last_check.clone(),
+        );
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "The not-after time of each certificate the lb serves, seconds since the epoch",
+            metrics.certificate_expiry.clone(),
+        );
         metrics
+    }
+
+    /// Replaces the certificate expiry series with `certificates` (name, origin, not-after).
+    pub fn set_certificates(&self, certificates: &[(String, String, i64)]) {
+        self.certificate_expiry.clear();
+        for (name, origin, not_after) in certificates {
+            self.certificate_expiry
+                .get_or_create(&CertificateLabels {
+                    name: name.clone(),
+                    origin: origin.clone(),
+                })
+                .set(*not_after as f64);
+        }
     }
 
     /// The holder gauge of this lb host.
@@ -143,6 +192,8 @@ impl Metrics {
             up: self.up.get_or_create(&label).clone(),
             active: self.active.get_or_create(&label).clone(),
             health_checks_failed: self.health_checks_failed.get_or_create(&label).clone(),
+            state_since: self.state_since.get_or_create(&label).clone(),
+            last_check: self.last_check.get_or_create(&label).clone(),
         }
     }
 

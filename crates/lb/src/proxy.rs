@@ -252,6 +252,7 @@ impl Proxy {
             request_id: &request_id,
             hsts: self.hsts.as_ref().map(HeaderValue::as_bytes),
             request_upgrade: false,
+            timing: self.config.server_timing.then_some(("lb", started)),
         };
         let replayable = request.bodyless() && request.idempotent;
         let mut attempts = Attempts::new(self.config.retries, replayable);

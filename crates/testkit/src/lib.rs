@@ -10,6 +10,7 @@ pub mod pebble;
 pub mod raw;
 pub mod requests;
 pub mod topology;
+pub mod webdriver;
 
 pub use topology::Topology;
 

@@ -25,6 +25,8 @@ pub struct Config {
     pub client_header_timeout: Duration,
     /// One log line per request under the `access` target.
     pub access_log: bool,
+    /// `Server-Timing: web;dur=..` on proxied responses (opt-in).
+    pub server_timing: bool,
     /// Client connections served at once; more wait in the listen backlog.
     pub maxconn: usize,
 }

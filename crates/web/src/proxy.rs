@@ -32,6 +32,7 @@ pub struct AppProxy {
     host_name: String,
     response_timeout: Duration,
     request_ids: RequestIds,
+    server_timing: bool,
 }
 
 impl AppProxy {
@@ -43,6 +44,7 @@ impl AppProxy {
             host_name: config.host_name.clone(),
             response_timeout: config.app_response_timeout,
             request_ids: RequestIds::default(),
+            server_timing: config.server_timing,
         }
     }
 
@@ -51,6 +53,7 @@ impl AppProxy {
         peer: SocketAddr,
         mut request: Request<Incoming>,
     ) -> Response<BoxBody> {
+        let started = std::time::Instant::now();
         let upgrade = request
             .headers()
             .contains_key(http::header::UPGRADE)
@@ -93,6 +96,7 @@ impl AppProxy {
             request_id: &request_id,
             hsts: None,
             request_upgrade: request.upgrade,
+            timing: self.server_timing.then_some(("web", started)),
         };
         let replayable = request.bodyless() && request.idempotent;
         let mut back = Vec::with_capacity(1024);

@@ -220,7 +220,7 @@ pub fn check(path: &Path) -> ExitCode {
                 config.site_name,
                 hosts.join(", ")
             );
-            ExitCode::SUCCESS
+            check_monitoring(&config)
         }
         Err(error) => {
             eprintln!("{error}");
@@ -228,6 +228,46 @@ pub fn check(path: &Path) -> ExitCode {
         }
     }
 }
+
+/// Runs Prometheus' and Alertmanager's own checkers on what each monitor host would generate,
+/// when they are installed (`promtool`, `amtool`).
+fn check_monitoring(config: &Config) -> ExitCode {
+    let (promtool, amtool) = (Path::new(PROMTOOL), Path::new(AMTOOL));
+    let Some(host) = config.hosts_with(Role::Monitor).next() else {
+        return ExitCode::SUCCESS;
+    };
+    if !promtool.is_file() && !amtool.is_file() {
+        println!(
+            "monitoring: not checked (promtool and amtool are not installed: apt-get install prometheus prometheus-alertmanager)"
+        );
+        return ExitCode::SUCCESS;
+    }
+    let monitor = config.monitor(host, Path::new("/nonexistent-state"));
+    let results = match webstack_monitor::generate::check(&monitor, promtool, amtool) {
+        Ok(results) => results,
+        Err(error) => {
+            eprintln!("monitoring: cannot check: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut ok = true;
+    for result in results {
+        if result.ok {
+            println!("monitoring: {}: ok", result.what);
+        } else {
+            ok = false;
+            eprintln!("monitoring: {} failed:\n{}", result.what, result.output);
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+const PROMTOOL: &str = "/usr/bin/promtool";
+const AMTOOL: &str = "/usr/bin/amtool";
 
 #[cfg(test)]
 mod tests {

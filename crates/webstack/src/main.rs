@@ -5,6 +5,7 @@
 mod cli;
 mod control;
 mod db;
+mod host_metrics;
 mod netns;
 mod role;
 mod status;

@@ -69,11 +69,15 @@ pub async fn run(
                 .db_node(&host, state_dir)
                 .context("this host has no db settings")?;
             let metrics = webstack_db::failover::metrics::Metrics::register(&mut registry);
+            let stats = webstack_db::metrics::ServerStats::register(
+                &mut registry,
+                config.max_replica_lag(),
+            );
             let shutdown = shutdown.clone();
             Box::new(move |admin| {
                 tokio::spawn(async move {
                     if let Err(error) =
-                        webstack_db::node::run(node, metrics, admin, shutdown.clone()).await
+                        webstack_db::node::run(node, metrics, stats, admin, shutdown.clone()).await
                     {
                         tracing::error!(%error, "the database node failed");
                         eprintln!("webstack: db: {error}");
@@ -119,13 +123,30 @@ pub async fn run(
             let shutdown = shutdown.clone();
             Box::new(move |admin| tokio::spawn(web.run(listener, admin, shutdown)))
         }
+        Role::Monitor => {
+            let listener = listener.expect("bound above");
+            let monitor = config.monitor(&host, state_dir);
+            let metrics = webstack_monitor::Metrics::register(&mut registry);
+            let shutdown = shutdown.clone();
+            Box::new(move |admin| {
+                tokio::spawn(async move {
+                    if let Err(error) =
+                        webstack_monitor::run(monitor, listener, admin, metrics, shutdown).await
+                    {
+                        tracing::error!(%error, "the monitor failed");
+                        eprintln!("webstack: monitor: {error}");
+                        std::process::exit(1);
+                    }
+                })
+            })
+        }
         Role::App => {
             let listener = listener.expect("bound above");
             let app_config = config
                 .app(&host, state_dir)
                 .context("cannot read the database password")?;
-            let state =
-                webstack_app::AppState::load(app_config).context("cannot start the application")?;
+            let state = webstack_app::AppState::load(app_config, &mut registry)
+                .context("cannot start the application")?;
             let shutdown = shutdown.clone();
             Box::new(move |admin| tokio::spawn(webstack_app::run(state, listener, admin, shutdown)))
         }

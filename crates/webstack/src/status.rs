@@ -47,7 +47,7 @@ fn print(reply: &Reply, json: bool) -> anyhow::Result<()> {
         writeln!(out, "site {}", reply.site)?;
         writeln!(
             out,
-            "{:<10} {:<5} {:<22} {:<8} {:<11} {:<10} {:<8} DETAIL",
+            "{:<10} {:<7} {:<22} {:<8} {:<11} {:<10} {:<8} DETAIL",
             "HOST", "ROLE", "ADDRESS", "PID", "STATE", "HEALTH", "RESTARTS"
         )?;
         for u in &reply.units {
@@ -64,7 +64,7 @@ fn print(reply: &Reply, json: bool) -> anyhow::Result<()> {
                 .unwrap_or("");
             writeln!(
                 out,
-                "{:<10} {:<5} {:<22} {:<8} {:<11} {:<10} {:<8} {detail}",
+                "{:<10} {:<7} {:<22} {:<8} {:<11} {:<10} {:<8} {detail}",
                 u.host, u.role, u.address, pid, u.state, health, u.restarts
             )?;
         }

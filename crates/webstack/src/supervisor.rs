@@ -68,13 +68,17 @@ impl Unit {
         self.child.as_ref().and_then(Child::id)
     }
 
-    fn status(&self) -> UnitStatus {
-        let state = match (&self.child, self.wanted, self.restart_at) {
+    fn state(&self) -> &'static str {
+        match (&self.child, self.wanted, self.restart_at) {
             (Some(_), _, _) => "running",
             (None, true, Some(_)) => "restarting",
             (None, true, None) => "pending",
             (None, false, _) => "stopped",
-        };
+        }
+    }
+
+    fn status(&self) -> UnitStatus {
+        let state = self.state();
         UnitStatus {
             host: self.host.clone(),
             role: self.role.to_string(),
@@ -179,6 +183,13 @@ pub async fn run(
         units: Mutex::new(units),
     });
 
+    let host_metrics = match serve_host_metrics(&sup, only_host.as_deref()).await {
+        Ok(tasks) => tasks,
+        Err(error) => {
+            cleanup(&state_dir);
+            return Err(error);
+        }
+    };
     println!(
         "webstack: starting {} (state in {})",
         sup.config.site_name,
@@ -214,9 +225,61 @@ pub async fn run(
         task.abort();
     }
     stop_all(&sup).await;
+    for task in host_metrics {
+        task.abort();
+    }
     cleanup(&state_dir);
     println!("webstack: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serves each host's `/metrics` (roles' states and restarts, the state dir's disk) on its
+/// address and `monitor.host_port`.
+async fn serve_host_metrics(
+    sup: &Shared,
+    only_host: Option<&str>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    for host in sup
+        .config
+        .hosts
+        .iter()
+        .filter(|h| only_host.is_none_or(|o| o == h.name))
+    {
+        let addr = sup.config.host_metrics_addr(host);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ({} metrics)", host.name))?;
+        let weak = Arc::downgrade(sup);
+        let name = host.name.clone();
+        let snapshot = Arc::new(move || {
+            let Some(sup) = weak.upgrade() else {
+                return Vec::new();
+            };
+            let units = sup.units.lock().unwrap_or_else(|e| e.into_inner());
+            units
+                .iter()
+                .filter(|u| u.host == name)
+                .map(|u| crate::host_metrics::RoleSample {
+                    role: u.role.as_str(),
+                    state: u.state(),
+                    up: u.child.is_some() && u.healthy,
+                    restarts: u.restarts,
+                })
+                .collect()
+        });
+        let admin = webstack_common::Admin::new(crate::host_metrics::registry(
+            snapshot,
+            sup.state_dir.clone(),
+        ));
+        admin.set_ready(true);
+        tasks.push(tokio::spawn(webstack_common::serve_admin(
+            listener,
+            admin,
+            webstack_common::Shutdown::new(),
+        )));
+    }
+    Ok(tasks)
 }
 
 /// Binds the control socket, refusing when another supervisor already answers on it.
@@ -491,6 +554,7 @@ fn print_endpoints(sup: &Shared) {
             Role::Lb => "load balancer: the site",
             Role::Web => "web server",
             Role::App => "application server",
+            Role::Monitor => "monitoring dashboard (Prometheus, Alertmanager)",
         };
         if let (Role::Lb, Some(port)) = (unit.role, config.https_port()) {
             println!(
@@ -584,7 +648,7 @@ async fn health_loop(sup: Shared) {
             // A db node also reports its replication state, an lb its certificates; None when
             // the role did not answer (its last facts stay).
             let detail = match role {
-                Role::Db | Role::Lb | Role::Etcd => get_body(admin, "localhost", "/status", PROBE_TIMEOUT)
+                Role::Db | Role::Lb | Role::Etcd | Role::Monitor => get_body(admin, "localhost", "/status", PROBE_TIMEOUT)
                     .await
                     .ok()
                     .and_then(|(_, body)| serde_json::from_slice(&body).ok()),

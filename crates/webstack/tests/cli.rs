@@ -47,7 +47,9 @@ fn the_default_topology_is_valid() {
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
     assert!(
-        said.contains("lb-01 (etcd+lb)")
+        said.contains("lb-01 (etcd+lb+monitor)")
+            && said.contains("lb-02 (lb+monitor)")
+            && said.contains("monitoring: promtool test rules: ok")
             && said.contains("web-01 (etcd+db+app+web)")
             && said.contains("web-02 (etcd+db+app+web)")
             && said.contains("database failover through etcd on lb-01, web-01, web-02"),

@@ -546,6 +546,9 @@ impl Agent {
             },
             None => None,
         };
+        self.metrics
+            .etcd_connected
+            .set(i64::from(snapshot.is_some()));
         let Some((mut client, snapshot)) = snapshot else {
             // Without etcd nobody can prove who leads: a writable node fences itself once its
             // lease may be gone.

@@ -1,4 +1,4 @@
-//! The failover agent's metrics (the monitoring issue adds the rest of the db role's).
+//! The failover agent's metrics (the server's own are in `crate::metrics`).
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -14,6 +14,8 @@ pub struct Metrics {
     pub promotion_refused: Gauge,
     /// 1 while the primary report says every acknowledged write is on a replica.
     pub semi_sync: Gauge,
+    /// 1 while the agent's last read of etcd succeeded.
+    pub etcd_connected: Gauge,
     pub promotions: Counter,
     pub fences: Counter,
 }
@@ -41,6 +43,11 @@ impl Metrics {
             "semi_sync",
             "1 while this primary's report says every acknowledged write is on a replica",
             metrics.semi_sync.clone(),
+        );
+        db.register(
+            "etcd_connected",
+            "1 while this node's failover agent reads etcd (the last try succeeded)",
+            metrics.etcd_connected.clone(),
         );
         db.register(
             "promotions",

@@ -77,8 +77,11 @@ pub async fn run_checker(server: Arc<Server>, config: HealthConfig, sweep: Arc<F
             server.metrics.health_checks_failed.inc();
             tracing::debug!(server = %server.config.name, %error, "health check failed");
         }
+        let now = unix_now();
+        server.metrics.last_check.set(now);
         if let Some(up) = state.record(result.is_ok(), config.rise, config.fall) {
             server.set_up(up);
+            server.metrics.state_since.set(now);
             match &result {
                 Ok(()) => {
                     tracing::info!(server = %server.config.name, addr = %server.config.addr, "server is UP")
@@ -104,6 +107,12 @@ pub async fn run_checker(server: Arc<Server>, config: HealthConfig, sweep: Arc<F
             }
         }
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The least time between two checks of one server when failed requests ask for one early.
