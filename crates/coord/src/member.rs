@@ -13,6 +13,43 @@ use webstack_common::backoff::Backoff;
 use webstack_common::{Admin, Shutdown};
 
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The etcd role's metrics: this member's health as the role sees it.
+#[derive(Clone, Debug, Default)]
+pub struct MemberMetrics {
+    healthy: prometheus_client::metrics::gauge::Gauge,
+    leader: prometheus_client::metrics::gauge::Gauge,
+    raft_term: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl MemberMetrics {
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> MemberMetrics {
+        let metrics = MemberMetrics::default();
+        let etcd = registry.sub_registry_with_prefix("webstack_etcd");
+        etcd.register(
+            "healthy",
+            "1 while this member has a leader and a quorum (a read through the raft log works)",
+            metrics.healthy.clone(),
+        );
+        etcd.register(
+            "leader",
+            "1 while this member is the raft leader",
+            metrics.leader.clone(),
+        );
+        etcd.register(
+            "raft_term",
+            "The raft term this member last reported",
+            metrics.raft_term.clone(),
+        );
+        metrics
+    }
+
+    fn set(&self, status: &MemberStatus) {
+        self.healthy.set(i64::from(status.healthy));
+        self.leader.set(i64::from(status.leader));
+        self.raft_term.set(status.raft_term as i64);
+    }
+}
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// One member of the cluster, as the topology places it.
@@ -103,6 +140,7 @@ pub struct MemberStatus {
 pub async fn run(
     config: MemberConfig,
     admin: Admin,
+    metrics: MemberMetrics,
     shutdown: Shutdown,
 ) -> Result<(), MemberError> {
     if let Some(parent) = config.data_dir.parent() {
@@ -116,12 +154,13 @@ pub async fn run(
         let mut child = spawn(&config)?;
         let started = Instant::now();
         tokio::select! {
-            status = watch(&config, &mut child, &admin) => {
+            status = watch(&config, &mut child, &admin, &metrics) => {
                 tracing::warn!(?status, "etcd exited");
             }
             _ = shutdown.triggered() => {}
         }
         admin.set_ready(false);
+        metrics.set(&MemberStatus::default());
         webstack_common::child::stop(&mut child, STOP_TIMEOUT, "etcd").await;
         if shutdown.is_triggered() {
             return Ok(());
@@ -171,6 +210,7 @@ async fn watch(
     config: &MemberConfig,
     child: &mut Child,
     admin: &Admin,
+    metrics: &MemberMetrics,
 ) -> std::io::Result<std::process::ExitStatus> {
     let cluster = crate::Cluster {
         endpoints: vec![config.client_url()],
@@ -199,6 +239,7 @@ async fn watch(
             client = None;
         }
         admin.set_ready(status.healthy);
+        metrics.set(&status);
         admin.set_status(serde_json::to_value(&status).unwrap_or_default());
     }
 }

@@ -51,11 +51,12 @@ pub async fn run(
     let start: Box<dyn FnOnce(Admin) -> tokio::task::JoinHandle<()>> = match role {
         Role::Etcd => {
             let member = config.etcd_member(&host, state_dir);
+            let metrics = webstack_coord::member::MemberMetrics::register(&mut registry);
             let shutdown = shutdown.clone();
             Box::new(move |admin| {
                 tokio::spawn(async move {
                     if let Err(error) =
-                        webstack_coord::member::run(member, admin, shutdown.clone()).await
+                        webstack_coord::member::run(member, admin, metrics, shutdown.clone()).await
                     {
                         tracing::error!(%error, "the etcd member failed");
                         eprintln!("webstack: etcd: {error}");

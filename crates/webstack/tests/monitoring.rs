@@ -265,6 +265,27 @@ fn every_role_is_scraped_a_stopped_web_host_alerts_and_the_dashboard_shows_it() 
         "the generated config is in the state dir"
     );
 
+    // The two monitors' Alertmanagers are one cluster (each notification goes out once).
+    assert_eventually!(
+        get(addr(8, 9293), "/api/v2/status", &[]).is_ok_and(|r| {
+            let json = r.json();
+            json["cluster"]["status"] == "ready"
+                && json["cluster"]["peers"]
+                    .as_array()
+                    .is_some_and(|p| p.len() == 2)
+        }),
+        Duration::from_secs(60),
+        "a two-peer Alertmanager cluster: {}",
+        get(addr(8, 9293), "/api/v2/status", &[])
+            .map(|r| r.text())
+            .unwrap_or_default()
+    );
+    let etcd_metrics = get(addr(8, 9104), "/metrics", &[]).unwrap().text();
+    assert!(
+        etcd_metrics.contains("webstack_etcd_healthy 1"),
+        "{etcd_metrics}"
+    );
+
     // 3. The dashboard in a real browser: every host, web-02 up.
     let browser = Browser::start(&topology.dir.path().join("chromium"));
     let dashboard = format!("http://{}/", addr(8, 9200));
