@@ -290,7 +290,27 @@ async fn list_alerts(State(dashboard): State<Dashboard>) -> axum::Json<Vec<Alert
     axum::Json(dashboard.alerts.firing())
 }
 
-async fn receive_alerts(State(dashboard): State<Dashboard>, body: axum::body::Bytes) -> Response {
+/// The client address of a dashboard connection.
+#[derive(Clone, Copy, Debug)]
+struct Peer(std::net::SocketAddr);
+
+/// Only the Alertmanagers (on the monitor hosts) and this machine may post alerts: anyone
+/// else who reaches the dashboard's port could otherwise paint false alerts on it.
+async fn receive_alerts(
+    State(dashboard): State<Dashboard>,
+    peer: Option<axum::Extension<Peer>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let allowed = peer.is_some_and(|axum::Extension(Peer(peer))| {
+        peer.ip().is_loopback() || dashboard.config.monitors.contains(&peer.ip())
+    });
+    if !allowed {
+        return (
+            StatusCode::FORBIDDEN,
+            "alerts are taken from the monitor hosts' Alertmanagers only\n",
+        )
+            .into_response();
+    }
     match serde_json::from_slice::<Webhook>(&body) {
         Ok(webhook) => {
             dashboard.alerts.receive(webhook);
@@ -316,7 +336,12 @@ pub async fn serve(
     serve_http(
         listener,
         HttpOptions::default(),
-        move |_| hyper_util::service::TowerToHyperService::new(router.clone()),
+        move |peer| {
+            use tower::Layer as _;
+            hyper_util::service::TowerToHyperService::new(
+                axum::Extension(Peer(peer)).layer(router.clone()),
+            )
+        },
         shutdown,
     )
     .await
@@ -445,5 +470,40 @@ mod render_tests {
             !page.contains("http://") || !page.contains("src=\"http"),
             "no external assets"
         );
+    }
+}
+
+#[cfg(test)]
+mod webhook_tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    async fn post_from(peer: Option<&str>) -> StatusCode {
+        let config = Arc::new(crate::generate::tests::sample());
+        let router = router(config, Arc::default(), Alerts::new(Metrics::default()));
+        let mut request = axum::http::Request::post("/api/alerts")
+            .body(axum::body::Body::from(r#"{"alerts": []}"#))
+            .unwrap();
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(Peer(peer.parse().unwrap()));
+        }
+        router.oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn only_the_monitor_hosts_and_this_machine_may_post_alerts() {
+        assert_eq!(
+            post_from(Some("127.0.0.9:40000")).await,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            post_from(Some("127.0.0.1:40000")).await,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            post_from(Some("192.0.2.7:40000")).await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(post_from(None).await, StatusCode::FORBIDDEN);
     }
 }

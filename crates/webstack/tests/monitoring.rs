@@ -373,10 +373,14 @@ fn every_role_is_scraped_a_stopped_web_host_alerts_and_the_dashboard_shows_it() 
         browser.text("body")
     );
     browser.screenshot(&topology.dir.path().join("dashboard-web-02-down.png"));
-    let status = topology.cli(&["status"]);
-    let status = String::from_utf8_lossy(&status.stdout).into_owned();
-    assert!(status.contains("firing: "), "{status}");
-    assert!(status.contains("WebstackHostDown"), "{status}");
+    // `status` shows what the supervisor last polled from the monitor (every 500 ms).
+    let status = || String::from_utf8_lossy(&topology.cli(&["status"]).stdout).into_owned();
+    assert_eventually!(
+        status().contains("firing: ") && status().contains("WebstackHostDown"),
+        Duration::from_secs(10),
+        "the firing alerts in `webstack status`:\n{}",
+        status()
+    );
     assert!(
         topology
             .log("lb-01", "monitor")
