@@ -124,7 +124,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(pages::healthz))
         .fallback(pages::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .route_layer(axum::middleware::from_fn_with_state(tracking, trace::track))
+        .layer(axum::middleware::from_fn_with_state(tracking, trace::track))
         .with_state(state)
 }
 

@@ -283,6 +283,48 @@ mod tests {
         )
     }
 
+    #[tokio::test]
+    async fn requests_are_counted_by_route_template_and_timed_for_the_client() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let templates_dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../site/templates");
+        let state = AppState::load(
+            Config {
+                host_name: "web-01".into(),
+                site_name: "www.foobar.com".into(),
+                templates_dir,
+                db: None,
+                maxconn: 16,
+                access_log: true,
+                server_timing: true,
+            },
+            &mut registry,
+        )
+        .unwrap();
+        let app = router(Arc::new(state));
+        for path in ["/api/whoami", "/posts/7", "/no/such/page"] {
+            let response = app
+                .clone()
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let timing = response.headers()["server-timing"].to_str().unwrap();
+            assert!(timing.starts_with("app;dur="), "{path}: {timing}");
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "webstack_app_requests_total{route=\"/api/whoami\",code=\"200\"} 1",
+            // The template, never the raw path (bounded cardinality).
+            "webstack_app_requests_total{route=\"/posts/{id}\",code=\"503\"} 1",
+            "webstack_app_requests_total{route=\"unmatched\",code=\"404\"} 1",
+            "webstack_app_request_duration_seconds_count{route=\"/api/whoami\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("/posts/7"), "{text}");
+    }
+
     async fn send(request: Request<Body>) -> (StatusCode, String) {
         let response = router(state()).oneshot(request).await.unwrap();
         let status = response.status();
