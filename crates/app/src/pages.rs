@@ -263,44 +263,28 @@ mod tests {
 
     use crate::{AppState, Config, router};
 
+    /// The app without a database, with the site's templates.
+    fn config(access_log: bool) -> Config {
+        Config {
+            host_name: "web-01".into(),
+            site_name: "www.foobar.com".into(),
+            templates_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../site/templates"),
+            db: None,
+            maxconn: 16,
+            access_log,
+            server_timing: true,
+        }
+    }
+
     fn state() -> Arc<AppState> {
-        let templates_dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../site/templates");
-        Arc::new(
-            AppState::load(
-                Config {
-                    host_name: "web-01".into(),
-                    site_name: "www.foobar.com".into(),
-                    templates_dir,
-                    db: None,
-                    maxconn: 16,
-                    access_log: false,
-                    server_timing: true,
-                },
-                &mut Default::default(),
-            )
-            .unwrap(),
-        )
+        Arc::new(AppState::load(config(false), &mut Default::default()).unwrap())
     }
 
     #[tokio::test]
     async fn requests_are_counted_by_route_template_and_timed_for_the_client() {
         let mut registry = prometheus_client::registry::Registry::default();
-        let templates_dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../site/templates");
-        let state = AppState::load(
-            Config {
-                host_name: "web-01".into(),
-                site_name: "www.foobar.com".into(),
-                templates_dir,
-                db: None,
-                maxconn: 16,
-                access_log: true,
-                server_timing: true,
-            },
-            &mut registry,
-        )
-        .unwrap();
+        let state = AppState::load(config(true), &mut registry).unwrap();
         let app = router(Arc::new(state));
         for path in ["/api/whoami", "/posts/7", "/no/such/page"] {
             let response = app
