@@ -67,7 +67,7 @@ impl ProcessSample {
 /// Fields of `/proc/<pid>/stat` (proc(5)): the command may hold spaces and parentheses, so
 /// the fields are counted after its last ')'.
 fn parse_stat(stat: &str, ticks: f64, page: i64, boot_time: u64) -> Option<ProcessSample> {
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state): field N is fields[N - 3].
     let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
@@ -225,6 +225,7 @@ mod tests {
         assert_eq!(sample.virtual_bytes, 123_456_789);
         assert_eq!(sample.resident_bytes, 300 * 4096);
         assert!(parse_stat("garbage", 100.0, 4096, 0).is_none());
+        assert!(parse_stat("x)", 100.0, 4096, 0).is_none());
     }
 
     #[test]

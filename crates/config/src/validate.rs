@@ -329,9 +329,9 @@ fn monitor_settings(
 ) -> Result<crate::MonitorSettings, ConfigError> {
     let interval = check.positive(&monitor.scrape_interval, "monitor.scrape_interval")?;
     check.ensure(
-        interval >= Duration::from_millis(100) && interval <= Duration::from_secs(300),
+        interval >= Duration::from_millis(100) && interval <= Duration::from_secs(15),
         monitor.scrape_interval.span(),
-        "monitor.scrape_interval: expected 100ms to 5m (Prometheus scrapes every role this often)",
+        "monitor.scrape_interval: expected 100ms to 15s (the alert rules' rate windows need at least four samples)",
     )?;
     let retention = check.positive(&monitor.retention, "monitor.retention")?;
     check.ensure(

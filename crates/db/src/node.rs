@@ -116,6 +116,8 @@ pub async fn run(
         _ = shutdown.triggered() => return Ok(()),
     };
     stop_stale(&config).await;
+    // Without failover no agent sets the primary gauge: the node loop does, from the role.
+    let primary = metrics.primary.clone();
     // With failover, one agent for the life of the role: it keeps the lease (and the leader
     // key) across a restart of mariadbd.
     let mut agent = config
@@ -130,10 +132,18 @@ pub async fn run(
         }
         let started = Instant::now();
         let outcome = tokio::select! {
-            result = serve(&config, admin_password, &mut child, &admin, &stats, agent.as_mut()) => result,
+            result = serve(&config, admin_password, &mut child, &admin, &stats, &primary, agent.as_mut()) => result,
             _ = shutdown.triggered() => Ok(()),
         };
         admin.set_ready(false);
+        // mariadbd is gone (or going): no stale role, threads or positions in the metrics.
+        stats.set_status(&NodeStatus {
+            role: "down".into(),
+            summary: "mariadbd is not running".into(),
+            ..NodeStatus::default()
+        });
+        stats.set_server(None);
+        primary.set(0);
         if shutdown.is_triggered() {
             if let Some(agent) = agent.as_mut() {
                 // A primary hands over before it stops, so writes move at once.
@@ -240,6 +250,7 @@ async fn serve(
     child: &mut Child,
     admin: &Admin,
     stats: &ServerStats,
+    primary: &prometheus_client::metrics::gauge::Gauge,
     mut agent: Option<&mut Agent>,
 ) -> Result<(), NodeError> {
     let deadline = Instant::now() + START_TIMEOUT;
@@ -335,6 +346,9 @@ async fn serve(
                 admin.set_ready(ready);
                 admin.set_status(serde_json::to_value(&status).unwrap_or_default());
                 stats.set_status(&status);
+                if agent.is_none() {
+                    primary.set(i64::from(status.role == "primary"));
+                }
             }
         }
     }

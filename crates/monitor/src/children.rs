@@ -39,9 +39,8 @@ impl Program {
                     go_duration(config.retention_time)
                 ),
                 format!("--storage.tsdb.retention.size={}", config.retention_size),
+                // No `--web.enable-lifecycle`: whoever reaches the port could stop it.
                 format!("--web.listen-address={}", config.prometheus_addr()),
-                // `webstack reload` re-reads the generated files without losing history.
-                "--web.enable-lifecycle".into(),
             ],
             log: config.logs.join(format!("{}-prometheus.log", config.host)),
         }

@@ -501,7 +501,7 @@ fn certificates(reading: &Reading, out: &mut Vec<CertView>) {
                 .take(10)
                 .collect(),
             days_left: cert["days_left"].as_i64().unwrap_or(0),
-            warn: cert["days_left"].as_i64().unwrap_or(0) < 14,
+            warn: cert["days_left"].as_i64().unwrap_or(0) <= 14,
         };
         if !out
             .iter()

@@ -166,11 +166,82 @@ impl Alerts {
         self.metrics.firing.set(firing.len() as i64);
     }
 
+    /// Replaces the firing alerts with Alertmanager's own list (its v2 API): what a lost
+    /// webhook call or a restart of this role missed is caught up here.
+    fn replace_all(&self, alerts: Vec<ApiAlert>) {
+        self.received_any
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut firing = self.firing.lock().unwrap_or_else(|e| e.into_inner());
+        firing.clear();
+        for alert in alerts {
+            let view = AlertView {
+                name: alert.labels.get("alertname").cloned().unwrap_or_default(),
+                severity: alert.labels.get("severity").cloned().unwrap_or_default(),
+                summary: alert
+                    .annotations
+                    .get("summary")
+                    .cloned()
+                    .unwrap_or_default(),
+                action: alert.annotations.get("action").cloned().unwrap_or_default(),
+                since: since(&alert.starts_at),
+                state: "firing".into(),
+                labels: alert.labels,
+            };
+            firing.insert(alert.fingerprint, view);
+        }
+        self.metrics.firing.set(firing.len() as i64);
+    }
+
     fn source(&self) -> &'static str {
         if self.received_any.load(std::sync::atomic::Ordering::Relaxed) {
-            "alertmanager webhook"
+            "alertmanager"
         } else {
-            "no alert received yet"
+            "no word from alertmanager yet"
+        }
+    }
+}
+
+/// One alert of Alertmanager's `GET /api/v2/alerts`, the parts we read.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiAlert {
+    #[serde(default)]
+    labels: HashMap<String, String>,
+    #[serde(default)]
+    annotations: HashMap<String, String>,
+    #[serde(default)]
+    starts_at: String,
+    #[serde(default)]
+    fingerprint: String,
+}
+
+/// How often the dashboard reads Alertmanager's list of alerts.
+const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Every `RECONCILE_EVERY`, takes the active (neither silenced nor inhibited) alerts from this
+/// host's Alertmanager; the webhook stays the fast path and the log of every notification.
+pub async fn reconcile(config: Arc<Config>, alerts: Alerts) {
+    let addr = config.alertmanager_addr();
+    let mut tick = tokio::time::interval(RECONCILE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let answer = webstack_common::probe::get_body(
+            addr,
+            &addr.to_string(),
+            "/api/v2/alerts?active=true&silenced=false&inhibited=false",
+            std::time::Duration::from_secs(2),
+        )
+        .await;
+        match answer {
+            Ok((status, body)) if status.is_success() => {
+                match serde_json::from_slice::<Vec<ApiAlert>>(&body) {
+                    Ok(list) => alerts.replace_all(list),
+                    Err(error) => tracing::warn!(%error, "cannot read Alertmanager's alerts"),
+                }
+            }
+            // Not up yet, or restarting: the last list (and the webhook) stand.
+            _ => {}
         }
     }
 }
@@ -381,6 +452,24 @@ pub async fn publish_status(config: Arc<Config>, alerts: Alerts, admin: Admin) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alertmanagers_list_replaces_what_the_webhook_said() {
+        let alerts = Alerts::new(Metrics::default());
+        let list: Vec<ApiAlert> = serde_json::from_value(serde_json::json!([{
+            "labels": {"alertname": "WebstackHostDown", "host": "web-02", "severity": "critical"},
+            "annotations": {"summary": "web-02 is down"},
+            "startsAt": "2026-11-29T19:39:58.123Z",
+            "fingerprint": "abc",
+            "status": {"state": "active", "inhibitedBy": [], "silencedBy": []}
+        }]))
+        .unwrap();
+        alerts.replace_all(list);
+        assert_eq!(alerts.firing()[0].summary, "web-02 is down");
+        alerts.replace_all(Vec::new());
+        assert!(alerts.firing().is_empty(), "resolved: gone from the list");
+        assert_eq!(alerts.metrics.firing.get(), 0);
+    }
 
     #[test]
     fn webhook_alerts_fire_and_resolve_by_fingerprint() {

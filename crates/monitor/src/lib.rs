@@ -135,6 +135,9 @@ pub async fn run(
     let collector = collect::Collector::new(config.clone());
     let overview = collector.latest();
     let collecting = tokio::spawn(collector.run(shutdown.clone()));
+    let reconciling = config
+        .has_programs()
+        .then(|| tokio::spawn(dashboard::reconcile(config.clone(), alerts.clone())));
     let status = tokio::spawn(dashboard::publish_status(
         config.clone(),
         alerts.clone(),
@@ -145,6 +148,9 @@ pub async fn run(
     admin.set_ready(false);
     collecting.abort();
     status.abort();
+    if let Some(reconciling) = reconciling {
+        reconciling.abort();
+    }
     for child in children {
         let _ = child.await;
     }

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -24,7 +25,9 @@ impl Browser {
             .expect("a free port")
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // Its own process group: chromium and its helpers go with it (see Drop).
         let driver = Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -144,8 +147,10 @@ impl Drop for Browser {
                 "",
             );
         }
-        // Our own child, by pid.
-        let _ = self.driver.kill();
+        // Our own child's process group (by its pid): chromedriver and the chromium it started,
+        // also when the session could not be closed.
+        let group = nix::unistd::Pid::from_raw(self.driver.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.driver.wait();
     }
 }

@@ -438,7 +438,7 @@ fn check_runs_prometheus_and_alertmanagers_own_checkers_and_refuses_bad_monitor_
     for (bad, expected) in [
         (
             "scrape_interval = \"10ms\"",
-            "monitor.scrape_interval: expected 100ms to 5m",
+            "monitor.scrape_interval: expected 100ms to 15s",
         ),
         (
             "webhooks = [\"ftp://x\"]",
