@@ -28,6 +28,26 @@ pub struct FileConfig {
     pub netns: NetnsFile,
     #[serde(default)]
     pub monitor: MonitorFile,
+    #[serde(default)]
+    pub firewall: FirewallFile,
+}
+
+/// `[firewall]`: the nftables rules derived from the topology.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirewallFile {
+    /// Networks that may reach ssh and every admin port (`["10.0.0.0/24"]`).
+    pub admin: Vec<Spanned<String>>,
+    pub ssh_port: Spanned<u16>,
+}
+
+impl Default for FirewallFile {
+    fn default() -> Self {
+        Self {
+            admin: Vec::new(),
+            ssh_port: Spanned::new(0..0, 22),
+        }
+    }
 }
 
 /// `[monitor]`: Prometheus, Alertmanager and the dashboard on the hosts with role `monitor`,

@@ -102,6 +102,7 @@ pub struct Config {
     vip: Option<vip::VipSettings>,
     monitor: MonitorSettings,
     monitor_ports: Ports,
+    firewall: FirewallSettings,
     /// `[netns]`: used by `webstack up --netns` only.
     pub netns: vip::NetnsSettings,
 }
@@ -129,6 +130,13 @@ pub(crate) struct MonitorSettings {
     pub prometheus: PathBuf,
     pub alertmanager: PathBuf,
     pub webhooks: Vec<String>,
+}
+
+/// `[firewall]` settings.
+#[derive(Clone, Debug)]
+pub(crate) struct FirewallSettings {
+    pub admin: Vec<String>,
+    pub ssh_port: u16,
 }
 
 /// `[db]` settings shared by every db node and the app's router.
@@ -443,6 +451,118 @@ impl Config {
             webhooks: m.webhooks.clone(),
             dir: state_dir.join("monitor").join(&host.name),
             logs: state_dir.join("logs"),
+        }
+    }
+
+    /// `host`'s firewall: what its roles serve, to exactly the hosts that need it.
+    pub fn firewall(&self, host: &Host) -> webstack_firewall::HostRules {
+        use webstack_firewall::{Protocol, Rule, Source};
+        let set = |role: Role| -> (String, Vec<IpAddr>) {
+            (
+                format!("{role}_hosts"),
+                self.hosts_with(role).map(|h| h.address).collect(),
+            )
+        };
+        let sets: Vec<(String, Vec<IpAddr>)> = Role::ALL
+            .into_iter()
+            .map(set)
+            .filter(|(_, members)| !members.is_empty())
+            .collect();
+        let from = |role: Role| Source::Set(format!("{role}_hosts"));
+        let tcp = |name: &str, from: Source, ports: Vec<u16>| Rule {
+            name: name.into(),
+            from,
+            protocol: Protocol::Tcp,
+            ports,
+        };
+        let mut rules = Vec::new();
+        if host.has(Role::Lb) {
+            let mut ports = vec![self.lb_ports.service];
+            ports.extend(self.https_port());
+            rules.push(tcp("lb_http", Source::Anyone, ports));
+            if self.uses_vrrp() {
+                rules.push(Rule {
+                    name: "lb_vrrp".into(),
+                    from: from(Role::Lb),
+                    protocol: Protocol::Vrrp,
+                    ports: Vec::new(),
+                });
+            }
+        }
+        if host.has(Role::Web) {
+            rules.push(tcp(
+                "web_from_lb",
+                from(Role::Lb),
+                vec![self.web_ports.service],
+            ));
+        }
+        // The app is reached by its own host's web server only: over `lo`, accepted above all.
+        if host.has(Role::Db) {
+            rules.push(tcp(
+                "db_from_app",
+                from(Role::App),
+                vec![self.db_ports.service],
+            ));
+            rules.push(tcp(
+                "db_from_db",
+                from(Role::Db),
+                vec![self.db_ports.service],
+            ));
+        }
+        if host.has(Role::Etcd) {
+            let client = vec![self.etcd_ports.service];
+            for role in [Role::App, Role::Db, Role::Etcd] {
+                if self.hosts_with(role).next().is_some() {
+                    rules.push(tcp(
+                        &format!("etcd_from_{role}"),
+                        from(role),
+                        client.clone(),
+                    ));
+                }
+            }
+            rules.push(tcp(
+                "etcd_peers",
+                from(Role::Etcd),
+                vec![self.etcd.peer_port],
+            ));
+        }
+        let mut admin_ports: Vec<u16> = host.roles.iter().map(|r| self.ports(*r).admin).collect();
+        admin_ports.push(self.monitor.host_port);
+        if self.hosts_with(Role::Monitor).next().is_some() {
+            rules.push(tcp(
+                "admin_from_monitor",
+                from(Role::Monitor),
+                admin_ports.clone(),
+            ));
+        }
+        if host.has(Role::Monitor) {
+            let m = &self.monitor;
+            let ui = vec![
+                self.monitor_ports.service,
+                m.prometheus_port,
+                m.alertmanager_port,
+            ];
+            rules.push(tcp("monitor_from_monitor", from(Role::Monitor), ui.clone()));
+            rules.push(tcp(
+                "monitor_cluster",
+                from(Role::Monitor),
+                vec![m.cluster_port],
+            ));
+            rules.push(Rule {
+                name: "monitor_cluster_udp".into(),
+                from: from(Role::Monitor),
+                protocol: Protocol::Udp,
+                ports: vec![m.cluster_port],
+            });
+            admin_ports.extend(ui);
+        }
+        admin_ports.push(self.firewall.ssh_port);
+        rules.push(tcp("admin", Source::Admin, admin_ports));
+        webstack_firewall::HostRules {
+            host: host.name.clone(),
+            sets,
+            admin: self.firewall.admin.clone(),
+            rules,
         }
     }
 

@@ -299,6 +299,7 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
     let vip = crate::vip::vip_settings(&check, &site_name, &file.lb, &hosts, &file.hosts)?;
     let netns = crate::vip::netns_settings(&check, &file.netns, &hosts, vip.as_ref())?;
     let monitor = monitor_settings(&check, &file.monitor)?;
+    let firewall = firewall_settings(&check, &file.firewall)?;
 
     Ok(Config {
         path: path.to_path_buf(),
@@ -318,7 +319,40 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         vip,
         monitor,
         monitor_ports,
+        firewall,
         netns,
+    })
+}
+
+/// `[firewall]`: admin networks as `address/prefix`.
+fn firewall_settings(
+    check: &Checker,
+    firewall: &file::FirewallFile,
+) -> Result<crate::FirewallSettings, ConfigError> {
+    let mut admin = Vec::new();
+    for network in &firewall.admin {
+        let text = network.get_ref();
+        let parsed = text.split_once('/').and_then(|(address, prefix)| {
+            let address: std::net::IpAddr = address.parse().ok()?;
+            let prefix: u8 = prefix.parse().ok()?;
+            let max = if address.is_ipv4() { 32 } else { 128 };
+            (prefix <= max).then_some(())
+        });
+        check.ensure(
+            parsed.is_some(),
+            network.span(),
+            format!("firewall.admin: {text:?} is not a network: expected address/prefix, like \"10.0.0.0/24\""),
+        )?;
+        admin.push(text.clone());
+    }
+    check.ensure(
+        *firewall.ssh_port.get_ref() != 0,
+        firewall.ssh_port.span(),
+        "firewall.ssh_port = 0 is not a port: expected 1 to 65535",
+    )?;
+    Ok(crate::FirewallSettings {
+        admin,
+        ssh_port: *firewall.ssh_port.get_ref(),
     })
 }
 

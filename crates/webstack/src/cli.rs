@@ -33,6 +33,27 @@ pub enum Command {
     Db(DbArgs),
     /// Run a command inside a host's network namespace (`up --netns`), or `client`'s.
     Exec(ExecArgs),
+    /// The nftables rules each host needs, derived from the topology: show or check them.
+    Firewall(FirewallArgs),
+}
+
+#[derive(Args)]
+pub struct FirewallArgs {
+    #[command(subcommand)]
+    pub command: FirewallCommand,
+    #[arg(short, long, default_value = "webstack.toml", global = true)]
+    pub config: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum FirewallCommand {
+    /// Print the ruleset of one host (or of every host), ready for `nft -f`.
+    Show {
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Validate every host's ruleset with `nft -c` (through a user namespace when not root).
+    Check,
 }
 
 #[derive(Args)]
@@ -220,7 +241,13 @@ pub fn check(path: &Path) -> ExitCode {
                 config.site_name,
                 hosts.join(", ")
             );
-            check_monitoring(&config)
+            let monitoring = check_monitoring(&config);
+            let firewall = check_firewall(&config, false);
+            if monitoring == ExitCode::SUCCESS && firewall == ExitCode::SUCCESS {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(error) => {
             eprintln!("{error}");
@@ -266,6 +293,60 @@ fn check_monitoring(config: &Config) -> ExitCode {
     }
 }
 
+/// `webstack firewall show|check`.
+pub fn firewall(args: &FirewallArgs) -> anyhow::Result<ExitCode> {
+    let config = load(&args.config)?;
+    match &args.command {
+        FirewallCommand::Show { host } => {
+            let hosts: Vec<_> = match host {
+                Some(name) => vec![config.host(name).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no host {name} in {}; hosts: {}",
+                        args.config.display(),
+                        host_names(&config)
+                    )
+                })?],
+                None => config.hosts.iter().collect(),
+            };
+            for host in hosts {
+                print!("{}", webstack_firewall::render(&config.firewall(host)));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FirewallCommand::Check => Ok(check_firewall(&config, true)),
+    }
+}
+
+/// `nft -c` on every host's ruleset; `required`: fail when nft is missing (else say so).
+fn check_firewall(config: &Config, required: bool) -> ExitCode {
+    let nft = Path::new(NFT);
+    if !nft.is_file() {
+        let what = "firewall: not checked (nft is not installed: apt-get install nftables)";
+        if required {
+            eprintln!("{what}");
+            return ExitCode::FAILURE;
+        }
+        println!("{what}");
+        return ExitCode::SUCCESS;
+    }
+    let mut ok = true;
+    for host in &config.hosts {
+        match webstack_firewall::check(nft, &webstack_firewall::render(&config.firewall(host))) {
+            Ok(()) => println!("firewall: {}: nft -c: ok", host.name),
+            Err(error) => {
+                ok = false;
+                eprintln!("firewall: {}: nft -c failed:\n{error}", host.name);
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+const NFT: &str = "/usr/sbin/nft";
 const PROMTOOL: &str = "/usr/bin/promtool";
 const AMTOOL: &str = "/usr/bin/amtool";
 

@@ -81,5 +81,6 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Db(args) => db::run(args).await,
         Command::Exec(args) => netns::exec(&cli::load(&args.config)?, &args.host, &args.command),
+        Command::Firewall(args) => cli::firewall(&args),
     }
 }

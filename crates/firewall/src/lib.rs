@@ -1,0 +1,341 @@
+//! nftables rules from the topology: each host accepts exactly the traffic its roles need,
+//! from exactly the hosts that need it. `render` writes one host's ruleset as text that
+//! replaces only webstack's own table atomically (`table inet webstack` / `delete table inet
+//! webstack` / the table), `check` validates it with `nft -c` (through a user namespace when
+//! not root). Applying it and proving it in namespaces are the firewall issue's next steps.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+
+/// Who a rule lets in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Any address (the site's public ports).
+    Anyone,
+    /// The hosts of a named set (`lb_hosts`, `db_hosts`, ...).
+    Set(String),
+    /// The `firewall.admin` networks.
+    Admin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    /// IP protocol 112: keepalived's adverts between the lb hosts.
+    Vrrp,
+}
+
+/// One accept rule; its counter is named after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Counter and comment name: `lb_http`, `db_from_app`, ...
+    pub name: String,
+    pub from: Source,
+    pub protocol: Protocol,
+    /// Destination ports (none for VRRP).
+    pub ports: Vec<u16>,
+}
+
+/// One host's ruleset, as the topology describes it.
+#[derive(Clone, Debug)]
+pub struct HostRules {
+    pub host: String,
+    /// Named address sets: (name, addresses).
+    pub sets: Vec<(String, Vec<IpAddr>)>,
+    /// The admin networks (`10.0.0.0/24`, validated by the topology's checks).
+    pub admin: Vec<String>,
+    pub rules: Vec<Rule>,
+}
+
+/// The table every ruleset replaces (and nothing else).
+pub const TABLE: &str = "webstack";
+
+fn family_sets(name: &str, addresses: &[IpAddr]) -> [(String, &'static str, Vec<IpAddr>); 2] {
+    [
+        (
+            format!("{name}_v4"),
+            "ipv4_addr",
+            addresses.iter().filter(|a| a.is_ipv4()).copied().collect(),
+        ),
+        (
+            format!("{name}_v6"),
+            "ipv6_addr",
+            addresses.iter().filter(|a| a.is_ipv6()).copied().collect(),
+        ),
+    ]
+}
+
+/// The ruleset of one host: a file `nft -f` applies atomically, replacing only our table.
+/// Sources the topology knows (its hosts) that reach a closed port are rejected, so a
+/// misconfiguration shows at once; anyone else is dropped.
+pub fn render(rules: &HostRules) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# webstack firewall for host {}: generated from the topology (`webstack firewall show`).",
+        rules.host
+    );
+    let _ = writeln!(out, "table inet {TABLE}\ndelete table inet {TABLE}");
+    let _ = writeln!(out, "table inet {TABLE} {{");
+    let mut all_hosts: Vec<IpAddr> = Vec::new();
+    for (name, addresses) in &rules.sets {
+        for address in addresses {
+            if !all_hosts.contains(address) {
+                all_hosts.push(*address);
+            }
+        }
+        for (set, kind, members) in family_sets(name, addresses) {
+            write_set(
+                &mut out,
+                &set,
+                kind,
+                &members.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                false,
+            );
+        }
+    }
+    for (set, kind, members) in family_sets("topology_hosts", &all_hosts) {
+        write_set(
+            &mut out,
+            &set,
+            kind,
+            &members.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            false,
+        );
+    }
+    let (admin4, admin6): (Vec<String>, Vec<String>) =
+        rules.admin.iter().cloned().partition(|n| !n.contains(':'));
+    write_set(&mut out, "admin_v4", "ipv4_addr", &admin4, true);
+    write_set(&mut out, "admin_v6", "ipv6_addr", &admin6, true);
+    // Counter names are prefixed: a bare `icmp` or `established` is an nft keyword.
+    let mut counters = vec![
+        "accepted_established".to_string(),
+        "dropped_invalid".into(),
+        "accepted_icmp".into(),
+    ];
+    counters.extend(rules.rules.iter().map(|r| format!("accepted_{}", r.name)));
+    counters.extend(["rejected_inside".to_string(), "dropped".into()]);
+    for counter in &counters {
+        let _ = writeln!(out, "  counter {counter} {{\n  }}");
+    }
+    let _ = writeln!(out, "  chain input {{");
+    let _ = writeln!(
+        out,
+        "    type filter hook input priority filter; policy drop;"
+    );
+    let _ = writeln!(
+        out,
+        "    ct state established,related counter name accepted_established accept"
+    );
+    let _ = writeln!(
+        out,
+        "    ct state invalid counter name dropped_invalid drop"
+    );
+    let _ = writeln!(out, "    iif lo accept");
+    // What path MTU discovery and error reporting need (and ping), nothing else.
+    let _ = writeln!(
+        out,
+        "    meta l4proto icmp icmp type {{ destination-unreachable, time-exceeded, parameter-problem, echo-request }} counter name accepted_icmp accept"
+    );
+    let _ = writeln!(
+        out,
+        "    meta l4proto ipv6-icmp icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem, echo-request, nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert }} counter name accepted_icmp accept"
+    );
+    for rule in &rules.rules {
+        let matches: Vec<String> = match &rule.from {
+            Source::Anyone => vec![String::new()],
+            Source::Set(name) => family_sets(name, set_members(rules, name))
+                .into_iter()
+                .filter(|(_, _, members)| !members.is_empty())
+                .map(|(set, kind, _)| {
+                    let family = if kind == "ipv4_addr" { "ip" } else { "ip6" };
+                    format!("{family} saddr @{set} ")
+                })
+                .collect(),
+            Source::Admin => [("ip", "admin_v4", &admin4), ("ip6", "admin_v6", &admin6)]
+                .into_iter()
+                .filter(|(_, _, members)| !members.is_empty())
+                .map(|(family, set, _)| format!("{family} saddr @{set} "))
+                .collect(),
+        };
+        for from in matches {
+            let what = match rule.protocol {
+                Protocol::Vrrp => "meta l4proto vrrp".to_string(),
+                Protocol::Tcp | Protocol::Udp => {
+                    let proto = if rule.protocol == Protocol::Tcp {
+                        "tcp"
+                    } else {
+                        "udp"
+                    };
+                    let ports = rule
+                        .ports
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    format!("{proto} dport {{ {ports} }}")
+                }
+            };
+            let _ = writeln!(
+                out,
+                "    {from}{what} counter name accepted_{} accept comment \"{}\"",
+                rule.name, rule.name
+            );
+        }
+    }
+    for (set, kind, members) in family_sets("topology_hosts", &all_hosts) {
+        if !members.is_empty() {
+            let family = if kind == "ipv4_addr" { "ip" } else { "ip6" };
+            let _ = writeln!(
+                out,
+                "    {family} saddr @{set} counter name rejected_inside reject with icmpx type admin-prohibited"
+            );
+        }
+    }
+    let _ = writeln!(out, "    counter name dropped");
+    let _ = writeln!(out, "  }}\n}}");
+    out
+}
+
+fn set_members<'a>(rules: &'a HostRules, name: &str) -> &'a [IpAddr] {
+    rules
+        .sets
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(&[], |(_, members)| members.as_slice())
+}
+
+fn write_set(out: &mut String, name: &str, kind: &str, members: &[String], interval: bool) {
+    let _ = writeln!(out, "  set {name} {{\n    type {kind}");
+    if interval {
+        let _ = writeln!(out, "    flags interval");
+    }
+    if !members.is_empty() {
+        let _ = writeln!(out, "    elements = {{ {} }}", members.join(", "));
+    }
+    let _ = writeln!(out, "  }}");
+}
+
+/// Why `nft -c` refused a ruleset, or could not run.
+#[derive(Debug)]
+pub struct CheckError(pub String);
+
+impl std::fmt::Display for CheckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Validates `ruleset` with `nft -c -f` without applying it: as root directly (nothing is
+/// changed), otherwise inside a new user and network namespace (`unshare -rn`).
+pub fn check(nft: &Path, ruleset: &str) -> Result<(), CheckError> {
+    let dir =
+        tempfile::tempdir().map_err(|e| CheckError(format!("cannot make a temp dir: {e}")))?;
+    let file = dir.path().join("ruleset.nft");
+    std::fs::write(&file, ruleset)
+        .map_err(|e| CheckError(format!("cannot write {}: {e}", file.display())))?;
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false);
+    let mut command = if root {
+        Command::new(nft)
+    } else {
+        let mut c = Command::new("unshare");
+        c.arg("-rn").arg(nft);
+        c
+    };
+    let out = command
+        .arg("-c")
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .map_err(|e| CheckError(format!("cannot run {}: {e}", nft.display())))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(CheckError(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> HostRules {
+        let a = |s: &str| s.parse::<IpAddr>().unwrap();
+        HostRules {
+            host: "web-01".into(),
+            sets: vec![
+                ("lb_hosts".into(), vec![a("10.0.0.8"), a("fd00::8")]),
+                ("web_hosts".into(), vec![a("10.0.0.11")]),
+            ],
+            admin: vec!["192.168.1.0/24".into(), "fd01::/64".into()],
+            rules: vec![
+                Rule {
+                    name: "web_from_lb".into(),
+                    from: Source::Set("lb_hosts".into()),
+                    protocol: Protocol::Tcp,
+                    ports: vec![8000],
+                },
+                Rule {
+                    name: "lb_vrrp".into(),
+                    from: Source::Set("lb_hosts".into()),
+                    protocol: Protocol::Vrrp,
+                    ports: vec![],
+                },
+                Rule {
+                    name: "admin".into(),
+                    from: Source::Admin,
+                    protocol: Protocol::Tcp,
+                    ports: vec![22, 9101],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn each_family_gets_its_set_and_rule_and_the_table_is_replaced_atomically() {
+        let text = render(&sample());
+        assert!(
+            text.contains("table inet webstack\ndelete table inet webstack\ntable inet webstack {"),
+            "{text}"
+        );
+        for line in [
+            "ip saddr @lb_hosts_v4 tcp dport { 8000 } counter name accepted_web_from_lb accept",
+            "ip6 saddr @lb_hosts_v6 tcp dport { 8000 } counter name accepted_web_from_lb accept",
+            "ip saddr @lb_hosts_v4 meta l4proto vrrp counter name accepted_lb_vrrp accept",
+            "ip6 saddr @lb_hosts_v6 meta l4proto vrrp counter name accepted_lb_vrrp accept",
+            "ip saddr @admin_v4 tcp dport { 22, 9101 } counter name accepted_admin accept",
+            "ip6 saddr @admin_v6 tcp dport { 22, 9101 } counter name accepted_admin accept",
+            "elements = { 10.0.0.8, 10.0.0.11 }",
+            "type filter hook input priority filter; policy drop;",
+            "ip saddr @topology_hosts_v4 counter name rejected_inside reject",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        // No web host's set is used for an accept: web-01 takes nothing from web hosts.
+        assert!(!text.contains("saddr @web_hosts_v4 tcp"), "{text}");
+    }
+
+    #[test]
+    fn nft_accepts_the_ruleset_and_refuses_a_broken_one() {
+        let nft = Path::new("/usr/sbin/nft");
+        assert!(nft.is_file(), "nft (apt-get install nftables)");
+        check(nft, &render(&sample())).expect("nft -c accepts the rendered ruleset");
+        let broken = render(&sample()).replace("policy drop;", "policy maybe;");
+        let error = check(nft, &broken).unwrap_err().to_string();
+        assert!(error.contains("maybe"), "{error}");
+    }
+}
