@@ -39,6 +39,10 @@ pub struct FirewallFile {
     /// Networks that may reach ssh and every admin port (`["10.0.0.0/24"]`).
     pub admin: Vec<Spanned<String>>,
     pub ssh_port: Spanned<u16>,
+    /// `webstack run --host` applies the host's rules at start; default: only in namespace mode.
+    pub apply: Option<bool>,
+    /// ... and removes them at a clean stop.
+    pub remove_at_stop: bool,
 }
 
 impl Default for FirewallFile {
@@ -46,6 +50,8 @@ impl Default for FirewallFile {
         Self {
             admin: Vec::new(),
             ssh_port: Spanned::new(0..0, 22),
+            apply: None,
+            remove_at_stop: false,
         }
     }
 }

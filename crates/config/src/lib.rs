@@ -137,6 +137,8 @@ pub(crate) struct MonitorSettings {
 pub(crate) struct FirewallSettings {
     pub admin: Vec<String>,
     pub ssh_port: u16,
+    pub apply: Option<bool>,
+    pub remove_at_stop: bool,
 }
 
 /// `[db]` settings shared by every db node and the app's router.
@@ -452,6 +454,17 @@ impl Config {
             dir: state_dir.join("monitor").join(&host.name),
             logs: state_dir.join("logs"),
         }
+    }
+
+    /// Whether `webstack run --host` applies the host's firewall at start: `firewall.apply`,
+    /// by default only in namespace mode (`netns`), where the namespace is all the host has.
+    pub fn firewall_applied(&self, netns: bool) -> bool {
+        self.firewall.apply.unwrap_or(netns)
+    }
+
+    /// Whether a clean stop of `webstack run --host` removes the rules it applied.
+    pub fn firewall_removed_at_stop(&self) -> bool {
+        self.firewall.remove_at_stop
     }
 
     /// `host`'s firewall: what its roles serve, to exactly the hosts that need it.

@@ -353,6 +353,8 @@ fn firewall_settings(
     Ok(crate::FirewallSettings {
         admin,
         ssh_port: *firewall.ssh_port.get_ref(),
+        apply: firewall.apply,
+        remove_at_stop: firewall.remove_at_stop,
     })
 }
 

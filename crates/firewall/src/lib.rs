@@ -121,6 +121,17 @@ pub fn render(rules: &HostRules) -> String {
     for counter in &counters {
         let _ = writeln!(out, "  counter {counter} {{\n  }}");
     }
+    // VRRP is never tracked: an advert flow conntrack once saw both ways would otherwise pass
+    // as "established" and hide a missing VRRP rule until the next reboot.
+    for (chain, hook) in [
+        ("vrrp_untracked_in", "prerouting"),
+        ("vrrp_untracked_out", "output"),
+    ] {
+        let _ = writeln!(
+            out,
+            "  chain {chain} {{\n    type filter hook {hook} priority raw; policy accept;\n    meta l4proto vrrp notrack\n  }}"
+        );
+    }
     let _ = writeln!(out, "  chain input {{");
     let _ = writeln!(
         out,
@@ -229,6 +240,47 @@ impl std::fmt::Display for CheckError {
     }
 }
 
+/// Applies `ruleset` with `nft -f` (root): our table is replaced in one transaction, other
+/// tables stay as they are.
+pub fn apply(nft: &Path, ruleset: &str) -> Result<(), CheckError> {
+    let dir =
+        tempfile::tempdir().map_err(|e| CheckError(format!("cannot make a temp dir: {e}")))?;
+    let file = dir.path().join("ruleset.nft");
+    std::fs::write(&file, ruleset)
+        .map_err(|e| CheckError(format!("cannot write {}: {e}", file.display())))?;
+    run(Command::new(nft).arg("-f").arg(&file), nft)
+}
+
+/// Removes our table (nothing else); not having one is fine.
+pub fn remove(nft: &Path) -> Result<(), CheckError> {
+    let listed = Command::new(nft)
+        .args(["list", "table", "inet", TABLE])
+        .output()
+        .map_err(|e| CheckError(format!("cannot run {}: {e}", nft.display())))?;
+    if !listed.status.success() {
+        return Ok(());
+    }
+    run(
+        Command::new(nft).args(["delete", "table", "inet", TABLE]),
+        nft,
+    )
+}
+
+fn run(command: &mut Command, nft: &Path) -> Result<(), CheckError> {
+    let out = command
+        .output()
+        .map_err(|e| CheckError(format!("cannot run {}: {e}", nft.display())))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(CheckError(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
 /// Validates `ruleset` with `nft -c -f` without applying it: as root directly (nothing is
 /// changed), otherwise inside a new user and network namespace (`unshare -rn`).
 pub fn check(nft: &Path, ruleset: &str) -> Result<(), CheckError> {
@@ -321,6 +373,7 @@ mod tests {
             "ip6 saddr @admin_v6 tcp dport { 22, 9101 } counter name accepted_admin accept",
             "elements = { 10.0.0.8, 10.0.0.11 }",
             "type filter hook input priority filter; policy drop;",
+            "type filter hook prerouting priority raw; policy accept;\n    meta l4proto vrrp notrack",
             "ip saddr @topology_hosts_v4 counter name rejected_inside reject",
         ] {
             assert!(text.contains(line), "{line:?} in\n{text}");

@@ -54,6 +54,11 @@ pub enum FirewallCommand {
     },
     /// Validate every host's ruleset with `nft -c` (through a user namespace when not root).
     Check,
+    /// Apply one host's ruleset on this machine (root): only webstack's table is replaced.
+    Apply {
+        #[arg(long)]
+        host: String,
+    },
 }
 
 #[derive(Args)]
@@ -140,6 +145,9 @@ pub struct RunArgs {
     /// Started by a supervisor: exit when standard input closes (the supervisor is gone).
     #[arg(long, hide = true)]
     pub supervised: bool,
+    /// Started by `up --netns`: the host is a namespace (the firewall is applied by default).
+    #[arg(long, hide = true)]
+    pub in_netns: bool,
 }
 
 #[derive(Args)]
@@ -314,7 +322,35 @@ pub fn firewall(args: &FirewallArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         FirewallCommand::Check => Ok(check_firewall(&config, true)),
+        FirewallCommand::Apply { host } => {
+            apply_firewall(&config, host)?;
+            println!("firewall: {host}: applied (nft list table inet webstack shows it)");
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Applies `host`'s ruleset on this machine (or namespace).
+pub fn apply_firewall(config: &Config, host: &str) -> anyhow::Result<()> {
+    let host = config.host(host).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no host {host} in {}; hosts: {}",
+            config.path.display(),
+            host_names(config)
+        )
+    })?;
+    let nft = Path::new(NFT);
+    if !nft.is_file() {
+        anyhow::bail!("nft is not installed (apt-get install nftables)");
+    }
+    webstack_firewall::apply(nft, &webstack_firewall::render(&config.firewall(host)))
+        .map_err(|error| anyhow::anyhow!("cannot apply the firewall of {}: {error}", host.name))
+}
+
+/// Removes webstack's table from this machine (or namespace).
+pub fn remove_firewall() -> anyhow::Result<()> {
+    webstack_firewall::remove(Path::new(NFT))
+        .map_err(|error| anyhow::anyhow!("cannot remove the firewall: {error}"))
 }
 
 /// `nft -c` on every host's ruleset; `required`: fail when nft is missing (else say so).

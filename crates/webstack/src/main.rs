@@ -71,7 +71,19 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Some(role) => {
                     role::run(config, &args.host, role, &args.state_dir, args.supervised).await
                 }
-                None => supervisor::run(config, Some(args.host), args.state_dir).await,
+                None => {
+                    let firewall = config.firewall_applied(args.in_netns);
+                    if firewall {
+                        cli::apply_firewall(&config, &args.host)?;
+                        println!("webstack: firewall of {} applied", args.host);
+                    }
+                    let remove = firewall && config.firewall_removed_at_stop();
+                    let code = supervisor::run(config, Some(args.host), args.state_dir).await;
+                    if remove {
+                        cli::remove_firewall()?;
+                    }
+                    code
+                }
             }
         }
         Command::Status(args) => status::run(&args).await,

@@ -356,7 +356,7 @@ fn spawn_host(config: &Config, exe: &Path, netns: &str, host: &mut Host) -> anyh
             "--",
         ])
         .arg(exe)
-        .args(["run", "--host", &host.name, "--config"])
+        .args(["run", "--in-netns", "--host", &host.name, "--config"])
         .arg(&config.path)
         .arg("--state-dir")
         .arg(&host.state_dir)
