@@ -251,6 +251,70 @@ pub fn apply(nft: &Path, ruleset: &str) -> Result<(), CheckError> {
     run(Command::new(nft).arg("-f").arg(&file), nft)
 }
 
+/// One named counter of our table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counter {
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The named counters of our table (`nft -j list counters table inet webstack`), bounded by
+/// `limit`; empty when there is no table (the rules are not applied here) or nft fails.
+pub fn counters(nft: &Path, limit: std::time::Duration) -> Vec<Counter> {
+    let Ok(mut child) = Command::new(nft)
+        .args(["-j", "list", "counters", "table", "inet", TABLE])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        return Vec::new();
+    };
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Vec::new();
+            }
+        }
+    }
+    let mut text = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        use std::io::Read as _;
+        let _ = stdout.read_to_string(&mut text);
+    }
+    parse_counters(&text)
+}
+
+/// Counters from nft's JSON (`{"nftables": [{"counter": {"name", "packets", "bytes", ...}}]}`).
+pub fn parse_counters(json: &str) -> Vec<Counter> {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    value["nftables"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| {
+                    let counter = item.get("counter")?;
+                    Some(Counter {
+                        name: counter["name"].as_str()?.to_string(),
+                        packets: counter["packets"].as_u64()?,
+                        bytes: counter["bytes"].as_u64()?,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Removes our table (nothing else); not having one is fine.
 pub fn remove(nft: &Path) -> Result<(), CheckError> {
     let listed = Command::new(nft)
@@ -380,6 +444,28 @@ mod tests {
         }
         // No web host's set is used for an accept: web-01 takes nothing from web hosts.
         assert!(!text.contains("saddr @web_hosts_v4 tcp"), "{text}");
+    }
+
+    #[test]
+    fn counters_are_read_from_nfts_json() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}}, {"counter": {"family": "inet", "name": "accepted_lb_http", "table": "webstack", "handle": 3, "packets": 12, "bytes": 840}}, {"counter": {"family": "inet", "name": "dropped", "table": "webstack", "handle": 9, "packets": 0, "bytes": 0}}]}"#;
+        assert_eq!(
+            parse_counters(json),
+            vec![
+                Counter {
+                    name: "accepted_lb_http".into(),
+                    packets: 12,
+                    bytes: 840
+                },
+                Counter {
+                    name: "dropped".into(),
+                    packets: 0,
+                    bytes: 0
+                },
+            ]
+        );
+        assert!(parse_counters("").is_empty());
+        assert!(parse_counters("{\"counter\": {\"name\": \"x\"}}").is_empty());
     }
 
     #[test]

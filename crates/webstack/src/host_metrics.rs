@@ -27,12 +27,18 @@ pub(crate) const STATES: [&str; 4] = ["running", "restarting", "pending", "stopp
 
 type Snapshot = Arc<dyn Fn() -> Vec<RoleSample> + Send + Sync>;
 
-/// The host's registry: `snapshot` is called at each scrape.
-pub(crate) fn registry(snapshot: Snapshot, state_dir: PathBuf) -> Registry {
+/// One value of a firewall counter (packets or bytes).
+type CounterValue = fn(&webstack_firewall::Counter) -> u64;
+
+/// The host's registry: `snapshot` is called at each scrape. `firewall`: this process runs one
+/// host on its own machine or namespace (`run --host`), so webstack's nftables counters here
+/// are that host's.
+pub(crate) fn registry(snapshot: Snapshot, state_dir: PathBuf, firewall: bool) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(HostCollector {
         snapshot,
         state_dir,
+        firewall,
     }));
     registry
 }
@@ -40,6 +46,7 @@ pub(crate) fn registry(snapshot: Snapshot, state_dir: PathBuf) -> Registry {
 struct HostCollector {
     snapshot: Snapshot,
     state_dir: PathBuf,
+    firewall: bool,
 }
 
 impl std::fmt::Debug for HostCollector {
@@ -113,6 +120,31 @@ impl Collector for HostCollector {
                     None,
                     gauge.metric_type(),
                 )?)?;
+            }
+        }
+        let nft = std::path::Path::new("/usr/sbin/nft");
+        if self.firewall && nft.is_file() {
+            // Empty when webstack's table is not applied here: no series then.
+            let counters = webstack_firewall::counters(nft, std::time::Duration::from_secs(2));
+            let families: [(&str, &str, CounterValue); 2] = [
+                (
+                    "webstack_firewall_packets",
+                    "Packets each rule of the host's firewall counted (accepted, rejected or dropped)",
+                    |c| c.packets,
+                ),
+                (
+                    "webstack_firewall_bytes",
+                    "Bytes each rule of the host's firewall counted (accepted, rejected or dropped)",
+                    |c| c.bytes,
+                ),
+            ];
+            for (name, help, value) in families.into_iter().filter(|_| !counters.is_empty()) {
+                let mut family =
+                    encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for counter in &counters {
+                    ConstCounter::new(value(counter))
+                        .encode(family.encode_family(&[("rule", counter.name.as_str())])?)?;
+                }
             }
         }
         Ok(())

@@ -271,6 +271,7 @@ async fn serve_host_metrics(
         let admin = webstack_common::Admin::new(crate::host_metrics::registry(
             snapshot,
             sup.state_dir.clone(),
+            only_host.is_some(),
         ));
         admin.set_ready(true);
         tasks.push(tokio::spawn(webstack_common::serve_admin(

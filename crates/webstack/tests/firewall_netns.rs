@@ -219,37 +219,80 @@ fn the_rules_allow_exactly_the_topologys_traffic_and_the_site_works_through_them
         targets()
     );
 
-    // A ruleset without the VRRP rule on the standby lb: it stops hearing the holder's adverts
-    // and takes the address as well; with the right rules again, one holder.
-    let holder = holders(&topology)[0];
-    let standby = if holder == "lb-01" { "lb-02" } else { "lb-01" };
+    // The rules' counters, as each host's supervisor exports them: the client's connections
+    // were counted by the lb that took them.
+    let host_metrics = |host: &str| {
+        String::from_utf8_lossy(
+            &inside(
+                &prefix,
+                host,
+                &[
+                    "curl",
+                    "-s",
+                    "-m",
+                    "5",
+                    &format!("http://{}:9105/metrics", address(host)),
+                ],
+            )
+            .stdout,
+        )
+        .into_owned()
+    };
+    let counted = |host: &str| {
+        host_metrics(host).lines().any(|l| {
+            l.starts_with("webstack_firewall_packets_total{rule=\"accepted_lb_http\"}")
+                && !l.ends_with(" 0")
+        })
+    };
+    assert_eventually!(
+        counted("lb-01") || counted("lb-02"),
+        Duration::from_secs(10),
+        "an lb's accept counter in its metrics:\n{}\n{}",
+        host_metrics("lb-01"),
+        host_metrics("lb-02")
+    );
+    assert!(
+        host_metrics("web-01")
+            .contains("webstack_firewall_packets_total{rule=\"accepted_web_from_lb\"}"),
+        "{}",
+        host_metrics("web-01")
+    );
+
+    // Rulesets without the VRRP accept rule (what a renderer that forgot it would make): the
+    // lbs stop hearing each other and both take the address; the right rules again: one
+    // holder. (On one lb alone it depends on the tie-break: the higher address keeps or takes
+    // the VIP and the lower one, still hearing it, yields; so both lbs get the broken rules.)
     let config = topology.config_path.to_string_lossy().into_owned();
-    let shown = Command::new(EXE)
-        .args(["firewall", "show", "--host", standby, "-c", &config])
-        .output()
-        .unwrap();
-    let without_vrrp: String = String::from_utf8_lossy(&shown.stdout)
-        .lines()
-        // The accept rule only: VRRP stays untracked, as an operator's copy would keep it.
-        .filter(|l| !l.contains("counter name accepted_lb_vrrp accept"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let file = topology.dir.path().join("standby-without-vrrp.nft");
-    std::fs::write(&file, &without_vrrp).unwrap();
-    let applied = inside(&prefix, standby, &["nft", "-f", &file.to_string_lossy()]);
-    assert!(applied.status.success(), "{applied:?}");
+    for lb in ["lb-01", "lb-02"] {
+        let shown = Command::new(EXE)
+            .args(["firewall", "show", "--host", lb, "-c", &config])
+            .output()
+            .unwrap();
+        let without_vrrp: String = String::from_utf8_lossy(&shown.stdout)
+            .lines()
+            // The accept rule only: VRRP stays untracked, as a copy of the rules would keep it.
+            .filter(|l| !l.contains("counter name accepted_lb_vrrp accept"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file = topology.dir.path().join(format!("{lb}-without-vrrp.nft"));
+        std::fs::write(&file, &without_vrrp).unwrap();
+        let applied = inside(&prefix, lb, &["nft", "-f", &file.to_string_lossy()]);
+        assert!(applied.status.success(), "{applied:?}");
+    }
     assert_eventually!(
         holders(&topology).len() == 2,
         Duration::from_secs(20),
         "without the VRRP rule both lbs take the address: {:?}",
         holders(&topology)
     );
-    let restored = inside(
-        &prefix,
-        standby,
-        &[EXE, "firewall", "apply", "--host", standby, "-c", &config],
-    );
-    assert!(restored.status.success(), "{restored:?}");
+    for lb in ["lb-01", "lb-02"] {
+        let restored = inside(
+            &prefix,
+            lb,
+            &[EXE, "firewall", "apply", "--host", lb, "-c", &config],
+        );
+        assert!(restored.status.success(), "{restored:?}");
+    }
     assert_eventually!(
         holders(&topology).len() == 1,
         Duration::from_secs(20),
