@@ -50,6 +50,17 @@ pub struct HostRules {
     pub rules: Vec<Rule>,
 }
 
+/// The input chain up to the roles' rules: established flows, loopback, and the ICMP that path
+/// MTU discovery and error reporting need (and ping), nothing else.
+const INPUT_HEAD: &str = "  chain input {
+    type filter hook input priority filter; policy drop;
+    ct state established,related counter name accepted_established accept
+    ct state invalid counter name dropped_invalid drop
+    iif lo accept
+    meta l4proto icmp icmp type { destination-unreachable, time-exceeded, parameter-problem, echo-request } counter name accepted_icmp accept
+    meta l4proto ipv6-icmp icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem, echo-request, nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } counter name accepted_icmp accept
+";
+
 /// The table every ruleset replaces (and nothing else).
 pub const TABLE: &str = "webstack";
 
@@ -132,29 +143,7 @@ pub fn render(rules: &HostRules) -> String {
             "  chain {chain} {{\n    type filter hook {hook} priority raw; policy accept;\n    meta l4proto vrrp notrack\n  }}"
         );
     }
-    let _ = writeln!(out, "  chain input {{");
-    let _ = writeln!(
-        out,
-        "    type filter hook input priority filter; policy drop;"
-    );
-    let _ = writeln!(
-        out,
-        "    ct state established,related counter name accepted_established accept"
-    );
-    let _ = writeln!(
-        out,
-        "    ct state invalid counter name dropped_invalid drop"
-    );
-    let _ = writeln!(out, "    iif lo accept");
-    // What path MTU discovery and error reporting need (and ping), nothing else.
-    let _ = writeln!(
-        out,
-        "    meta l4proto icmp icmp type {{ destination-unreachable, time-exceeded, parameter-problem, echo-request }} counter name accepted_icmp accept"
-    );
-    let _ = writeln!(
-        out,
-        "    meta l4proto ipv6-icmp icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem, echo-request, nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert }} counter name accepted_icmp accept"
-    );
+    out.push_str(INPUT_HEAD);
     for rule in &rules.rules {
         let matches: Vec<String> = match &rule.from {
             Source::Anyone => vec![String::new()],
@@ -243,12 +232,22 @@ impl std::fmt::Display for CheckError {
 /// Applies `ruleset` with `nft -f` (root): our table is replaced in one transaction, other
 /// tables stay as they are.
 pub fn apply(nft: &Path, ruleset: &str) -> Result<(), CheckError> {
+    with_file(ruleset, |file| {
+        run(Command::new(nft).arg("-f").arg(file), nft)
+    })
+}
+
+/// Runs `use_file` on `ruleset` written to a temporary file (removed afterwards).
+fn with_file(
+    ruleset: &str,
+    use_file: impl FnOnce(&Path) -> Result<(), CheckError>,
+) -> Result<(), CheckError> {
     let dir =
         tempfile::tempdir().map_err(|e| CheckError(format!("cannot make a temp dir: {e}")))?;
     let file = dir.path().join("ruleset.nft");
     std::fs::write(&file, ruleset)
         .map_err(|e| CheckError(format!("cannot write {}: {e}", file.display())))?;
-    run(Command::new(nft).arg("-f").arg(&file), nft)
+    use_file(&file)
 }
 
 /// One named counter of our table.
@@ -348,11 +347,6 @@ fn run(command: &mut Command, nft: &Path) -> Result<(), CheckError> {
 /// Validates `ruleset` with `nft -c -f` without applying it: as root directly (nothing is
 /// changed), otherwise inside a new user and network namespace (`unshare -rn`).
 pub fn check(nft: &Path, ruleset: &str) -> Result<(), CheckError> {
-    let dir =
-        tempfile::tempdir().map_err(|e| CheckError(format!("cannot make a temp dir: {e}")))?;
-    let file = dir.path().join("ruleset.nft");
-    std::fs::write(&file, ruleset)
-        .map_err(|e| CheckError(format!("cannot write {}: {e}", file.display())))?;
     let root = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -361,28 +355,16 @@ pub fn check(nft: &Path, ruleset: &str) -> Result<(), CheckError> {
                 .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
         })
         .unwrap_or(false);
-    let mut command = if root {
-        Command::new(nft)
-    } else {
-        let mut c = Command::new("unshare");
-        c.arg("-rn").arg(nft);
-        c
-    };
-    let out = command
-        .arg("-c")
-        .arg("-f")
-        .arg(&file)
-        .output()
-        .map_err(|e| CheckError(format!("cannot run {}: {e}", nft.display())))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(CheckError(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )))
-    }
+    with_file(ruleset, |file| {
+        let mut command = if root {
+            Command::new(nft)
+        } else {
+            let mut c = Command::new("unshare");
+            c.arg("-rn").arg(nft);
+            c
+        };
+        run(command.arg("-c").arg("-f").arg(file), nft)
+    })
 }
 
 #[cfg(test)]

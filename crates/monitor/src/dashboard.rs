@@ -78,17 +78,11 @@ struct Webhook {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct WebhookAlert {
+    /// firing or resolved.
     status: String,
-    #[serde(default)]
-    labels: HashMap<String, String>,
-    #[serde(default)]
-    annotations: HashMap<String, String>,
-    #[serde(default)]
-    starts_at: String,
-    #[serde(default)]
-    fingerprint: String,
+    #[serde(flatten)]
+    alert: ApiAlert,
 }
 
 impl Alerts {
@@ -127,38 +121,14 @@ impl Alerts {
         self.received_any
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut firing = self.firing.lock().unwrap_or_else(|e| e.into_inner());
-        for alert in webhook.alerts {
+        for WebhookAlert { status, alert } in webhook.alerts {
             self.metrics.received.inc();
-            let name = alert.labels.get("alertname").cloned().unwrap_or_default();
-            let summary = alert
-                .annotations
-                .get("summary")
-                .cloned()
-                .unwrap_or_default();
-            let key = if alert.fingerprint.is_empty() {
-                format!("{:?}", {
-                    let mut labels: Vec<_> = alert.labels.iter().collect();
-                    labels.sort();
-                    labels
-                })
-            } else {
-                alert.fingerprint.clone()
-            };
+            let key = alert.key();
+            let view = alert.view(&status);
             // One line per notification: the log is where an operator looks afterwards.
-            tracing::warn!(alert = %name, state = %alert.status, %summary, "alert");
-            if alert.status == "firing" {
-                firing.insert(
-                    key,
-                    AlertView {
-                        severity: alert.labels.get("severity").cloned().unwrap_or_default(),
-                        action: alert.annotations.get("action").cloned().unwrap_or_default(),
-                        since: since(&alert.starts_at),
-                        state: alert.status,
-                        labels: alert.labels,
-                        name,
-                        summary,
-                    },
-                );
+            tracing::warn!(alert = %view.name, state = %status, summary = %view.summary, "alert");
+            if status == "firing" {
+                firing.insert(key, view);
             } else {
                 firing.remove(&key);
             }
@@ -174,20 +144,7 @@ impl Alerts {
         let mut firing = self.firing.lock().unwrap_or_else(|e| e.into_inner());
         firing.clear();
         for alert in alerts {
-            let view = AlertView {
-                name: alert.labels.get("alertname").cloned().unwrap_or_default(),
-                severity: alert.labels.get("severity").cloned().unwrap_or_default(),
-                summary: alert
-                    .annotations
-                    .get("summary")
-                    .cloned()
-                    .unwrap_or_default(),
-                action: alert.annotations.get("action").cloned().unwrap_or_default(),
-                since: since(&alert.starts_at),
-                state: "firing".into(),
-                labels: alert.labels,
-            };
-            firing.insert(alert.fingerprint, view);
+            firing.insert(alert.key(), alert.view("firing"));
         }
         self.metrics.firing.set(firing.len() as i64);
     }
@@ -201,7 +158,7 @@ impl Alerts {
     }
 }
 
-/// One alert of Alertmanager's `GET /api/v2/alerts`, the parts we read.
+/// One alert as Alertmanager describes it, in its v2 API and in its webhook, the parts we read.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ApiAlert {
@@ -213,6 +170,32 @@ struct ApiAlert {
     starts_at: String,
     #[serde(default)]
     fingerprint: String,
+}
+
+impl ApiAlert {
+    /// Alertmanager's fingerprint, or the sorted labels when it sent none.
+    fn key(&self) -> String {
+        if !self.fingerprint.is_empty() {
+            return self.fingerprint.clone();
+        }
+        let mut labels: Vec<_> = self.labels.iter().collect();
+        labels.sort();
+        format!("{labels:?}")
+    }
+
+    fn view(self, state: &str) -> AlertView {
+        let label = |k: &str| self.labels.get(k).cloned().unwrap_or_default();
+        let annotation = |k: &str| self.annotations.get(k).cloned().unwrap_or_default();
+        AlertView {
+            name: label("alertname"),
+            severity: label("severity"),
+            summary: annotation("summary"),
+            action: annotation("action"),
+            since: since(&self.starts_at),
+            state: state.to_string(),
+            labels: self.labels,
+        }
+    }
 }
 
 /// How often the dashboard reads Alertmanager's list of alerts.

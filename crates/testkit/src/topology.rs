@@ -475,3 +475,22 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// Why namespace mode cannot run here, if it cannot (not root, or `ip netns add` refused):
+/// tests that need it say so and skip. `probe` names the namespace tried (and removed).
+pub fn cannot_make_namespaces(probe: &str) -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root: network namespaces need root".into());
+    }
+    match Command::new("ip").args(["netns", "add", probe]).output() {
+        Ok(out) if out.status.success() => {
+            let _ = Command::new("ip").args(["netns", "del", probe]).output();
+            None
+        }
+        Ok(out) => Some(format!(
+            "`ip netns add` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(error) => Some(format!("cannot run `ip`: {error}")),
+    }
+}

@@ -8,6 +8,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use webstack_testkit::topology::cannot_make_namespaces;
 use webstack_testkit::{Topology, assert_eventually, site_dir};
 
 const EXE: &str = env!("CARGO_BIN_EXE_webstack");
@@ -34,24 +35,6 @@ fn topology_text(prefix: &str) -> String {
         site.join("static").display(),
         site.join("templates").display()
     )
-}
-
-fn cannot_make_namespaces() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root: network namespaces need root".into());
-    }
-    let probe = format!("{}probe", prefix());
-    match Command::new("ip").args(["netns", "add", &probe]).output() {
-        Ok(out) if out.status.success() => {
-            let _ = Command::new("ip").args(["netns", "del", &probe]).output();
-            None
-        }
-        Ok(out) => Some(format!(
-            "`ip netns add` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(error) => Some(format!("cannot run `ip`: {error}")),
-    }
 }
 
 /// Runs `command` in namespace `<prefix><name>` (a host, or `client`).
@@ -81,7 +64,7 @@ fn holders(topology: &Topology) -> Vec<&'static str> {
 
 #[test]
 fn the_rules_allow_exactly_the_topologys_traffic_and_the_site_works_through_them() {
-    if let Some(why) = cannot_make_namespaces() {
+    if let Some(why) = cannot_make_namespaces(&format!("{}probe", prefix())) {
         eprintln!("skipped: {why}");
         return;
     }

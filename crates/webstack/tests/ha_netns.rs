@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use webstack_testkit::requests::{Outcomes, RequestLoop};
+use webstack_testkit::topology::cannot_make_namespaces;
 use webstack_testkit::{Topology, assert_eventually, site_dir};
 
 const EXE: &str = env!("CARGO_BIN_EXE_webstack");
@@ -36,26 +37,6 @@ fn topology_text(prefix: &str) -> String {
         site.join("static").display(),
         site.join("templates").display()
     )
-}
-
-/// Why namespace mode cannot run here, if it cannot.
-fn cannot_make_namespaces() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root: network namespaces need root".into());
-    }
-    let probe = format!("{}probe", prefix());
-    let made = Command::new("ip").args(["netns", "add", &probe]).output();
-    match made {
-        Ok(out) if out.status.success() => {
-            let _ = Command::new("ip").args(["netns", "del", &probe]).output();
-            None
-        }
-        Ok(out) => Some(format!(
-            "`ip netns add` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(error) => Some(format!("cannot run `ip`: {error}")),
-    }
 }
 
 fn ip(args: &[&str]) -> String {
@@ -245,7 +226,7 @@ fn run_scenarios(topology: &Topology, prefix: &str) -> Vec<Scenario> {
 
 #[test]
 fn keepalived_moves_the_vip_between_namespaces_and_up_removes_them() {
-    if let Some(reason) = cannot_make_namespaces() {
+    if let Some(reason) = cannot_make_namespaces(&format!("{}probe", prefix())) {
         eprintln!("skipped: {reason}");
         return;
     }
