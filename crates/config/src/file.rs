@@ -43,6 +43,8 @@ pub struct FirewallFile {
     pub apply: Option<bool>,
     /// ... and removes them at a clean stop.
     pub remove_at_stop: bool,
+    /// Per-source flood limits on the lb hosts' site ports, far above the lb's own limits.
+    pub flood_guard: bool,
 }
 
 impl Default for FirewallFile {
@@ -52,6 +54,7 @@ impl Default for FirewallFile {
             ssh_port: Spanned::new(0..0, 22),
             apply: None,
             remove_at_stop: false,
+            flood_guard: true,
         }
     }
 }
@@ -129,6 +132,7 @@ pub struct LbFile {
     pub threads: Spanned<u32>,
     /// Client connections at once over both ports; more wait in the listen backlog.
     pub maxconn: Spanned<u32>,
+    pub limits: LimitsFile,
     pub health: HealthFile,
     pub timeouts: LbTimeoutsFile,
     pub tls: TlsFile,
@@ -137,6 +141,41 @@ pub struct LbFile {
     /// The site's address, shared by the lb hosts (DNS points here); moves to a survivor.
     pub vip: Option<Spanned<IpAddr>>,
     pub vrrp: VrrpFile,
+}
+
+/// `[lb.limits]`: what one client may do (see `webstack_lb::Limits`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsFile {
+    /// Requests per second per client; 0: off.
+    pub rate: Spanned<u32>,
+    pub burst: Spanned<u32>,
+    pub connections_per_client: Spanned<u32>,
+    /// Bytes per second; 0: off.
+    pub min_body_rate: Spanned<u32>,
+    pub body_grace: Spanned<HumanDuration>,
+    /// A size such as "100MiB".
+    pub max_body: Spanned<String>,
+    /// Networks (`address/prefix`) whose X-Forwarded-For names the client.
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// Networks whose connections must start with a PROXY protocol header.
+    pub proxy_protocol: Vec<Spanned<String>>,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        let defaults = webstack_lb::Limits::default();
+        Self {
+            rate: Spanned::new(0..0, defaults.rate),
+            burst: Spanned::new(0..0, defaults.burst),
+            connections_per_client: Spanned::new(0..0, defaults.connections_per_client),
+            min_body_rate: Spanned::new(0..0, defaults.min_body_rate),
+            body_grace: Spanned::new(0..0, HumanDuration(defaults.body_grace)),
+            max_body: Spanned::new(0..0, "100MiB".into()),
+            trusted_proxies: Vec::new(),
+            proxy_protocol: Vec::new(),
+        }
+    }
 }
 
 /// `[lb.vrrp]`: how keepalived moves a non-loopback `lb.vip` between the lb hosts.
@@ -196,6 +235,7 @@ impl Default for LbFile {
             server_timing: false,
             threads: Spanned::new(0..0, 0),
             maxconn: Spanned::new(0..0, 10_000),
+            limits: LimitsFile::default(),
             health: HealthFile::default(),
             timeouts: LbTimeoutsFile::default(),
             tls: TlsFile::default(),

@@ -139,6 +139,7 @@ pub(crate) struct FirewallSettings {
     pub ssh_port: u16,
     pub apply: Option<bool>,
     pub remove_at_stop: bool,
+    pub flood_guard: bool,
 }
 
 /// `[db]` settings shared by every db node and the app's router.
@@ -462,6 +463,19 @@ impl Config {
         self.firewall.apply.unwrap_or(netns)
     }
 
+    /// When the rules are applied on real machines (`firewall.apply = true`) with no
+    /// `firewall.admin` network, ssh and the admin ports are closed to every operator: said
+    /// by `webstack check` before it locks anyone out.
+    pub fn firewall_lockout_warning(&self) -> Option<String> {
+        (self.firewall.apply == Some(true) && self.firewall.admin.is_empty()).then(|| {
+            format!(
+                "{}: firewall.apply = true and firewall.admin is empty: once applied, ssh (port {}) and the admin ports answer no operator; add your network, e.g. admin = [\"192.0.2.0/24\"]",
+                self.path.display(),
+                self.firewall.ssh_port
+            )
+        })
+    }
+
     /// Whether a clean stop of `webstack run --host` removes the rules it applied.
     pub fn firewall_removed_at_stop(&self) -> bool {
         self.firewall.remove_at_stop
@@ -576,6 +590,34 @@ impl Config {
             sets,
             admin: self.firewall.admin.clone(),
             rules,
+            flood_guard: (host.has(Role::Lb) && self.firewall.flood_guard)
+                .then(|| self.flood_guard()),
+        }
+    }
+
+    /// The lb hosts' flood guard: ten times what the lb's per-client limits let one client do
+    /// (and never under 1000 new connections a second or 1000 open), so a client the lb would
+    /// answer itself never meets it; the proxies in front of the lb are left alone.
+    fn flood_guard(&self) -> webstack_firewall::FloodGuard {
+        let limits = &self.lb.limits;
+        let mut ports = vec![self.lb_ports.service];
+        ports.extend(self.https_port());
+        let rate = if limits.rate == 0 { 1000 } else { limits.rate };
+        let connections = match limits.connections_per_client {
+            0 => 10_000,
+            n => n,
+        };
+        webstack_firewall::FloodGuard {
+            ports,
+            new_per_second: rate.saturating_mul(10).max(1000),
+            burst: limits.burst.saturating_mul(10).max(2000),
+            connections: connections.saturating_mul(10).max(1000),
+            exempt: limits
+                .trusted_proxies
+                .iter()
+                .chain(&limits.proxy_protocol)
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 
@@ -823,8 +865,13 @@ mod tests {
             "{error}"
         );
         let error = error_of("cert = \"nope.pem\"\nkey = \"nope.key\"");
+        // The inserted `cert` takes the line `port = 8443` had.
+        let line = 1 + default_text()
+            .lines()
+            .position(|l| l.starts_with("port = 8443 "))
+            .unwrap();
         assert!(
-            error.contains("lb.tls.cert: ") && error.contains(":38:8"),
+            error.contains("lb.tls.cert: ") && error.contains(&format!(":{line}:8")),
             "{error}"
         );
         let text = default_text().replace("port = 8443 ", "port = 8080 ");

@@ -355,6 +355,7 @@ fn firewall_settings(
         ssh_port: *firewall.ssh_port.get_ref(),
         apply: firewall.apply,
         remove_at_stop: firewall.remove_at_stop,
+        flood_guard: firewall.flood_guard,
     })
 }
 
@@ -692,6 +693,7 @@ fn lb_config(
         },
         retries: *lb.retries.get_ref(),
         maxconn: check.maxconn(&lb.maxconn, "lb.maxconn")?,
+        limits: limits_settings(check, &lb.limits)?,
         access_log: lb.access_log,
         server_timing: lb.server_timing,
         tls: tls_settings(check, &lb.tls)?,
@@ -701,6 +703,105 @@ fn lb_config(
             n => n as usize,
         },
     })
+}
+
+/// `[lb.limits]`: bounded numbers, a size, networks.
+fn limits_settings(
+    check: &Checker,
+    limits: &file::LimitsFile,
+) -> Result<webstack_lb::Limits, ConfigError> {
+    let rate = *limits.rate.get_ref();
+    check.ensure(
+        rate <= 1_000_000,
+        limits.rate.span(),
+        format!("lb.limits.rate = {rate}: expected 0 (off) to 1000000 requests per second"),
+    )?;
+    let burst = *limits.burst.get_ref();
+    check.ensure(
+        rate == 0 || (1..=1_000_000).contains(&burst),
+        limits.burst.span(),
+        format!("lb.limits.burst = {burst}: expected 1 to 1000000 requests (a client may send so many at once)"),
+    )?;
+    let max_body = limits.max_body.get_ref();
+    let max_body_bytes = parse_size(max_body).filter(|&n| n > 0);
+    check.ensure(
+        max_body_bytes.is_some(),
+        limits.max_body.span(),
+        format!("lb.limits.max_body {max_body:?}: expected a size such as \"10MiB\", \"512KB\" or \"1GiB\""),
+    )?;
+    let connections = *limits.connections_per_client.get_ref();
+    check.ensure(
+        connections <= 1_000_000,
+        limits.connections_per_client.span(),
+        format!("lb.limits.connections_per_client = {connections}: expected 0 (off) to 1000000"),
+    )?;
+    let min_body_rate = *limits.min_body_rate.get_ref();
+    check.ensure(
+        min_body_rate <= 1_000_000_000,
+        limits.min_body_rate.span(),
+        format!("lb.limits.min_body_rate = {min_body_rate}: expected 0 (off) to 1000000000 bytes per second"),
+    )?;
+    let body_grace = check.bounded(&limits.body_grace, "lb.limits.body_grace")?;
+    check.ensure(
+        min_body_rate == 0 || body_grace >= Duration::from_secs(1),
+        limits.body_grace.span(),
+        "lb.limits.body_grace: expected at least 1s while min_body_rate is on (a client needs time to start its body)",
+    )?;
+    Ok(webstack_lb::Limits {
+        rate,
+        burst,
+        connections_per_client: connections,
+        min_body_rate,
+        body_grace,
+        max_body: max_body_bytes.unwrap_or(u64::MAX),
+        trusted_proxies: networks(check, &limits.trusted_proxies, "lb.limits.trusted_proxies")?,
+        proxy_protocol: networks(check, &limits.proxy_protocol, "lb.limits.proxy_protocol")?,
+    })
+}
+
+/// A list of proxies' networks: `address/prefix` or an address, never everyone (`/0` would let
+/// any client name its own address).
+fn networks(
+    check: &Checker,
+    list: &[Spanned<String>],
+    key: &str,
+) -> Result<Vec<webstack_lb::Network>, ConfigError> {
+    let mut out = Vec::new();
+    for network in list {
+        let text = network.get_ref();
+        let parsed = webstack_lb::Network::parse(text);
+        check.ensure(
+            parsed.is_some(),
+            network.span(),
+            format!("{key}: {text:?} is not a network: expected address/prefix, like \"10.0.0.0/8\", or an address"),
+        )?;
+        check.ensure(
+            parsed.is_some_and(|n| n.prefix > 0),
+            network.span(),
+            format!("{key}: {text:?} is every address: any client could name itself; list the proxies' own networks"),
+        )?;
+        out.extend(parsed);
+    }
+    Ok(out)
+}
+
+/// `512`, `64KB`, `10MB`, `1GB` (powers of 1000) or `64KiB`, `10MiB`, `1GiB` (powers of 1024);
+/// None when it is not one.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text.len() - text.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let number: u64 = text[..digits].parse().ok()?;
+    let unit: u64 = match text[digits..].trim() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "MB" => 1000 * 1000,
+        "GB" => 1000 * 1000 * 1000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(unit)
 }
 
 /// TLS settings with the certificate files as configured; `Config::lb` adds ACME's and the local

@@ -48,6 +48,24 @@ pub struct HostRules {
     /// The admin networks (`10.0.0.0/24`, validated by the topology's checks).
     pub admin: Vec<String>,
     pub rules: Vec<Rule>,
+    /// Per-source flood limits on the site's ports (lb hosts).
+    pub flood_guard: Option<FloodGuard>,
+}
+
+/// Per-source limits on new connections to the site's ports, set far above what the lb's own
+/// per-client limits allow: they stop only floods the lb would not survive (a per-source rule in
+/// the kernel also hits every client behind one NAT address, so it must stay coarse).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FloodGuard {
+    pub ports: Vec<u16>,
+    /// New connections per second per source address, and how many at once above that.
+    pub new_per_second: u32,
+    pub burst: u32,
+    /// Connections one source address may hold open (conntrack's count).
+    pub connections: u32,
+    /// Networks the guard leaves alone: the proxies in front of the lb, each carrying many
+    /// clients.
+    pub exempt: Vec<String>,
 }
 
 /// The input chain up to the roles' rules: established flows, loopback, and the ICMP that path
@@ -128,6 +146,23 @@ pub fn render(rules: &HostRules) -> String {
         "accepted_icmp".into(),
     ];
     counters.extend(rules.rules.iter().map(|r| format!("accepted_{}", r.name)));
+    if let Some(guard) = &rules.flood_guard {
+        let (exempt4, exempt6): (Vec<String>, Vec<String>) =
+            guard.exempt.iter().cloned().partition(|n| !n.contains(':'));
+        write_set(&mut out, "flood_exempt_v4", "ipv4_addr", &exempt4, true);
+        write_set(&mut out, "flood_exempt_v6", "ipv6_addr", &exempt6, true);
+        counters.extend([
+            "dropped_flood_rate".into(),
+            "dropped_flood_connections".into(),
+        ]);
+        for (family, kind) in [("v4", "ipv4_addr"), ("v6", "ipv6_addr")] {
+            // Entries of the rate set expire; the count set's leave with their last connection.
+            let _ = writeln!(
+                out,
+                "  set flood_rate_{family} {{\n    type {kind}\n    flags dynamic, timeout\n    timeout 1m\n    size 65536\n  }}\n  set flood_connections_{family} {{\n    type {kind}\n    flags dynamic\n    size 65536\n  }}"
+            );
+        }
+    }
     counters.extend(["rejected_inside".to_string(), "dropped".into()]);
     for counter in &counters {
         let _ = writeln!(out, "  counter {counter} {{\n  }}");
@@ -144,6 +179,27 @@ pub fn render(rules: &HostRules) -> String {
         );
     }
     out.push_str(INPUT_HEAD);
+    if let Some(guard) = &rules.flood_guard {
+        let ports = guard
+            .ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        // `update` refreshes a flooding source's timeout: its rate keeps counting.
+        for (family, set) in [("ip", "v4"), ("ip6", "v6")] {
+            let _ = writeln!(
+                out,
+                "    {family} saddr != @flood_exempt_{set} tcp dport {{ {ports} }} ct state new update @flood_rate_{set} {{ {family} saddr limit rate over {}/second burst {} packets }} counter name dropped_flood_rate drop comment \"flood_guard\"",
+                guard.new_per_second, guard.burst
+            );
+            let _ = writeln!(
+                out,
+                "    {family} saddr != @flood_exempt_{set} tcp dport {{ {ports} }} ct state new add @flood_connections_{set} {{ {family} saddr ct count over {} }} counter name dropped_flood_connections drop comment \"flood_guard\"",
+                guard.connections
+            );
+        }
+    }
     for rule in &rules.rules {
         let matches: Vec<String> = match &rule.from {
             Source::Anyone => vec![String::new()],
@@ -400,7 +456,37 @@ mod tests {
                     ports: vec![22, 9101],
                 },
             ],
+            flood_guard: None,
         }
+    }
+
+    #[test]
+    fn the_flood_guard_limits_new_connections_per_source_on_the_site_ports() {
+        let rules = HostRules {
+            flood_guard: Some(FloodGuard {
+                ports: vec![80, 443],
+                new_per_second: 1000,
+                burst: 2000,
+                connections: 2560,
+                exempt: vec!["198.51.100.0/24".into()],
+            }),
+            ..sample()
+        };
+        let text = render(&rules);
+        for line in [
+            "ip saddr != @flood_exempt_v4 tcp dport { 80, 443 } ct state new update @flood_rate_v4 { ip saddr limit rate over 1000/second burst 2000 packets } counter name dropped_flood_rate drop",
+            "ip6 saddr != @flood_exempt_v6 tcp dport { 80, 443 } ct state new add @flood_connections_v6 { ip6 saddr ct count over 2560 } counter name dropped_flood_connections drop",
+            "elements = { 198.51.100.0/24 }",
+            "set flood_rate_v4 {\n    type ipv4_addr\n    flags dynamic, timeout",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        // Before the accept rules, or it would never see a packet.
+        let guard = text.find("update @flood_rate_v4").unwrap();
+        assert!(guard < text.find("accepted_web_from_lb accept").unwrap());
+        let nft = Path::new("/usr/sbin/nft");
+        assert!(nft.is_file(), "nft (apt-get install nftables)");
+        check(nft, &text).expect("nft -c accepts the flood guard");
     }
 
     #[test]

@@ -204,6 +204,9 @@ pub struct Request {
     pub host: Option<Range<usize>>,
     /// The client's `X-Request-Id`, when this hop keeps it (`Forwarding::keep_request_id`).
     pub request_id: Option<Range<usize>>,
+    /// The incoming `X-Forwarded-For` addresses (every line's, comma-separated) as forwarded,
+    /// before the one this hop appends; empty when none came.
+    pub forwarded_for: Range<usize>,
     /// GET, HEAD, OPTIONS, PUT, DELETE, TRACE: may be sent again after a failure.
     pub idempotent: bool,
     pub is_head: bool,
@@ -532,6 +535,7 @@ fn rewrite_request<H: HeaderLine>(
     }
     // One X-Forwarded-For list: every earlier line's addresses, then the client's.
     out.extend_from_slice(b"X-Forwarded-For: ");
+    let earlier = out.len();
     for (header, &field) in headers.iter().zip(&fields) {
         if field == Field::XForwardedFor {
             let value = header.value().trim_ascii();
@@ -541,6 +545,7 @@ fn rewrite_request<H: HeaderLine>(
             }
         }
     }
+    let forwarded_for = earlier..out.len().saturating_sub(2).max(earlier);
     let _ = write!(out, "{}\r\n", forwarding.client);
     match forwarding.proto {
         Some(proto) => {
@@ -571,6 +576,7 @@ fn rewrite_request<H: HeaderLine>(
         target: target_range,
         host,
         request_id,
+        forwarded_for,
         idempotent: is_idempotent(method),
         is_head: method == "HEAD",
         body,
@@ -1039,6 +1045,13 @@ mod tests {
             out.contains("X-Forwarded-For: 1.2.3.4, 5.6.7.8, 127.0.0.10\r\n"),
             "every line merged, the client appended: {out}"
         );
+        // What came before this hop, for the lb's trusted-proxy rule.
+        assert_eq!(&out[r.forwarded_for.clone()], "1.2.3.4, 5.6.7.8");
+        let mut out = Vec::new();
+        let r = parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut out, &inner)
+            .unwrap()
+            .unwrap();
+        assert!(r.forwarded_for.is_empty());
         let mut out = Vec::new();
         parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut out, &inner)
             .unwrap()

@@ -25,11 +25,110 @@ pub struct Config {
     /// Client connections served at once over both ports; more wait in the listen backlog
     /// (HAProxy's `maxconn`).
     pub maxconn: usize,
+    /// Per-client limits (reloaded on SIGHUP).
+    pub limits: Limits,
     /// HTTPS on a second port; None when TLS is off.
     pub tls: Option<TlsSettings>,
     /// The site's address shared with the other lb hosts; None: this lb serves its own
     /// address only.
     pub vip: Option<VipConfig>,
+}
+
+/// What one client may do (HAProxy's stick-table rules, nginx's `limit_req`/`limit_conn`,
+/// Apache's `mod_reqtimeout` body rate). A client is an IP address: the connection's peer, or
+/// what a trusted proxy says (PROXY protocol, `X-Forwarded-For`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Requests per second a client may sustain (token bucket refill); 0: no request limit.
+    pub rate: u32,
+    /// Requests a client may send at once above its rate (the bucket's size).
+    pub burst: u32,
+    /// Connections one client may hold open at once; 0: no limit.
+    pub connections_per_client: u32,
+    /// A request body must arrive at least this fast (bytes per second) after `body_grace`;
+    /// slower gets 408 and a close. 0: no floor.
+    pub min_body_rate: u32,
+    /// The time a body gets before the floor applies; every byte adds 1/`min_body_rate` s.
+    pub body_grace: Duration,
+    /// Largest request body; larger gets 413.
+    pub max_body: u64,
+    /// Proxies whose `X-Forwarded-For` names the client; their own connections are not held
+    /// to `connections_per_client` (one proxy carries many clients).
+    pub trusted_proxies: Vec<Network>,
+    /// Peers that must start every connection with a PROXY protocol header naming the client
+    /// (HAProxy's `accept-proxy`, nginx's `listen ... proxy_protocol`); without one the
+    /// connection is closed.
+    pub proxy_protocol: Vec<Network>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            rate: 100,
+            burst: 200,
+            connections_per_client: 256,
+            min_body_rate: 500,
+            body_grace: Duration::from_secs(20),
+            max_body: 100 * 1024 * 1024,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: Vec::new(),
+        }
+    }
+}
+
+/// An IP network, `address/prefix`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Network {
+    pub address: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Network {
+    /// Parses `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128). None when it
+    /// is not one.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address.parse().ok()?, Some(prefix.parse().ok()?)),
+            None => (text.parse().ok()?, None),
+        };
+        let max = if matches!(address, std::net::IpAddr::V4(_)) {
+            32
+        } else {
+            128
+        };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Self { address, prefix })
+    }
+
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.address, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix)
+    }
 }
 
 /// TLS termination settings.

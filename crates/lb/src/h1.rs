@@ -19,13 +19,17 @@ use webstack_http1::body::{
 };
 use webstack_http1::exchange::{self, HeadOutcome, PumpError, Sent};
 use webstack_http1::head::{
-    self, Forwarding, Persistence, Refusal, Request, Response, ResponseRewrite,
+    self, Forwarding, Framing, Persistence, Refusal, Request, Response, ResponseRewrite,
 };
 use webstack_http1::pool::Conn;
 use webstack_http1::retry::{Attempts, Failure};
 use webstack_http1::{date, tunnel};
 
-use crate::proxy::{Access, AttemptError, Forwarded, PlainHttpAnswer, Proxy, REDIRECT_TEXT};
+use crate::limits::{LimitError, Paced};
+use crate::proxy::{
+    Access, AttemptError, Forwarded, PlainHttpAnswer, Proxy, REDIRECT_TEXT, TOO_MANY_TEXT,
+    retry_after,
+};
 use crate::server::{ActiveGuard, Server};
 
 /// A request body the lb did not need (an early or local answer came first) is read and
@@ -39,10 +43,15 @@ const FRESH_GRACE: Duration = Duration::from_secs(1);
 
 /// The client side of one connection.
 struct Client<C> {
-    io: C,
+    /// The connection, its request bodies held to the floor rate and size bound.
+    io: Paced<C>,
     /// Bytes read and not yet used: the rest of a request, or pipelined ones.
     buf: BytesMut,
     peer: SocketAddr,
+    /// The current request's client: `peer`, or who a trusted proxy's `X-Forwarded-For` names.
+    who: std::net::IpAddr,
+    /// When the current request's head was read.
+    started: Instant,
     secure: bool,
     /// What is still to come of the current request's body: the relay to a server keeps it
     /// exact, so after any answer the rest can be read and dropped (or the connection closed).
@@ -88,9 +97,11 @@ impl Proxy {
         C: AsyncRead + AsyncWrite + Unpin,
     {
         let mut client = Client {
-            io,
+            io: Paced::new(io),
             buf: BytesMut::with_capacity(BUFFER),
             peer,
+            who: peer.ip(),
+            started: Instant::now(),
             secure,
             body: BodyState::Done,
             continue_pending: false,
@@ -110,6 +121,7 @@ impl Proxy {
                     let keep = self
                         .exchange(&mut client, &request, &mut out, &mut back, draining)
                         .await;
+                    client.io.disarm();
                     if !keep || client.broken || shutdown.is_triggered() {
                         break;
                     }
@@ -153,6 +165,7 @@ impl Proxy {
             content_type: "text/plain; charset=utf-8",
             body: text.as_bytes(),
             location: None,
+            retry_after: None,
             request_id: &id,
         };
         self.answer_local(client, back, &local, false, Persistence::Close)
@@ -182,6 +195,54 @@ impl Proxy {
         client.body = BodyState::new(request.body);
         client.continue_pending =
             request.expect_continue && !request.http10 && client.buf.is_empty();
+        let who = self.client_of(client.peer.ip(), || {
+            std::borrow::Cow::Borrowed(&out[request.forwarded_for.clone()])
+        });
+        client.who = who;
+        client.started = started;
+        if let Some(refused) = self.over_limit(who, request) {
+            // The body is not needed: a short one is dropped, a long one closes.
+            let keep = client_keep
+                && refused.status != StatusCode::PAYLOAD_TOO_LARGE
+                && !client.continue_pending
+                && discardable(&client.body);
+            let local = Local {
+                status: refused.status,
+                content_type: "text/plain; charset=utf-8",
+                body: refused.text.as_bytes(),
+                location: None,
+                retry_after: refused.retry_after,
+                request_id: &request_id,
+            };
+            let connection = Persistence::of(keep, request.http10);
+            let kept = self
+                .answer_local(client, back, &local, request.is_head, connection)
+                .await;
+            self.access_log(&Access {
+                client: who,
+                method: text(out, &request.method),
+                path: text(out, &request.target),
+                status: refused.status.as_u16(),
+                server: None,
+                attempts: 0,
+                started,
+                request_id: &request_id,
+            });
+            return self.finish_body(client, kept).await;
+        }
+        if !request.bodyless() {
+            let limits = self.clients.limits();
+            // A length was checked against the bound above; chunked is counted as it comes,
+            // from what came with the head on.
+            let budget = match request.body {
+                Framing::Chunked => limits.max_body,
+                _ => u64::MAX,
+            };
+            let already = client.buf.len() as u64;
+            client
+                .io
+                .arm(limits.min_body_rate, limits.body_grace, budget, already);
+        }
 
         if !client.secure {
             let target = std::str::from_utf8(&out[request.target.clone()]).unwrap_or("/");
@@ -209,6 +270,7 @@ impl Proxy {
                     content_type,
                     body,
                     location,
+                    retry_after: None,
                     request_id: &request_id,
                 };
                 // The body is not needed: a short one is dropped, a long one closes.
@@ -271,6 +333,7 @@ impl Proxy {
                     content_type: "text/plain; charset=utf-8",
                     body: crate::proxy::error_text(status).as_bytes(),
                     location: None,
+                    retry_after: None,
                     request_id: &request_id,
                 };
                 // No server read the body (or one stopped in it): dropped if short, else close.
@@ -283,7 +346,7 @@ impl Proxy {
                     .answer_local(client, back, &local, request.is_head, connection)
                     .await;
                 self.access_log(&Access {
-                    client: client.peer.ip(),
+                    client: who,
                     method: text(out, &request.method),
                     path: text(out, &request.target),
                     status: status.as_u16(),
@@ -346,7 +409,7 @@ impl Proxy {
             self.finish_body(client, keep).await
         };
         self.access_log(&Access {
-            client: client.peer.ip(),
+            client: who,
             method: text(out, &request.method),
             path: text(out, &request.target),
             status: answer.response.status,
@@ -528,6 +591,34 @@ impl Proxy {
                 self.refuse(client, back, refusal).await;
                 Err(AttemptError::Client)
             }
+            HeadOutcome::Source(RelayError::Read(error)) if LimitError::of(&error).is_some() => {
+                let limit = LimitError::of(&error).expect("checked");
+                tracing::info!(client = %client.peer, %error, "request refused");
+                let kind = match limit {
+                    LimitError::TooSlow => "body_rate",
+                    LimitError::TooLarge => "body_size",
+                };
+                self.clients.metrics().limited(kind).inc();
+                let refusal = Refusal {
+                    status: limit.status(),
+                    reason: match limit {
+                        LimitError::TooSlow => "the request body arrived too slowly",
+                        LimitError::TooLarge => "the request body is larger than this site accepts",
+                    },
+                };
+                self.refuse(client, back, refusal).await;
+                self.access_log(&Access {
+                    client: client.who,
+                    method: text(out, &request.method),
+                    path: text(out, &request.target),
+                    status: limit.status(),
+                    server: None,
+                    attempts: 0,
+                    started: client.started,
+                    request_id: rewrite.request_id,
+                });
+                Err(AttemptError::Client)
+            }
             HeadOutcome::Source(error) => {
                 tracing::debug!(client = %client.peer, %error, "client went away during the request body");
                 Err(AttemptError::Client)
@@ -603,6 +694,9 @@ impl Proxy {
         if let Some(location) = local.location {
             let _ = write!(back, "Location: {location}\r\n");
         }
+        if let Some(seconds) = local.retry_after {
+            let _ = write!(back, "Retry-After: {seconds}\r\n");
+        }
         head::finish_head(
             back,
             local.request_id,
@@ -638,7 +732,41 @@ struct Local<'a> {
     content_type: &'a str,
     body: &'a [u8],
     location: Option<&'a str>,
+    /// `Retry-After` in seconds (a 429).
+    retry_after: Option<u64>,
     request_id: &'a [u8],
+}
+
+/// A request a per-client limit refuses before any server sees it.
+struct OverLimit {
+    status: StatusCode,
+    text: std::borrow::Cow<'static, str>,
+    retry_after: Option<u64>,
+}
+
+impl Proxy {
+    /// The client's request rate (429 with `Retry-After`), then the body's declared size (413).
+    fn over_limit(&self, client: std::net::IpAddr, request: &Request) -> Option<OverLimit> {
+        if let Err(wait) = self.clients.request(client) {
+            return Some(OverLimit {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                text: TOO_MANY_TEXT.into(),
+                retry_after: Some(retry_after(wait)),
+            });
+        }
+        let max = self.clients.limits().max_body;
+        match request.body {
+            Framing::Length(n) if n > max => {
+                self.clients.metrics().limited("body_size").inc();
+                Some(OverLimit {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    text: crate::proxy::too_large_text(max).into(),
+                    retry_after: None,
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Reads the next request head within the header timeout (which also bounds an idle
@@ -668,10 +796,19 @@ where
                     return Next::Request(request);
                 }
                 Ok(None) if client.buf.len() >= options.max_header_bytes => {
-                    return Next::Refuse(Refusal {
-                        status: 431,
-                        reason: "request head too large",
-                    });
+                    // No line end yet: the request line alone is too long (nginx: 414).
+                    let refusal = if client.buf.contains(&b'\n') {
+                        Refusal {
+                            status: 431,
+                            reason: "request head too large",
+                        }
+                    } else {
+                        Refusal {
+                            status: 414,
+                            reason: "request target too long",
+                        }
+                    };
+                    return Next::Refuse(refusal);
                 }
                 Ok(None) => {}
                 Err(refusal) => return Next::Refuse(refusal),

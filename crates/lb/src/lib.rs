@@ -6,6 +6,7 @@ pub mod balance;
 mod config;
 mod h1;
 pub mod health;
+pub mod limits;
 pub mod listen;
 mod metrics;
 mod proxy;
@@ -40,6 +41,8 @@ pub struct LoadBalancer {
     shared_vip_sockets: Vec<OwnedFd>,
     /// keepalived's track file, when the VIP moves by VRRP.
     track: Option<Arc<vip::keepalived::Track>>,
+    /// Per-client limits, shared by every worker.
+    clients: Arc<limits::ClientTable>,
 }
 
 /// HTTPS state shared by the workers, the certificate watcher and the ACME client.
@@ -49,6 +52,9 @@ struct Tls {
     acme: Option<Arc<tls::acme::AcmeClient>>,
     challenges: Arc<tls::acme::Challenges>,
 }
+
+/// How often idle clients leave the per-client table.
+const CLIENT_SWEEP: Duration = Duration::from_secs(10);
 
 /// How often certificate files are checked for changes.
 const CERTIFICATE_POLL: Duration = Duration::from_secs(2);
@@ -94,6 +100,10 @@ impl LoadBalancer {
     /// start on a bad certificate too: better than serving without one).
     pub fn new(config: Config, registry: &mut Registry) -> Result<Self, tls::TlsError> {
         let metrics = metrics::Metrics::register(registry);
+        let clients = Arc::new(limits::ClientTable::new(
+            config.limits.clone(),
+            metrics::LimitMetrics::register(registry),
+        ));
         let servers: Vec<_> = config
             .servers
             .iter()
@@ -136,6 +146,7 @@ impl LoadBalancer {
             vip,
             shared_vip_sockets: Vec::new(),
             track,
+            clients,
         })
     }
 
@@ -194,6 +205,11 @@ impl LoadBalancer {
             }
         }
         Ok(listeners)
+    }
+
+    /// The per-client limits, to put new ones in force on SIGHUP (`ClientTable::reload`).
+    pub fn clients(&self) -> Arc<limits::ClientTable> {
+        self.clients.clone()
     }
 
     /// What to run on SIGTERM before draining (see `Handoff`).
@@ -263,6 +279,7 @@ impl LoadBalancer {
                 }
             }
         }
+        background.spawn(self.clients.clone().sweep_every(CLIENT_SWEEP));
         let acme_holder = self.vip.as_ref().map(|v| v.state.subscribe());
         if let Some(tls) = &self.tls {
             background.spawn(tls.certificates.clone().watch(CERTIFICATE_POLL));
@@ -302,6 +319,7 @@ impl LoadBalancer {
                 self.tls
                     .as_ref()
                     .map(|t| (t.certificates.clone(), t.challenges.clone())),
+                self.clients.clone(),
             ));
             let mut own = Vec::new();
             for listener in &listeners {
@@ -499,13 +517,17 @@ mod workers {
                                     share,
                                     shutdown,
                                     |stream, peer, shutdown| {
-                                        proxy.clone().serve_h1(
-                                            stream,
-                                            peer,
-                                            false,
-                                            options.clone(),
-                                            shutdown,
-                                        )
+                                        let (proxy, options) = (proxy.clone(), options.clone());
+                                        async move {
+                                            let Some((stream, client, _counted)) =
+                                                proxy.admit(stream, peer, &options).await
+                                            else {
+                                                return;
+                                            };
+                                            proxy
+                                                .serve_h1(stream, client, false, options, shutdown)
+                                                .await
+                                        }
                                     },
                                 )
                                 .await
@@ -523,14 +545,19 @@ mod workers {
                             );
                             async move {
                                 // HTTP/2 (ALPN h2) goes through hyper and `Proxy::handle`.
-                                let h2_service = |peer| {
+                                let h2_service = {
                                     let proxy = proxy.clone();
-                                    hyper::service::service_fn(move |request| {
+                                    move |peer| {
                                         let proxy = proxy.clone();
-                                        async move {
-                                            Ok::<_, Infallible>(proxy.handle(peer, request).await)
-                                        }
-                                    })
+                                        hyper::service::service_fn(move |request| {
+                                            let proxy = proxy.clone();
+                                            async move {
+                                                Ok::<_, Infallible>(
+                                                    proxy.handle(peer, request).await,
+                                                )
+                                            }
+                                        })
+                                    }
                                 };
                                 let https_h1 = {
                                     let (proxy, options) = (proxy.clone(), options.clone());
@@ -546,6 +573,7 @@ mod workers {
                                 };
                                 crate::tls::serve_tls(
                                     socket,
+                                    proxy.clients.clone(),
                                     acceptor,
                                     handshake_timeout,
                                     &options,

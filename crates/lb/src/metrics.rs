@@ -201,3 +201,62 @@ impl Metrics {
         self.errors.get_or_create(&ErrorLabel { kind }).inc();
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// rate, connections, body_rate, body_size, proxy_header
+    pub limit: &'static str,
+}
+
+/// The per-client limits' counters (`limits::ClientTable`).
+#[derive(Clone)]
+pub struct LimitMetrics {
+    limited: Family<LimitLabel, Counter>,
+    /// Clients in the table after the last sweep.
+    pub clients: Gauge,
+    /// New clients left untracked because the table was full.
+    pub table_full: Counter,
+}
+
+/// Every `limit` label value, created at start so each series exists from the first scrape.
+const LIMITS: [&str; 5] = [
+    "rate",
+    "connections",
+    "body_rate",
+    "body_size",
+    "proxy_header",
+];
+
+impl LimitMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            limited: Family::default(),
+            clients: Gauge::default(),
+            table_full: Counter::default(),
+        };
+        for limit in LIMITS {
+            metrics.limited(limit);
+        }
+        let r = registry.sub_registry_with_prefix("webstack_lb");
+        r.register(
+            "limited",
+            "Requests or connections refused by a per-client limit: rate (429), connections (closed), body_rate (408), body_size (413), proxy_header (a trusted proxy's bad PROXY header)",
+            metrics.limited.clone(),
+        );
+        r.register(
+            "limit_clients",
+            "Client addresses tracked by the per-client limits",
+            metrics.clients.clone(),
+        );
+        r.register(
+            "limit_table_full",
+            "New clients left unlimited because the per-client table was full",
+            metrics.table_full.clone(),
+        );
+        metrics
+    }
+
+    pub fn limited(&self, limit: &'static str) -> Counter {
+        self.limited.get_or_create(&LimitLabel { limit }).clone()
+    }
+}

@@ -22,6 +22,7 @@ use webstack_http1::retry::{Attempts, Failure, GiveUp};
 
 use crate::Config;
 use crate::balance::Balancer;
+use crate::limits::{Capped, ClientTable, ConnectionGuard, LimitError};
 use crate::metrics::Metrics;
 use crate::server::Server;
 use crate::tls::CertStore;
@@ -52,6 +53,8 @@ pub struct Proxy {
     /// With TLS on: the certificates (a plain HTTP request for a name they cover is redirected)
     /// and the pending ACME HTTP-01 challenges.
     tls: Option<(Arc<CertStore>, Arc<Challenges>)>,
+    /// Per-client limits, shared by every worker.
+    pub(crate) clients: Arc<ClientTable>,
 }
 
 /// Why one attempt on one server gave no response head.
@@ -100,6 +103,7 @@ impl Proxy {
         balancer: Arc<Balancer>,
         metrics: Metrics,
         tls: Option<(Arc<CertStore>, Arc<Challenges>)>,
+        clients: Arc<ClientTable>,
     ) -> Self {
         let pool = Arc::new(Pool::new(config.servers.len(), config.timeouts.connect));
         let hsts = config
@@ -115,7 +119,33 @@ impl Proxy {
             pool,
             metrics,
             request_ids: RequestIds::default(),
+            clients,
         }
+    }
+
+    /// A new plain HTTP connection through the per-client limits (`limits::admit`): the
+    /// stream, the client (a trusted proxy's PROXY header may name it) and its count.
+    pub(crate) async fn admit(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        options: &webstack_common::HttpOptions,
+    ) -> Option<(tokio::net::TcpStream, SocketAddr, Option<ConnectionGuard>)> {
+        crate::limits::admit(&self.clients, stream, peer, options.header_read_timeout).await
+    }
+
+    /// The client of a request on a connection from `peer`: `peer`, or, when it is a trusted
+    /// proxy, who its `X-Forwarded-For` names. `forwarded_for` is only called then.
+    pub(crate) fn client_of<'a>(
+        &self,
+        peer: IpAddr,
+        forwarded_for: impl FnOnce() -> std::borrow::Cow<'a, [u8]>,
+    ) -> IpAddr {
+        let limits = self.clients.limits();
+        if limits.trusted_proxies.is_empty() || !limits.trusts(peer) {
+            return peer;
+        }
+        limits.client_behind(peer, &forwarded_for())
     }
 
     /// With TLS on, plain HTTP gets what only the lb can answer: an ACME HTTP-01 challenge
@@ -224,7 +254,56 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = self.request_ids.next_bytes();
-        let (parts, mut body) = request.into_parts();
+        let (parts, body) = request.into_parts();
+        let client = self.client_of(peer.ip(), || {
+            let lines: Vec<&[u8]> = parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect();
+            std::borrow::Cow::Owned(lines.join(&b","[..]))
+        });
+        if let Err(wait) = self.clients.request(client) {
+            client::drain_rest(body);
+            let mut response = self.local(
+                StatusCode::TOO_MANY_REQUESTS,
+                Bytes::from_static(TOO_MANY_TEXT.as_bytes()),
+                &request_id,
+            );
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, retry_after(wait).into());
+            self.access_log(&Access {
+                client,
+                method: parts.method.as_str(),
+                path: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                status: 429,
+                server: None,
+                attempts: 0,
+                started,
+                request_id: &request_id,
+            });
+            return response;
+        }
+        // The body bound: a declared length over it is refused at once, a longer stream once
+        // it passes it (`Capped`).
+        let max_body = self.clients.limits().max_body;
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max_body) {
+            self.clients.metrics().limited("body_size").inc();
+            client::drain_rest(body);
+            return self.local(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Bytes::from(too_large_text(max_body)),
+                &request_id,
+            );
+        }
+        let mut body = Capped::new(body, max_body);
+        let mut too_large = false;
         let mut out = Vec::with_capacity(1024);
         // HTTP/2 has no Upgrade (RFC 9113 §8.6).
         let forwarding = Forwarding {
@@ -237,7 +316,7 @@ impl Proxy {
             Err(refusal) => {
                 let status =
                     StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
-                client::drain_rest(body);
+                client::drain_rest(body.into_inner());
                 return self.local(status, Bytes::from(refusal.text()), &request_id);
             }
         };
@@ -295,6 +374,7 @@ impl Proxy {
                 }
                 Err(SendError::Server(failure)) => Err(AttemptError::Server(failure)),
                 Err(SendError::Client(error)) => {
+                    too_large = error.downcast_ref::<LimitError>().is_some();
                     tracing::debug!(client = %peer, %error, "the client's request body failed");
                     Err(AttemptError::Client)
                 }
@@ -315,6 +395,14 @@ impl Proxy {
                 let text = Bytes::from_static(error_text(status).as_bytes());
                 (self.local(status, text, &request_id), server)
             }
+            Forwarded::Abandoned if too_large => {
+                self.clients.metrics().limited("body_size").inc();
+                let text = Bytes::from(too_large_text(max_body));
+                (
+                    self.local(StatusCode::PAYLOAD_TOO_LARGE, text, &request_id),
+                    None,
+                )
+            }
             Forwarded::Abandoned => {
                 let text = Bytes::from_static(b"400 Bad Request: the request body failed.\n");
                 (self.local(StatusCode::BAD_REQUEST, text, &request_id), None)
@@ -323,9 +411,9 @@ impl Proxy {
         // A body no server read all of (an early answer, a failure): read and dropped for a
         // while, so the client finishes its upload and reads the answer (a reset stream is an
         // error to some clients).
-        client::drain_rest(body);
+        client::drain_rest(body.into_inner());
         self.access_log(&Access {
-            client: peer.ip(),
+            client,
             method: std::str::from_utf8(method).unwrap_or("-"),
             path: std::str::from_utf8(path).unwrap_or("-"),
             status: response.status().as_u16(),
@@ -398,6 +486,19 @@ impl Proxy {
             request_id = std::str::from_utf8(access.request_id).unwrap_or(""),
         );
     }
+}
+
+pub(crate) const TOO_MANY_TEXT: &str =
+    "429 Too Many Requests: this client sends requests faster than the site allows; retry later.\n";
+
+/// The body of a 413 for a request body over `max` bytes (both client protocols).
+pub(crate) fn too_large_text(max: u64) -> String {
+    format!("413 Content Too Large: this site accepts request bodies of at most {max} bytes.\n")
+}
+
+/// `Retry-After` in whole seconds, at least 1.
+pub(crate) fn retry_after(wait: std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 pub(crate) const REDIRECT_TEXT: &str = "308 Permanent Redirect: this site is served over HTTPS.\n";

@@ -29,6 +29,12 @@ pub struct Topology {
     netns: bool,
 }
 
+/// The lb's per-client limits for test topologies: a test's client is one address sending as
+/// fast as it can (a request loop, a distribution count), which the default limits (100
+/// requests a second) would rightly cut. Generous, not off: the limits' code runs in every test.
+/// `tests/limits.rs` removes this to test the defaults.
+pub const TEST_CLIENT_LIMITS: &str = "\n[lb.limits]\nrate = 1000000\nburst = 1000000\n";
+
 /// A topology file with one lb host and `web_hosts` web+app hosts on 127.0.`net`.0/24.
 /// `lb_extra` lands inside the `[lb]` section (e.g. `algorithm = "roundrobin"`).
 pub fn toml(net: u8, web_hosts: usize, lb_extra: &str) -> String {
@@ -49,6 +55,7 @@ pub fn toml(net: u8, web_hosts: usize, lb_extra: &str) -> String {
         site.join("static").display(),
         site.join("templates").display()
     ));
+    text.push_str(TEST_CLIENT_LIMITS);
     text
 }
 

@@ -250,6 +250,9 @@ pub fn check(path: &Path) -> ExitCode {
                 hosts.join(", ")
             );
             let monitoring = check_monitoring(&config);
+            if let Some(warning) = config.firewall_lockout_warning() {
+                eprintln!("warning: {warning}");
+            }
             let firewall = check_firewall(&config, false);
             if monitoring == ExitCode::SUCCESS && firewall == ExitCode::SUCCESS {
                 ExitCode::SUCCESS

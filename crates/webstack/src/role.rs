@@ -45,8 +45,9 @@ pub async fn run(
 
     let shutdown = Shutdown::new();
     let mut registry = Registry::default();
-    // The lb's step before draining (hand the VIP over).
+    // The lb's step before draining (hand the VIP over), and its limits to reload on SIGHUP.
     let mut handoff = None;
+    let mut reloadable_limits = None;
     // Build the role first (it registers its metrics), then the admin listener that shows them.
     let start: Box<dyn FnOnce(Admin) -> tokio::task::JoinHandle<()>> = match role {
         Role::Etcd => {
@@ -115,6 +116,7 @@ pub async fn run(
                 )
                 .await?;
             handoff = Some(lb.handoff());
+            reloadable_limits = Some(lb.clients());
             let shutdown = shutdown.clone();
             Box::new(move |admin| tokio::spawn(lb.run(listeners, admin, shutdown)))
         }
@@ -159,13 +161,24 @@ pub async fn run(
         admin.clone(),
         admin_shutdown.clone(),
     ));
-    // SIGHUP means "reload" (the lb re-reads its certificates), never "exit": without a
-    // handler the default action would kill the process.
-    let hangups = tokio::spawn(async {
+    // SIGHUP means "reload" (the lb re-reads its certificates, and its limits from the
+    // topology file), never "exit": without a handler the default action would kill the process.
+    let reload = reloadable_limits.map(|table| {
+        (
+            table,
+            config.path.clone(),
+            host_name.to_string(),
+            state_dir.to_path_buf(),
+        )
+    });
+    let hangups = tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         if let Ok(mut hangup) = signal(SignalKind::hangup()) {
             while hangup.recv().await.is_some() {
                 tracing::info!("SIGHUP received");
+                if let Some((table, path, host, state_dir)) = &reload {
+                    reload_limits(table, path, host, state_dir);
+                }
             }
         }
     });
@@ -190,6 +203,31 @@ pub async fn run(
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the topology file again and puts this lb's `[lb.limits]` in force; a file that does
+/// not load leaves the limits as they were (and says why).
+fn reload_limits(
+    table: &webstack_lb::limits::ClientTable,
+    path: &Path,
+    host_name: &str,
+    state_dir: &Path,
+) {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(%error, "SIGHUP: the topology file does not load; limits unchanged");
+            eprintln!("webstack: SIGHUP: limits unchanged: {error}");
+            return;
+        }
+    };
+    match config.host(host_name) {
+        Some(host) => table.reload(config.lb(host, state_dir).limits),
+        None => tracing::error!(
+            host = host_name,
+            "SIGHUP: this host is no longer in the topology file; limits unchanged"
+        ),
+    }
 }
 
 /// Raises this process's soft limit on open files to its hard limit (nginx's

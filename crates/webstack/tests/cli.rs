@@ -174,6 +174,44 @@ fn broken_topologies_are_rejected_with_file_line_and_expectation() {
             "expected 1 to 1000000",
         ),
         (
+            base.replacen("[lb.limits]\n", "[lb.limits]\nmax_body = \"lots\"\n", 1),
+            "max_body = \"lots\"",
+            "expected a size such as \"10MiB\"",
+        ),
+        (
+            base.replacen(
+                "[lb.limits]\n",
+                "[lb.limits]\ntrusted_proxies = [\"10.0.0.0/40\"]\n",
+                1,
+            ),
+            "10.0.0.0/40",
+            "is not a network",
+        ),
+        (
+            base.replacen(
+                "[lb.limits]\n",
+                "[lb.limits]\nproxy_protocol = [\"::/0\"]\n",
+                1,
+            ),
+            "::/0",
+            "is every address",
+        ),
+        (
+            base.replacen("[lb.limits]\n", "[lb.limits]\nbody_grace = \"0s\"\n", 1),
+            "body_grace",
+            "expected at least 1s while min_body_rate is on",
+        ),
+        (
+            base.replacen("burst = 1000000", "burst = 0", 1),
+            "burst = 0",
+            "expected 1 to 1000000 requests",
+        ),
+        (
+            base.replacen("[lb.limits]\n", "[lb.limits]\nrate_limit = 5\n", 1),
+            "rate_limit",
+            "unknown field `rate_limit`",
+        ),
+        (
             format!("{base}\n[[lb.server]]\nhost = \"web-09\"\n"),
             "web-09",
             "not a host with role web",

@@ -168,4 +168,33 @@ fn check_runs_nft_on_every_host_and_bad_firewall_settings_are_refused() {
     );
     let (ok, said) = nft_accepts(&ruleset);
     assert!(ok, "{said}");
+
+    // Applying on machines without an admin network would lock the operators out: said first.
+    let path = dir.path().join("lockout.toml");
+    std::fs::write(&path, format!("{base}\n[firewall]\napply = true\n")).unwrap();
+    let out = webstack(&["check"], &path);
+    assert!(
+        text(&out).contains("warning:") && text(&out).contains("firewall.admin is empty"),
+        "{}",
+        text(&out)
+    );
+    let quiet = webstack(&["check"], &repo_file("webstack.toml"));
+    assert!(
+        !text(&quiet).contains("firewall.admin is empty"),
+        "{}",
+        text(&quiet)
+    );
+
+    // The lb hosts get the flood guard on the site's ports, the others do not.
+    let lb = webstack(
+        &["firewall", "show", "--host", "lb-01"],
+        &repo_file("webstack.toml"),
+    );
+    let lb = String::from_utf8_lossy(&lb.stdout).into_owned();
+    assert!(
+        lb.contains("ct state new update @flood_rate_v4 { ip saddr limit rate over 1000/second burst 2000 packets }"),
+        "{lb}"
+    );
+    assert!(lb.contains("ip saddr ct count over 2560 }"), "{lb}");
+    assert!(!ruleset.contains("flood"), "{ruleset}");
 }

@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use webstack_testkit::topology::cannot_make_namespaces;
+use webstack_testkit::topology::{TEST_CLIENT_LIMITS, cannot_make_namespaces};
 use webstack_testkit::{Topology, assert_eventually, site_dir};
 
 const EXE: &str = env!("CARGO_BIN_EXE_webstack");
@@ -69,7 +69,11 @@ fn the_rules_allow_exactly_the_topologys_traffic_and_the_site_works_through_them
         return;
     }
     let prefix = prefix();
-    let mut topology = Topology::start_netns(EXE, "firewall-netns", &topology_text(&prefix));
+    let mut topology = Topology::start_netns(
+        EXE,
+        "firewall-netns",
+        &(topology_text(&prefix) + TEST_CLIENT_LIMITS),
+    );
     let address = |host: &str| match host {
         "lb-01" => format!("{NET}.8"),
         "lb-02" => format!("{NET}.9"),

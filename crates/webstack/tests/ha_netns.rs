@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use webstack_testkit::requests::{Outcomes, RequestLoop};
-use webstack_testkit::topology::cannot_make_namespaces;
+use webstack_testkit::topology::{TEST_CLIENT_LIMITS, cannot_make_namespaces};
 use webstack_testkit::{Topology, assert_eventually, site_dir};
 
 const EXE: &str = env!("CARGO_BIN_EXE_webstack");
@@ -231,7 +231,11 @@ fn keepalived_moves_the_vip_between_namespaces_and_up_removes_them() {
         return;
     }
     let prefix = prefix();
-    let mut topology = Topology::start_netns(EXE, "ha-netns", &topology_text(&prefix));
+    let mut topology = Topology::start_netns(
+        EXE,
+        "ha-netns",
+        &(topology_text(&prefix) + TEST_CLIENT_LIMITS),
+    );
     // Nothing of this mode in the machine's own namespace.
     assert!(!ip(&["-o", "addr"]).contains("10.78.0."));
     assert!(!ip(&["route"]).contains("10.78.0."));

@@ -176,6 +176,14 @@ fn errors_the_load_balancer_answers_itself() {
         "{}",
         String::from_utf8_lossy(&answer)
     );
+    // A request line longer than the whole head may be: 414.
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100_000));
+    let answer = http::raw(lb, long_uri.as_bytes(), Duration::from_secs(5)).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 414"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
 
     // A client that never finishes its request head (slowloris) is cut off after
     // `client_header`: the connection closes instead of being held forever.

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use webstack_testkit::http::get;
-use webstack_testkit::topology::output_within;
+use webstack_testkit::topology::{TEST_CLIENT_LIMITS, output_within};
 use webstack_testkit::webdriver::Browser;
 use webstack_testkit::{Topology, assert_eventually, site_dir};
 
@@ -141,7 +141,12 @@ fn has(alerts: &[(String, String, String)], name: &str, host: &str, server: &str
 
 #[test]
 fn every_role_is_scraped_a_stopped_web_host_alerts_and_the_dashboard_shows_it() {
-    let mut topology = Topology::start(EXE, "monitoring", NET, &topology_toml());
+    let mut topology = Topology::start(
+        EXE,
+        "monitoring",
+        NET,
+        &(topology_toml() + TEST_CLIENT_LIMITS),
+    );
 
     // 1. Every role's admin endpoint and every host's supervisor: the classic text passes
     // promtool; Prometheus' own Accept header gets OpenMetrics.

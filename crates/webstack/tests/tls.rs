@@ -46,7 +46,12 @@ fn curl(topology: &Topology, path: &str, extra: &[&str]) -> (bool, String) {
 
 #[test]
 fn https_with_the_local_ca_http2_redirect_and_hsts() {
-    let config = toml(51, 2, "").replace("redirect_http = false", "redirect_http = true");
+    let config = toml(51, 2, "")
+        .replace("redirect_http = false", "redirect_http = true")
+        .replace(
+            "burst = 1000000\n",
+            "burst = 1000000\nmax_body = \"16KiB\"\n",
+        );
     let topology = Topology::start(EXE, "tls", 51, &config);
 
     // HTTP/2 through ALPN, proxied to the web and app servers behind.
@@ -64,6 +69,30 @@ fn https_with_the_local_ca_http2_redirect_and_hsts() {
     );
     let (ok, out) = curl(&topology, "/api/whoami", &["--http2"]);
     assert!(ok && out.contains("\"app\":\"web-0"), "{out}");
+
+    // The body bound holds for HTTP/2 too: a declared length over it, and a stream without one.
+    let body = topology.dir.path().join("body.bin");
+    std::fs::write(&body, vec![b'x'; 100 * 1024]).unwrap();
+    let file = format!("@{}", body.display());
+    let (ok, out) = curl(&topology, "/posts", &["--http2", "--data-binary", &file]);
+    assert!(ok && out.contains("HTTP/2 413"), "{out}");
+    assert!(out.contains("at most 16384 bytes"), "{out}");
+    let streamed = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c 200000 /dev/zero | curl -sS --max-time 10 --http2 --cacert {} --resolve www.foobar.com:8443:127.0.{}.10 -X POST -T - -D - https://www.foobar.com:8443/posts",
+            topology.state_dir().join("tls/ca.pem").display(),
+            topology.net
+        ))
+        .output()
+        .expect("sh and curl");
+    let said = String::from_utf8_lossy(&streamed.stdout);
+    assert!(
+        // The lb's own answer (the app's bound, 64 KiB, is never reached).
+        said.contains("HTTP/2 413") && said.contains("at most 16384 bytes"),
+        "{said}{}",
+        String::from_utf8_lossy(&streamed.stderr)
+    );
 
     // HTTP/1.1 over TLS, and each protocol version on its own.
     let (ok, out) = curl(&topology, "/static/style.css", &["--http1.1"]);

@@ -81,12 +81,14 @@ pub fn server_config(certificates: Arc<CertStore>) -> Result<Arc<rustls::ServerC
     Ok(Arc::new(config))
 }
 
-/// Accepts TLS connections until `shutdown`, within `options`' connection limit: handshake
+/// Accepts TLS connections until `shutdown`, within `options`' connection limit and the
+/// per-client limits (`limits::admit`, before the handshake: a PROXY header comes first): handshake
 /// within `handshake_timeout`, then HTTP/2 (hyper, with `make_service`; closed when idle for
 /// the header timeout) when ALPN chose h2, else HTTP/1.1 with `serve_h1`.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_tls<M, S, B, H, F>(
     listener: TcpListener,
+    clients: Arc<crate::limits::ClientTable>,
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
     options: &webstack_common::HttpOptions,
@@ -94,7 +96,7 @@ pub async fn serve_tls<M, S, B, H, F>(
     serve_h1: H,
     shutdown: Shutdown,
 ) where
-    M: Fn(SocketAddr) -> S,
+    M: Fn(SocketAddr) -> S + Clone + Send + 'static,
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<B>,
@@ -118,9 +120,19 @@ pub async fn serve_tls<M, S, B, H, F>(
         options.share.clone(),
         shutdown,
         |stream, peer, conn_shutdown| {
-            let (service, acceptor, serve_h1) =
-                (make_service(peer), acceptor.clone(), serve_h1.clone());
+            let (make_service, acceptor, serve_h1, clients) = (
+                make_service.clone(),
+                acceptor.clone(),
+                serve_h1.clone(),
+                clients.clone(),
+            );
             async move {
+                let Some((stream, peer, _counted)) =
+                    crate::limits::admit(&clients, stream, peer, handshake_timeout).await
+                else {
+                    return;
+                };
+                let service = make_service(peer);
                 let tls =
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => tls,
