@@ -23,6 +23,8 @@ pub struct Admin {
     registry: Arc<Registry>,
     /// Role-specific facts for `webstack status` (e.g. a db node's replication state).
     status: Arc<RwLock<serde_json::Value>>,
+    /// Routes of the role's own (the lb's runtime API).
+    extra: Option<Router>,
 }
 
 impl Admin {
@@ -34,7 +36,14 @@ impl Admin {
             ready: Arc::new(AtomicBool::new(false)),
             registry: Arc::new(registry),
             status: Arc::new(RwLock::new(serde_json::Value::Null)),
+            extra: None,
         }
+    }
+
+    /// Adds the role's own routes next to `/live`, `/ready`, `/metrics` and `/status`.
+    pub fn with_routes(mut self, routes: Router) -> Self {
+        self.extra = Some(routes);
+        self
     }
 
     pub fn set_status(&self, status: serde_json::Value) {
@@ -51,12 +60,16 @@ impl Admin {
 
     /// The admin routes, without a socket (tests call it with `oneshot`).
     pub fn router(&self) -> Router {
-        Router::new()
+        let common = Router::new()
             .route("/live", get(|| async { "live\n" }))
             .route("/ready", get(ready))
             .route("/metrics", get(metrics))
             .route("/status", get(status))
-            .with_state(self.clone())
+            .with_state(self.clone());
+        match &self.extra {
+            Some(extra) => common.merge(extra.clone()),
+            None => common,
+        }
     }
 }
 

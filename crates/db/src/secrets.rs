@@ -80,23 +80,9 @@ pub fn read(state_dir: &Path, name: &str) -> Result<Secret, SecretError> {
         .map_err(|source| SecretError::Read { path, source })
 }
 
-/// 32 characters from [A-Za-z0-9], from the operating system's random source.
+/// 32 random characters (`webstack_common::secret::generate`).
 fn generate() -> Result<String, SecretError> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut password = String::with_capacity(32);
-    while password.len() < 32 {
-        let mut bytes = [0u8; 64];
-        getrandom::fill(&mut bytes).map_err(|error| SecretError::Random(error.to_string()))?;
-        // Rejection sampling keeps the distribution uniform (248 = 4 * 62).
-        password.extend(
-            bytes
-                .iter()
-                .filter(|&&b| b < 248)
-                .map(|&b| ALPHABET[usize::from(b % 62)] as char)
-                .take(32 - password.len()),
-        );
-    }
-    Ok(password)
+    webstack_common::secret::generate().map_err(|error| SecretError::Random(error.to_string()))
 }
 
 #[cfg(test)]

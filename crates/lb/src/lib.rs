@@ -4,6 +4,7 @@
 
 pub mod balance;
 mod config;
+pub mod control;
 mod h1;
 pub mod health;
 pub mod limits;
@@ -43,6 +44,8 @@ pub struct LoadBalancer {
     track: Option<Arc<vip::keepalived::Track>>,
     /// Per-client limits, shared by every worker.
     clients: Arc<limits::ClientTable>,
+    /// Picks a server for every worker; the runtime API reweighs it.
+    balancer: Arc<balance::Balancer>,
 }
 
 /// HTTPS state shared by the workers, the certificate watcher and the ACME client.
@@ -133,6 +136,7 @@ impl LoadBalancer {
             }
             None => None,
         };
+        let balancer = Arc::new(balance::Balancer::new(config.algorithm, &servers));
         let vip = config.vip.clone().map(|v| Arc::new(Vip::new(v)));
         let track = match config.vip.as_ref().map(|v| &v.mode) {
             Some(VipMode::Vrrp(vrrp)) => Some(Arc::new(vip::keepalived::Track::new(vrrp))),
@@ -147,6 +151,7 @@ impl LoadBalancer {
             shared_vip_sockets: Vec::new(),
             track,
             clients,
+            balancer,
         })
     }
 
@@ -205,6 +210,16 @@ impl LoadBalancer {
             }
         }
         Ok(listeners)
+    }
+
+    /// The runtime API (`control`): its routes go on the admin port. `token` (the state dir's
+    /// `secrets/lb-control.token`) authorizes changes; None turns them off.
+    pub fn control(&self, token: Option<webstack_common::secret::Secret>) -> Arc<control::Control> {
+        Arc::new(control::Control::new(
+            self.servers.clone(),
+            self.balancer.clone(),
+            token,
+        ))
     }
 
     /// The per-client limits, to put new ones in force on SIGHUP (`ClientTable::reload`).
@@ -288,6 +303,7 @@ impl LoadBalancer {
             }
         }
         background.spawn(publish_status(
+            control::Control::new(self.servers.clone(), self.balancer.clone(), None),
             self.tls
                 .as_ref()
                 .map(|t| (t.certificates.clone(), t.acme.clone())),
@@ -301,7 +317,7 @@ impl LoadBalancer {
             connections: webstack_common::ConnectionLimit::new(self.config.maxconn),
             ..HttpOptions::default()
         };
-        let balancer = Arc::new(balance::Balancer::new(self.config.algorithm, &self.servers));
+        let balancer = self.balancer.clone();
         let gate = self.vip.as_ref().map(|v| v.state.subscribe());
         // Every worker accepts on every listening socket: they keep their shares even.
         let mut shares =
@@ -399,6 +415,7 @@ async fn run_acme_while_holder(
 /// Keeps the admin `/status` document current: each certificate's names and expiry, the ACME
 /// client's state and the VIP's (`webstack status` shows them).
 async fn publish_status(
+    servers: control::Control,
     tls: Option<(Arc<tls::CertStore>, Option<Arc<tls::acme::AcmeClient>>)>,
     vip: Option<Arc<Vip>>,
     admin: Admin,
@@ -410,6 +427,25 @@ async fn publish_status(
         tick.tick().await;
         let mut summary = Vec::new();
         let mut status = serde_json::json!({});
+        status["servers"] = servers.servers_json();
+        // Servers an operator took out, or whose weight differs from the topology's.
+        let changed: Vec<String> = status["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                let (name, state) = (s["name"].as_str()?, s["state"].as_str()?);
+                let weight = if s["weight"] != s["configured_weight"] {
+                    format!(" weight {}", s["weight"])
+                } else {
+                    String::new()
+                };
+                (state != "ready" || !weight.is_empty()).then(|| format!("{name} {state}{weight}"))
+            })
+            .collect();
+        if !changed.is_empty() {
+            summary.push(format!("servers: {}", changed.join(", ")));
+        }
         if let Some(vip) = &vip {
             summary.push(vip.summary());
             status["vip"] = vip.status();

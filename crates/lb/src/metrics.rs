@@ -58,6 +58,15 @@ pub struct Metrics {
     state_since: Family<ServerLabel, Timestamp>,
     last_check: Family<ServerLabel, Timestamp>,
     certificate_expiry: Family<CertificateLabels, Timestamp>,
+    admin_state: Family<AdminStateLabels, Gauge>,
+    weight: Family<ServerLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdminStateLabels {
+    pub server: String,
+    /// ready, drain, maint
+    pub state: &'static str,
 }
 
 /// One server's handles, fetched from the families once at startup.
@@ -71,6 +80,15 @@ pub struct ServerMetrics {
     /// When the server last went up or down (or was first checked).
     pub state_since: Timestamp,
     pub last_check: Timestamp,
+    /// 1 for the operator's state of the server, 0 for the others.
+    admin_states: [Gauge; 3],
+    pub weight: Gauge,
+}
+
+impl ServerMetrics {
+    pub fn admin_state(&self, state: crate::server::AdminState) -> &Gauge {
+        &self.admin_states[state as usize]
+    }
 }
 
 fn duration_histogram() -> Histogram {
@@ -93,6 +111,8 @@ impl Metrics {
             state_since: Family::default(),
             last_check: Family::default(),
             certificate_expiry: Family::default(),
+            admin_state: Family::default(),
+            weight: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("webstack_lb");
         r.register(
@@ -146,6 +166,16 @@ impl Metrics {
             metrics.last_check.clone(),
         );
         r.register(
+            "server_admin_state",
+            "1 for the state an operator put the server in (ready, drain, maint: webstack lb ...), 0 for the others",
+            metrics.admin_state.clone(),
+        );
+        r.register(
+            "server_weight",
+            "The server's weight in force (the topology's, or an operator's: webstack lb weight)",
+            metrics.weight.clone(),
+        );
+        r.register(
             "certificate_expiry_timestamp_seconds",
             "The not-after time of each certificate the lb serves, seconds since the epoch",
             metrics.certificate_expiry.clone(),
@@ -194,6 +224,18 @@ impl Metrics {
             health_checks_failed: self.health_checks_failed.get_or_create(&label).clone(),
             state_since: self.state_since.get_or_create(&label).clone(),
             last_check: self.last_check.get_or_create(&label).clone(),
+            admin_states: crate::server::AdminState::ALL.map(|state| {
+                let gauge = self
+                    .admin_state
+                    .get_or_create(&AdminStateLabels {
+                        server: name.to_string(),
+                        state: state.as_str(),
+                    })
+                    .clone();
+                gauge.set(i64::from(state == crate::server::AdminState::Ready));
+                gauge
+            }),
+            weight: self.weight.get_or_create(&label).clone(),
         }
     }
 

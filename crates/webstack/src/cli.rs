@@ -35,6 +35,8 @@ pub enum Command {
     Exec(ExecArgs),
     /// The nftables rules each host needs, derived from the topology: show or check them.
     Firewall(FirewallArgs),
+    /// The lbs' servers at runtime: list them, drain, maintenance, ready, weight.
+    Lb(crate::lb_cli::LbArgs),
 }
 
 #[derive(Args)]

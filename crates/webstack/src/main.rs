@@ -6,6 +6,7 @@ mod cli;
 mod control;
 mod db;
 mod host_metrics;
+mod lb_cli;
 mod netns;
 mod role;
 mod status;
@@ -94,5 +95,6 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Db(args) => db::run(args).await,
         Command::Exec(args) => netns::exec(&cli::load(&args.config)?, &args.host, &args.command),
         Command::Firewall(args) => cli::firewall(&args),
+        Command::Lb(args) => lb_cli::run(args).await,
     }
 }

@@ -272,6 +272,11 @@ fn hand_out_secrets(config: &Config, state_dir: &Path, hosts: &[Host]) -> anyhow
         webstack_db::secrets::ensure_all(state_dir)
             .context("cannot create the database secrets")?;
     }
+    let token = webstack_common::secret::control_token_path(state_dir);
+    if config.hosts_with(Role::Lb).next().is_some() {
+        webstack_common::secret::ensure_file(&token)
+            .context("cannot create the lb control token")?;
+    }
     if config.uses_local_ca() {
         webstack_lb::tls::LocalCa::new(state_dir)
             .ensure(&config.site_names())
@@ -288,8 +293,19 @@ fn hand_out_secrets(config: &Config, state_dir: &Path, hosts: &[Host]) -> anyhow
             copy_dir(
                 &state_dir.join("secrets"),
                 &host.state_dir.join("secrets"),
-                &[],
+                &["lb-control.token"],
             )?;
+        }
+        // The lbs check the runtime API's token.
+        if roles.contains(&Role::Lb) {
+            use std::os::unix::fs::PermissionsExt;
+            let to = webstack_common::secret::control_token_path(&host.state_dir);
+            if let Some(dir) = to.parent() {
+                fs::create_dir_all(dir)?;
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+            }
+            fs::copy(&token, &to).with_context(|| format!("cannot copy {}", token.display()))?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o600))?;
         }
         if roles.contains(&Role::Lb) {
             copy_dir(

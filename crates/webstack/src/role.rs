@@ -48,6 +48,8 @@ pub async fn run(
     // The lb's step before draining (hand the VIP over), and its limits to reload on SIGHUP.
     let mut handoff = None;
     let mut reloadable_limits = None;
+    // The lb's runtime API, served on its admin port.
+    let mut extra_routes = None;
     // Build the role first (it registers its metrics), then the admin listener that shows them.
     let start: Box<dyn FnOnce(Admin) -> tokio::task::JoinHandle<()>> = match role {
         Role::Etcd => {
@@ -117,6 +119,13 @@ pub async fn run(
                 .await?;
             handoff = Some(lb.handoff());
             reloadable_limits = Some(lb.clients());
+            let token_path = webstack_common::secret::control_token_path(state_dir);
+            let token = webstack_common::secret::read_file(&token_path)
+                .inspect_err(|error| {
+                    tracing::warn!(path = %token_path.display(), %error, "no control token: `webstack lb` changes are refused");
+                })
+                .ok();
+            extra_routes = Some(lb.control(token).router());
             let shutdown = shutdown.clone();
             Box::new(move |admin| tokio::spawn(lb.run(listeners, admin, shutdown)))
         }
@@ -154,7 +163,10 @@ pub async fn run(
             Box::new(move |admin| tokio::spawn(webstack_app::run(state, listener, admin, shutdown)))
         }
     };
-    let admin = Admin::new(registry);
+    let mut admin = Admin::new(registry);
+    if let Some(routes) = extra_routes {
+        admin = admin.with_routes(routes);
+    }
     let admin_shutdown = Shutdown::new();
     let admin_task = tokio::spawn(serve_admin(
         admin_listener,

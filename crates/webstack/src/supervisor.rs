@@ -117,6 +117,13 @@ pub async fn run(
     }
     let state_dir = fs::canonicalize(&state_dir)?;
     let listener = bind_control(&state_dir).await?;
+    if config.hosts_with(Role::Lb).next().is_some() {
+        // The lb runtime API's token (`webstack lb ...`), before any lb reads it.
+        webstack_common::secret::ensure_file(&webstack_common::secret::control_token_path(
+            &state_dir,
+        ))
+        .context("cannot create the lb control token")?;
+    }
     if config.has_db() {
         // Created here, once, before any role starts: two db nodes must not race to make them.
         webstack_db::secrets::ensure_all(&state_dir)

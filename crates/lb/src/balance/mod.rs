@@ -21,6 +21,10 @@ pub trait Select: Send + Sync {
         servers: &[Arc<Server>],
         accept: &dyn Fn(&Server) -> bool,
     ) -> Option<Arc<Server>>;
+
+    /// The servers' weights changed (`webstack lb weight`): algorithms that precompute from
+    /// them start over.
+    fn reweigh(&self, _servers: &[Arc<Server>]) {}
 }
 
 /// The backend set split into regular and backup servers, each with its own algorithm state.
@@ -49,12 +53,19 @@ impl Balancer {
         }
     }
 
-    /// A healthy server accepted by `accept`, regular first, then backup.
+    /// A server in rotation (healthy, not drained or in maintenance) accepted by `accept`,
+    /// regular first, then backup.
     pub fn select(&self, accept: &dyn Fn(&Server) -> bool) -> Option<Arc<Server>> {
-        let healthy = |s: &Server| s.is_up() && accept(s);
+        let healthy = |s: &Server| s.in_rotation() && accept(s);
         self.regular_algo
             .select(&self.regular, &healthy)
             .or_else(|| self.backup_algo.select(&self.backup, &healthy))
+    }
+
+    /// After a weight change.
+    pub fn reweigh(&self) {
+        self.regular_algo.reweigh(&self.regular);
+        self.backup_algo.reweigh(&self.backup);
     }
 }
 
@@ -104,6 +115,23 @@ pub(crate) mod tests {
         assert!(balancer.select(&|_| true).is_none());
         set[1].set_up(true);
         assert_eq!(counts(&balancer, 3, 3), vec![0, 3, 0]);
+    }
+
+    #[test]
+    fn drained_and_maintained_servers_get_nothing_new() {
+        use crate::server::AdminState;
+        for algorithm in [Algorithm::RoundRobin, Algorithm::LeastConn] {
+            let set = servers(&[(1, false), (1, false), (1, true)]);
+            let balancer = Balancer::new(algorithm, &set);
+            set[0].set_admin_state(AdminState::Drain);
+            assert_eq!(counts(&balancer, 10, 3), vec![0, 10, 0]);
+            // Both regular servers out: the backup takes over, as when they are down.
+            set[1].set_admin_state(AdminState::Maint);
+            assert_eq!(counts(&balancer, 4, 3), vec![0, 0, 4]);
+            set[0].set_admin_state(AdminState::Ready);
+            set[1].set_admin_state(AdminState::Ready);
+            assert_eq!(counts(&balancer, 10, 3), vec![5, 5, 0]);
+        }
     }
 
     #[test]

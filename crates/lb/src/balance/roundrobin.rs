@@ -1,21 +1,31 @@
 //! Smooth weighted round-robin, precomputed: the schedule nginx's algorithm produces for the
-//! weights (e.g. 5:1:1 gives a a b a c a a, not a a a a a b c) is laid out once, and each pick
-//! is one atomic increment into it, so the request path takes no lock.
+//! weights (e.g. 5:1:1 gives a a b a c a a, not a a a a a b c) is laid out once (again when an
+//! operator changes a weight), and each pick is one atomic increment into it, so the request
+//! path takes no lock.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
 
 use super::Select;
 use crate::server::Server;
 
 pub struct RoundRobin {
     /// Indices into the server slice, in smooth weighted order; one full cycle.
-    schedule: Vec<usize>,
+    schedule: ArcSwap<Vec<usize>>,
     next: AtomicUsize,
 }
 
 impl RoundRobin {
     pub fn new(servers: &[Arc<Server>]) -> Self {
+        Self {
+            schedule: ArcSwap::from_pointee(Self::schedule(servers)),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn schedule(servers: &[Arc<Server>]) -> Vec<usize> {
         let weights: Vec<i64> = servers
             .iter()
             .map(|s| i64::from(s.weight().max(1)))
@@ -36,10 +46,7 @@ impl RoundRobin {
             current[best] -= total;
             schedule.push(best);
         }
-        Self {
-            schedule,
-            next: AtomicUsize::new(0),
-        }
+        schedule
     }
 }
 
@@ -49,11 +56,12 @@ impl Select for RoundRobin {
         servers: &[Arc<Server>],
         accept: &dyn Fn(&Server) -> bool,
     ) -> Option<Arc<Server>> {
-        let len = self.schedule.len();
+        let schedule = self.schedule.load();
+        let len = schedule.len();
         if len == 0 {
             return None;
         }
-        let pick = |slot: usize| &servers[self.schedule[slot % len]];
+        let pick = |slot: usize| &servers[schedule[slot % len]];
         // Each look consumes a slot: a skipped server's slot is used up rather than handed to
         // its neighbour, so the others keep their relative weights (2:1 stays 2:1).
         let first = self.next.fetch_add(1, Ordering::Relaxed);
@@ -69,6 +77,10 @@ impl Select for RoundRobin {
             .find(|server| accept(server))
             .cloned()
     }
+
+    fn reweigh(&self, servers: &[Arc<Server>]) {
+        self.schedule.store(Arc::new(Self::schedule(servers)));
+    }
 }
 
 #[cfg(test)]
@@ -76,6 +88,16 @@ mod tests {
     use crate::Algorithm;
     use crate::balance::Balancer;
     use crate::balance::tests::{counts, servers};
+
+    #[test]
+    fn a_weight_changed_at_runtime_changes_the_schedule() {
+        let set = servers(&[(1, false), (1, false)]);
+        let balancer = Balancer::new(Algorithm::RoundRobin, &set);
+        assert_eq!(counts(&balancer, 100, 2), vec![50, 50]);
+        set[0].set_weight(3);
+        balancer.reweigh();
+        assert_eq!(counts(&balancer, 100, 2), vec![75, 25]);
+    }
 
     #[test]
     fn equal_weights_alternate() {
