@@ -37,6 +37,9 @@ pub enum Command {
     Firewall(FirewallArgs),
     /// The lbs' servers at runtime: list them, drain, maintenance, ready, weight.
     Lb(crate::lb_cli::LbArgs),
+    /// Restart a web host without a failed request: drain, restart web and app, back in
+    /// rotation once every lb sees it up; `--rolling` for every web host in turn.
+    Restart(crate::lb_cli::RestartArgs),
 }
 
 #[derive(Args)]

@@ -1,6 +1,8 @@
 //! `webstack lb`: the lbs' runtime API from the command line (HAProxy's `set server`), on every
 //! lb of the topology at once: list the servers, drain one (and wait until nothing is in flight
-//! on it), put it in maintenance, back in rotation, or change its weight.
+//! on it), put it in maintenance, back in rotation, or change its weight. And `webstack
+//! restart`: drain a web host, restart its web and app roles, wait until every lb sees it up,
+//! put it back; `--rolling` does every web host in turn.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +47,25 @@ pub enum LbCommand {
     Weight { host: String, weight: u32 },
 }
 
+#[derive(Args)]
+pub struct RestartArgs {
+    /// The web host to restart (its web and app roles); omit with `--rolling`.
+    pub host: Option<String>,
+    /// Every web host, one after the other.
+    #[arg(long)]
+    pub rolling: bool,
+    /// Longest wait for the requests in flight on a drained host, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub drain_wait: u64,
+    #[arg(short, long, default_value = "webstack.toml")]
+    pub config: PathBuf,
+    #[arg(long, default_value = ".webstack")]
+    pub state_dir: PathBuf,
+}
+
+/// How long every lb may take to see a restarted host up (its health checks' rise).
+const UP_WAIT: Duration = Duration::from_secs(60);
+
 /// Every lb's admin address, by host name.
 fn lbs(config: &Config) -> Vec<(String, SocketAddr)> {
     config
@@ -74,13 +95,7 @@ pub async fn run(args: LbArgs) -> anyhow::Result<ExitCode> {
                 .join(", ")
         );
     }
-    let token_path = webstack_common::secret::control_token_path(&args.state_dir);
-    let token = webstack_common::secret::read_file(&token_path).with_context(|| {
-        format!(
-            "cannot read the control token {} (made by `webstack up` or `run`; on another machine, copy it from an lb host's state dir)",
-            token_path.display()
-        )
-    })?;
+    let token = read_token(&args.state_dir)?;
     let path = match &args.command {
         LbCommand::Drain { .. } => format!("/servers/{host}/drain"),
         LbCommand::Maint { .. } => format!("/servers/{host}/maint"),
@@ -88,12 +103,40 @@ pub async fn run(args: LbArgs) -> anyhow::Result<ExitCode> {
         LbCommand::Weight { weight, .. } => format!("/servers/{host}/weight/{weight}"),
         LbCommand::Servers => unreachable!("answered above"),
     };
+    let mut ok = change(&lbs, &token, &host, &path).await;
+    if let LbCommand::Drain { wait, .. } = args.command {
+        ok &= wait_drained(&lbs, &host, Duration::from_secs(wait)).await;
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn read_token(state_dir: &std::path::Path) -> anyhow::Result<webstack_common::secret::Secret> {
+    let path = webstack_common::secret::control_token_path(state_dir);
+    webstack_common::secret::read_file(&path).with_context(|| {
+        format!(
+            "cannot read the control token {} (made by `webstack up` or `run`; on another machine, copy it from an lb host's state dir)",
+            path.display()
+        )
+    })
+}
+
+/// POSTs `path` (a change of `host`) to every lb and says what each did; false if any failed.
+async fn change(
+    lbs: &[(String, SocketAddr)],
+    token: &webstack_common::secret::Secret,
+    host: &str,
+    path: &str,
+) -> bool {
     let mut ok = true;
-    for (name, addr) in &lbs {
+    for (name, addr) in lbs {
         match probe::call(
             *addr,
             Method::POST,
-            &path,
+            path,
             Some(token.expose()),
             CALL_TIMEOUT,
         )
@@ -101,15 +144,14 @@ pub async fn run(args: LbArgs) -> anyhow::Result<ExitCode> {
         {
             Ok((status, body)) if status.is_success() => {
                 let said: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let what = match &args.command {
-                    LbCommand::Weight { .. } => {
-                        format!("weight {} (was {})", said["weight"], said["was"])
-                    }
-                    _ => format!(
+                let what = if said["weight"].is_null() {
+                    format!(
                         "{} (was {})",
                         said["state"].as_str().unwrap_or("?"),
                         said["was"].as_str().unwrap_or("?")
-                    ),
+                    )
+                } else {
+                    format!("weight {} (was {})", said["weight"], said["was"])
                 };
                 println!("{name}: {host} {what}");
             }
@@ -126,14 +168,99 @@ pub async fn run(args: LbArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if let LbCommand::Drain { wait, .. } = args.command {
-        ok &= wait_drained(&lbs, &host, Duration::from_secs(wait)).await;
+    ok
+}
+
+/// `webstack restart HOST` / `webstack restart --rolling`: for each web host, drain it on every
+/// lb (waiting for its requests in flight, bounded), restart its web and app roles through the
+/// supervisor (front to back, then back to front: `start` returns when a role is ready), wait
+/// until every lb's health checks see it up, and put it back in rotation. The host's other
+/// roles (db, etcd, monitor) keep running: the database has its own planned move (`webstack db
+/// switchover`).
+pub async fn restart(args: RestartArgs) -> anyhow::Result<ExitCode> {
+    let config = crate::cli::load(&args.config)?;
+    let web_hosts: Vec<String> = config
+        .hosts_with(Role::Web)
+        .map(|h| h.name.clone())
+        .collect();
+    let hosts = match (&args.host, args.rolling) {
+        (Some(host), false) if web_hosts.contains(host) => vec![host.clone()],
+        (Some(host), false) => anyhow::bail!(
+            "{host:?} is not a web host of {} (web hosts: {})",
+            config.path.display(),
+            web_hosts.join(", ")
+        ),
+        (None, true) if web_hosts.len() >= 2 => web_hosts,
+        (None, true) => {
+            anyhow::bail!("a rolling restart needs two web hosts: the other one serves")
+        }
+        _ => anyhow::bail!("name one web host, or --rolling for all of them"),
+    };
+    let token = read_token(&args.state_dir)?;
+    let lbs = lbs(&config);
+    for host in &hosts {
+        let roles: Vec<Role> = [Role::Web, Role::App]
+            .into_iter()
+            .filter(|r| config.host(host).is_some_and(|h| h.has(*r)))
+            .collect();
+        println!("{host}: draining");
+        if !change(&lbs, &token, host, &format!("/servers/{host}/drain")).await {
+            anyhow::bail!("{host}: not drained on every lb; nothing restarted");
+        }
+        // Bounded: past it the restart goes on (what is left in flight is cut).
+        wait_drained(&lbs, host, Duration::from_secs(args.drain_wait)).await;
+        let steps = roles
+            .iter()
+            .map(|r| ("stop", *r))
+            .chain(roles.iter().rev().map(|r| ("start", *r)));
+        for (op, role) in steps {
+            let target = format!("{host}/{role}");
+            let request = if op == "stop" {
+                crate::control::Request::Stop { target }
+            } else {
+                crate::control::Request::Start { target }
+            };
+            let reply = crate::control::request(&args.state_dir, &request).await?;
+            if !reply.ok {
+                anyhow::bail!(
+                    "{host}/{role}: cannot {op}: {} ({host} stays drained)",
+                    reply.error.unwrap_or_default()
+                );
+            }
+        }
+        println!("{host}: restarted; waiting for every lb to see it up");
+        if !wait_up(&lbs, host, UP_WAIT).await {
+            anyhow::bail!(
+                "{host}: not up on every lb after {} s; it stays drained",
+                UP_WAIT.as_secs()
+            );
+        }
+        if !change(&lbs, &token, host, &format!("/servers/{host}/ready")).await {
+            anyhow::bail!("{host}: not back in rotation on every lb");
+        }
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    println!("restarted: {}", hosts.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits until every lb's health checks see `host` up.
+async fn wait_up(lbs: &[(String, SocketAddr)], host: &str, limit: Duration) -> bool {
+    let started = Instant::now();
+    loop {
+        let mut all = true;
+        for (_, addr) in lbs {
+            all &= list(*addr)
+                .await
+                .is_ok_and(|servers| servers.iter().any(|s| s["name"] == host && s["up"] == true));
+        }
+        if all {
+            return true;
+        }
+        if started.elapsed() >= limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// One lb's servers, or why there are none.

@@ -96,5 +96,6 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Exec(args) => netns::exec(&cli::load(&args.config)?, &args.host, &args.command),
         Command::Firewall(args) => cli::firewall(&args),
         Command::Lb(args) => lb_cli::run(args).await,
+        Command::Restart(args) => lb_cli::restart(args).await,
     }
 }

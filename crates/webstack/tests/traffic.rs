@@ -124,11 +124,8 @@ fn drain_ready_maint_and_weight_move_traffic_without_a_failed_request() {
         assert!(listed.contains(line), "{line:?} in {listed}");
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let loop_thread = load(lb, stop.clone());
-
-    // A request in flight on one server: drain that one. The command returns only once the
-    // request finished.
+    // A request in flight on one server (found before the loop starts: then it is the only
+    // one): drain that one under the loop. The command returns only once the request finished.
     let slow = start_slow_post(lb);
     let mut holder;
     assert_eventually!(
@@ -145,6 +142,8 @@ fn drain_ready_maint_and_weight_move_traffic_without_a_failed_request() {
         Duration::from_secs(10),
         "the slow POST is in flight on a server"
     );
+    let stop = Arc::new(AtomicBool::new(false));
+    let loop_thread = load(lb, stop.clone());
     let other = if holder == "web-01" {
         "web-02"
     } else {
@@ -277,4 +276,87 @@ fn drain_ready_maint_and_weight_move_traffic_without_a_failed_request() {
         String::from_utf8_lossy(&raw)
     );
     assert_eq!(servers(&topology)[0]["state"], "ready");
+}
+
+#[test]
+fn a_rolling_restart_of_every_web_host_fails_no_request() {
+    const NET: u8 = 66;
+    let topology = Topology::start(EXE, "rolling", NET, &toml_with_db(NET, 2, ""));
+    topology.wait_servers_up(&["web-01", "web-02"]);
+    let pid = |host: &str, role: &str| topology.unit(host, role)["pid"].as_u64();
+    let before: Vec<_> = ["web-01", "web-02"]
+        .iter()
+        .flat_map(|h| ["web", "app", "db"].map(|r| pid(h, r)))
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loop_thread = load(topology.lb(), stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let mut command = Command::new(EXE);
+    command
+        .args(["restart", "--rolling", "-c"])
+        .arg(&topology.config_path)
+        .arg("--state-dir")
+        .arg(topology.state_dir());
+    let out = output_within(&mut command, Duration::from_secs(300));
+    let restarted_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let outcomes = loop_thread.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("restarted: web-01, web-02"),
+        "{}",
+        text(&out)
+    );
+
+    assert!(
+        failures(&outcomes).is_empty(),
+        "failed requests: {:?}",
+        failures(&outcomes)
+    );
+    assert!(
+        outcomes.iter().filter(|o| o.what == "POST /posts").count() > 10,
+        "POSTs ran throughout"
+    );
+    let after: Vec<_> = ["web-01", "web-02"]
+        .iter()
+        .flat_map(|h| ["web", "app", "db"].map(|r| pid(h, r)))
+        .collect();
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        let restarted = i % 3 != 2;
+        assert!(b.is_some() && a.is_some(), "{before:?} {after:?}");
+        assert_eq!(b != a, restarted, "role {i}: {before:?} -> {after:?}");
+    }
+    // Both back in rotation.
+    let served: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.started > restarted_at)
+        .filter_map(|o| o.served_by.as_deref())
+        .collect();
+    assert!(
+        served.contains(&"web-01") && served.contains(&"web-02"),
+        "{served:?}"
+    );
+    assert!(
+        servers(&topology)
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "ready" && s["up"] == true)
+    );
+
+    // A host that is not a web host, or no host at all, is refused before anything changes.
+    let mut command = Command::new(EXE);
+    command
+        .args(["restart", "lb-01", "-c"])
+        .arg(&topology.config_path)
+        .arg("--state-dir")
+        .arg(topology.state_dir());
+    let out = output_within(&mut command, Duration::from_secs(30));
+    assert!(
+        !out.status.success() && text(&out).contains("\"lb-01\" is not a web host"),
+        "{}",
+        text(&out)
+    );
 }
