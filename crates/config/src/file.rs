@@ -132,6 +132,12 @@ pub struct LbFile {
     pub threads: Spanned<u32>,
     /// Client connections at once over both ports; more wait in the listen backlog.
     pub maxconn: Spanned<u32>,
+    /// A returning server's ramp to its full share of requests.
+    pub slowstart: Spanned<HumanDuration>,
+    /// Requests each server serves at once (0: no limit); more wait in the queue.
+    pub server_maxconn: Spanned<u32>,
+    /// The longest wait in that queue.
+    pub queue_timeout: Spanned<HumanDuration>,
     pub limits: LimitsFile,
     pub health: HealthFile,
     pub timeouts: LbTimeoutsFile,
@@ -229,12 +235,16 @@ impl Default for LbFile {
         Self {
             port: Spanned::new(0..0, 8080),
             admin_port: Spanned::new(0..0, 9100),
-            algorithm: Algorithm::RoundRobin,
+            // Measured best with a slow server (bench/results/2026-11-29-balance.md).
+            algorithm: Algorithm::P2c,
             retries: Spanned::new(0..0, 2),
             access_log: true,
             server_timing: false,
             threads: Spanned::new(0..0, 0),
             maxconn: Spanned::new(0..0, 10_000),
+            slowstart: Spanned::new(0..0, HumanDuration::secs(10)),
+            server_maxconn: Spanned::new(0..0, 0),
+            queue_timeout: Spanned::new(0..0, HumanDuration::secs(5)),
             limits: LimitsFile::default(),
             health: HealthFile::default(),
             timeouts: LbTimeoutsFile::default(),
@@ -251,6 +261,7 @@ impl Default for LbFile {
 pub enum Algorithm {
     RoundRobin,
     LeastConn,
+    P2c,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +272,9 @@ pub struct ServerFile {
     pub weight: Spanned<u32>,
     #[serde(default)]
     pub backup: bool,
+    /// Requests it serves at once; default `lb.server_maxconn`.
+    #[serde(default)]
+    pub maxconn: Option<Spanned<u32>>,
 }
 
 fn one() -> Spanned<u32> {
@@ -275,6 +289,10 @@ pub struct HealthFile {
     pub timeout: Spanned<HumanDuration>,
     pub rise: Spanned<u32>,
     pub fall: Spanned<u32>,
+    /// Consecutive failed requests that eject a server before its checks do; 0: off.
+    pub eject_after: Spanned<u32>,
+    /// At most this percentage of the servers ejected at once.
+    pub max_ejected_percent: Spanned<u32>,
 }
 
 impl Default for HealthFile {
@@ -285,6 +303,8 @@ impl Default for HealthFile {
             timeout: Spanned::new(0..0, HumanDuration::secs(1)),
             rise: Spanned::new(0..0, 2),
             fall: Spanned::new(0..0, 2),
+            eject_after: Spanned::new(0..0, 5),
+            max_ejected_percent: Spanned::new(0..0, 50),
         }
     }
 }

@@ -664,7 +664,7 @@ mod tests {
         let names: Vec<_> = config.hosts.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["lb-01", "lb-02", "web-01", "web-02"]);
         let lb = config.lb(config.host("lb-01").unwrap(), Path::new("/srv/state"));
-        assert_eq!(lb.algorithm, webstack_lb::Algorithm::LeastConn);
+        assert_eq!(lb.algorithm, webstack_lb::Algorithm::P2c);
         // Two lbs share the site's address; on loopback by the stand-in.
         assert_eq!(config.site_addr().unwrap().to_string(), "127.0.0.10:8080");
         assert!(!config.uses_vrrp());
@@ -769,8 +769,13 @@ mod tests {
         let text = "[site]\nname = \"a.example\"\n[[host]]\nname = \"h\"\naddress = \"127.0.0.5\"\nroles = [\"lb\", \"web\", \"app\"]\n[lb]\nport = 8081\n";
         let config = parse(text).unwrap();
         let lb = config.lb(config.host("h").unwrap(), Path::new("/srv/state"));
-        assert_eq!(lb.algorithm, webstack_lb::Algorithm::RoundRobin);
+        assert_eq!(lb.algorithm, webstack_lb::Algorithm::P2c);
         assert_eq!(lb.retries, 2);
+        assert_eq!(lb.slowstart, std::time::Duration::from_secs(10));
+        assert_eq!(
+            (lb.health.eject_after, lb.health.max_ejected_percent),
+            (5, 50)
+        );
         assert_eq!(lb.timeouts.server, std::time::Duration::from_secs(30));
         assert_eq!(config.ports(Role::Web).service, 8000);
         assert_eq!(config.ports(Role::Lb).service, 8081);

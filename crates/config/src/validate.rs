@@ -644,6 +644,16 @@ fn lb_config(
                 server.weight.get_ref()
             ),
         )?;
+        if let Some(maxconn) = &server.maxconn {
+            check.ensure(
+                *maxconn.get_ref() <= 1_000_000,
+                maxconn.span(),
+                format!(
+                    "lb.server {name}: maxconn {} out of range: expected 0 (no limit) to 1000000",
+                    maxconn.get_ref()
+                ),
+            )?;
+        }
         if overrides.insert(name, server).is_some() {
             return Err(check.error(
                 server.host.span(),
@@ -661,9 +671,18 @@ fn lb_config(
                 addr: std::net::SocketAddr::new(h.address, web_port),
                 weight: over.map_or(1, |o| *o.weight.get_ref()),
                 backup: over.is_some_and(|o| o.backup),
+                maxconn: over
+                    .and_then(|o| o.maxconn.as_ref())
+                    .map_or(*lb.server_maxconn.get_ref(), |m| *m.get_ref()),
             }
         })
         .collect();
+    let server_maxconn = *lb.server_maxconn.get_ref();
+    check.ensure(
+        server_maxconn <= 1_000_000,
+        lb.server_maxconn.span(),
+        format!("lb.server_maxconn = {server_maxconn}: expected 0 (no limit) to 1000000"),
+    )?;
     let backup_span = lb.server.first().map_or(0..0, |s| s.host.span());
     check.ensure(
         servers.iter().any(|s| !s.backup),
@@ -675,6 +694,7 @@ fn lb_config(
         algorithm: match lb.algorithm {
             file::Algorithm::RoundRobin => webstack_lb::Algorithm::RoundRobin,
             file::Algorithm::LeastConn => webstack_lb::Algorithm::LeastConn,
+            file::Algorithm::P2c => webstack_lb::Algorithm::P2c,
         },
         servers,
         health: webstack_lb::HealthConfig {
@@ -683,6 +703,16 @@ fn lb_config(
             timeout: check.positive(&health.timeout, "lb.health.timeout")?,
             rise: *health.rise.get_ref(),
             fall: *health.fall.get_ref(),
+            eject_after: *health.eject_after.get_ref(),
+            max_ejected_percent: {
+                let percent = *health.max_ejected_percent.get_ref();
+                check.ensure(
+                    percent <= 100,
+                    health.max_ejected_percent.span(),
+                    format!("lb.health.max_ejected_percent = {percent}: expected 0 to 100"),
+                )?;
+                percent
+            },
         },
         timeouts: webstack_lb::Timeouts {
             client_header: check
@@ -693,6 +723,8 @@ fn lb_config(
         },
         retries: *lb.retries.get_ref(),
         maxconn: check.maxconn(&lb.maxconn, "lb.maxconn")?,
+        slowstart: check.bounded(&lb.slowstart, "lb.slowstart")?,
+        queue_timeout: check.positive(&lb.queue_timeout, "lb.queue_timeout")?,
         limits: limits_settings(check, &lb.limits)?,
         access_log: lb.access_log,
         server_timing: lb.server_timing,

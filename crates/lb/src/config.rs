@@ -25,8 +25,15 @@ pub struct Config {
     /// Client connections served at once over both ports; more wait in the listen backlog
     /// (HAProxy's `maxconn`).
     pub maxconn: usize,
+    /// A server that comes back (health checks, or `webstack lb ready`) takes a share of new
+    /// requests that grows from a tenth to its full share over this time (HAProxy's
+    /// `slowstart`); zero: at once.
+    pub slowstart: Duration,
     /// Per-client limits (reloaded on SIGHUP).
     pub limits: Limits,
+    /// How long a request may wait in the queue for a server below its `maxconn` (HAProxy's
+    /// `timeout queue`); then 503 with `Retry-After`.
+    pub queue_timeout: Duration,
     /// HTTPS on a second port; None when TLS is off.
     pub tls: Option<TlsSettings>,
     /// The site's address shared with the other lb hosts; None: this lb serves its own
@@ -222,6 +229,8 @@ pub enum Algorithm {
     RoundRobin,
     /// Fewest in-flight requests relative to weight; ties broken round-robin.
     LeastConn,
+    /// Power of two choices over peak-EWMA latency x in-flight requests (`balance::P2c`).
+    P2c,
 }
 
 /// One backend server (a web host's web role).
@@ -234,6 +243,9 @@ pub struct ServerConfig {
     pub weight: u32,
     /// Gets traffic only when no regular server is up.
     pub backup: bool,
+    /// Requests it serves at once (HAProxy's server `maxconn`); more wait in the lb's queue.
+    /// 0: no limit.
+    pub maxconn: u32,
 }
 
 /// Active HTTP health checks, with HAProxy's rise/fall hysteresis.
@@ -247,6 +259,12 @@ pub struct HealthConfig {
     pub rise: u32,
     /// Consecutive failures that take an up server down.
     pub fall: u32,
+    /// Consecutive failed requests (connect failures, 5xx answers) that take a server out of
+    /// rotation at once, before its checks notice (passive outlier ejection); 0: off. Its
+    /// checks bring it back (`rise` successes).
+    pub eject_after: u32,
+    /// At most this percentage of the servers is ejected at once (at least one may be).
+    pub max_ejected_percent: u32,
 }
 
 #[derive(Clone, Debug)]

@@ -49,11 +49,19 @@ impl Control {
                     "configured_weight": s.config.weight,
                     "backup": s.config.backup,
                     "in_flight": s.active(),
+                    "maxconn": s.config.maxconn,
+                    "ramp": s.ramp(self.balancer.slowstart()),
+                    "ejected": s.is_ejected(),
                     "last_check": s.metrics.last_check.get(),
                     "since": s.metrics.state_since.get(),
                 })
             })
             .collect()
+    }
+
+    /// Requests waiting in the lb's queue now.
+    pub fn queue_len(&self) -> usize {
+        self.balancer.queue.len()
     }
 
     fn server(&self, name: &str) -> Option<&Arc<Server>> {

@@ -295,11 +295,10 @@ impl Proxy {
         let replayable = request.bodyless() && request.idempotent;
         let mut attempts = Attempts::new(self.config.retries, replayable);
         let outcome = loop {
-            let server = match self.next_server(&mut attempts) {
-                Ok(server) => server,
+            let (server, guard) = match self.next_server(&mut attempts).await {
+                Ok(found) => found,
                 Err(outcome) => break outcome,
             };
-            let guard = server.begin();
             request.end_head_for(out, base, server.authority.as_str());
             let result = self
                 .attempt(client, request, &server, out, back, &rewrite, replayable)
@@ -323,17 +322,28 @@ impl Proxy {
             }
         };
 
-        let (mut answer, server) = match outcome {
-            Forwarded::Answer(answer, server) => (answer, server),
+        let failed = match outcome {
+            Forwarded::Answer(answer, server) => Ok((answer, server)),
             Forwarded::Abandoned => return false,
             Forwarded::Failed(server, failure) => {
                 let status = self.answer_failure(failure.as_ref(), server.as_deref());
+                Err((status, crate::proxy::error_text(status), None, server))
+            }
+            Forwarded::QueueTimeout => {
+                self.metrics.error("queue_timeout");
+                let status = StatusCode::SERVICE_UNAVAILABLE;
+                Err((status, crate::proxy::QUEUE_TEXT, Some(1), None))
+            }
+        };
+        let (mut answer, server) = match failed {
+            Ok(found) => found,
+            Err((status, body, retry_after, server)) => {
                 let local = Local {
                     status,
                     content_type: "text/plain; charset=utf-8",
-                    body: crate::proxy::error_text(status).as_bytes(),
+                    body: body.as_bytes(),
                     location: None,
-                    retry_after: None,
+                    retry_after,
                     request_id: &request_id,
                 };
                 // No server read the body (or one stopped in it): dropped if short, else close.

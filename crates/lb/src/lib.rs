@@ -136,7 +136,12 @@ impl LoadBalancer {
             }
             None => None,
         };
-        let balancer = Arc::new(balance::Balancer::new(config.algorithm, &servers));
+        let balancer = Arc::new(balance::Balancer::with_queue(
+            config.algorithm,
+            &servers,
+            config.slowstart,
+            metrics.queue.clone(),
+        ));
         let vip = config.vip.clone().map(|v| Arc::new(Vip::new(v)));
         let track = match config.vip.as_ref().map(|v| &v.mode) {
             Some(VipMode::Vrrp(vrrp)) => Some(Arc::new(vip::keepalived::Track::new(vrrp))),
@@ -428,6 +433,7 @@ async fn publish_status(
         let mut summary = Vec::new();
         let mut status = serde_json::json!({});
         status["servers"] = servers.servers_json();
+        status["queue"] = servers.queue_len().into();
         // Servers an operator took out, or whose weight differs from the topology's.
         let changed: Vec<String> = status["servers"]
             .as_array()

@@ -60,6 +60,8 @@ pub struct Metrics {
     certificate_expiry: Family<CertificateLabels, Timestamp>,
     admin_state: Family<AdminStateLabels, Gauge>,
     weight: Family<ServerLabel, Gauge>,
+    ejections: Family<ServerLabel, Counter>,
+    pub queue: crate::balance::queue::QueueMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -83,6 +85,8 @@ pub struct ServerMetrics {
     /// 1 for the operator's state of the server, 0 for the others.
     admin_states: [Gauge; 3],
     pub weight: Gauge,
+    /// Times failed requests took it out of rotation (passive outlier ejection).
+    pub ejections: Counter,
 }
 
 impl ServerMetrics {
@@ -113,6 +117,8 @@ impl Metrics {
             certificate_expiry: Family::default(),
             admin_state: Family::default(),
             weight: Family::default(),
+            ejections: Family::default(),
+            queue: crate::balance::queue::QueueMetrics::unregistered(),
         };
         let r = registry.sub_registry_with_prefix("webstack_lb");
         r.register(
@@ -169,6 +175,26 @@ impl Metrics {
             "server_admin_state",
             "1 for the state an operator put the server in (ready, drain, maint: webstack lb ...), 0 for the others",
             metrics.admin_state.clone(),
+        );
+        r.register(
+            "queue_length",
+            "Requests waiting for a server below its maxconn",
+            metrics.queue.length.clone(),
+        );
+        r.register(
+            "queue_wait_seconds",
+            "Time requests waited in the queue before a server took them",
+            metrics.queue.wait.clone(),
+        );
+        r.register(
+            "queue_timeouts",
+            "Requests answered 503 after waiting queue_timeout for a server",
+            metrics.queue.timeouts.clone(),
+        );
+        r.register(
+            "server_ejections",
+            "Times consecutive failed requests took the server out of rotation before its health checks did",
+            metrics.ejections.clone(),
         );
         r.register(
             "server_weight",
@@ -236,6 +262,7 @@ impl Metrics {
                 gauge
             }),
             weight: self.weight.get_or_create(&label).clone(),
+            ejections: self.ejections.get_or_create(&label).clone(),
         }
     }
 

@@ -24,7 +24,7 @@ use crate::Config;
 use crate::balance::Balancer;
 use crate::limits::{Capped, ClientTable, ConnectionGuard, LimitError};
 use crate::metrics::Metrics;
-use crate::server::Server;
+use crate::server::{ActiveGuard, Server};
 use crate::tls::CertStore;
 use crate::tls::acme::Challenges;
 use webstack_http1::body::BODY_TIMEOUT;
@@ -74,6 +74,8 @@ pub(crate) enum Forwarded<T> {
     Failed(Option<Arc<Server>>, Option<Failure>),
     /// The client is gone or was refused: nothing more to send.
     Abandoned,
+    /// Every server that could take it stayed at its `maxconn` for `queue_timeout`.
+    QueueTimeout,
 }
 
 /// One line of the access log, the same for both client protocols.
@@ -179,17 +181,36 @@ impl Proxy {
     /// closure cannot carry it: its future would not be `Send`): servers as the balancer picks
     /// them, each tried once, until one answers or the one rule (`webstack_http1::retry`) says
     /// stop. This half: the next server, or what became of the request when none is left.
-    pub(crate) fn next_server<T>(
+    pub(crate) async fn next_server<T>(
         &self,
         attempts: &mut Attempts<(T, Arc<Server>)>,
-    ) -> Result<Arc<Server>, Forwarded<T>> {
-        let candidate = if attempts.may_try_another() {
-            self.balancer
-                .select(&|s| !attempts.tried().contains(s.index))
+    ) -> Result<(Arc<Server>, ActiveGuard), Forwarded<T>> {
+        let found = if attempts.may_try_another() {
+            let tried = attempts.tried();
+            let accept = |s: &Server| !tried.contains(s.index);
+            let pick = || self.pick(&accept);
+            let queue = &self.balancer.queue;
+            match pick() {
+                Some(found) if queue.is_empty() => Some(found),
+                found => {
+                    // Others wait already (this one queues behind them), or every server that
+                    // could take it is at its maxconn: wait for a slot.
+                    let waiting_ahead = found.is_some();
+                    drop(found);
+                    if waiting_ahead || self.balancer.any_full(&accept) {
+                        match queue.wait_for(self.config.queue_timeout, pick).await {
+                            Some(found) => Some(found),
+                            None => return Err(Forwarded::QueueTimeout),
+                        }
+                    } else {
+                        None
+                    }
+                }
+            }
         } else {
             None
         };
-        let Some(server) = candidate else {
+        let Some((server, guard)) = found else {
             return Err(match attempts.give_up() {
                 GiveUp::Fallback((answer, server)) => Forwarded::Answer(answer, server),
                 GiveUp::Failed(failure) => Forwarded::Failed(None, failure),
@@ -198,7 +219,19 @@ impl Proxy {
         if attempts.begin(server.index) {
             self.metrics.retries.inc();
         }
-        Ok(server)
+        Ok((server, guard))
+    }
+
+    /// A server `accept`ed by the balancer, with one of its slots: a racing pick may take the
+    /// last slot of the one chosen, so it looks again (a few times).
+    fn pick(&self, accept: &dyn Fn(&Server) -> bool) -> Option<(Arc<Server>, ActiveGuard)> {
+        for _ in 0..4 {
+            let server = self.balancer.select(accept)?;
+            if let Some(guard) = server.try_begin() {
+                return Some((server, guard));
+            }
+        }
+        None
     }
 
     /// The other half: one attempt's result. `Some` when the request is done (answered,
@@ -209,6 +242,11 @@ impl Proxy {
         server: Arc<Server>,
         result: Result<(u16, T), AttemptError>,
     ) -> Option<Forwarded<T>> {
+        match &result {
+            Ok((status, _)) => self.passive(&server, *status < 500),
+            Err(AttemptError::Server(_)) => self.passive(&server, false),
+            Err(AttemptError::Client) => {}
+        }
         match result {
             Ok((status, answer)) => {
                 if attempts.holds(status) {
@@ -236,13 +274,31 @@ impl Proxy {
         }
     }
 
+    /// A request's outcome on `server`, for passive outlier ejection: `eject_after` failures
+    /// in a row (connect failures, 5xx answers, no answer) take it out of rotation at once;
+    /// its health checks bring it back. A client's own failure counts for nothing.
+    fn passive(&self, server: &Server, ok: bool) {
+        if ok {
+            return server.passive_success();
+        }
+        let health = &self.config.health;
+        if health.eject_after == 0 || !server.is_up() {
+            return;
+        }
+        let failures = server.passive_failure();
+        if failures >= health.eject_after && self.balancer.may_eject(health.max_ejected_percent) {
+            tracing::warn!(server = %server.config.name, failures, "server ejected after failed requests; its health checks will bring it back");
+            server.eject();
+            server.recheck.notify_one();
+        }
+    }
+
     /// Records a server's answer in its metrics (status class, time to the response head).
     pub(crate) fn answered(&self, server: &Server, status: u16, started: Instant) {
+        let took = started.elapsed();
         server.responses(status).inc();
-        server
-            .metrics
-            .duration
-            .observe(started.elapsed().as_secs_f64());
+        server.metrics.duration.observe(took.as_secs_f64());
+        server.observe_latency(took);
     }
 
     /// One request of an HTTP/2 client (always over TLS): its head rewritten by the rules of
@@ -337,11 +393,10 @@ impl Proxy {
         let mut attempts = Attempts::new(self.config.retries, replayable);
         let mut back = Vec::with_capacity(1024);
         let outcome = loop {
-            let server = match self.next_server(&mut attempts) {
-                Ok(server) => server,
+            let (server, guard) = match self.next_server(&mut attempts).await {
+                Ok(found) => found,
                 Err(outcome) => break outcome,
             };
-            let guard = server.begin();
             request.end_head_for(&mut out, base, server.authority.as_str());
             let target = Target {
                 pool: &self.pool,
@@ -394,6 +449,15 @@ impl Proxy {
                 let status = self.answer_failure(failure.as_ref(), server.as_deref());
                 let text = Bytes::from_static(error_text(status).as_bytes());
                 (self.local(status, text, &request_id), server)
+            }
+            Forwarded::QueueTimeout => {
+                self.metrics.error("queue_timeout");
+                let text = Bytes::from_static(QUEUE_TEXT.as_bytes());
+                let mut response = self.local(StatusCode::SERVICE_UNAVAILABLE, text, &request_id);
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                (response, None)
             }
             Forwarded::Abandoned if too_large => {
                 self.clients.metrics().limited("body_size").inc();
@@ -487,6 +551,8 @@ impl Proxy {
         );
     }
 }
+
+pub(crate) const QUEUE_TEXT: &str = "503 Service Unavailable: every server is at its connection limit and none freed a slot in time; retry later.\n";
 
 pub(crate) const TOO_MANY_TEXT: &str =
     "429 Too Many Requests: this client sends requests faster than the site allows; retry later.\n";

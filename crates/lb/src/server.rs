@@ -4,7 +4,8 @@
 //! atomics).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 use prometheus_client::metrics::counter::Counter;
@@ -26,6 +27,23 @@ pub struct Server {
     admin: AtomicU8,
     /// The weight in force: the topology's until an operator changes it.
     weight: AtomicU32,
+    /// Consecutive failed requests (passive checks) and whether they took it out of rotation
+    /// (its checker then needs `rise` successes to bring it back).
+    failures: AtomicU32,
+    /// Out of rotation after failed requests, until it is up again.
+    ejected: AtomicBool,
+    /// The ejection its checker has not seen yet.
+    eject_pending: AtomicBool,
+    /// When it last came back into rotation (ns on `clock`; 0: never, no ramp), and the
+    /// share-of-picks credit of its slow start.
+    back_since: AtomicU64,
+    ramp_credit: AtomicU32,
+    /// The lb's queue, told when a slot frees (set by the `Balancer`).
+    queue: std::sync::OnceLock<Arc<crate::balance::queue::Queue>>,
+    /// Peak-EWMA of the time to a response head, in ns, and when it was last updated (ns on
+    /// `clock`): p2c's latency estimate.
+    latency: AtomicU64,
+    latency_at: AtomicU64,
     /// In-flight requests (response body not yet finished): leastconn's measure, also exported.
     active: Gauge,
     /// Wakes the health checker early after a passive failure (connection refused).
@@ -44,6 +62,14 @@ impl Server {
             up: AtomicBool::new(false),
             admin: AtomicU8::new(AdminState::Ready as u8),
             weight: AtomicU32::new(config.weight),
+            failures: AtomicU32::new(0),
+            ejected: AtomicBool::new(false),
+            eject_pending: AtomicBool::new(false),
+            back_since: AtomicU64::new(0),
+            ramp_credit: AtomicU32::new(0),
+            queue: std::sync::OnceLock::new(),
+            latency: AtomicU64::new(0),
+            latency_at: AtomicU64::new(clock()),
             active: metrics.active.clone(),
             recheck: Notify::new(),
             metrics,
@@ -56,6 +82,9 @@ impl Server {
     }
 
     pub(crate) fn set_up(&self, up: bool) {
+        if up {
+            self.ejected.store(false, Ordering::Release);
+        }
         self.up.store(up, Ordering::Release);
         self.metrics.up.set(i64::from(up));
     }
@@ -76,6 +105,9 @@ impl Server {
     /// Puts the server in `state`; returns the one it was in.
     pub(crate) fn set_admin_state(&self, state: AdminState) -> AdminState {
         let before = AdminState::from_u8(self.admin.swap(state as u8, Ordering::AcqRel));
+        if state == AdminState::Ready && before != AdminState::Ready {
+            self.came_back();
+        }
         for s in AdminState::ALL {
             self.metrics.admin_state(s).set(i64::from(s == state));
         }
@@ -91,15 +123,133 @@ impl Server {
         self.metrics.weight.set(i64::from(weight));
     }
 
+    /// Adds one time to a response head to the latency estimate: a slower one is taken at
+    /// once (peak), a faster one weighs by how long ago the last was (EWMA with `DECAY`).
+    /// Concurrent updates may lose one another's sample: an estimate, not a count.
+    pub fn observe_latency(&self, rtt: Duration) {
+        let now = clock();
+        let sample = rtt.as_nanos() as f64;
+        let before = self.latency_estimate_at(now);
+        let next = if sample > before {
+            sample
+        } else {
+            let w = (-(now.saturating_sub(self.latency_at.load(Ordering::Relaxed)) as f64)
+                / DECAY.as_nanos() as f64)
+                .exp();
+            before * w + sample * (1.0 - w)
+        };
+        self.latency.store(next as u64, Ordering::Relaxed);
+        self.latency_at.store(now, Ordering::Relaxed);
+    }
+
+    /// The latency estimate now, in ns: it decays towards zero while no answer comes, so a
+    /// server that was slow gets tried again.
+    pub fn latency_estimate(&self) -> f64 {
+        self.latency_estimate_at(clock())
+    }
+
+    fn latency_estimate_at(&self, now: u64) -> f64 {
+        let idle = now.saturating_sub(self.latency_at.load(Ordering::Relaxed)) as f64;
+        self.latency.load(Ordering::Relaxed) as f64 * (-idle / DECAY.as_nanos() as f64).exp()
+    }
+
+    /// A request to it failed (connect, or a 5xx answer): the count of consecutive ones.
+    pub(crate) fn passive_failure(&self) -> u32 {
+        self.failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn passive_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Out of rotation after failed requests, until its checks bring it back.
+    pub(crate) fn eject(&self) {
+        self.ejected.store(true, Ordering::Release);
+        self.eject_pending.store(true, Ordering::Release);
+        self.set_up(false);
+        self.metrics.ejections.inc();
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Acquire)
+    }
+
+    /// For the checker: whether it was ejected since it last asked.
+    pub(crate) fn take_ejected(&self) -> bool {
+        self.eject_pending.swap(false, Ordering::AcqRel)
+    }
+
+    /// It came back into rotation now: its slow start begins.
+    pub(crate) fn came_back(&self) {
+        self.back_since.store(clock().max(1), Ordering::Release);
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Its slow start, in thousandths of its full share (1000: none or over).
+    pub fn ramp(&self, slowstart: Duration) -> u32 {
+        let since = self.back_since.load(Ordering::Acquire);
+        if since == 0 || slowstart.is_zero() {
+            return 1000;
+        }
+        let elapsed = clock().saturating_sub(since) as f64 / slowstart.as_nanos() as f64;
+        (elapsed * 1000.0).clamp(100.0, 1000.0) as u32
+    }
+
+    /// Whether this pick may go to it during its slow start: `ramp` in 1000 picks do.
+    pub(crate) fn ramp_admits(&self, slowstart: Duration) -> bool {
+        let ramp = self.ramp(slowstart);
+        if ramp >= 1000 {
+            return true;
+        }
+        let credit = self.ramp_credit.fetch_add(ramp, Ordering::Relaxed) + ramp;
+        if credit >= 1000 {
+            self.ramp_credit.fetch_sub(1000, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
     /// Counts a request as in flight until the returned guard drops.
     pub fn begin(self: &Arc<Self>) -> ActiveGuard {
         self.active.inc();
         ActiveGuard(self.clone())
     }
 
+    /// `begin` within its `maxconn`: None when it is full (a racing pick took the last slot).
+    pub fn try_begin(self: &Arc<Self>) -> Option<ActiveGuard> {
+        let before = self.active.inc();
+        let max = i64::from(self.config.maxconn);
+        if max != 0 && before >= max {
+            self.active.dec();
+            return None;
+        }
+        Some(ActiveGuard(self.clone()))
+    }
+
+    /// At its `maxconn` now.
+    pub fn is_full(&self) -> bool {
+        self.config.maxconn != 0 && self.active() >= u64::from(self.config.maxconn)
+    }
+
+    pub(crate) fn use_queue(&self, queue: Arc<crate::balance::queue::Queue>) {
+        let _ = self.queue.set(queue);
+    }
+
     pub(crate) fn responses(&self, status: u16) -> &Counter {
         &self.metrics.responses[usize::from(status / 100).clamp(1, 5) - 1]
     }
+}
+
+/// How fast the latency estimate forgets (Linkerd's default decay).
+const DECAY: Duration = Duration::from_secs(10);
+
+/// Nanoseconds since the first call: the latency estimate's clock.
+fn clock() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 /// What an operator said about a server (HAProxy's `set server ... state`).
@@ -144,5 +294,10 @@ pub struct ActiveGuard(Arc<Server>);
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.dec();
+        if self.0.config.maxconn != 0
+            && let Some(queue) = self.0.queue.get()
+        {
+            queue.slot_freed();
+        }
     }
 }

@@ -321,7 +321,15 @@ async fn servers(lbs: &[(String, SocketAddr)]) -> ExitCode {
     for (name, addr) in lbs {
         match list(*addr).await {
             Ok(servers) => {
-                println!("{name}:");
+                let queue = probe::call(*addr, Method::GET, "/status", None, CALL_TIMEOUT)
+                    .await
+                    .ok()
+                    .and_then(|(_, body)| serde_json::from_slice::<serde_json::Value>(&body).ok())
+                    .and_then(|status| status["queue"].as_u64());
+                match queue {
+                    Some(queue) => println!("{name}: {queue} request(s) queued"),
+                    None => println!("{name}:"),
+                }
                 for s in servers {
                     let ago = |key: &str| {
                         s[key]

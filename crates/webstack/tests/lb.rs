@@ -834,3 +834,63 @@ fn a_server_that_answers_while_it_reads_gets_the_whole_body() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The lb's `GET /servers` entry of `name`.
+fn server_view(topology: &Topology, name: &str) -> serde_json::Value {
+    get(topology.lb_admin(), "/servers", &[])
+        .unwrap()
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn a_server_at_its_maxconn_queues_requests_until_a_slot_frees_or_the_queue_times_out() {
+    let config = toml(68, 1, "server_maxconn = 1\nqueue_timeout = \"1500ms\"");
+    let (topology, backends) = lb_over_backends("lb-queue", 68, 1, &config);
+    let lb = topology.lb();
+    assert_eq!(server_view(&topology, "web-01")["maxconn"], 1);
+
+    // One slow request holds the only slot; a second waits in the queue, then is served.
+    let slow = std::thread::spawn(move || get(lb, "/slow?ms=800", &[]).unwrap().status);
+    assert_eventually!(
+        server_view(&topology, "web-01")["in_flight"] == 1,
+        Duration::from_secs(10),
+        "the slow request holds the slot"
+    );
+    let queued = std::thread::spawn(move || get(lb, "/fast", &[]).unwrap().status);
+    assert_eventually!(
+        get(topology.lb_admin(), "/metrics", &[])
+            .unwrap()
+            .text()
+            .contains("webstack_lb_queue_length 1"),
+        Duration::from_secs(10),
+        "the second request waits in the queue"
+    );
+    assert_eq!(slow.join().unwrap(), 200);
+    assert_eq!(queued.join().unwrap(), 200, "served once the slot freed");
+    assert_eq!(backends[0].hits(), 2);
+
+    // A slot held longer than the queue timeout: the waiting request gets 503 + Retry-After.
+    let slow = std::thread::spawn(move || get(lb, "/slow?ms=4000", &[]).unwrap().status);
+    assert_eventually!(
+        server_view(&topology, "web-01")["in_flight"] == 1,
+        Duration::from_secs(10),
+        "the slow request holds the slot"
+    );
+    let refused = get(lb, "/fast", &[]).unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(
+        refused.text().contains("connection limit"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(slow.join().unwrap(), 200);
+    assert!(metric(&topology, "webstack_lb_queue_timeouts_total") >= 1.0);
+    assert!(metric(&topology, "webstack_lb_queue_wait_seconds_count") >= 1.0);
+}

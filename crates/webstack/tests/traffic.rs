@@ -109,7 +109,9 @@ fn servers(topology: &Topology) -> serde_json::Value {
 
 #[test]
 fn drain_ready_maint_and_weight_move_traffic_without_a_failed_request() {
-    let topology = Topology::start(EXE, "traffic", NET, &toml_with_db(NET, 2, ""));
+    // Round-robin, no slow start: the weight check below counts exact shares.
+    let config = toml_with_db(NET, 2, "algorithm = \"roundrobin\"\nslowstart = \"0s\"");
+    let topology = Topology::start(EXE, "traffic", NET, &config);
     topology.wait_servers_up(&["web-01", "web-02"]);
     let lb = topology.lb();
 
@@ -358,5 +360,66 @@ fn a_rolling_restart_of_every_web_host_fails_no_request() {
         !out.status.success() && text(&out).contains("\"lb-01\" is not a web host"),
         "{}",
         text(&out)
+    );
+}
+
+/// Where `n` GETs of /api/whoami went: (web-01's, web-02's).
+fn spread(lb: SocketAddr, n: usize) -> (usize, usize) {
+    let mut counts = (0, 0);
+    for _ in 0..n {
+        let response = get(lb, "/api/whoami", &[]).unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+        match response.header("x-served-by") {
+            Some("web-01") => counts.0 += 1,
+            Some("web-02") => counts.1 += 1,
+            other => panic!("served by {other:?}"),
+        }
+    }
+    counts
+}
+
+#[test]
+fn failed_requests_eject_a_server_before_its_checks_and_it_comes_back_slowly() {
+    const NET: u8 = 67;
+    // Checks every 2 s (fall 2): failed requests notice first. Round-robin: shares are exact.
+    let config =
+        webstack_testkit::topology::toml(NET, 2, "algorithm = \"roundrobin\"\nslowstart = \"20s\"")
+            .replace("interval = \"200ms\"", "interval = \"2s\"");
+    let topology = Topology::start(EXE, "ejection", NET, &config);
+    topology.wait_servers_up(&["web-01", "web-02"]);
+    let lb = topology.lb();
+
+    // web-02's app stops: its web server answers 502. Requests still succeed (retried on
+    // web-01) and after 5 failures in a row web-02 is out, before a check has seen it.
+    let out = topology.cli(&["stop", "web-02/app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, to_web_02) = spread(lb, 40);
+    assert_eq!(to_web_02, 0, "every answer came from web-01");
+    let metrics = get(topology.lb_admin(), "/metrics", &[]).unwrap().text();
+    assert!(
+        metrics.contains("webstack_lb_server_ejections_total{server=\"web-02\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(servers(&topology)[1]["up"], false);
+
+    // Its app back: the checks bring it back, and it ramps up over 20 s.
+    let out = topology.cli(&["start", "web-02/app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eventually!(
+        servers(&topology)[1]["up"] == true,
+        Duration::from_secs(30),
+        "web-02 back in rotation"
+    );
+    let early = spread(lb, 200);
+    assert_eventually!(
+        servers(&topology)[1]["ramp"] == 1000,
+        Duration::from_secs(60),
+        "web-02's slow start over"
+    );
+    let late = spread(lb, 200);
+    assert_eq!(late, (100, 100), "its full share once the ramp is over");
+    assert!(
+        early.1 < late.1 && early.1 > 0,
+        "a smaller share while ramping: {early:?} then {late:?}"
     );
 }

@@ -3,6 +3,8 @@
 //! regular server is acceptable.
 
 mod leastconn;
+mod p2c;
+pub mod queue;
 mod roundrobin;
 
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use crate::Algorithm;
 use crate::server::Server;
 
 pub use leastconn::LeastConn;
+pub use p2c::P2c;
 pub use roundrobin::RoundRobin;
 
 /// An algorithm over a fixed set of servers.
@@ -29,6 +32,10 @@ pub trait Select: Send + Sync {
 
 /// The backend set split into regular and backup servers, each with its own algorithm state.
 pub struct Balancer {
+    /// A returning server's ramp (`Server::ramp_admits`).
+    slowstart: std::time::Duration,
+    /// Requests waiting for a server below its `maxconn`.
+    pub queue: Arc<queue::Queue>,
     regular: Vec<Arc<Server>>,
     backup: Vec<Arc<Server>>,
     regular_algo: Box<dyn Select>,
@@ -37,15 +44,44 @@ pub struct Balancer {
 
 impl Balancer {
     pub fn new(algorithm: Algorithm, servers: &[Arc<Server>]) -> Self {
+        Self::with_slowstart(algorithm, servers, std::time::Duration::ZERO)
+    }
+
+    pub fn with_slowstart(
+        algorithm: Algorithm,
+        servers: &[Arc<Server>],
+        slowstart: std::time::Duration,
+    ) -> Self {
+        Self::with_queue(
+            algorithm,
+            servers,
+            slowstart,
+            queue::QueueMetrics::unregistered(),
+        )
+    }
+
+    pub fn with_queue(
+        algorithm: Algorithm,
+        servers: &[Arc<Server>],
+        slowstart: std::time::Duration,
+        metrics: queue::QueueMetrics,
+    ) -> Self {
+        let queue = Arc::new(queue::Queue::new(metrics));
+        for server in servers {
+            server.use_queue(queue.clone());
+        }
         let (backup, regular): (Vec<_>, Vec<_>) =
             servers.iter().cloned().partition(|s| s.config.backup);
         let make = |set: &[Arc<Server>]| -> Box<dyn Select> {
             match algorithm {
                 Algorithm::RoundRobin => Box::new(RoundRobin::new(set)),
                 Algorithm::LeastConn => Box::new(LeastConn::new()),
+                Algorithm::P2c => Box::new(P2c::new()),
             }
         };
         Self {
+            slowstart,
+            queue,
             regular_algo: make(&regular),
             backup_algo: make(&backup),
             regular,
@@ -56,10 +92,47 @@ impl Balancer {
     /// A server in rotation (healthy, not drained or in maintenance) accepted by `accept`,
     /// regular first, then backup.
     pub fn select(&self, accept: &dyn Fn(&Server) -> bool) -> Option<Arc<Server>> {
-        let healthy = |s: &Server| s.in_rotation() && accept(s);
+        // A server in its slow start turns down a share of the picks; if that leaves nobody, it
+        // takes the request after all (better than a 503).
+        let ramped = |s: &Server| {
+            s.in_rotation() && !s.is_full() && accept(s) && s.ramp_admits(self.slowstart)
+        };
+        let healthy = |s: &Server| s.in_rotation() && !s.is_full() && accept(s);
         self.regular_algo
-            .select(&self.regular, &healthy)
+            .select(&self.regular, &ramped)
+            .or_else(|| self.regular_algo.select(&self.regular, &healthy))
+            .or_else(|| self.backup_algo.select(&self.backup, &ramped))
             .or_else(|| self.backup_algo.select(&self.backup, &healthy))
+    }
+
+    /// Whether a server that `accept`s would take the request but for its `maxconn`: then the
+    /// request waits in the queue instead of failing.
+    pub fn any_full(&self, accept: &dyn Fn(&Server) -> bool) -> bool {
+        let regular_up = self.regular.iter().any(|s| s.in_rotation());
+        let set = if regular_up {
+            &self.regular
+        } else {
+            &self.backup
+        };
+        set.iter()
+            .any(|s| s.in_rotation() && s.is_full() && accept(s))
+    }
+
+    pub fn slowstart(&self) -> std::time::Duration {
+        self.slowstart
+    }
+
+    /// Whether one more server may be ejected: at most `percent` of them are at once (one
+    /// always may).
+    pub fn may_eject(&self, percent: u32) -> bool {
+        let all = self.regular.len() + self.backup.len();
+        let ejected = self
+            .regular
+            .iter()
+            .chain(&self.backup)
+            .filter(|s| s.is_ejected())
+            .count();
+        ejected < (all * percent as usize / 100).max(1)
     }
 
     /// After a weight change.
@@ -87,6 +160,7 @@ pub(crate) mod tests {
                     addr: ([127, 0, 0, 1], 10000 + i as u16).into(),
                     weight,
                     backup,
+                    maxconn: 0,
                 };
                 let server = Arc::new(Server::new(i, config.clone(), metrics.server(&config.name)));
                 server.set_up(true);
@@ -121,6 +195,7 @@ pub(crate) mod tests {
     fn drained_and_maintained_servers_get_nothing_new() {
         use crate::server::AdminState;
         for algorithm in [Algorithm::RoundRobin, Algorithm::LeastConn] {
+            // (P2c's shares are random: its own tests.)
             let set = servers(&[(1, false), (1, false), (1, true)]);
             let balancer = Balancer::new(algorithm, &set);
             set[0].set_admin_state(AdminState::Drain);
@@ -135,8 +210,44 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_returning_server_ramps_from_a_tenth_of_its_share() {
+        let set = servers(&[(1, false), (1, false)]);
+        let balancer = Balancer::with_slowstart(
+            Algorithm::RoundRobin,
+            &set,
+            std::time::Duration::from_secs(3600),
+        );
+        set[1].came_back();
+        // At the start of an hour-long ramp it turns down 9 picks in 10 of those that land on
+        // it: about a tenth of the requests instead of half.
+        let shares = counts(&balancer, 2000, 2);
+        assert!((150..=250).contains(&shares[1]), "{shares:?}");
+        // Alone in rotation, it takes everything anyway.
+        set[0].set_up(false);
+        assert_eq!(counts(&balancer, 100, 2), vec![0, 100]);
+        // Without a ramp, its full share.
+        set[0].set_up(true);
+        let balancer = Balancer::new(Algorithm::RoundRobin, &set);
+        assert_eq!(counts(&balancer, 100, 2), vec![50, 50]);
+    }
+
+    #[test]
+    fn at_most_the_configured_part_of_the_servers_is_ejected() {
+        let set = servers(&[(1, false), (1, false), (1, false), (1, false)]);
+        let balancer = Balancer::new(Algorithm::RoundRobin, &set);
+        assert!(balancer.may_eject(50));
+        set[0].eject();
+        assert!(balancer.may_eject(50));
+        set[1].eject();
+        assert!(!balancer.may_eject(50), "two of four is half");
+        assert!(
+            !balancer.may_eject(0) && Balancer::new(Algorithm::RoundRobin, &set[2..]).may_eject(0)
+        );
+    }
+
+    #[test]
     fn accept_filter_skips_servers_already_tried() {
-        for algorithm in [Algorithm::RoundRobin, Algorithm::LeastConn] {
+        for algorithm in [Algorithm::RoundRobin, Algorithm::LeastConn, Algorithm::P2c] {
             let set = servers(&[(1, false), (1, false)]);
             let balancer = Balancer::new(algorithm, &set);
             for _ in 0..5 {

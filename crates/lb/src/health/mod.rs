@@ -79,9 +79,17 @@ pub async fn run_checker(server: Arc<Server>, config: HealthConfig, sweep: Arc<F
         }
         let now = unix_now();
         server.metrics.last_check.set(now);
+        if server.take_ejected() && state.is_up() {
+            state.force_down();
+            server.metrics.state_since.set(now);
+        }
         if let Some(up) = state.record(result.is_ok(), config.rise, config.fall) {
             server.set_up(up);
             server.metrics.state_since.set(now);
+            // Back after being down (not the first check): its slow start begins.
+            if up && !first {
+                server.came_back();
+            }
             match &result {
                 Ok(()) => {
                     tracing::info!(server = %server.config.name, addr = %server.config.addr, "server is UP")
@@ -154,6 +162,7 @@ mod tests {
                 addr,
                 weight: 1,
                 backup: false,
+                maxconn: 0,
             },
             metrics.server("s"),
         ));
@@ -163,6 +172,8 @@ mod tests {
             timeout: Duration::from_secs(1),
             rise: 1,
             fall: 1,
+            eject_after: 0,
+            max_ejected_percent: 50,
         };
         let sweep = FirstSweep::new(1, || {});
         tokio::spawn(run_checker(server.clone(), config, sweep));

@@ -19,6 +19,13 @@ impl HealthState {
         self.up == Some(true)
     }
 
+    /// Down now, whatever the checks said (failed requests ejected the server): `rise`
+    /// successes bring it back.
+    pub fn force_down(&mut self) {
+        self.up = Some(false);
+        self.streak = 0;
+    }
+
     /// Records one result; returns the new state when it flips (or is first known).
     pub fn record(&mut self, success: bool, rise: u32, fall: u32) -> Option<bool> {
         let Some(up) = self.up else {
