@@ -2,9 +2,9 @@
 //! `Secret([redacted])`, and the value comes out only through `expose`. And the files secrets
 //! live in: random values made once, mode 0600, refused when others can read them.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// A password or key held in memory.
@@ -61,16 +61,11 @@ pub fn ensure_file(path: &Path) -> io::Result<()> {
         fs::create_dir_all(dir)?;
         let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
     }
-    match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(mut file) => file.write_all(generate()?.as_bytes()),
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(error) => Err(error),
+    if path.exists() {
+        return Ok(());
     }
+    // Whole or not at all: a crash midway leaves no empty secret behind.
+    crate::files::write_atomic(path, generate()?.as_bytes(), 0o600)
 }
 
 /// Reads a secret file, refusing one that others can read.
@@ -85,7 +80,14 @@ pub fn read_file(path: &Path) -> io::Result<Secret> {
             ),
         ));
     }
-    Ok(Secret::from(fs::read_to_string(path)?.trim().to_string()))
+    let value = fs::read_to_string(path)?.trim().to_string();
+    if value.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(Secret::from(value))
 }
 
 #[cfg(test)]

@@ -148,6 +148,11 @@ impl<T> Attempts<T> {
         }
     }
 
+    /// A 5xx answer is held back (see `answered`): it holds its server's connection.
+    pub fn holds_fallback(&self) -> bool {
+        self.fallback.is_some()
+    }
+
     /// Whether a response with `status` would be held back (see `answered`).
     pub fn holds(&self, status: u16) -> bool {
         self.replayable && is_retryable_status(status)

@@ -300,6 +300,7 @@ impl Proxy {
                 Err(outcome) => break outcome,
             };
             request.end_head_for(out, base, server.authority.as_str());
+            let attempt_started = Instant::now();
             let result = self
                 .attempt(client, request, &server, out, back, &rewrite, replayable)
                 .await
@@ -317,6 +318,7 @@ impl Proxy {
                     };
                     (status, answer)
                 });
+            self.sample(&server, attempt_started, &result);
             if let Some(outcome) = self.after_attempt(&mut attempts, server, result) {
                 break outcome;
             }

@@ -197,7 +197,10 @@ impl Proxy {
                     // could take it is at its maxconn: wait for a slot.
                     let waiting_ahead = found.is_some();
                     drop(found);
-                    if waiting_ahead || self.balancer.any_full(&accept) {
+                    // With a held 5xx answer (and its server's slot), no waiting: it is sent.
+                    if !attempts.holds_fallback()
+                        && (waiting_ahead || self.balancer.any_full(&accept))
+                    {
                         match queue.wait_for(self.config.queue_timeout, pick).await {
                             Some(found) => Some(found),
                             None => return Err(Forwarded::QueueTimeout),
@@ -242,8 +245,10 @@ impl Proxy {
         server: Arc<Server>,
         result: Result<(u16, T), AttemptError>,
     ) -> Option<Forwarded<T>> {
+        // A 500 is the application's answer (a bug, a bad input): only a server that cannot
+        // answer (connect, timeout, no response, 502/503/504) counts towards its ejection.
         match &result {
-            Ok((status, _)) => self.passive(&server, *status < 500),
+            Ok((status, _)) => self.passive(&server, !matches!(status, 502..=504)),
             Err(AttemptError::Server(_)) => self.passive(&server, false),
             Err(AttemptError::Client) => {}
         }
@@ -274,8 +279,32 @@ impl Proxy {
         }
     }
 
+    /// One attempt's time to its response head, for p2c's latency estimate (only p2c reads it:
+    /// the others skip its clock and exp()). Its own time, not the request's: the queue and
+    /// earlier attempts are not the server's (a request body's upload still counts). An attempt that failed on
+    /// the server's side counts as at least a second, so a server that fails fast does not
+    /// look fast.
+    pub(crate) fn sample<T>(
+        &self,
+        server: &Server,
+        attempt_started: Instant,
+        result: &Result<(u16, T), AttemptError>,
+    ) {
+        if self.config.algorithm != crate::Algorithm::P2c {
+            return;
+        }
+        let took = attempt_started.elapsed();
+        match result {
+            Ok(_) => server.observe_latency(took),
+            Err(AttemptError::Server(_)) => {
+                server.observe_latency(took.max(std::time::Duration::from_secs(1)))
+            }
+            Err(AttemptError::Client) => {}
+        }
+    }
+
     /// A request's outcome on `server`, for passive outlier ejection: `eject_after` failures
-    /// in a row (connect failures, 5xx answers, no answer) take it out of rotation at once;
+    /// in a row (connect failures, no answer, 502/503/504) take it out of rotation at once;
     /// its health checks bring it back. A client's own failure counts for nothing.
     fn passive(&self, server: &Server, ok: bool) {
         if ok {
@@ -286,9 +315,12 @@ impl Proxy {
             return;
         }
         let failures = server.passive_failure();
-        if failures >= health.eject_after && self.balancer.may_eject(health.max_ejected_percent) {
+        if failures >= health.eject_after
+            && self
+                .balancer
+                .eject_if_allowed(server, health.max_ejected_percent)
+        {
             tracing::warn!(server = %server.config.name, failures, "server ejected after failed requests; its health checks will bring it back");
-            server.eject();
             server.recheck.notify_one();
         }
     }
@@ -298,7 +330,6 @@ impl Proxy {
         let took = started.elapsed();
         server.responses(status).inc();
         server.metrics.duration.observe(took.as_secs_f64());
-        server.observe_latency(took);
     }
 
     /// One request of an HTTP/2 client (always over TLS): its head rewritten by the rules of
@@ -404,6 +435,7 @@ impl Proxy {
                 addr: server.config.addr,
                 replayable,
             };
+            let attempt_started = Instant::now();
             let sent = client::send_pooled(
                 &target,
                 &out,
@@ -434,6 +466,7 @@ impl Proxy {
                     Err(AttemptError::Client)
                 }
             };
+            self.sample(&server, attempt_started, &result);
             if let Some(outcome) = self.after_attempt(&mut attempts, server, result) {
                 break outcome;
             }

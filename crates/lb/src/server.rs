@@ -86,6 +86,9 @@ impl Server {
             self.ejected.store(false, Ordering::Release);
         }
         self.up.store(up, Ordering::Release);
+        if up {
+            self.wake_queue();
+        }
         self.metrics.up.set(i64::from(up));
     }
 
@@ -129,14 +132,14 @@ impl Server {
     pub fn observe_latency(&self, rtt: Duration) {
         let now = clock();
         let sample = rtt.as_nanos() as f64;
-        let before = self.latency_estimate_at(now);
-        let next = if sample > before {
+        let stored = self.latency.load(Ordering::Relaxed) as f64;
+        let w = (-(now.saturating_sub(self.latency_at.load(Ordering::Relaxed)) as f64)
+            / DECAY.as_nanos() as f64)
+            .exp();
+        let next = if sample > stored * w {
             sample
         } else {
-            let w = (-(now.saturating_sub(self.latency_at.load(Ordering::Relaxed)) as f64)
-                / DECAY.as_nanos() as f64)
-                .exp();
-            before * w + sample * (1.0 - w)
+            stored * w + sample * (1.0 - w)
         };
         self.latency.store(next as u64, Ordering::Relaxed);
         self.latency_at.store(now, Ordering::Relaxed);
@@ -166,9 +169,11 @@ impl Server {
 
     /// Out of rotation after failed requests, until its checks bring it back.
     pub(crate) fn eject(&self) {
+        // Out first, then told to the checker: it never sees the flag before the server is
+        // down (and sets it up again only after `rise` successes).
         self.ejected.store(true, Ordering::Release);
-        self.eject_pending.store(true, Ordering::Release);
         self.set_up(false);
+        self.eject_pending.store(true, Ordering::Release);
         self.metrics.ejections.inc();
     }
 
@@ -183,8 +188,17 @@ impl Server {
 
     /// It came back into rotation now: its slow start begins.
     pub(crate) fn came_back(&self) {
+        self.ramp_credit.store(0, Ordering::Relaxed);
         self.back_since.store(clock().max(1), Ordering::Release);
         self.failures.store(0, Ordering::Relaxed);
+        self.wake_queue();
+    }
+
+    /// Requests waiting in the queue may have a server now.
+    fn wake_queue(&self) {
+        if let Some(queue) = self.queue.get() {
+            queue.slot_freed();
+        }
     }
 
     /// Its slow start, in thousandths of its full share (1000: none or over).
@@ -203,13 +217,17 @@ impl Server {
         if ramp >= 1000 {
             return true;
         }
-        let credit = self.ramp_credit.fetch_add(ramp, Ordering::Relaxed) + ramp;
-        if credit >= 1000 {
-            self.ramp_credit.fetch_sub(1000, Ordering::Relaxed);
-            true
-        } else {
-            false
-        }
+        // Add this pick's credit; a whole pick's worth (1000) admits it and is spent, in one
+        // atomic step, so racing picks never wrap the counter.
+        let mut admitted = false;
+        let _ = self
+            .ramp_credit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |credit| {
+                let credit = credit.saturating_add(ramp);
+                admitted = credit >= 1000;
+                Some(if admitted { credit - 1000 } else { credit })
+            });
+        admitted
     }
 
     /// Counts a request as in flight until the returned guard drops.
@@ -224,6 +242,8 @@ impl Server {
         let max = i64::from(self.config.maxconn);
         if max != 0 && before >= max {
             self.active.dec();
+            // A request woken for a slot this racer briefly counted must look again.
+            self.wake_queue();
             return None;
         }
         Some(ActiveGuard(self.clone()))

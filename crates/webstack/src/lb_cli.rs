@@ -77,6 +77,9 @@ fn lbs(config: &Config) -> Vec<(String, SocketAddr)> {
 pub async fn run(args: LbArgs) -> anyhow::Result<ExitCode> {
     let config = crate::cli::load(&args.config)?;
     let lbs = lbs(&config);
+    if lbs.is_empty() {
+        anyhow::bail!("{} has no host with role lb", config.path.display());
+    }
     let host = match &args.command {
         LbCommand::Servers => return Ok(servers(&lbs).await),
         LbCommand::Drain { host, .. }
@@ -105,7 +108,7 @@ pub async fn run(args: LbArgs) -> anyhow::Result<ExitCode> {
     };
     let mut ok = change(&lbs, &token, &host, &path).await;
     if let LbCommand::Drain { wait, .. } = args.command {
-        ok &= wait_drained(&lbs, &host, Duration::from_secs(wait)).await;
+        ok &= wait_drained(&lbs, &host, Duration::from_secs(wait), "it stays drained").await;
     }
     Ok(if ok {
         ExitCode::SUCCESS
@@ -203,12 +206,38 @@ pub async fn restart(args: RestartArgs) -> anyhow::Result<ExitCode> {
             .into_iter()
             .filter(|r| config.host(host).is_some_and(|h| h.has(*r)))
             .collect();
+        // Another server must serve meanwhile, on every lb.
+        for (name, addr) in &lbs {
+            let others = list(*addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            let covered = others.iter().any(|s| {
+                s["name"] != host.as_str()
+                    && s["up"] == true
+                    && s["state"] == "ready"
+                    && s["backup"] == false
+            });
+            if !covered {
+                anyhow::bail!(
+                    "{name} has no other web server in rotation: restarting {host} would leave the site without one; nothing changed"
+                );
+            }
+        }
+        let put_back = format!("`webstack lb ready {host}` puts it back");
         println!("{host}: draining");
         if !change(&lbs, &token, host, &format!("/servers/{host}/drain")).await {
-            anyhow::bail!("{host}: not drained on every lb; nothing restarted");
+            anyhow::bail!(
+                "{host}: not drained on every lb, nothing restarted; it may be drained on some: {put_back}"
+            );
         }
         // Bounded: past it the restart goes on (what is left in flight is cut).
-        wait_drained(&lbs, host, Duration::from_secs(args.drain_wait)).await;
+        wait_drained(
+            &lbs,
+            host,
+            Duration::from_secs(args.drain_wait),
+            "restarting anyway: they are cut",
+        )
+        .await;
         let steps = roles
             .iter()
             .map(|r| ("stop", *r))
@@ -220,10 +249,14 @@ pub async fn restart(args: RestartArgs) -> anyhow::Result<ExitCode> {
             } else {
                 crate::control::Request::Start { target }
             };
-            let reply = crate::control::request(&args.state_dir, &request).await?;
+            let reply = crate::control::request(&args.state_dir, &request)
+                .await
+                .with_context(|| {
+                    format!("{host}/{role}: cannot {op}; {host} stays drained: {put_back}")
+                })?;
             if !reply.ok {
                 anyhow::bail!(
-                    "{host}/{role}: cannot {op}: {} ({host} stays drained)",
+                    "{host}/{role}: cannot {op}: {}; {host} stays drained: {put_back}",
                     reply.error.unwrap_or_default()
                 );
             }
@@ -236,11 +269,43 @@ pub async fn restart(args: RestartArgs) -> anyhow::Result<ExitCode> {
             );
         }
         if !change(&lbs, &token, host, &format!("/servers/{host}/ready")).await {
-            anyhow::bail!("{host}: not back in rotation on every lb");
+            anyhow::bail!("{host}: not back in rotation on every lb: {put_back}");
+        }
+        // The next host waits for this one's slow start: it serves alone meanwhile.
+        if Some(host) != hosts.last() && !wait_ramped(&lbs, host, RAMP_WAIT).await {
+            eprintln!(
+                "{host}: its slow start is not over after {} s; going on",
+                RAMP_WAIT.as_secs()
+            );
         }
     }
     println!("restarted: {}", hosts.join(", "));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Longest wait for a restarted host's slow start before the next host of a rolling restart.
+const RAMP_WAIT: Duration = Duration::from_secs(120);
+
+/// Waits until every lb gives `host` its full share again (`ramp` 1000).
+async fn wait_ramped(lbs: &[(String, SocketAddr)], host: &str, limit: Duration) -> bool {
+    let started = Instant::now();
+    loop {
+        let mut all = true;
+        for (_, addr) in lbs {
+            all &= list(*addr).await.is_ok_and(|servers| {
+                servers
+                    .iter()
+                    .any(|s| s["name"] == host && s["ramp"] == 1000)
+            });
+        }
+        if all {
+            return true;
+        }
+        if started.elapsed() >= limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Waits until every lb's health checks see `host` up.
@@ -275,7 +340,12 @@ async fn list(addr: SocketAddr) -> Result<Vec<serde_json::Value>, String> {
 }
 
 /// Waits until no lb holds a request to `host`; says how it went.
-async fn wait_drained(lbs: &[(String, SocketAddr)], host: &str, limit: Duration) -> bool {
+async fn wait_drained(
+    lbs: &[(String, SocketAddr)],
+    host: &str,
+    limit: Duration,
+    on_timeout: &str,
+) -> bool {
     let started = Instant::now();
     loop {
         let mut in_flight = 0;
@@ -303,7 +373,7 @@ async fn wait_drained(lbs: &[(String, SocketAddr)], host: &str, limit: Duration)
         }
         if started.elapsed() >= limit {
             eprintln!(
-                "{host}: still {in_flight} request(s) in flight after {} s; it stays drained",
+                "{host}: still {in_flight} request(s) in flight after {} s; {on_timeout}",
                 limit.as_secs()
             );
             return false;

@@ -120,9 +120,12 @@ fn weighted_roundrobin_and_backup_servers() {
 
 #[test]
 fn a_dead_server_is_retried_elsewhere_then_taken_out() {
-    // Slow health checks, so requests meet the dead server before the checker does.
-    let config = toml(33, 2, "algorithm = \"roundrobin\"")
-        .replace("interval = \"200ms\"", "interval = \"20s\"");
+    // Slow health checks, so requests meet the dead server before the checker does; no
+    // passive ejection (`traffic.rs` tests it), so the checker is what takes it out.
+    let config = toml(33, 2, "algorithm = \"roundrobin\"").replace(
+        "interval = \"200ms\"",
+        "interval = \"20s\"\neject_after = 0",
+    );
     let (topology, mut backends) = lb_over_backends("lb-retry", 33, 2, &config);
     drop(backends.pop()); // web-02 stops listening
     for i in 0..20 {
@@ -850,13 +853,13 @@ fn server_view(topology: &Topology, name: &str) -> serde_json::Value {
 
 #[test]
 fn a_server_at_its_maxconn_queues_requests_until_a_slot_frees_or_the_queue_times_out() {
-    let config = toml(68, 1, "server_maxconn = 1\nqueue_timeout = \"1500ms\"");
+    let config = toml(68, 1, "server_maxconn = 1\nqueue_timeout = \"3s\"");
     let (topology, backends) = lb_over_backends("lb-queue", 68, 1, &config);
     let lb = topology.lb();
     assert_eq!(server_view(&topology, "web-01")["maxconn"], 1);
 
     // One slow request holds the only slot; a second waits in the queue, then is served.
-    let slow = std::thread::spawn(move || get(lb, "/slow?ms=800", &[]).unwrap().status);
+    let slow = std::thread::spawn(move || get(lb, "/slow?ms=2000", &[]).unwrap().status);
     assert_eventually!(
         server_view(&topology, "web-01")["in_flight"] == 1,
         Duration::from_secs(10),
@@ -876,7 +879,7 @@ fn a_server_at_its_maxconn_queues_requests_until_a_slot_frees_or_the_queue_times
     assert_eq!(backends[0].hits(), 2);
 
     // A slot held longer than the queue timeout: the waiting request gets 503 + Retry-After.
-    let slow = std::thread::spawn(move || get(lb, "/slow?ms=4000", &[]).unwrap().status);
+    let slow = std::thread::spawn(move || get(lb, "/slow?ms=6000", &[]).unwrap().status);
     assert_eventually!(
         server_view(&topology, "web-01")["in_flight"] == 1,
         Duration::from_secs(10),

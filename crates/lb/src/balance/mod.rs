@@ -36,6 +36,9 @@ pub struct Balancer {
     slowstart: std::time::Duration,
     /// Requests waiting for a server below its `maxconn`.
     pub queue: Arc<queue::Queue>,
+    /// Serializes ejection decisions (a rare path): two workers never both take the last
+    /// allowed ejection.
+    ejecting: std::sync::Mutex<()>,
     regular: Vec<Arc<Server>>,
     backup: Vec<Arc<Server>>,
     regular_algo: Box<dyn Select>,
@@ -82,6 +85,7 @@ impl Balancer {
         Self {
             slowstart,
             queue,
+            ejecting: std::sync::Mutex::new(()),
             regular_algo: make(&regular),
             backup_algo: make(&backup),
             regular,
@@ -93,16 +97,19 @@ impl Balancer {
     /// regular first, then backup.
     pub fn select(&self, accept: &dyn Fn(&Server) -> bool) -> Option<Arc<Server>> {
         // A server in its slow start turns down a share of the picks; if that leaves nobody, it
-        // takes the request after all (better than a 503).
+        // takes the request after all (better than a 503). Backups only when no regular server
+        // is in rotation (not when they are merely full: then the request queues).
         let ramped = |s: &Server| {
             s.in_rotation() && !s.is_full() && accept(s) && s.ramp_admits(self.slowstart)
         };
         let healthy = |s: &Server| s.in_rotation() && !s.is_full() && accept(s);
-        self.regular_algo
-            .select(&self.regular, &ramped)
-            .or_else(|| self.regular_algo.select(&self.regular, &healthy))
-            .or_else(|| self.backup_algo.select(&self.backup, &ramped))
-            .or_else(|| self.backup_algo.select(&self.backup, &healthy))
+        let (set, algo) = if self.regular.iter().any(|s| s.in_rotation()) {
+            (&self.regular, &self.regular_algo)
+        } else {
+            (&self.backup, &self.backup_algo)
+        };
+        algo.select(set, &ramped)
+            .or_else(|| algo.select(set, &healthy))
     }
 
     /// Whether a server that `accept`s would take the request but for its `maxconn`: then the
@@ -122,17 +129,40 @@ impl Balancer {
         self.slowstart
     }
 
-    /// Whether one more server may be ejected: at most `percent` of them are at once (one
-    /// always may).
+    /// Ejects `server` if the bound allows: at most `percent` of the servers out at once,
+    /// counting those down by their checks too (one may be, of two or more), and never the
+    /// last regular server in rotation. Returns whether it did.
+    pub fn eject_if_allowed(&self, server: &Server, percent: u32) -> bool {
+        let _one_at_a_time = self
+            .ejecting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !server.is_up() || !self.may_eject(percent) {
+            return false;
+        }
+        let others_in_rotation = self
+            .regular
+            .iter()
+            .filter(|s| s.index != server.index && s.in_rotation())
+            .count();
+        if !server.config.backup && others_in_rotation == 0 {
+            return false;
+        }
+        server.eject();
+        true
+    }
+
+    /// Whether one more server may be out: at most `percent` of them are (ejected or down),
+    /// at least one of two or more.
     pub fn may_eject(&self, percent: u32) -> bool {
         let all = self.regular.len() + self.backup.len();
-        let ejected = self
+        let out = self
             .regular
             .iter()
             .chain(&self.backup)
-            .filter(|s| s.is_ejected())
+            .filter(|s| s.is_ejected() || !s.is_up())
             .count();
-        ejected < (all * percent as usize / 100).max(1)
+        all >= 2 && out < (all * percent as usize / 100).max(1)
     }
 
     /// After a weight change.
@@ -235,14 +265,21 @@ pub(crate) mod tests {
     fn at_most_the_configured_part_of_the_servers_is_ejected() {
         let set = servers(&[(1, false), (1, false), (1, false), (1, false)]);
         let balancer = Balancer::new(Algorithm::RoundRobin, &set);
-        assert!(balancer.may_eject(50));
-        set[0].eject();
-        assert!(balancer.may_eject(50));
-        set[1].eject();
-        assert!(!balancer.may_eject(50), "two of four is half");
+        assert!(balancer.eject_if_allowed(&set[0], 50));
+        assert!(balancer.eject_if_allowed(&set[1], 50));
         assert!(
-            !balancer.may_eject(0) && Balancer::new(Algorithm::RoundRobin, &set[2..]).may_eject(0)
+            !balancer.eject_if_allowed(&set[2], 50),
+            "two of four is half"
         );
+        assert!(set[2].in_rotation());
+        // Of two, one may go; never the last one in rotation, whatever the percentage.
+        let pair = servers(&[(1, false), (1, false)]);
+        let balancer = Balancer::new(Algorithm::RoundRobin, &pair);
+        pair[1].set_up(false);
+        assert!(!balancer.eject_if_allowed(&pair[0], 100));
+        pair[1].set_up(true);
+        assert!(balancer.eject_if_allowed(&pair[0], 50));
+        assert!(!balancer.eject_if_allowed(&pair[1], 100));
     }
 
     #[test]

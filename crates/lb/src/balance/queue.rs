@@ -1,7 +1,9 @@
 //! The lb's queue (HAProxy's backend queue): when every server that could take a request is at
 //! its `maxconn`, the request waits here, in arrival order, until one frees a slot or
-//! `queue_timeout` passes. Bounded by the lb's own `maxconn`: a client connection has at most
-//! one request waiting. A request that arrives while others wait queues behind them.
+//! `queue_timeout` passes. Bounded by the lb's own `maxconn` (an HTTP/1 connection has at most
+//! one request waiting; an HTTP/2 one up to its 250 streams). A request that arrives while
+//! others wait queues behind them; wake-ups go oldest first, but a woken request that finds the
+//! slot taken waits again at the back: close to arrival order, not strictly.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -47,7 +49,7 @@ impl Queue {
 
     /// Requests waiting now.
     pub fn len(&self) -> usize {
-        self.waiting.load(Ordering::Acquire)
+        self.waiting.load(Ordering::SeqCst)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -70,8 +72,8 @@ impl Queue {
     ) -> Option<T> {
         let started = tokio::time::Instant::now();
         let deadline = started + timeout;
-        self.waiting.fetch_add(1, Ordering::AcqRel);
-        self.metrics.length.inc();
+        // Counted while waiting, also when the request is dropped meanwhile (its client left).
+        let _waiting = Waiting::new(self);
         let found = loop {
             let notified = self.freed.notified();
             tokio::pin!(notified);
@@ -84,8 +86,6 @@ impl Queue {
                 break None;
             }
         };
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.length.dec();
         match &found {
             Some(_) => {
                 self.metrics.wait.observe(started.elapsed().as_secs_f64());
@@ -97,5 +97,23 @@ impl Queue {
             }
         }
         found
+    }
+}
+
+/// One request in the queue, counted until dropped.
+struct Waiting<'a>(&'a Queue);
+
+impl<'a> Waiting<'a> {
+    fn new(queue: &'a Queue) -> Self {
+        queue.waiting.fetch_add(1, Ordering::SeqCst);
+        queue.metrics.length.inc();
+        Self(queue)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics.length.dec();
     }
 }

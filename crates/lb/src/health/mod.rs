@@ -81,6 +81,7 @@ pub async fn run_checker(server: Arc<Server>, config: HealthConfig, sweep: Arc<F
         server.metrics.last_check.set(now);
         if server.take_ejected() && state.is_up() {
             state.force_down();
+            server.set_up(false);
             server.metrics.state_since.set(now);
         }
         if let Some(up) = state.record(result.is_ok(), config.rise, config.fall) {
