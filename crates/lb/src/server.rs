@@ -189,6 +189,10 @@ impl Server {
     /// It came back into rotation now: its slow start begins.
     pub(crate) fn came_back(&self) {
         self.ramp_credit.store(0, Ordering::Relaxed);
+        // What it measured before it went away (failed attempts count as a second) says
+        // nothing of it now: p2c starts it afresh, and the slow start bounds its share.
+        self.latency.store(0, Ordering::Relaxed);
+        self.latency_at.store(clock(), Ordering::Relaxed);
         self.back_since.store(clock().max(1), Ordering::Release);
         self.failures.store(0, Ordering::Relaxed);
         self.wake_queue();

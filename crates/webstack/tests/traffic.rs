@@ -102,6 +102,36 @@ fn finish_slow_post(mut stream: TcpStream) -> u16 {
     http::parse(&raw, false).map_or(0, |r| r.status)
 }
 
+/// `GET /api/whoami` on a keep-alive connection: the web host that served it, or None when
+/// the connection gave no answer.
+fn keep_alive_get(stream: &mut TcpStream) -> Option<String> {
+    stream
+        .write_all(b"GET /api/whoami HTTP/1.1\r\nHost: www.foobar.com\r\n\r\n")
+        .ok()?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())?;
+            if raw.len() >= end + 4 + length {
+                assert!(head.starts_with("http/1.1 200"), "{head}");
+                return head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-served-by:"))
+                    .map(|v| v.trim().to_string());
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// Each lb's view through `GET /servers` on its admin port.
 fn servers(topology: &Topology) -> serde_json::Value {
     get(topology.lb_admin(), "/servers", &[]).unwrap().json()
@@ -155,6 +185,12 @@ fn drain_ready_maint_and_weight_move_traffic_without_a_failed_request() {
         std::thread::sleep(Duration::from_secs(2));
         finish_slow_post(slow)
     });
+    // A keep-alive client: its connection outlives the drain.
+    let mut keep_alive = TcpStream::connect(lb).unwrap();
+    keep_alive
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(keep_alive_get(&mut keep_alive).is_some());
     let drain_started = Instant::now();
     let out = lb_cli(&topology, &["drain", &holder]);
     let drained_at = Instant::now();
@@ -175,6 +211,11 @@ fn drain_ready_maint_and_weight_move_traffic_without_a_failed_request() {
     );
     let slow_status = finisher.join().unwrap();
     assert_eq!(slow_status, 303, "the request in flight finished");
+    // The keep-alive client's next requests, on the same connection, go to the other server.
+    for _ in 0..5 {
+        let served_by = keep_alive_get(&mut keep_alive).expect("the connection stays open");
+        assert_eq!(served_by, other);
+    }
     // Every request after the drain goes to the other server.
     std::thread::sleep(Duration::from_secs(1));
     let metrics = get(topology.lb_admin(), "/metrics", &[]).unwrap().text();

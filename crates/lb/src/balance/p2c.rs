@@ -124,5 +124,10 @@ mod tests {
         assert_eq!(counts(&balancer, 10, 2), vec![0, 10]);
         drop(held);
         assert_eq!(counts(&balancer, 100, 2), vec![100, 0]);
+        // Back after being down, its old estimate (failed attempts count as a second) is
+        // forgotten: it is not shunned for a minute.
+        set[1].observe_latency(Duration::from_secs(1));
+        set[1].came_back();
+        assert_eq!(set[1].latency_estimate(), 0.0);
     }
 }
