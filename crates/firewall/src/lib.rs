@@ -116,25 +116,9 @@ pub fn render(rules: &HostRules) -> String {
                 all_hosts.push(*address);
             }
         }
-        for (set, kind, members) in family_sets(name, addresses) {
-            write_set(
-                &mut out,
-                &set,
-                kind,
-                &members.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                false,
-            );
-        }
+        write_address_sets(&mut out, name, addresses);
     }
-    for (set, kind, members) in family_sets("topology_hosts", &all_hosts) {
-        write_set(
-            &mut out,
-            &set,
-            kind,
-            &members.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            false,
-        );
-    }
+    write_address_sets(&mut out, "topology_hosts", &all_hosts);
     let (admin4, admin6): (Vec<String>, Vec<String>) =
         rules.admin.iter().cloned().partition(|n| !n.contains(':'));
     write_set(&mut out, "admin_v4", "ipv4_addr", &admin4, true);
@@ -254,6 +238,14 @@ pub fn render(rules: &HostRules) -> String {
     let _ = writeln!(out, "    counter name dropped");
     let _ = writeln!(out, "  }}\n}}");
     out
+}
+
+/// The `<name>_v4` and `<name>_v6` sets of these addresses.
+fn write_address_sets(out: &mut String, name: &str, addresses: &[IpAddr]) {
+    for (set, kind, members) in family_sets(name, addresses) {
+        let members: Vec<String> = members.iter().map(IpAddr::to_string).collect();
+        write_set(out, &set, kind, &members, false);
+    }
 }
 
 fn set_members<'a>(rules: &'a HostRules, name: &str) -> &'a [IpAddr] {

@@ -206,29 +206,17 @@ impl Proxy {
                 && refused.status != StatusCode::PAYLOAD_TOO_LARGE
                 && !client.continue_pending
                 && discardable(&client.body);
-            let local = Local {
+            let error = LocalError {
                 status: refused.status,
-                content_type: "text/plain; charset=utf-8",
-                body: refused.text.as_bytes(),
-                location: None,
+                body: &refused.text,
                 retry_after: refused.retry_after,
-                request_id: &request_id,
-            };
-            let connection = Persistence::of(keep, request.http10);
-            let kept = self
-                .answer_local(client, back, &local, request.is_head, connection)
-                .await;
-            self.access_log(&Access {
-                client: who,
-                method: text(out, &request.method),
-                path: text(out, &request.target),
-                status: refused.status.as_u16(),
                 server: None,
                 attempts: 0,
-                started,
                 request_id: &request_id,
-            });
-            return self.finish_body(client, kept).await;
+            };
+            return self
+                .answer_error(client, back, out, request, &error, keep)
+                .await;
         }
         if !request.bodyless() {
             let limits = self.clients.limits();
@@ -340,34 +328,22 @@ impl Proxy {
         let (mut answer, server) = match failed {
             Ok(found) => found,
             Err((status, body, retry_after, server)) => {
-                let local = Local {
-                    status,
-                    content_type: "text/plain; charset=utf-8",
-                    body: body.as_bytes(),
-                    location: None,
-                    retry_after,
-                    request_id: &request_id,
-                };
                 // No server read the body (or one stopped in it): dropped if short, else close.
                 let keep = client_keep
                     && !client.broken
                     && !client.continue_pending
                     && discardable(&client.body);
-                let connection = Persistence::of(keep, request.http10);
-                let kept = self
-                    .answer_local(client, back, &local, request.is_head, connection)
-                    .await;
-                self.access_log(&Access {
-                    client: who,
-                    method: text(out, &request.method),
-                    path: text(out, &request.target),
-                    status: status.as_u16(),
+                let error = LocalError {
+                    status,
+                    body,
+                    retry_after,
                     server: server.as_deref(),
                     attempts: attempts.tried().count(),
-                    started,
                     request_id: &request_id,
-                });
-                return self.finish_body(client, kept).await;
+                };
+                return self
+                    .answer_error(client, back, out, request, &error, keep)
+                    .await;
             }
         };
         // Time to the response head, for the metrics.
@@ -677,6 +653,45 @@ impl Proxy {
         }
     }
 
+    /// Answers with an error of the lb's own (plain text), logs it, and settles what is left
+    /// of the request body (`finish_body`). Returns whether the connection stays open.
+    async fn answer_error<C>(
+        &self,
+        client: &mut Client<C>,
+        back: &mut Vec<u8>,
+        out: &[u8],
+        request: &Request,
+        error: &LocalError<'_>,
+        keep: bool,
+    ) -> bool
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let local = Local {
+            status: error.status,
+            content_type: "text/plain; charset=utf-8",
+            body: error.body.as_bytes(),
+            location: None,
+            retry_after: error.retry_after,
+            request_id: error.request_id,
+        };
+        let connection = Persistence::of(keep, request.http10);
+        let kept = self
+            .answer_local(client, back, &local, request.is_head, connection)
+            .await;
+        self.access_log(&Access {
+            client: client.who,
+            method: text(out, &request.method),
+            path: text(out, &request.target),
+            status: error.status.as_u16(),
+            server: error.server,
+            attempts: error.attempts,
+            started: client.started,
+            request_id: error.request_id,
+        });
+        self.finish_body(client, kept).await
+    }
+
     /// Writes a response of the lb's own. Returns whether the connection stays open.
     async fn answer_local<C>(
         &self,
@@ -746,6 +761,16 @@ struct Local<'a> {
     location: Option<&'a str>,
     /// `Retry-After` in seconds (a 429).
     retry_after: Option<u64>,
+    request_id: &'a [u8],
+}
+
+/// An error answer of the lb's own, and what its access log line says.
+struct LocalError<'a> {
+    status: StatusCode,
+    body: &'a str,
+    retry_after: Option<u64>,
+    server: Option<&'a Server>,
+    attempts: u32,
     request_id: &'a [u8],
 }
 

@@ -262,7 +262,7 @@ pub async fn restart(args: RestartArgs) -> anyhow::Result<ExitCode> {
             }
         }
         println!("{host}: restarted; waiting for every lb to see it up");
-        if !wait_up(&lbs, host, UP_WAIT).await {
+        if !wait_until(&lbs, host, UP_WAIT, |s| s["up"] == true).await {
             anyhow::bail!(
                 "{host}: not up on every lb after {} s; it stays drained",
                 UP_WAIT.as_secs()
@@ -272,7 +272,9 @@ pub async fn restart(args: RestartArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("{host}: not back in rotation on every lb: {put_back}");
         }
         // The next host waits for this one's slow start: it serves alone meanwhile.
-        if Some(host) != hosts.last() && !wait_ramped(&lbs, host, RAMP_WAIT).await {
+        if Some(host) != hosts.last()
+            && !wait_until(&lbs, host, RAMP_WAIT, |s| s["ramp"] == 1000).await
+        {
             eprintln!(
                 "{host}: its slow start is not over after {} s; going on",
                 RAMP_WAIT.as_secs()
@@ -286,37 +288,20 @@ pub async fn restart(args: RestartArgs) -> anyhow::Result<ExitCode> {
 /// Longest wait for a restarted host's slow start before the next host of a rolling restart.
 const RAMP_WAIT: Duration = Duration::from_secs(120);
 
-/// Waits until every lb gives `host` its full share again (`ramp` 1000).
-async fn wait_ramped(lbs: &[(String, SocketAddr)], host: &str, limit: Duration) -> bool {
-    let started = Instant::now();
-    loop {
-        let mut all = true;
-        for (_, addr) in lbs {
-            all &= list(*addr).await.is_ok_and(|servers| {
-                servers
-                    .iter()
-                    .any(|s| s["name"] == host && s["ramp"] == 1000)
-            });
-        }
-        if all {
-            return true;
-        }
-        if started.elapsed() >= limit {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits until every lb's health checks see `host` up.
-async fn wait_up(lbs: &[(String, SocketAddr)], host: &str, limit: Duration) -> bool {
+/// Waits until every lb's entry of `host` satisfies `ready` (bounded by `limit`).
+async fn wait_until(
+    lbs: &[(String, SocketAddr)],
+    host: &str,
+    limit: Duration,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> bool {
     let started = Instant::now();
     loop {
         let mut all = true;
         for (_, addr) in lbs {
             all &= list(*addr)
                 .await
-                .is_ok_and(|servers| servers.iter().any(|s| s["name"] == host && s["up"] == true));
+                .is_ok_and(|servers| servers.iter().any(|s| s["name"] == host && ready(s)));
         }
         if all {
             return true;
