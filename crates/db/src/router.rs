@@ -120,6 +120,15 @@ pub enum LeaderView {
     Node { host: String, term: i64 },
 }
 
+/// Connections kept open to each node even when idle.
+const POOL_MIN: usize = 2;
+/// Connections to each node at most; a request beyond waits for one to be returned.
+const POOL_MAX: usize = 20;
+/// An idle connection beyond `POOL_MIN` is closed after this long.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+/// Prepared statements kept per connection (the app has a handful).
+const STATEMENT_CACHE: usize = 64;
+
 pub struct Router {
     nodes: Vec<Arc<Node>>,
     config: ClientConfig,
@@ -144,10 +153,21 @@ impl Router {
                     .pass(Some(config.password.expose().to_string()))
                     .db_name(Some(config.database.clone()))
                     .prefer_socket(false)
+                    // Run once per connection: pooled connections keep it (no reset below).
                     .init(vec!["SET time_zone = '+00:00'"])
+                    .stmt_cache_size(STATEMENT_CACHE)
                     .pool_opts(
                         PoolOpts::default()
-                            .with_constraints(PoolConstraints::new(0, 20).expect("0 <= 20")),
+                            .with_constraints(
+                                PoolConstraints::new(POOL_MIN, POOL_MAX).expect("min <= max"),
+                            )
+                            // Non-zero: returned connections stay pooled (up to the max) and are
+                            // closed only after idling this long; with zero, mysql_async keeps
+                            // just `min` and closes every other connection on its return.
+                            .with_inactive_connection_ttl(POOL_IDLE)
+                            // The app sets no session state beyond `init`, so COM_RESET_CONNECTION
+                            // would only add a round trip and empty the prepared-statement cache.
+                            .with_reset_connection(false),
                     );
                 let opts = mysql_async::Opts::from(opts);
                 Arc::new(Node {

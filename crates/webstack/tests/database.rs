@@ -246,6 +246,39 @@ fn posts_are_written_to_the_primary_and_read_from_every_host() {
         .json();
     assert_eq!(listed["posts"].as_array().unwrap().len(), 2);
 
+    // A steady load reuses the app's pooled connections and their prepared statements:
+    // MariaDB's own counters on the replica barely move (the mariadb client reading them and
+    // the supervisor's polls account for a few; one connection per request was the bug).
+    let counters = |topology: &Topology| -> (u64, u64) {
+        let out = topology
+            .sql(
+                2,
+                "SHOW GLOBAL STATUS WHERE Variable_name IN ('Connections', 'Com_stmt_prepare')",
+            )
+            .unwrap();
+        let value = |name: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{name} in {out}"))
+        };
+        (value("Connections"), value("Com_stmt_prepare"))
+    };
+    for _ in 0..50 {
+        get(topology.lb(), "/api/posts?limit=5", &[]).unwrap();
+    }
+    let (connections, prepares) = counters(&topology);
+    for _ in 0..400 {
+        let r = get(topology.lb(), "/api/posts?limit=5", &[]).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let (connections_after, prepares_after) = counters(&topology);
+    assert!(
+        connections_after - connections < 40 && prepares_after - prepares < 40,
+        "400 reads opened {} connections and prepared {} statements",
+        connections_after - connections,
+        prepares_after - prepares
+    );
+
     // Secrets: private files, never in the topology or the logs.
     for name in ["admin", "repl", "app", "monitor"] {
         let path = topology
