@@ -16,8 +16,8 @@ pub struct Config {
     /// Client connections (from the host's web server) served at once; more wait in the
     /// listen backlog.
     pub maxconn: usize,
-    /// One `access` log line per request, with the lb's request id and the database time.
-    pub access_log: bool,
+    /// The access log (one line per request, buffered), or none.
+    pub access_log: Option<webstack_common::access_log::Settings>,
     /// `Server-Timing: app;dur=.., db;dur=..` on every response (opt-in: it tells clients
     /// how long the backend took).
     pub server_timing: bool,

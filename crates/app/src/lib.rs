@@ -25,6 +25,7 @@ pub struct AppState {
     /// The database router, when the topology has a database.
     db: Option<Arc<webstack_db::router::Router>>,
     metrics: metrics::Metrics,
+    access_log: Option<webstack_common::access_log::AccessLog>,
 }
 
 /// Why the application could not start.
@@ -42,6 +43,8 @@ pub enum StartError {
     },
     #[error("template {0} is missing from the templates folder")]
     MissingTemplate(&'static str),
+    #[error("{0}")]
+    AccessLog(#[from] std::io::Error),
 }
 
 /// Templates every page needs; checked at startup so a broken deploy fails fast.
@@ -92,6 +95,11 @@ impl AppState {
         registry: &mut prometheus_client::registry::Registry,
     ) -> Result<Self, StartError> {
         let templates = load_templates(&config.templates_dir)?;
+        let access_log = config
+            .access_log
+            .as_ref()
+            .map(|log| log.open())
+            .transpose()?;
         let db = config.db.clone().map(webstack_db::router::Router::new);
         let metrics = metrics::Metrics::register(registry, db.clone());
         Ok(Self {
@@ -99,6 +107,7 @@ impl AppState {
             templates,
             db,
             metrics,
+            access_log,
         })
     }
 
@@ -111,7 +120,7 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     let tracking = trace::Tracking {
         metrics: state.metrics.clone(),
-        access_log: state.config.access_log,
+        access_log: state.access_log.clone(),
         server_timing: state.config.server_timing,
     };
     Router::new()

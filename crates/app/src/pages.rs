@@ -264,7 +264,7 @@ mod tests {
     use crate::{AppState, Config, router};
 
     /// The app without a database, with the site's templates.
-    fn config(access_log: bool) -> Config {
+    fn config(access_log: Option<webstack_common::access_log::Settings>) -> Config {
         Config {
             host_name: "web-01".into(),
             site_name: "www.foobar.com".into(),
@@ -278,20 +278,28 @@ mod tests {
     }
 
     fn state() -> Arc<AppState> {
-        Arc::new(AppState::load(config(false), &mut Default::default()).unwrap())
+        Arc::new(AppState::load(config(None), &mut Default::default()).unwrap())
     }
 
     #[tokio::test]
     async fn requests_are_counted_by_route_template_and_timed_for_the_client() {
         let mut registry = prometheus_client::registry::Registry::default();
-        let state = AppState::load(config(true), &mut registry).unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let log = webstack_common::access_log::Settings::for_role(
+            logs.path(),
+            "web-01",
+            "app",
+            webstack_common::access_log::Format::Json,
+        );
+        let state = AppState::load(config(Some(log.clone())), &mut registry).unwrap();
         let app = router(Arc::new(state));
         for path in ["/api/whoami", "/posts/7", "/no/such/page"] {
-            let response = app
-                .clone()
-                .oneshot(Request::get(path).body(Body::empty()).unwrap())
-                .await
+            let request = Request::get(path)
+                .header("x-forwarded-for", "198.51.100.9, 127.0.0.10")
+                .header("x-request-id", "r-1")
+                .body(Body::empty())
                 .unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
             let timing = response.headers()["server-timing"].to_str().unwrap();
             assert!(timing.starts_with("app;dur="), "{path}: {timing}");
         }
@@ -307,6 +315,20 @@ mod tests {
             assert!(text.contains(line), "{line} in\n{text}");
         }
         assert!(!text.contains("/posts/7"), "{text}");
+
+        // One access line per request: the client the lb saw, the route template, the id.
+        webstack_common::access_log::flush_all();
+        let lines = std::fs::read_to_string(&log.path).unwrap();
+        let lines: Vec<serde_json::Value> = lines
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[1]["client"], "198.51.100.9");
+        assert_eq!(lines[1]["path"], "/posts/7");
+        assert_eq!(lines[1]["route"], "/posts/{id}");
+        assert_eq!(lines[1]["status"], 503);
+        assert_eq!(lines[1]["request_id"], "r-1");
     }
 
     async fn send(request: Request<Body>) -> (StatusCode, String) {
@@ -489,7 +511,7 @@ mod tests {
                 templates_dir: dir.clone(),
                 db: None,
                 maxconn: 16,
-                access_log: false,
+                access_log: None,
                 server_timing: false,
             },
             &mut Default::default(),

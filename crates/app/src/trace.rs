@@ -11,6 +11,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
+use webstack_common::access_log::{AccessLog, Entry, Value};
 use webstack_common::forward::X_REQUEST_ID;
 
 use crate::metrics::Metrics;
@@ -55,11 +56,40 @@ pub fn statement(node: &str, kind: &str, took: Duration, ok: bool) {
     });
 }
 
+/// The request as its access line tells it.
+struct Seen {
+    client: std::net::IpAddr,
+    uri: axum::http::Uri,
+    version: axum::http::Version,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+}
+
+/// The client as the lb saw it: in the topology's chain (client -> lb -> web -> app) the lb
+/// appends the client to `X-Forwarded-For` and the web server appends the lb, so the client is
+/// the second address from the right (the only one from the right when a request came to the
+/// web server directly). The unspecified address when there is none.
+fn client_of(headers: &axum::http::HeaderMap) -> std::net::IpAddr {
+    let mut addresses: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let last = addresses.pop();
+    addresses
+        .pop()
+        .or(last)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
 /// The middleware's settings.
 #[derive(Clone, Debug)]
 pub struct Tracking {
     pub metrics: Metrics,
-    pub access_log: bool,
+    pub access_log: Option<AccessLog>,
     pub server_timing: bool,
 }
 
@@ -78,6 +108,17 @@ pub async fn track(State(tracking): State<Tracking>, request: Request, next: Nex
         .unwrap_or("-")
         .to_string();
     let method = request.method().clone();
+    // What the access line says of the request, taken before the handler owns it.
+    let seen = tracking.access_log.is_some().then(|| Seen {
+        client: client_of(request.headers()),
+        uri: request.uri().clone(),
+        version: request.version(),
+        referer: request.headers().get(axum::http::header::REFERER).cloned(),
+        user_agent: request
+            .headers()
+            .get(axum::http::header::USER_AGENT)
+            .cloned(),
+    });
     let trace = Arc::new(Trace {
         id,
         db: Mutex::default(),
@@ -98,18 +139,33 @@ pub async fn track(State(tracking): State<Tracking>, request: Request, next: Nex
             response.headers_mut().append("server-timing", value);
         }
     }
-    if tracking.access_log {
-        tracing::info!(
-            target: "access",
-            request_id = %trace.id,
-            method = %method,
-            route,
-            status = response.status().as_u16(),
-            ms = took.as_secs_f64() * 1000.0,
-            db_statements = db.statements,
-            db_ms = db.seconds * 1000.0,
-            db_nodes = %db.nodes.join(","),
-        );
+    if let (Some(log), Some(seen)) = (&tracking.access_log, seen) {
+        let nodes = db.nodes.join(",");
+        log.log(&Entry {
+            client: seen.client,
+            method: method.as_str(),
+            target: seen.uri.path_and_query().map_or("/", |p| p.as_str()),
+            version: match seen.version {
+                axum::http::Version::HTTP_10 => "HTTP/1.0",
+                axum::http::Version::HTTP_2 => "HTTP/2.0",
+                _ => "HTTP/1.1",
+            },
+            status: response.status().as_u16(),
+            bytes: response
+                .headers()
+                .get(axum::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            duration: took,
+            request_id: trace.id.as_bytes(),
+            referer: seen.referer.as_ref().map(HeaderValue::as_bytes),
+            user_agent: seen.user_agent.as_ref().map(HeaderValue::as_bytes),
+            extra: &[
+                ("route", Value::Text(&route)),
+                ("db_statements", Value::Number(u64::from(db.statements))),
+                ("db_ms", Value::Millis(Duration::from_secs_f64(db.seconds))),
+                ("db_nodes", Value::Text(&nodes)),
+            ],
+        });
     }
     drop(db);
     response

@@ -1,6 +1,7 @@
 //! Pieces every role process shares: shutdown and drain, the HTTP connection loop, the admin
 //! listener (`/live`, `/ready`, `/metrics`) and logging setup.
 
+pub mod access_log;
 pub mod admin;
 pub mod backoff;
 pub mod child;

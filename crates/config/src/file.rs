@@ -9,6 +9,8 @@ use toml::Spanned;
 
 use crate::Role;
 
+pub use webstack_common::access_log::Format as AccessLogFormat;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -126,6 +128,8 @@ pub struct LbFile {
     pub algorithm: Algorithm,
     pub retries: Spanned<u32>,
     pub access_log: bool,
+    /// `json` or `combined`.
+    pub access_log_format: AccessLogFormat,
     /// `Server-Timing: lb;dur=..` on responses (opt-in).
     pub server_timing: bool,
     /// Worker threads; 0 means one per CPU core.
@@ -239,6 +243,7 @@ impl Default for LbFile {
             algorithm: Algorithm::P2c,
             retries: Spanned::new(0..0, 2),
             access_log: true,
+            access_log_format: AccessLogFormat::Json,
             server_timing: false,
             threads: Spanned::new(0..0, 0),
             maxconn: Spanned::new(0..0, 10_000),
@@ -402,6 +407,7 @@ pub struct WebFile {
     pub cache_control: Spanned<String>,
     pub expose_server_name: bool,
     pub access_log: bool,
+    pub access_log_format: AccessLogFormat,
     /// `Server-Timing: web;dur=..` on proxied responses (opt-in).
     pub server_timing: bool,
     pub maxconn: Spanned<u32>,
@@ -417,6 +423,7 @@ impl Default for WebFile {
             cache_control: Spanned::new(0..0, "public, max-age=3600".into()),
             expose_server_name: false,
             access_log: true,
+            access_log_format: AccessLogFormat::Json,
             server_timing: false,
             maxconn: Spanned::new(0..0, 10_000),
             timeouts: WebTimeoutsFile::default(),
@@ -450,6 +457,7 @@ pub struct AppFile {
     pub templates: Spanned<String>,
     pub maxconn: Spanned<u32>,
     pub access_log: bool,
+    pub access_log_format: AccessLogFormat,
     /// `Server-Timing: app;dur=.., db;dur=..` on responses (opt-in).
     pub server_timing: bool,
 }
@@ -462,6 +470,7 @@ impl Default for AppFile {
             templates: Spanned::new(0..0, "site/templates".into()),
             maxconn: Spanned::new(0..0, 10_000),
             access_log: true,
+            access_log_format: AccessLogFormat::Json,
             server_timing: false,
         }
     }

@@ -9,6 +9,8 @@ mod vip;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use webstack_common::access_log::Settings as AccessLogSettings;
+
 pub use error::ConfigError;
 pub use vip::NetnsSettings;
 
@@ -206,6 +208,9 @@ impl Config {
     pub fn lb(&self, host: &Host, state_dir: &Path) -> webstack_lb::Config {
         let mut lb = self.lb.clone();
         lb.vip = self.vip_config(host, state_dir);
+        lb.access_log = lb
+            .access_log
+            .map(|log| AccessLogSettings::for_role(state_dir, &host.name, "lb", log.format));
         let uses_local_ca = self.uses_local_ca();
         if let Some(tls) = lb.tls.as_mut() {
             if let Some(acme) = tls.acme.as_mut() {
@@ -256,10 +261,15 @@ impl Config {
     }
 
     /// The web server's settings on `host`: it proxies to the app of the same host.
-    pub fn web(&self, host: &Host) -> webstack_web::Config {
+    pub fn web(&self, host: &Host, state_dir: &Path) -> webstack_web::Config {
         webstack_web::Config {
             host_name: host.name.clone(),
             app_addr: self.service_addr(host, Role::App),
+            access_log: self
+                .web
+                .access_log
+                .as_ref()
+                .map(|log| AccessLogSettings::for_role(state_dir, &host.name, "web", log.format)),
             ..self.web.clone()
         }
     }
@@ -292,6 +302,11 @@ impl Config {
         Ok(webstack_app::Config {
             host_name: host.name.clone(),
             db,
+            access_log: self
+                .app
+                .access_log
+                .as_ref()
+                .map(|log| AccessLogSettings::for_role(state_dir, &host.name, "app", log.format)),
             ..self.app.clone()
         })
     }
@@ -740,11 +755,16 @@ mod tests {
                 .is_none(),
             "lb-01 runs no db"
         );
-        let web = config.web(web01);
+        let web = config.web(web01, state);
         assert_eq!(
             web.app_addr.to_string(),
             "127.0.0.11:9000",
             "each web server proxies to its own host's app"
+        );
+        assert_eq!(
+            web.access_log.map(|log| log.path),
+            Some(state.join("logs/web-01-web.access.log")),
+            "each role's access log next to its own log"
         );
         assert!(web.expose_server_name);
         assert!(web.static_root.ends_with("site/static"));

@@ -291,7 +291,7 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         templates_dir: templates(&check, &file.app.templates)?,
         db: None,
         maxconn: check.maxconn(&file.app.maxconn, "app.maxconn")?,
-        access_log: file.app.access_log,
+        access_log: access_log(file.app.access_log, file.app.access_log_format),
         server_timing: file.app.server_timing,
     };
     let db = db_settings(&check, file.db.as_ref(), &hosts, &file.hosts)?;
@@ -726,7 +726,7 @@ fn lb_config(
         slowstart: check.bounded(&lb.slowstart, "lb.slowstart")?,
         queue_timeout: check.positive(&lb.queue_timeout, "lb.queue_timeout")?,
         limits: limits_settings(check, &lb.limits)?,
-        access_log: lb.access_log,
+        access_log: access_log(lb.access_log, lb.access_log_format),
         server_timing: lb.server_timing,
         tls: tls_settings(check, &lb.tls)?,
         vip: None,
@@ -957,6 +957,17 @@ fn acme_settings(
     })
 }
 
+/// An access log's settings, its path filled in per host (`Config::lb`, `web`, `app`).
+fn access_log(
+    on: bool,
+    format: webstack_common::access_log::Format,
+) -> Option<webstack_common::access_log::Settings> {
+    on.then(|| webstack_common::access_log::Settings {
+        path: PathBuf::new(),
+        format,
+    })
+}
+
 fn web_config(check: &Checker, web: &file::WebFile) -> Result<webstack_web::Config, ConfigError> {
     let cache_control = web.cache_control.get_ref();
     check.ensure(
@@ -976,7 +987,7 @@ fn web_config(check: &Checker, web: &file::WebFile) -> Result<webstack_web::Conf
             .positive(&web.timeouts.app_response, "web.timeouts.app_response")?,
         client_header_timeout: check
             .positive(&web.timeouts.client_header, "web.timeouts.client_header")?,
-        access_log: web.access_log,
+        access_log: access_log(web.access_log, web.access_log_format),
         server_timing: web.server_timing,
         maxconn: check.maxconn(&web.maxconn, "web.maxconn")?,
     })

@@ -217,7 +217,7 @@ fn resolves(config: &Config) {
             assert!(!host.address.is_unspecified());
         }
         if host.has(Role::Web) {
-            let web = config.web(host);
+            let web = config.web(host, std::path::Path::new("/var/lib/webstack"));
             assert!(http::HeaderValue::from_str(&web.cache_control).is_ok());
             assert!(http::HeaderValue::from_str(&web.host_name).is_ok());
             assert!(now.checked_add(web.app_response_timeout).is_some());

@@ -642,6 +642,8 @@ pub struct ResponseRewrite<'a> {
     pub request_upgrade: bool,
     /// `Server-Timing: <name>;dur=<ms since start>` added (opt-in, per tier).
     pub timing: Option<(&'a str, std::time::Instant)>,
+    /// A header this hop sets, replacing the server's of that name (`X-Served-By`).
+    pub own_header: Option<(&'a str, &'a [u8])>,
 }
 
 /// Parses a response head at the start of `input` and writes the head for the client into
@@ -722,8 +724,10 @@ pub fn parse_response(
             || (field == Field::StrictTransportSecurity && rewrite.hsts.is_some())
             || (field == Field::ContentLength && codings.seen)
             || (field == Field::Other
-                && !connection.listed.is_empty()
-                && connection.lists(header.name));
+                && ((!connection.listed.is_empty() && connection.lists(header.name))
+                    || rewrite
+                        .own_header
+                        .is_some_and(|(name, _)| header.name.eq_ignore_ascii_case(name))));
         if skip {
             continue;
         }
@@ -743,6 +747,12 @@ pub fn parse_response(
     if let Some((name, started)) = rewrite.timing {
         server_timing(out, name, started.elapsed());
     }
+    if let Some((name, value)) = rewrite.own_header {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
     finish_head(out, rewrite.request_id, rewrite.hsts, connection);
     Ok(Some(Response {
         head_len,
@@ -753,6 +763,18 @@ pub fn parse_response(
         dechunk,
         upgrade,
     }))
+}
+
+/// The value of the first `name` field (case-insensitive) in a head of `Name: value` lines
+/// after the request or status line.
+pub fn find_header<'a>(head: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let (field, value) = line.split_at(line.iter().position(|&b| b == b':')?);
+        field
+            .eq_ignore_ascii_case(name.as_bytes())
+            .then(|| value[1..].trim_ascii())
+    })
 }
 
 /// What happens to the client connection after a response, as its `Connection` header says.
@@ -996,6 +1018,7 @@ mod tests {
         let asked = ResponseRewrite {
             request_upgrade: true,
             timing: None,
+            own_header: None,
             ..rewrite()
         };
         let (r, out) = response(
@@ -1145,6 +1168,7 @@ mod tests {
             hsts: None,
             request_upgrade: false,
             timing: None,
+            own_header: None,
         }
     }
 

@@ -3,8 +3,8 @@
 //! connections (`body`), pooled keep-alive connections to servers (`pool`), one exchange on
 //! such a connection with early answers heard (`exchange`), forwarding an `http::Request` from
 //! hyper's side over those connections (`client`), the one rule for when a request may go to
-//! another server (`retry`), upgraded connections (`tunnel`) and the `Date` header of local
-//! answers (`date`).
+//! another server (`retry`), upgraded connections (`tunnel`), the `Date` header of local
+//! answers (`date`) and the client side of a connection both roles serve (`server`).
 
 pub mod body;
 pub mod client;
@@ -13,4 +13,5 @@ pub mod exchange;
 pub mod head;
 pub mod pool;
 pub mod retry;
+pub mod server;
 pub mod tunnel;

@@ -175,6 +175,7 @@ proptest! {
             hsts: None,
             request_upgrade: upgrade,
             timing: None,
+            own_header: None,
         };
         let mut out = Vec::new();
         let mut text = b"HTTP/1.1 200 OK\r\n".to_vec();

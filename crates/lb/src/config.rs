@@ -15,8 +15,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// How many other servers an idempotent request is tried on after a connection failure.
     pub retries: u32,
-    /// One log line per request under the `access` target.
-    pub access_log: bool,
+    /// The access log (one line per request, buffered), or none.
+    pub access_log: Option<webstack_common::access_log::Settings>,
     /// `Server-Timing: lb;dur=..` on responses: the lb's time to the response head (opt-in).
     pub server_timing: bool,
     /// Worker threads, each accepting on every (shared) listening socket, with its own

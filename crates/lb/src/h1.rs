@@ -5,71 +5,32 @@
 //! header map, a channel or a second task. The codec, the pool and the retry rule are
 //! `webstack_http1`'s; HTTP/2 clients go through hyper (`proxy.rs`) onto the same pool.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
 use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use webstack_common::{HttpOptions, Shutdown};
-use webstack_http1::body::{
-    self, BODY_TIMEOUT, BUFFER, BodyState, LINGER_BYTES, LINGER_IDLE, LINGER_TIME, RelayError,
-};
-use webstack_http1::exchange::{self, HeadOutcome, PumpError, Sent};
+use webstack_http1::body::RelayError;
+use webstack_http1::exchange::Sent;
 use webstack_http1::head::{
-    self, Forwarding, Framing, Persistence, Refusal, Request, Response, ResponseRewrite,
+    Forwarding, Framing, Persistence, Refusal, Request, Response, ResponseRewrite,
 };
 use webstack_http1::pool::Conn;
 use webstack_http1::retry::{Attempts, Failure};
-use webstack_http1::{date, tunnel};
+use webstack_http1::server::{ClientConn, HeadLimits, Local, Next, SendFailure, text};
 
 use crate::limits::{LimitError, Paced};
 use crate::proxy::{
-    Access, AttemptError, Forwarded, PlainHttpAnswer, Proxy, REDIRECT_TEXT, TOO_MANY_TEXT,
-    retry_after,
+    Access, AttemptError, Forwarded, PlainHttpAnswer, Proxy, REDIRECT_TEXT, RequestHeaders,
+    TOO_MANY_TEXT, retry_after,
 };
 use crate::server::{ActiveGuard, Server};
 
-/// A request body the lb did not need (an early or local answer came first) is read and
-/// dropped to keep the connection open when at most this much of it is left; a longer one
-/// closes the connection.
-const DISCARD_MAX: u64 = 1024 * 1024;
-/// How long the rest of such a body may take to arrive.
-const DISCARD_TIME: Duration = Duration::from_secs(2);
-/// How long a connection accepted just before a drain may take to send its first request.
-const FRESH_GRACE: Duration = Duration::from_secs(1);
-
-/// The client side of one connection.
-struct Client<C> {
-    /// The connection, its request bodies held to the floor rate and size bound.
-    io: Paced<C>,
-    /// Bytes read and not yet used: the rest of a request, or pipelined ones.
-    buf: BytesMut,
-    peer: SocketAddr,
-    /// The current request's client: `peer`, or who a trusted proxy's `X-Forwarded-For` names.
-    who: std::net::IpAddr,
-    /// When the current request's head was read.
-    started: Instant,
-    secure: bool,
-    /// What is still to come of the current request's body: the relay to a server keeps it
-    /// exact, so after any answer the rest can be read and dropped (or the connection closed).
-    body: BodyState,
-    /// The request asked `Expect: 100-continue` and has had no `100` yet: its client may not
-    /// send the body at all, so an answer of ours closes the connection rather than wait for it.
-    continue_pending: bool,
-    /// The stream is no longer at a request boundary (a refused request, a request body cut
-    /// short or left unread): answer, then close, reading what the client still sends for a
-    /// while so the answer is not lost to a TCP reset (nginx's lingering close).
-    broken: bool,
-}
-
-enum Next {
-    Request(Request),
-    Close,
-    Refuse(Refusal),
-}
+/// The client side of one connection; its request bodies held to the floor rate and size
+/// bound.
+type Client<C> = ClientConn<Paced<C>>;
 
 /// A response head from a server, and what became of the request.
 struct Answer {
@@ -96,16 +57,11 @@ impl Proxy {
     ) where
         C: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut client = Client {
-            io: Paced::new(io),
-            buf: BytesMut::with_capacity(BUFFER),
-            peer,
-            who: peer.ip(),
-            started: Instant::now(),
-            secure,
-            body: BodyState::Done,
-            continue_pending: false,
-            broken: false,
+        let mut client = ClientConn::new(Paced::new(io), peer, secure);
+        let forwarding = Forwarding::edge(peer.ip(), secure);
+        let limits = HeadLimits {
+            timeout: options.header_read_timeout,
+            max_bytes: options.max_header_bytes,
         };
         // Reused for every request of the connection: the forwarded head, the response head.
         let mut out = Vec::with_capacity(1024);
@@ -114,7 +70,10 @@ impl Proxy {
         let mut stop = std::pin::pin!(stop);
         let mut fresh = true;
         loop {
-            match read_request(&mut client, &mut out, &options, &mut stop, fresh).await {
+            match client
+                .read_request(&mut out, &forwarding, limits, &mut stop, fresh)
+                .await
+            {
                 Next::Request(request) => {
                     fresh = false;
                     let draining = shutdown.is_triggered();
@@ -133,21 +92,7 @@ impl Proxy {
                 }
             }
         }
-        // A TLS client gets its close_notify; a client that does not read gets no more time.
-        let _ = tokio::time::timeout(Duration::from_secs(1), client.io.shutdown()).await;
-        if client.broken {
-            let mut rest = (&mut client.io).take(LINGER_BYTES);
-            let drain = async {
-                loop {
-                    client.buf.clear();
-                    match tokio::time::timeout(LINGER_IDLE, rest.read_buf(&mut client.buf)).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => break,
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(LINGER_TIME, drain).await;
-        }
+        client.close().await;
     }
 
     /// Answers a request that cannot be served with its status and reason; the connection
@@ -156,19 +101,9 @@ impl Proxy {
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
-        client.broken = true;
-        let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
-        let text = refusal.text();
         let id = self.request_ids.next_bytes();
-        let local = Local {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: text.as_bytes(),
-            location: None,
-            retry_after: None,
-            request_id: &id,
-        };
-        self.answer_local(client, back, &local, false, Persistence::Close)
+        client
+            .refuse(back, &refusal, &id, self.hsts_for(client.secure))
             .await;
     }
 
@@ -192,20 +127,15 @@ impl Proxy {
         out.extend_from_slice(b"\r\n");
         let base = out.len();
         let client_keep = request.keep_alive && !draining;
-        client.body = BodyState::new(request.body);
-        client.continue_pending =
-            request.expect_continue && !request.http10 && client.buf.is_empty();
+        client.begin(request, started);
         let who = self.client_of(client.peer.ip(), || {
             std::borrow::Cow::Borrowed(&out[request.forwarded_for.clone()])
         });
         client.who = who;
-        client.started = started;
         if let Some(refused) = self.over_limit(who, request) {
             // The body is not needed: a short one is dropped, a long one closes.
-            let keep = client_keep
-                && refused.status != StatusCode::PAYLOAD_TOO_LARGE
-                && !client.continue_pending
-                && discardable(&client.body);
+            let keep = refused.status != StatusCode::PAYLOAD_TOO_LARGE
+                && client.may_keep_after_answer(client_keep);
             let error = LocalError {
                 status: refused.status,
                 body: &refused.text,
@@ -253,21 +183,23 @@ impl Proxy {
                         Some(location.as_str()),
                     ),
                 };
+                let location = location.map(|l| format!("Location: {l}"));
+                let headers: Vec<&[u8]> = location.iter().map(|l| l.as_bytes()).collect();
                 let local = Local {
                     status,
                     content_type,
                     body,
-                    location,
-                    retry_after: None,
+                    headers: &headers,
                     request_id: &request_id,
+                    hsts: None,
                 };
                 // The body is not needed: a short one is dropped, a long one closes.
-                let keep = client_keep && !client.continue_pending && discardable(&client.body);
+                let keep = client.may_keep_after_answer(client_keep);
                 let connection = Persistence::of(keep, request.http10);
-                let kept = self
-                    .answer_local(client, back, &local, request.is_head, connection)
+                let kept = client
+                    .answer(back, &local, request.is_head, connection)
                     .await;
-                return self.finish_body(client, kept).await;
+                return client.finish_body(kept).await;
             }
         }
 
@@ -279,6 +211,7 @@ impl Proxy {
             hsts: self.hsts_for(client.secure),
             request_upgrade: request.upgrade,
             timing: self.config.server_timing.then_some(("lb", started)),
+            own_header: None,
         };
         let replayable = request.bodyless() && request.idempotent;
         let mut attempts = Attempts::new(self.config.retries, replayable);
@@ -329,10 +262,7 @@ impl Proxy {
             Ok(found) => found,
             Err((status, body, retry_after, server)) => {
                 // No server read the body (or one stopped in it): dropped if short, else close.
-                let keep = client_keep
-                    && !client.broken
-                    && !client.continue_pending
-                    && discardable(&client.body);
+                let keep = client.may_keep_after_answer(client_keep);
                 let error = LocalError {
                     status,
                     body,
@@ -352,26 +282,14 @@ impl Proxy {
         let held = answer.held_head.take();
         let head = held.as_deref().unwrap_or(back);
         let keep = if answer.response.upgrade {
-            self.tunnel(client, &mut answer, head).await;
+            client
+                .tunnel(&mut answer.conn, head, self.config.timeouts.tunnel)
+                .await;
             false
         } else {
-            let mut response_body = BodyState::new(answer.response.body);
-            let sent = body::relay(
-                &mut answer.conn.stream,
-                &mut answer.conn.buf,
-                &mut response_body,
-                answer.response.dechunk,
-                &mut client.io,
-                head,
-                BODY_TIMEOUT,
-            )
-            .await;
-            let sent = match sent {
-                Ok(()) => body::flush(&mut client.io, BODY_TIMEOUT)
-                    .await
-                    .map_err(RelayError::Write),
-                Err(error) => Err(error),
-            };
+            let sent = client
+                .relay_response(&mut answer.conn, &answer.response, head)
+                .await;
             match &sent {
                 Ok(())
                     if answer.response.reusable
@@ -394,7 +312,7 @@ impl Proxy {
             // After an early answer the rest of the body is read and dropped to keep the
             // connection, or it closes.
             let keep = answer.response.keep_alive && sent.is_ok();
-            self.finish_body(client, keep).await
+            client.finish_body(keep).await
         };
         self.access_log(&Access {
             client: who,
@@ -405,37 +323,14 @@ impl Proxy {
             attempts: attempts.tried().count(),
             started,
             request_id: &request_id,
+            version: version(request),
+            bytes: match answer.response.body {
+                Framing::Length(n) => Some(n),
+                _ => None,
+            },
+            headers: RequestHeaders::Raw(out),
         });
         keep
-    }
-
-    /// After a 101: the head to the client, then bytes both ways until either side is done.
-    async fn tunnel<C>(&self, client: &mut Client<C>, answer: &mut Answer, head: &[u8])
-    where
-        C: AsyncRead + AsyncWrite + Unpin,
-    {
-        let conn = &mut answer.conn;
-        // What either side sent right after its head belongs to the new protocol.
-        let ready = body::write_two(&mut client.io, head, &conn.buf, BODY_TIMEOUT).await;
-        let ready = ready.is_ok()
-            && body::flush(&mut client.io, BODY_TIMEOUT).await.is_ok()
-            && body::write_two(&mut conn.stream, &client.buf, &[], BODY_TIMEOUT)
-                .await
-                .is_ok();
-        conn.buf.clear();
-        client.buf.clear();
-        if !ready {
-            return;
-        }
-        if let Err(error) = tunnel::tunnel(
-            &mut client.io,
-            &mut conn.stream,
-            self.config.timeouts.tunnel,
-        )
-        .await
-        {
-            tracing::debug!(client = %client.peer, %error, "upgraded connection ended");
-        }
     }
 
     /// Sends the request to `server` and reads its response head. A pooled connection the
@@ -486,8 +381,7 @@ impl Proxy {
     }
 
     /// Writes the request (head and body) on `conn` while reading the response head into
-    /// `back`. Returns the head and how much of the request went out (`client.body` says what
-    /// is left of the client's body).
+    /// `back`. A body over the client limits is refused here (408, 413) and logged.
     async fn send_once<C>(
         &self,
         client: &mut Client<C>,
@@ -500,78 +394,20 @@ impl Proxy {
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
-        let server_timeout = self.config.timeouts.server;
-        if request.bodyless() {
-            return exchange::send_bodyless(conn, out, back, rewrite, server_timeout, BODY_TIMEOUT)
-                .await
-                .map(|response| (response, Sent::Complete))
-                .map_err(AttemptError::Server);
-        }
-
-        if client.continue_pending {
-            let sent = body::write_two(
-                &mut client.io,
-                b"HTTP/1.1 100 Continue\r\n\r\n",
-                &[],
-                BODY_TIMEOUT,
-            )
-            .await;
-            if sent.is_err() || body::flush(&mut client.io, BODY_TIMEOUT).await.is_err() {
-                return Err(AttemptError::Client);
-            }
-            client.continue_pending = false;
-        }
-        let outcome = {
-            let (mut from_server, mut to_server) = conn.stream.split();
-            let pump = async {
-                body::relay(
-                    &mut client.io,
-                    &mut client.buf,
-                    &mut client.body,
-                    false,
-                    &mut to_server,
-                    out,
-                    BODY_TIMEOUT,
-                )
-                .await
-                .map_err(|error| match error {
-                    RelayError::Write(error) => PumpError::Write(error),
-                    other => PumpError::Source(other),
-                })
-            };
-            exchange::response_head(
-                pump,
-                &mut from_server,
-                &mut conn.buf,
+        let sent = client
+            .send_request(
+                request,
+                conn,
+                out,
                 back,
                 rewrite,
-                server_timeout,
+                self.config.timeouts.server,
             )
-            .await
-        };
-        match outcome {
-            HeadOutcome::Response(mut response, sent) => {
-                // An early answer keeps the client connection only if the rest of the body is
-                // short enough to be read and dropped.
-                if sent == Sent::Partial && rewrite.client_keep_alive && !discardable(&client.body)
-                {
-                    let closing = ResponseRewrite {
-                        client_keep_alive: false,
-                        ..*rewrite
-                    };
-                    if let Ok(Some(again)) = head::parse_response(&conn.buf, back, &closing) {
-                        response = again;
-                    }
-                }
-                conn.buf.advance(response.head_len);
-                Ok((response, sent))
-            }
-            HeadOutcome::Failed(failure) => {
-                // Part of the body may be unread: this client connection cannot go on.
-                client.broken |= !client.body.is_done();
-                Err(AttemptError::Server(failure))
-            }
-            HeadOutcome::Source(RelayError::Malformed(body::Malformed(what))) => {
+            .await;
+        match sent {
+            Ok(answer) => Ok(answer),
+            Err(SendFailure::Server(failure)) => Err(AttemptError::Server(failure)),
+            Err(SendFailure::Malformed(what)) => {
                 let refusal = Refusal {
                     status: 400,
                     reason: what,
@@ -579,8 +415,11 @@ impl Proxy {
                 self.refuse(client, back, refusal).await;
                 Err(AttemptError::Client)
             }
-            HeadOutcome::Source(RelayError::Read(error)) if LimitError::of(&error).is_some() => {
-                let limit = LimitError::of(&error).expect("checked");
+            Err(SendFailure::Client(error)) => {
+                let Some(limit) = LimitError::of(&error) else {
+                    tracing::debug!(client = %client.peer, %error, "client went away during the request body");
+                    return Err(AttemptError::Client);
+                };
                 tracing::info!(client = %client.peer, %error, "request refused");
                 let kind = match limit {
                     LimitError::TooSlow => "body_rate",
@@ -604,45 +443,13 @@ impl Proxy {
                     attempts: 0,
                     started: client.started,
                     request_id: rewrite.request_id,
+                    version: version(request),
+                    bytes: None,
+                    headers: RequestHeaders::Raw(out),
                 });
                 Err(AttemptError::Client)
             }
-            HeadOutcome::Source(error) => {
-                tracing::debug!(client = %client.peer, %error, "client went away during the request body");
-                Err(AttemptError::Client)
-            }
         }
-    }
-
-    /// After an answer, the rest of the request body nobody read: none left, the connection
-    /// goes on as `keep` says; a short rest is read and dropped (within `DISCARD_MAX` bytes and
-    /// `DISCARD_TIME`) to keep it; otherwise, or when that fails, it is closed with a lingering
-    /// read (`broken`). Returns whether the connection stays open.
-    async fn finish_body<C>(&self, client: &mut Client<C>, keep: bool) -> bool
-    where
-        C: AsyncRead + AsyncWrite + Unpin,
-    {
-        if client.body.is_done() {
-            return keep;
-        }
-        if !keep {
-            client.broken = true;
-            return false;
-        }
-        let done = tokio::time::timeout(
-            DISCARD_TIME,
-            body::discard(
-                &mut client.io,
-                &mut client.buf,
-                &mut client.body,
-                DISCARD_MAX,
-                BODY_TIMEOUT,
-            ),
-        )
-        .await
-        .unwrap_or(false);
-        client.broken |= !done;
-        done
     }
 
     fn hsts_for(&self, secure: bool) -> Option<&[u8]> {
@@ -667,17 +474,19 @@ impl Proxy {
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
+        let retry_after = error.retry_after.map(|s| format!("Retry-After: {s}"));
+        let headers: Vec<&[u8]> = retry_after.iter().map(|h| h.as_bytes()).collect();
         let local = Local {
             status: error.status,
             content_type: "text/plain; charset=utf-8",
             body: error.body.as_bytes(),
-            location: None,
-            retry_after: error.retry_after,
+            headers: &headers,
             request_id: error.request_id,
+            hsts: self.hsts_for(client.secure),
         };
         let connection = Persistence::of(keep, request.http10);
-        let kept = self
-            .answer_local(client, back, &local, request.is_head, connection)
+        let kept = client
+            .answer(back, &local, request.is_head, connection)
             .await;
         self.access_log(&Access {
             client: client.who,
@@ -688,80 +497,16 @@ impl Proxy {
             attempts: error.attempts,
             started: client.started,
             request_id: error.request_id,
+            version: version(request),
+            bytes: Some(if request.is_head {
+                0
+            } else {
+                error.body.len() as u64
+            }),
+            headers: RequestHeaders::Raw(out),
         });
-        self.finish_body(client, kept).await
+        client.finish_body(kept).await
     }
-
-    /// Writes a response of the lb's own. Returns whether the connection stays open.
-    async fn answer_local<C>(
-        &self,
-        client: &mut Client<C>,
-        back: &mut Vec<u8>,
-        local: &Local<'_>,
-        is_head: bool,
-        connection: Persistence,
-    ) -> bool
-    where
-        C: AsyncRead + AsyncWrite + Unpin,
-    {
-        use std::io::Write;
-        back.clear();
-        let _ = write!(
-            back,
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-            local.status.as_u16(),
-            local.status.canonical_reason().unwrap_or(""),
-            local.content_type,
-            local.body.len()
-        );
-        date::push_header(back);
-        if local.status.is_server_error() {
-            back.extend_from_slice(b"Cache-Control: no-store\r\n");
-        }
-        if let Some(location) = local.location {
-            let _ = write!(back, "Location: {location}\r\n");
-        }
-        if let Some(seconds) = local.retry_after {
-            let _ = write!(back, "Retry-After: {seconds}\r\n");
-        }
-        head::finish_head(
-            back,
-            local.request_id,
-            self.hsts_for(client.secure),
-            connection,
-        );
-        let body = if is_head { &[][..] } else { local.body };
-        body::write_two(&mut client.io, back, body, BODY_TIMEOUT)
-            .await
-            .is_ok()
-            && body::flush(&mut client.io, BODY_TIMEOUT).await.is_ok()
-            && connection != Persistence::Close
-    }
-}
-
-/// Whether the rest of a body is short enough to read and drop instead of closing.
-fn discardable(rest: &BodyState) -> bool {
-    match rest {
-        BodyState::Done => true,
-        BodyState::Length(left) => *left <= DISCARD_MAX,
-        BodyState::Chunked(_) | BodyState::Close => false,
-    }
-}
-
-/// A range of the forwarded head as text, for the access log.
-fn text<'a>(out: &'a [u8], range: &std::ops::Range<usize>) -> &'a str {
-    std::str::from_utf8(&out[range.clone()]).unwrap_or("-")
-}
-
-/// A response the lb writes itself.
-struct Local<'a> {
-    status: StatusCode,
-    content_type: &'a str,
-    body: &'a [u8],
-    location: Option<&'a str>,
-    /// `Retry-After` in seconds (a 429).
-    retry_after: Option<u64>,
-    request_id: &'a [u8],
 }
 
 /// An error answer of the lb's own, and what its access log line says.
@@ -806,77 +551,11 @@ impl Proxy {
     }
 }
 
-/// Reads the next request head within the header timeout (which also bounds an idle
-/// keep-alive connection). An idle connection closes at once when the lb drains, but a `fresh`
-/// one (accepted, no request yet) gets `FRESH_GRACE` for its request: it was accepted just
-/// before the drain and its request is on its way (after the handshake, for TLS).
-async fn read_request<C, S>(
-    client: &mut Client<C>,
-    out: &mut Vec<u8>,
-    options: &HttpOptions,
-    stop: &mut S,
-    fresh: bool,
-) -> Next
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    S: Future<Output = ()> + Unpin,
-{
-    let forwarding = Forwarding::edge(client.peer.ip(), client.secure);
-    let mut deadline = tokio::time::Instant::now() + options.header_read_timeout;
-    // `stop` fired while this fresh connection waits for its request (polled once only).
-    let mut stopped = false;
-    loop {
-        if !client.buf.is_empty() {
-            match head::parse_request(&client.buf, out, &forwarding) {
-                Ok(Some(request)) => {
-                    client.buf.advance(request.head_len);
-                    return Next::Request(request);
-                }
-                Ok(None) if client.buf.len() >= options.max_header_bytes => {
-                    // No line end yet: the request line alone is too long (nginx: 414).
-                    let refusal = if client.buf.contains(&b'\n') {
-                        Refusal {
-                            status: 431,
-                            reason: "request head too large",
-                        }
-                    } else {
-                        Refusal {
-                            status: 414,
-                            reason: "request target too long",
-                        }
-                    };
-                    return Next::Refuse(refusal);
-                }
-                Ok(None) => {}
-                Err(refusal) => return Next::Refuse(refusal),
-            }
-        }
-        let idle = client.buf.is_empty();
-        let read = tokio::select! {
-            biased;
-            read = tokio::time::timeout_at(
-                deadline,
-                body::read_some(&mut client.io, &mut client.buf, BUFFER),
-            ) => read,
-            () = &mut *stop, if idle && !stopped => {
-                if !fresh {
-                    return Next::Close;
-                }
-                stopped = true;
-                deadline = deadline.min(tokio::time::Instant::now() + FRESH_GRACE);
-                continue;
-            }
-        };
-        match read {
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(_) => return Next::Close,
-            Err(_) if idle => return Next::Close,
-            Err(_) => {
-                return Next::Refuse(Refusal {
-                    status: 408,
-                    reason: "the request head took too long",
-                });
-            }
-        }
+/// The request's protocol version, for the access log.
+fn version(request: &Request) -> &'static str {
+    if request.http10 {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
     }
 }

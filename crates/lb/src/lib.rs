@@ -46,6 +46,16 @@ pub struct LoadBalancer {
     clients: Arc<limits::ClientTable>,
     /// Picks a server for every worker; the runtime API reweighs it.
     balancer: Arc<balance::Balancer>,
+    access_log: Option<webstack_common::access_log::AccessLog>,
+}
+
+/// Why the lb could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot load the TLS certificates: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    AccessLog(#[from] io::Error),
 }
 
 /// HTTPS state shared by the workers, the certificate watcher and the ACME client.
@@ -100,8 +110,14 @@ impl Handoff {
 
 impl LoadBalancer {
     /// Fails when TLS is on and a configured certificate does not load (HAProxy refuses to
-    /// start on a bad certificate too: better than serving without one).
-    pub fn new(config: Config, registry: &mut Registry) -> Result<Self, tls::TlsError> {
+    /// start on a bad certificate too: better than serving without one), or when the access
+    /// log cannot be opened.
+    pub fn new(config: Config, registry: &mut Registry) -> Result<Self, StartError> {
+        let access_log = config
+            .access_log
+            .as_ref()
+            .map(|log| log.open())
+            .transpose()?;
         let metrics = metrics::Metrics::register(registry);
         let clients = Arc::new(limits::ClientTable::new(
             config.limits.clone(),
@@ -157,6 +173,7 @@ impl LoadBalancer {
             track,
             clients,
             balancer,
+            access_log,
         })
     }
 
@@ -341,6 +358,7 @@ impl LoadBalancer {
                     .as_ref()
                     .map(|t| (t.certificates.clone(), t.challenges.clone())),
                 self.clients.clone(),
+                self.access_log.clone(),
             ));
             let mut own = Vec::new();
             for listener in &listeners {

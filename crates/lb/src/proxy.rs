@@ -13,6 +13,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use webstack_common::access_log::{AccessLog, Entry, Value};
 use webstack_common::forward::RequestIds;
 use webstack_http1::client::{self, ResponseBody, Return, SendError, Target};
 use webstack_http1::exchange::Sent;
@@ -55,6 +56,8 @@ pub struct Proxy {
     tls: Option<(Arc<CertStore>, Arc<Challenges>)>,
     /// Per-client limits, shared by every worker.
     pub(crate) clients: Arc<ClientTable>,
+    /// Shared by every worker too.
+    access_log: Option<AccessLog>,
 }
 
 /// Why one attempt on one server gave no response head.
@@ -88,6 +91,29 @@ pub(crate) struct Access<'a> {
     pub attempts: u32,
     pub started: Instant,
     pub request_id: &'a [u8],
+    /// `HTTP/1.0`, `HTTP/1.1`, `HTTP/2.0`.
+    pub version: &'static str,
+    /// Response body bytes, when the response said.
+    pub bytes: Option<u64>,
+    /// The request's headers, for `Referer` and `User-Agent`.
+    pub headers: RequestHeaders<'a>,
+}
+
+/// A request's headers as either client protocol holds them.
+#[derive(Clone, Copy)]
+pub(crate) enum RequestHeaders<'a> {
+    /// An HTTP/1 head (the forwarded one: the client's end-to-end headers are in it).
+    Raw(&'a [u8]),
+    Map(&'a http::HeaderMap),
+}
+
+impl<'a> RequestHeaders<'a> {
+    fn get(self, name: &str) -> Option<&'a [u8]> {
+        match self {
+            RequestHeaders::Raw(head) => webstack_http1::head::find_header(head, name),
+            RequestHeaders::Map(map) => map.get(name).map(HeaderValue::as_bytes),
+        }
+    }
 }
 
 /// `host:port` -> `host` (keeping IPv6 brackets).
@@ -106,6 +132,7 @@ impl Proxy {
         metrics: Metrics,
         tls: Option<(Arc<CertStore>, Arc<Challenges>)>,
         clients: Arc<ClientTable>,
+        access_log: Option<AccessLog>,
     ) -> Self {
         let pool = Arc::new(Pool::new(config.servers.len(), config.timeouts.connect));
         let hsts = config
@@ -122,6 +149,7 @@ impl Proxy {
             metrics,
             request_ids: RequestIds::default(),
             clients,
+            access_log,
         }
     }
 
@@ -370,6 +398,9 @@ impl Proxy {
                 attempts: 0,
                 started,
                 request_id: &request_id,
+                version: "HTTP/2.0",
+                bytes: Some(TOO_MANY_TEXT.len() as u64),
+                headers: RequestHeaders::Map(&parts.headers),
             });
             return response;
         }
@@ -419,6 +450,7 @@ impl Proxy {
             hsts: self.hsts.as_ref().map(HeaderValue::as_bytes),
             request_upgrade: false,
             timing: self.config.server_timing.then_some(("lb", started)),
+            own_header: None,
         };
         let replayable = request.bodyless() && request.idempotent;
         let mut attempts = Attempts::new(self.config.retries, replayable);
@@ -518,6 +550,12 @@ impl Proxy {
             attempts: attempts.tried().count(),
             started,
             request_id: &request_id,
+            version: "HTTP/2.0",
+            bytes: response
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            headers: RequestHeaders::Map(&parts.headers),
         });
         response
     }
@@ -566,22 +604,28 @@ impl Proxy {
         response
     }
 
-    /// One line under the `access` target, when the access log is on.
+    /// One access log line, when the access log is on.
     pub(crate) fn access_log(&self, access: &Access<'_>) {
-        if !self.config.access_log {
+        let Some(log) = &self.access_log else {
             return;
-        }
-        tracing::info!(
-            target: "access",
-            client = %access.client,
-            method = access.method,
-            path = access.path,
-            status = access.status,
-            server = access.server.map_or("-", |s| s.config.name.as_str()),
-            attempts = access.attempts,
-            duration_ms = access.started.elapsed().as_secs_f64() * 1000.0,
-            request_id = std::str::from_utf8(access.request_id).unwrap_or(""),
-        );
+        };
+        let server = access.server.map_or("-", |s| s.config.name.as_str());
+        log.log(&Entry {
+            client: access.client,
+            method: access.method,
+            target: access.path,
+            version: access.version,
+            status: access.status,
+            bytes: access.bytes,
+            duration: access.started.elapsed(),
+            request_id: access.request_id,
+            referer: access.headers.get("referer"),
+            user_agent: access.headers.get("user-agent"),
+            extra: &[
+                ("server", Value::Text(server)),
+                ("attempts", Value::Number(u64::from(access.attempts))),
+            ],
+        });
     }
 }
 

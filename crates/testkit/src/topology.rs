@@ -239,6 +239,16 @@ impl Topology {
         .unwrap_or_default()
     }
 
+    /// A role's access log as written so far (lines reach the file within a second).
+    pub fn access_log(&self, host: &str, role: &str) -> String {
+        std::fs::read_to_string(
+            self.state_dir
+                .join("logs")
+                .join(format!("{host}-{role}.access.log")),
+        )
+        .unwrap_or_default()
+    }
+
     /// Runs `webstack ARGS --state-dir <ours>`, killed if it takes longer than `CLI_TIMEOUT`.
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut command = Command::new(&self.exe);

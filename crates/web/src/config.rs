@@ -23,8 +23,8 @@ pub struct Config {
     pub app_response_timeout: Duration,
     /// A client must send a complete request head within this time.
     pub client_header_timeout: Duration,
-    /// One log line per request under the `access` target.
-    pub access_log: bool,
+    /// The access log (one line per request, buffered), or none.
+    pub access_log: Option<webstack_common::access_log::Settings>,
     /// `Server-Timing: web;dur=..` on proxied responses (opt-in).
     pub server_timing: bool,
     /// Client connections served at once; more wait in the listen backlog.

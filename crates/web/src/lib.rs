@@ -1,25 +1,21 @@
 //! The web server role (Nginx's job): serves the site's static files and proxies everything
-//! else to the application server of the same host over keep-alive.
+//! else to the application server of the same host over keep-alive, on the HTTP/1 core the lb
+//! uses (`webstack_http1::server`): one task per client connection, no header map.
 
 mod config;
 mod guard;
-mod proxy;
+mod h1;
 mod statics;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use webstack_common::forward::{X_REQUEST_ID, X_SERVED_BY};
-use webstack_common::serve::BoxBody;
-use webstack_common::{Admin, HttpOptions, Shutdown, serve_http};
+use webstack_common::access_log::AccessLog;
+use webstack_common::forward::RequestIds;
+use webstack_common::serve::accept_loop;
+use webstack_common::{Admin, ConnectionLimit, Shutdown};
+use webstack_http1::pool::Pool;
 
 pub use config::Config;
 
@@ -27,9 +23,14 @@ pub use config::Config;
 pub struct WebServer {
     config: Config,
     statics: statics::Statics,
-    proxy: proxy::AppProxy,
-    served_by: Option<HeaderValue>,
+    /// Connections to the one app server (index 0).
+    pool: Arc<Pool>,
+    authority: String,
+    /// `X-Served-By: <host>` when the host name is exposed.
+    served_by: Option<String>,
+    request_ids: RequestIds,
     metrics: metrics::Metrics,
+    access_log: Option<AccessLog>,
 }
 
 mod metrics {
@@ -79,96 +80,42 @@ mod metrics {
 }
 
 impl WebServer {
-    pub fn new(config: Config, registry: &mut Registry) -> Self {
+    /// Fails when the access log cannot be opened.
+    pub fn new(config: Config, registry: &mut Registry) -> std::io::Result<Self> {
+        let access_log = config
+            .access_log
+            .as_ref()
+            .map(|log| log.open())
+            .transpose()?;
         let served_by = config
             .expose_server_name
-            .then(|| HeaderValue::from_str(&config.host_name).ok())
-            .flatten();
-        Self {
-            statics: statics::Statics::new(&config),
-            proxy: proxy::AppProxy::new(&config),
+            .then(|| config.host_name.clone())
+            .filter(|name| http::HeaderValue::from_str(name).is_ok());
+        Ok(Self {
+            statics: statics::Statics::new(&config.static_root, &config.cache_control),
+            pool: Arc::new(Pool::new(1, config.app_connect_timeout)),
+            authority: config.app_addr.to_string(),
             metrics: metrics::Metrics::register(registry),
+            request_ids: RequestIds::default(),
             served_by,
+            access_log,
             config,
-        }
+        })
     }
 
     /// Serves `listener` until `shutdown`; ready as soon as it accepts.
     pub async fn run(self, listener: TcpListener, admin: Admin, shutdown: Shutdown) {
-        let options = HttpOptions {
-            header_read_timeout: self.config.client_header_timeout,
-            connections: webstack_common::ConnectionLimit::new(self.config.maxconn),
-            ..HttpOptions::default()
-        };
+        let limit = ConnectionLimit::new(self.config.maxconn);
         let this = Arc::new(self);
         admin.set_ready(true);
-        serve_http(
+        accept_loop(
             listener,
-            options,
-            move |peer| {
-                let this = this.clone();
-                hyper::service::service_fn(move |request| {
-                    let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.handle(peer, request).await) }
-                })
-            },
+            &limit,
+            None,
             shutdown,
+            |stream, peer, shutdown| this.clone().serve(stream, peer, shutdown),
         )
         .await;
         admin.set_ready(false);
     }
-
-    /// One request: refuse unsafe paths, serve a static file, or proxy to the app.
-    pub async fn handle(&self, peer: SocketAddr, request: Request<Incoming>) -> Response<BoxBody> {
-        let started = Instant::now();
-        let method = request.method().clone();
-        // A reference-counted copy of the URI (no allocation) so the path outlives `request`.
-        let uri = request.uri().clone();
-        let path = uri.path();
-        let request_id = request.headers().get(&X_REQUEST_ID).cloned();
-
-        let (handler, mut response) = if let Err(reason) = guard::check_path(request.uri()) {
-            tracing::debug!(%path, reason, "refused request path");
-            (
-                "guard",
-                plain(StatusCode::BAD_REQUEST, "400 Bad Request: invalid path.\n"),
-            )
-        } else if let Some(file_path) = statics::static_path(path) {
-            ("static", self.statics.serve(request, file_path).await)
-        } else {
-            ("app", self.proxy.forward(peer, request).await)
-        };
-
-        let status = response.status().as_u16();
-        if let Some(name) = &self.served_by {
-            response.headers_mut().insert(&X_SERVED_BY, name.clone());
-        }
-        self.metrics.record(handler, status);
-        if self.config.access_log {
-            tracing::info!(
-                target: "access",
-                client = %peer.ip(),
-                method = %method,
-                path = %path,
-                status,
-                handler,
-                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-                request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-            );
-        }
-        response
-    }
-}
-
-/// A short plain-text response of our own.
-pub(crate) fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<BoxBody> {
-    use http_body_util::BodyExt;
-    let body = Full::new(text.into());
-    let mut response = Response::new(body.map_err(|never| match never {}).boxed_unsync());
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }

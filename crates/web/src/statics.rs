@@ -1,15 +1,27 @@
-//! Static files from the site's `static/` folder, served by tower-http's `ServeDir`: strong
-//! ETag, Last-Modified, 304 on If-None-Match / If-Modified-Since, Range (206/416),
-//! precompressed `.gz`/`.br` siblings, and our Cache-Control.
+//! Static files from the site's `static/` folder, kept like nginx's `open_file_cache`: each
+//! file's descriptor, metadata and response headers are kept per version (one `stat` per request
+//! notices a new version: another inode, size or mtime), small files' bytes in memory, large
+//! ones sent with `sendfile(2)` from the kept descriptor. Validators and conditions follow
+//! RFC 9110: strong ETag, Last-Modified, If-Match / If-Unmodified-Since (412), If-None-Match /
+//! If-Modified-Since (304), one byte range (206, 416 when unsatisfiable), several ranges answered
+//! with the whole file, If-Range (a validator that no longer matches gets the whole file), and
+//! precompressed `.br` / `.gz` siblings for clients that accept them.
 
-use http::{HeaderValue, Request, Response, Uri};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use tower::ServiceExt;
-use tower_http::services::ServeDir;
-use webstack_common::serve::BoxBody;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::Config;
+use bytes::Bytes;
+
+/// Files up to this size are kept in memory and written with their head in one call; larger
+/// ones are sent from the file with `sendfile`.
+const IN_MEMORY_MAX: u64 = 64 * 1024;
+/// Files kept open at most (nginx's `open_file_cache max=`); when full, the cache starts over.
+const CACHE_MAX: usize = 4096;
 
 /// Which file path a request path maps to, when it is a static file: `/static/x` -> `/x`, and
 /// the two root files browsers and crawlers ask for.
@@ -22,57 +34,420 @@ pub fn static_path(path: &str) -> Option<&str> {
     }
 }
 
+/// How a file's content is encoded on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coding {
+    Identity,
+    Gzip,
+    Brotli,
+}
+
+impl Coding {
+    fn suffix(self) -> &'static str {
+        match self {
+            Coding::Identity => "",
+            Coding::Gzip => ".gz",
+            Coding::Brotli => ".br",
+        }
+    }
+}
+
+/// What identifies one version of a file on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        }
+    }
+}
+
+/// One version of one file, open, with its response headers made once.
+pub struct Version {
+    stamp: Stamp,
+    pub file: File,
+    pub len: u64,
+    /// The whole content, for a small file.
+    pub bytes: Option<Bytes>,
+    /// Quoted, strong.
+    pub etag: String,
+    /// Whole seconds since the epoch (what `Last-Modified` can say).
+    pub modified: u64,
+    /// `Content-Type`, `ETag`, `Last-Modified`, `Cache-Control`, `Vary`, `Accept-Ranges` and
+    /// `Content-Encoding` lines, ready to write.
+    pub headers: Vec<u8>,
+    /// `ETag`, `Last-Modified`, `Cache-Control` and `Vary` lines: what a 304 repeats.
+    pub validators: Vec<u8>,
+}
+
 pub struct Statics {
-    dir: ServeDir,
-    cache_control: HeaderValue,
+    root: PathBuf,
+    cache_control: String,
+    /// Open files by path below the root (a precompressed sibling under its own name).
+    files: Mutex<HashMap<String, Arc<Version>>>,
 }
 
 impl Statics {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(root: &Path, cache_control: &str) -> Self {
         Self {
-            dir: ServeDir::new(&config.static_root)
-                .precompressed_gzip()
-                .precompressed_br()
-                .append_index_html_on_directories(false),
-            cache_control: HeaderValue::from_str(&config.cache_control)
-                .unwrap_or(HeaderValue::from_static("no-cache")),
+            root: root.to_path_buf(),
+            cache_control: cache_control.to_string(),
+            files: Mutex::new(HashMap::new()),
         }
     }
 
-    pub async fn serve(&self, request: Request<Incoming>, file_path: &str) -> Response<BoxBody> {
-        let (mut parts, body) = request.into_parts();
-        let query = parts
-            .uri
-            .query()
-            .map(|q| format!("?{q}"))
-            .unwrap_or_default();
-        parts.uri = match format!("{file_path}{query}").parse::<Uri>() {
-            Ok(uri) => uri,
-            Err(_) => {
-                return crate::plain(
-                    http::StatusCode::BAD_REQUEST,
-                    "400 Bad Request: invalid path.\n",
-                );
-            }
+    /// The current version of `relative` (a decoded path below the root, starting with `/`)
+    /// in `coding`: one `stat` to check what is kept, a new open when the file changed.
+    /// `None` for a missing file, a directory, or anything that is not a regular file.
+    pub fn open(&self, relative: &str, coding: Coding) -> Option<Arc<Version>> {
+        let key = if coding == Coding::Identity {
+            std::borrow::Cow::Borrowed(relative)
+        } else {
+            std::borrow::Cow::Owned(format!("{relative}{}", coding.suffix()))
         };
-        let request = Request::from_parts(parts, body);
-        let response = match self.dir.clone().oneshot(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        };
-        let mut response = response.map(|body| body.map_err(Into::into).boxed_unsync());
-        if response.status().is_success() || response.status() == http::StatusCode::NOT_MODIFIED {
-            response
-                .headers_mut()
-                .insert(http::header::CACHE_CONTROL, self.cache_control.clone());
+        let path = self.root.join(key.trim_start_matches('/'));
+        let meta = std::fs::metadata(&path).ok()?;
+        if !meta.is_file() {
+            return None;
         }
-        response
+        let stamp = Stamp::of(&meta);
+        if let Some(kept) = self.lock().get(key.as_ref())
+            && kept.stamp == stamp
+        {
+            return Some(kept.clone());
+        }
+        let version = Arc::new(self.load(&path, relative, coding)?);
+        let mut files = self.lock();
+        if files.len() >= CACHE_MAX {
+            files.clear();
+        }
+        files.insert(key.into_owned(), version.clone());
+        Some(version)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Version>>> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens `path` and makes its headers; the stamp is taken from the open file, so what is
+    /// kept describes exactly what will be sent.
+    fn load(&self, path: &Path, relative: &str, coding: Coding) -> Option<Version> {
+        let mut file = File::open(path).ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() {
+            return None;
+        }
+        let stamp = Stamp::of(&meta);
+        let len = meta.len();
+        let bytes = if len <= IN_MEMORY_MAX {
+            let mut content = Vec::with_capacity(len as usize);
+            (&mut file).take(len).read_to_end(&mut content).ok()?;
+            if content.len() as u64 != len {
+                return None;
+            }
+            Some(Bytes::from(content))
+        } else {
+            None
+        };
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        // nginx's form (mtime and size in hex), with the nanoseconds: two versions written in
+        // the same second with the same size still differ.
+        let etag = format!(
+            "\"{:x}.{:x}-{:x}{}\"",
+            stamp.mtime,
+            stamp.mtime_nsec,
+            len,
+            match coding {
+                Coding::Identity => "",
+                Coding::Gzip => "-gz",
+                Coding::Brotli => "-br",
+            }
+        );
+        let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(modified));
+        let mut validators = Vec::with_capacity(160);
+        push_line(&mut validators, "ETag", &etag);
+        push_line(&mut validators, "Last-Modified", &last_modified);
+        push_line(&mut validators, "Cache-Control", &self.cache_control);
+        push_line(&mut validators, "Vary", "Accept-Encoding");
+        let content_type = mime_guess::from_path(relative)
+            .first_raw()
+            .unwrap_or("application/octet-stream");
+        let mut headers = Vec::with_capacity(256);
+        push_line(&mut headers, "Content-Type", content_type);
+        headers.extend_from_slice(&validators);
+        push_line(&mut headers, "Accept-Ranges", "bytes");
+        match coding {
+            Coding::Identity => {}
+            Coding::Gzip => push_line(&mut headers, "Content-Encoding", "gzip"),
+            Coding::Brotli => push_line(&mut headers, "Content-Encoding", "br"),
+        }
+        Some(Version {
+            stamp,
+            file,
+            len,
+            bytes,
+            etag,
+            modified,
+            headers,
+            validators,
+        })
+    }
+}
+
+fn push_line(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The request headers a static answer depends on.
+#[derive(Default, Debug)]
+pub struct Conditions<'a> {
+    pub if_match: Option<&'a [u8]>,
+    pub if_none_match: Option<&'a [u8]>,
+    pub if_modified_since: Option<&'a [u8]>,
+    pub if_unmodified_since: Option<&'a [u8]>,
+    pub range: Option<&'a [u8]>,
+    pub if_range: Option<&'a [u8]>,
+    pub accept_encoding: Option<&'a [u8]>,
+}
+
+impl<'a> Conditions<'a> {
+    /// Reads them from a request head (`Name: value` lines after the request line; the last
+    /// of repeated fields wins, as nginx does for these).
+    pub fn of(head: &'a [u8]) -> Self {
+        let mut found = Self::default();
+        for line in head.split(|&b| b == b'\n').skip(1) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+            let slot = match name.len() {
+                5 if name.eq_ignore_ascii_case(b"range") => &mut found.range,
+                8 if name.eq_ignore_ascii_case(b"if-match") => &mut found.if_match,
+                8 if name.eq_ignore_ascii_case(b"if-range") => &mut found.if_range,
+                13 if name.eq_ignore_ascii_case(b"if-none-match") => &mut found.if_none_match,
+                15 if name.eq_ignore_ascii_case(b"accept-encoding") => &mut found.accept_encoding,
+                17 if name.eq_ignore_ascii_case(b"if-modified-since") => {
+                    &mut found.if_modified_since
+                }
+                19 if name.eq_ignore_ascii_case(b"if-unmodified-since") => {
+                    &mut found.if_unmodified_since
+                }
+                _ => continue,
+            };
+            *slot = Some(value);
+        }
+        found
+    }
+
+    /// Whether the client takes `coding` (named with a q-value other than 0, or `*`).
+    pub fn accepts(&self, coding: &str) -> bool {
+        let Some(list) = self.accept_encoding else {
+            return false;
+        };
+        let mut star = false;
+        for item in list.split(|&b| b == b',') {
+            let mut parts = item.split(|&b| b == b';');
+            let name = parts.next().unwrap_or_default().trim_ascii();
+            let refused = parts.any(|p| {
+                let p = p.trim_ascii();
+                p.len() >= 2
+                    && p[..2].eq_ignore_ascii_case(b"q=")
+                    && std::str::from_utf8(&p[2..])
+                        .ok()
+                        .and_then(|q| q.trim().parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+            });
+            if name.eq_ignore_ascii_case(coding.as_bytes()) {
+                return !refused;
+            }
+            if name == b"*" {
+                star = !refused;
+            }
+        }
+        star
+    }
+}
+
+/// What to answer for a file, given the request's conditions.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// 200, the whole file.
+    Whole,
+    /// 206, bytes `start..end`.
+    Part { start: u64, end: u64 },
+    /// 304 Not Modified.
+    NotModified,
+    /// 412 Precondition Failed.
+    PreconditionFailed,
+    /// 416 Range Not Satisfiable.
+    Unsatisfiable,
+}
+
+/// RFC 9110 §13.2.2: the preconditions in order, then the range (GET only).
+pub fn decide(version: &Version, conditions: &Conditions<'_>, is_get_or_head: bool) -> Decision {
+    if let Some(if_match) = conditions.if_match {
+        if !etag_listed(if_match, &version.etag, true) {
+            return Decision::PreconditionFailed;
+        }
+    } else if let Some(since) = conditions.if_unmodified_since.and_then(http_date)
+        && version.modified > since
+    {
+        return Decision::PreconditionFailed;
+    }
+    if let Some(if_none_match) = conditions.if_none_match {
+        if etag_listed(if_none_match, &version.etag, false) {
+            return if is_get_or_head {
+                Decision::NotModified
+            } else {
+                Decision::PreconditionFailed
+            };
+        }
+    } else if is_get_or_head
+        && let Some(since) = conditions.if_modified_since.and_then(http_date)
+        && version.modified <= since
+    {
+        return Decision::NotModified;
+    }
+    let Some(range) = conditions.range else {
+        return Decision::Whole;
+    };
+    if let Some(validator) = conditions.if_range
+        && !if_range_matches(validator, version)
+    {
+        // The client holds another version: a slice of this one would corrupt its copy.
+        return Decision::Whole;
+    }
+    match parse_range(range, version.len) {
+        RangeAnswer::Ignore | RangeAnswer::Several => Decision::Whole,
+        RangeAnswer::One(start, end) => Decision::Part { start, end },
+        RangeAnswer::Unsatisfiable => Decision::Unsatisfiable,
+    }
+}
+
+/// `If-Range`: an entity tag compared strongly, or a date equal to Last-Modified.
+fn if_range_matches(validator: &[u8], version: &Version) -> bool {
+    if validator.starts_with(b"\"") || validator.starts_with(b"W/") {
+        validator == version.etag.as_bytes()
+    } else {
+        http_date(validator) == Some(version.modified)
+    }
+}
+
+/// Whether `etag` is in the list (`*` matches any); `strong` comparison refuses weak tags.
+fn etag_listed(list: &[u8], etag: &str, strong: bool) -> bool {
+    let list = list.trim_ascii();
+    if list == b"*" {
+        return true;
+    }
+    let ours = etag.as_bytes();
+    list.split(|&b| b == b',').any(|tag| {
+        let tag = tag.trim_ascii();
+        match tag.strip_prefix(b"W/") {
+            Some(weak) => !strong && weak == ours,
+            None => tag == ours,
+        }
+    })
+}
+
+fn http_date(value: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(value).ok()?;
+    let time: SystemTime = httpdate::parse_http_date(text).ok()?;
+    time.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeAnswer {
+    /// Not a byte range we understand: the whole file, as if none was asked.
+    Ignore,
+    One(u64, u64),
+    /// More than one satisfiable range: answered with the whole file (allowed by RFC 9110
+    /// §14.2, and what many servers do rather than build a multipart body).
+    Several,
+    Unsatisfiable,
+}
+
+/// `bytes=a-b, c-, -n` against a file of `len` bytes.
+fn parse_range(value: &[u8], len: u64) -> RangeAnswer {
+    let Some(spec) = value
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case(b"bytes="))
+        .map(|_| &value[6..])
+    else {
+        return RangeAnswer::Ignore;
+    };
+    let mut satisfiable = Vec::new();
+    let mut any = false;
+    for part in spec.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() {
+            continue;
+        }
+        any = true;
+        let Some(dash) = part.iter().position(|&b| b == b'-') else {
+            return RangeAnswer::Ignore;
+        };
+        let number = |digits: &[u8]| -> Option<u64> {
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            std::str::from_utf8(digits).ok()?.parse().ok()
+        };
+        let (first, last) = (&part[..dash], &part[dash + 1..]);
+        let range = if first.is_empty() {
+            // The last n bytes.
+            let Some(n) = number(last) else {
+                return RangeAnswer::Ignore;
+            };
+            (n > 0 && len > 0).then(|| (len.saturating_sub(n), len))
+        } else {
+            let Some(start) = number(first) else {
+                return RangeAnswer::Ignore;
+            };
+            let end = if last.is_empty() {
+                len
+            } else {
+                match number(last) {
+                    Some(end) if end >= start => end.saturating_add(1).min(len),
+                    _ => return RangeAnswer::Ignore,
+                }
+            };
+            (start < len).then_some((start, end))
+        };
+        if let Some(range) = range {
+            satisfiable.push(range);
+        }
+    }
+    match satisfiable.as_slice() {
+        _ if !any => RangeAnswer::Ignore,
+        [] => RangeAnswer::Unsatisfiable,
+        [(start, end)] => RangeAnswer::One(*start, *end),
+        _ => RangeAnswer::Several,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::static_path;
+    use super::*;
 
     #[test]
     fn maps_static_paths() {
@@ -83,5 +458,179 @@ mod tests {
         assert_eq!(static_path("/static"), None);
         assert_eq!(static_path("/"), None);
         assert_eq!(static_path("/api/whoami"), None);
+    }
+
+    #[test]
+    fn ranges() {
+        use RangeAnswer::*;
+        assert_eq!(parse_range(b"bytes=0-9", 100), One(0, 10));
+        assert_eq!(parse_range(b"bytes=90-", 100), One(90, 100));
+        assert_eq!(parse_range(b"bytes=-5", 100), One(95, 100));
+        assert_eq!(parse_range(b"bytes=-500", 100), One(0, 100));
+        assert_eq!(parse_range(b"bytes=50-500", 100), One(50, 100));
+        assert_eq!(parse_range(b"bytes=0-1,5-6", 100), Several);
+        assert_eq!(parse_range(b"bytes=0-1, 500-600", 100), One(0, 2));
+        assert_eq!(parse_range(b"bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_range(b"bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_range(b"bytes=0-0", 0), Unsatisfiable);
+        for ignored in [
+            &b"items=0-1"[..],
+            b"bytes=5-1",
+            b"bytes=a-b",
+            b"bytes=",
+            b"bytes=1",
+        ] {
+            assert_eq!(parse_range(ignored, 100), Ignore, "{ignored:?}");
+        }
+    }
+
+    fn version(etag: &str, modified: u64, len: u64) -> Version {
+        Version {
+            stamp: Stamp {
+                dev: 0,
+                ino: 0,
+                len,
+                mtime: 0,
+                mtime_nsec: 0,
+            },
+            file: File::open("/dev/null").unwrap(),
+            len,
+            bytes: None,
+            etag: etag.into(),
+            modified,
+            headers: Vec::new(),
+            validators: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn preconditions_in_rfc_order() {
+        let v = version("\"a\"", 1_000_000_000, 100);
+        let date = |secs: u64| -> &'static str {
+            httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs)).leak()
+        };
+        let (earlier, same) = (date(999_999_999), date(1_000_000_000));
+        let c = |f: &dyn Fn(&mut Conditions<'static>)| {
+            let mut c = Conditions::default();
+            f(&mut c);
+            decide(&v, &c, true)
+        };
+        assert_eq!(c(&|_| {}), Decision::Whole);
+        assert_eq!(
+            c(&|c| c.if_none_match = Some(b"\"b\", \"a\"")),
+            Decision::NotModified
+        );
+        assert_eq!(
+            c(&|c| c.if_none_match = Some(b"W/\"a\"")),
+            Decision::NotModified
+        );
+        assert_eq!(c(&|c| c.if_none_match = Some(b"\"b\"")), Decision::Whole);
+        assert_eq!(
+            c(&|c| c.if_modified_since = Some(same.as_bytes())),
+            Decision::NotModified
+        );
+        assert_eq!(
+            c(&|c| c.if_modified_since = Some(earlier.as_bytes())),
+            Decision::Whole
+        );
+        // If-None-Match wins over If-Modified-Since.
+        assert_eq!(
+            c(&|c| {
+                c.if_none_match = Some(b"\"b\"");
+                c.if_modified_since = Some(same.as_bytes());
+            }),
+            Decision::Whole
+        );
+        assert_eq!(
+            c(&|c| c.if_match = Some(b"\"b\"")),
+            Decision::PreconditionFailed
+        );
+        assert_eq!(
+            c(&|c| c.if_match = Some(b"W/\"a\"")),
+            Decision::PreconditionFailed
+        );
+        assert_eq!(c(&|c| c.if_match = Some(b"*")), Decision::Whole);
+        assert_eq!(
+            c(&|c| c.if_unmodified_since = Some(earlier.as_bytes())),
+            Decision::PreconditionFailed
+        );
+        // If-Range: the same version gets the part, another version the whole file.
+        let part = Decision::Part { start: 0, end: 10 };
+        assert_eq!(c(&|c| c.range = Some(b"bytes=0-9")), part);
+        assert_eq!(
+            c(&|c| {
+                c.range = Some(b"bytes=0-9");
+                c.if_range = Some(b"\"a\"");
+            }),
+            part
+        );
+        assert_eq!(
+            c(&|c| {
+                c.range = Some(b"bytes=0-9");
+                c.if_range = Some(b"\"old\"");
+            }),
+            Decision::Whole
+        );
+        assert_eq!(
+            c(&|c| {
+                c.range = Some(b"bytes=0-9");
+                c.if_range = Some(earlier.as_bytes());
+            }),
+            Decision::Whole
+        );
+        assert_eq!(
+            c(&|c| {
+                c.range = Some(b"bytes=0-9");
+                c.if_range = Some(same.as_bytes());
+            }),
+            part
+        );
+        assert_eq!(c(&|c| c.range = Some(b"bytes=0-1,5-6")), Decision::Whole);
+        assert_eq!(
+            c(&|c| c.range = Some(b"bytes=200-")),
+            Decision::Unsatisfiable
+        );
+    }
+
+    #[test]
+    fn request_conditions_and_encodings() {
+        let head = b"GET /static/a.css HTTP/1.1\r\nHost: x\r\nrange: bytes=1-2\r\nIf-None-Match: \"x\"\r\nAccept-Encoding: gzip;q=0, br\r\n";
+        let c = Conditions::of(head);
+        assert_eq!(c.range, Some(&b"bytes=1-2"[..]));
+        assert_eq!(c.if_none_match, Some(&b"\"x\""[..]));
+        assert!(c.accepts("br"));
+        assert!(!c.accepts("gzip"));
+        let c = Conditions::of(b"GET / HTTP/1.1\r\nAccept-Encoding: *\r\n");
+        assert!(c.accepts("gzip"));
+        let c = Conditions::of(b"GET / HTTP/1.1\r\nAccept-Encoding: GZIP , deflate\r\n");
+        assert!(c.accepts("gzip") && !c.accepts("br"));
+        assert!(!Conditions::of(b"GET / HTTP/1.1\r\n").accepts("gzip"));
+    }
+
+    #[test]
+    fn a_new_version_on_disk_is_noticed_and_gets_another_etag() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), b"one").unwrap();
+        let statics = Statics::new(dir.path(), "no-cache");
+        let first = statics.open("/a.txt", Coding::Identity).unwrap();
+        assert_eq!(first.bytes.as_deref(), Some(&b"one"[..]));
+        let again = statics.open("/a.txt", Coding::Identity).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "kept while unchanged");
+        // Same size, replaced by a rename (a new inode), as deploy tools do.
+        std::fs::write(dir.path().join("a.tmp"), b"two").unwrap();
+        // mtime ticks are coarse (a few ms): set it, as a deploy tool keeping times would.
+        File::options()
+            .write(true)
+            .open(dir.path().join("a.tmp"))
+            .unwrap()
+            .set_modified(UNIX_EPOCH + Duration::from_secs(1_000_000))
+            .unwrap();
+        std::fs::rename(dir.path().join("a.tmp"), dir.path().join("a.txt")).unwrap();
+        let second = statics.open("/a.txt", Coding::Identity).unwrap();
+        assert_eq!(second.bytes.as_deref(), Some(&b"two"[..]));
+        assert_ne!(first.etag, second.etag);
+        assert!(statics.open("/a.txt", Coding::Gzip).is_none());
+        assert!(statics.open("/", Coding::Identity).is_none(), "a directory");
+        assert!(statics.open("/missing", Coding::Identity).is_none());
     }
 }

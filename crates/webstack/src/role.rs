@@ -109,7 +109,7 @@ pub async fn run(
                     .context("cannot create the local certificate authority")?;
             }
             let mut lb = webstack_lb::LoadBalancer::new(lb_config, &mut registry)
-                .context("cannot load the TLS certificates")?;
+                .context("cannot start the load balancer")?;
             let listeners = lb
                 .listen(
                     host.address,
@@ -131,7 +131,8 @@ pub async fn run(
         }
         Role::Web => {
             let listener = listener.expect("bound above");
-            let web = webstack_web::WebServer::new(config.web(&host), &mut registry);
+            let web = webstack_web::WebServer::new(config.web(&host, state_dir), &mut registry)
+                .context("cannot start the web server")?;
             let shutdown = shutdown.clone();
             Box::new(move |admin| tokio::spawn(web.run(listener, admin, shutdown)))
         }
@@ -194,6 +195,15 @@ pub async fn run(
             }
         }
     });
+    // SIGUSR1 means "reopen the access log" (logrotate's postrotate, nginx's convention).
+    let reopens = tokio::spawn(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut usr1) = signal(SignalKind::user_defined1()) {
+            while usr1.recv().await.is_some() {
+                webstack_common::access_log::reopen_all();
+            }
+        }
+    });
     let serving = start(admin);
     tracing::info!(role = %role, host = host_name, "started");
 
@@ -211,6 +221,8 @@ pub async fn run(
     }
     let _ = serving.await;
     hangups.abort();
+    reopens.abort();
+    webstack_common::access_log::flush_all();
     admin_shutdown.trigger();
     let _ = admin_task.await;
     tracing::info!("stopped");

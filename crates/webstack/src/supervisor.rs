@@ -208,6 +208,7 @@ pub async fn run(
         tokio::spawn(health_loop(sup.clone())),
         tokio::spawn(control_loop(sup.clone(), listener)),
         tokio::spawn(forward_hangups(sup.clone())),
+        tokio::spawn(forward_reopens(sup.clone())),
     ];
     let started = tokio::select! {
         result = start_all(&sup) => result,
@@ -632,6 +633,32 @@ async fn forward_hangups(sup: Shared) {
         );
         for pid in &pids {
             let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGHUP);
+        }
+    }
+}
+
+/// SIGUSR1 to the supervisor reaches every lb, web and app process, which reopen their access
+/// logs (logrotate's `postrotate`; nginx's convention).
+async fn forward_reopens(sup: Shared) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        return;
+    };
+    while usr1.recv().await.is_some() {
+        let pids: Vec<u32> = {
+            let units = sup.units.lock().unwrap();
+            units
+                .iter()
+                .filter(|u| matches!(u.role, Role::Lb | Role::Web | Role::App))
+                .filter_map(|u| u.child.as_ref().and_then(|c| c.id()))
+                .collect()
+        };
+        println!(
+            "webstack: SIGUSR1: access logs reopening in {} process(es)",
+            pids.len()
+        );
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGUSR1);
         }
     }
 }

@@ -252,6 +252,15 @@ fn broken_topologies_are_rejected_with_file_line_and_expectation() {
             "",
             "missing field `site`",
         ),
+        (
+            base.replacen(
+                "expose_server_name = true",
+                "expose_server_name = true\naccess_log_format = \"xml\"",
+                1,
+            ),
+            "access_log_format",
+            "expected `json` or `combined`",
+        ),
     ];
     for (config, needle, message) in cases {
         let (ok, said) = check(&config);

@@ -472,7 +472,7 @@ fn logged_client(topology: &Topology, id: &str) -> String {
     assert_eventually!(
         {
             found = topology
-                .log("lb-01", "lb")
+                .access_log("lb-01", "lb")
                 .lines()
                 .find(|l| l.contains(&needle))
                 .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())

@@ -230,15 +230,15 @@ fn every_role_is_scraped_a_stopped_web_host_alerts_and_the_dashboard_shows_it() 
         .expect("X-Served-By")
         .to_string();
     assert_eventually!(
-        topology.log(&served_by, "web").contains(&id)
-            && topology.log(&served_by, "app").contains(&id)
-            && (topology.log("lb-01", "lb").contains(&id)
-                || topology.log("lb-02", "lb").contains(&id)),
+        topology.access_log(&served_by, "web").contains(&id)
+            && topology.access_log(&served_by, "app").contains(&id)
+            && (topology.access_log("lb-01", "lb").contains(&id)
+                || topology.access_log("lb-02", "lb").contains(&id)),
         Duration::from_secs(10),
-        "request id {id} in the lb's, {served_by}'s web and app logs"
+        "request id {id} in the lb's, {served_by}'s web and app access logs"
     );
     let app_line = topology
-        .log(&served_by, "app")
+        .access_log(&served_by, "app")
         .lines()
         .find(|l| l.contains(&id))
         .unwrap_or_default()

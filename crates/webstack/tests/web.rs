@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use webstack_testkit::Topology;
 use webstack_testkit::http::{self, get};
 use webstack_testkit::raw::{start_early_answer, start_websocket_echo};
 use webstack_testkit::topology::toml;
+use webstack_testkit::{Topology, assert_eventually};
 
 const EXE: &str = env!("CARGO_BIN_EXE_webstack");
 
@@ -124,4 +124,240 @@ fn the_web_server_keeps_the_lbs_statements_and_adds_its_own() {
     let texts = app.texts();
     let again = texts.iter().find(|r| r.contains(" /api/again ")).unwrap();
     assert!(again.contains("X-Request-Id: "), "{again}");
+}
+
+/// A file of `len` bytes that differs at every offset from one `seed` to another.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed)
+        .collect()
+}
+
+/// Replaces `path` the way deploy tools do (a new file renamed over the old), with its own
+/// modification time so the new version's validators differ however fast this runs.
+fn replace(path: &std::path::Path, content: &[u8], mtime_secs: u64) {
+    let fresh = path.with_extension("new");
+    std::fs::write(&fresh, content).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&fresh)
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(mtime_secs))
+        .unwrap();
+    std::fs::rename(&fresh, path).unwrap();
+}
+
+#[test]
+fn files_large_and_small_with_ranges_versions_and_short_error_pages() {
+    const NET: u8 = 69;
+    // The site's files plus a large one, in a folder of this test's own.
+    let root = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(webstack_testkit::site_dir().join("static")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), root.path().join(entry.file_name())).unwrap();
+    }
+    let big_path = root.path().join("big.bin");
+    let big = pattern(3 * 1024 * 1024 + 7, 1);
+    replace(&big_path, &big, 1_700_000_000);
+    let config = toml(NET, 1, "")
+        .replace(
+            &webstack_testkit::site_dir()
+                .join("static")
+                .display()
+                .to_string(),
+            &root.path().display().to_string(),
+        )
+        .replace(
+            "expose_server_name = true\n",
+            "expose_server_name = true\naccess_log_format = \"combined\"\n",
+        );
+    let topology = Topology::start(EXE, "web-files", NET, &config);
+    let web = topology.web(1);
+    let lb = topology.lb();
+
+    // Large: whole (sendfile), HEAD, ranges at both ends, through the lb too.
+    for addr in [web, lb] {
+        let whole = get(addr, "/static/big.bin", &[]).unwrap();
+        assert_eq!(whole.status, 200);
+        assert!(whole.body == big, "the whole large file, byte for byte");
+        assert_eq!(
+            whole.header("content-type"),
+            Some("application/octet-stream")
+        );
+    }
+    let head = http::request(web, "HEAD", "/static/big.bin", &[], &[]).unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-length"),
+        Some(big.len().to_string().as_str())
+    );
+    assert!(head.body.is_empty());
+    let middle = get(
+        web,
+        "/static/big.bin",
+        &[("Range", "bytes=2000000-2000099")],
+    )
+    .unwrap();
+    assert_eq!(middle.status, 206);
+    assert!(middle.body == big[2_000_000..2_000_100]);
+    assert_eq!(
+        middle.header("content-range"),
+        Some(format!("bytes 2000000-2000099/{}", big.len()).as_str())
+    );
+    let tail = get(web, "/static/big.bin", &[("Range", "bytes=-10")]).unwrap();
+    assert!(tail.status == 206 && tail.body == big[big.len() - 10..]);
+
+    // Several ranges: the whole file (never 416 when one of them is satisfiable).
+    let several = get(web, "/static/style.css", &[("Range", "bytes=0-1,5-6")]).unwrap();
+    assert_eq!(several.status, 200);
+    let css = std::fs::read(root.path().join("style.css")).unwrap();
+    assert_eq!(several.body, css);
+
+    // A resumed download of a file that changed meanwhile gets the new file whole, not a
+    // slice of it glued to the old one (If-Range, RFC 9110 §13.1.5).
+    let old_etag = get(web, "/static/big.bin", &[])
+        .unwrap()
+        .header("etag")
+        .unwrap()
+        .to_string();
+    let old_date = head.header("last-modified").unwrap().to_string();
+    let new = pattern(big.len(), 2);
+    replace(&big_path, &new, 1_700_000_100);
+    for validator in [&old_etag, &old_date] {
+        let resumed = get(
+            web,
+            "/static/big.bin",
+            &[("Range", "bytes=1000-"), ("If-Range", validator)],
+        )
+        .unwrap();
+        assert_eq!(resumed.status, 200, "If-Range {validator}");
+        assert!(resumed.body == new, "the new version, whole");
+    }
+    let current = get(web, "/static/big.bin", &[]).unwrap();
+    let new_etag = current.header("etag").unwrap().to_string();
+    assert_ne!(new_etag, old_etag);
+    let resumed = get(
+        web,
+        "/static/big.bin",
+        &[("Range", "bytes=1000-"), ("If-Range", &new_etag)],
+    )
+    .unwrap();
+    assert!(resumed.status == 206 && resumed.body == new[1000..]);
+    assert_eq!(
+        get(web, "/static/big.bin", &[("If-None-Match", &old_etag)])
+            .unwrap()
+            .status,
+        200,
+        "the old validator no longer matches"
+    );
+    assert_eq!(
+        get(web, "/static/big.bin", &[("If-None-Match", &new_etag)])
+            .unwrap()
+            .status,
+        304
+    );
+    // A small file changes too, and its kept copy with it.
+    replace(
+        &root.path().join("robots.txt"),
+        b"User-agent: *\nDisallow: /x\n",
+        1_700_000_200,
+    );
+    assert!(
+        get(web, "/robots.txt", &[])
+            .unwrap()
+            .text()
+            .contains("Disallow: /x")
+    );
+
+    // Preconditions, precompressed siblings, HEAD.
+    assert_eq!(
+        get(web, "/static/big.bin", &[("If-Match", &old_etag)])
+            .unwrap()
+            .status,
+        412
+    );
+    let gz = get(
+        web,
+        "/static/style.css",
+        &[("Accept-Encoding", "br;q=0, gzip")],
+    )
+    .unwrap();
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert_eq!(gz.header("vary"), Some("Accept-Encoding"));
+    let refused = get(web, "/static/style.css", &[("Accept-Encoding", "gzip;q=0")]).unwrap();
+    assert!(refused.header("content-encoding").is_none() && refused.body == css);
+
+    // Error answers carry a short page saying what went wrong, like nginx's.
+    let answers = [
+        (get(web, "/static/missing.css", &[]).unwrap(), 404),
+        (
+            http::request(web, "POST", "/static/style.css", &[], b"x").unwrap(),
+            405,
+        ),
+        (
+            get(web, "/static/style.css", &[("If-Match", "\"nope\"")]).unwrap(),
+            412,
+        ),
+        (
+            get(web, "/static/style.css", &[("Range", "bytes=99999-")]).unwrap(),
+            416,
+        ),
+        (get(web, "/static/%2e%2e/x", &[]).unwrap(), 400),
+    ];
+    for (answer, status) in answers {
+        assert_eq!(answer.status, status);
+        assert!(
+            answer.text().starts_with(&status.to_string()) && answer.text().len() > 20,
+            "{status}: {:?}",
+            answer.text()
+        );
+        assert_eq!(answer.header("x-served-by"), Some("web-01"));
+    }
+    let not_allowed = http::request(web, "PUT", "/static/style.css", &[], b"x").unwrap();
+    assert_eq!(not_allowed.header("allow"), Some("GET, HEAD"));
+    let unsatisfiable = get(web, "/static/style.css", &[("Range", "bytes=99999-")]).unwrap();
+    assert_eq!(
+        unsatisfiable.header("content-range"),
+        Some(format!("bytes */{}", css.len()).as_str())
+    );
+
+    // The access log: combined format, buffered (lines within a second), reopened on SIGUSR1
+    // to `up` after logrotate moved it away.
+    let line = |log: &str, needle: &str| log.lines().any(|l| l.contains(needle));
+    assert_eventually!(
+        line(
+            &topology.access_log("web-01", "web"),
+            "\"GET /static/big.bin HTTP/1.1\" 206 100 \"-\" \"-\""
+        ),
+        Duration::from_secs(10),
+        "a combined line for the range request:\n{}",
+        topology.access_log("web-01", "web")
+    );
+    let path = topology.state_dir().join("logs/web-01-web.access.log");
+    let rotated = path.with_extension("log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    let up = nix::unistd::Pid::from_raw(topology.up_pid().unwrap() as i32);
+    nix::sys::signal::kill(up, nix::sys::signal::Signal::SIGUSR1).unwrap();
+    assert_eventually!(
+        path.exists() && topology.up_log().contains("SIGUSR1: access logs reopening"),
+        Duration::from_secs(10),
+        "the access log reopened:\n{}",
+        topology.up_log()
+    );
+    get(web, "/robots.txt?after-rotation", &[]).unwrap();
+    assert_eventually!(
+        line(
+            &topology.access_log("web-01", "web"),
+            "/robots.txt?after-rotation"
+        ),
+        Duration::from_secs(10),
+        "the new request in the new file"
+    );
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(line(&old, "/static/big.bin") && !line(&old, "after-rotation"));
+    assert!(
+        topology
+            .log("web-01", "web")
+            .contains("access log reopened")
+    );
 }

@@ -1,0 +1,509 @@
+//! Access logs kept the way nginx keeps them with `access_log ... buffer=64k flush=1s`: each
+//! line is formatted straight into the log's buffer (no allocation per field, no tracing event),
+//! the buffer is written to the file when 64 KiB have gathered or a second has passed, and the
+//! file is opened again on SIGUSR1 (logrotate's `postrotate ... kill -USR1`). One line per
+//! request in JSON or in the combined format operators' tools read.
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Lines gather until this much is buffered, then go to the file at once.
+const BUFFER: usize = 64 * 1024;
+/// Buffered lines reach the file within this long.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// How a line is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON object per line: time, client, method, path, status, bytes, duration, request
+    /// id, and the tier's own fields.
+    #[default]
+    Json,
+    /// NCSA combined (Apache's and nginx's `combined`), for tools such as GoAccess.
+    Combined,
+}
+
+/// Where a role's access log goes and how its lines look.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub path: PathBuf,
+    pub format: Format,
+}
+
+impl Settings {
+    /// `<state dir>/logs/<host>-<role>.access.log`, next to the role's own log.
+    pub fn for_role(state_dir: &Path, host: &str, role: &str, format: Format) -> Self {
+        Self {
+            path: state_dir
+                .join("logs")
+                .join(format!("{host}-{role}.access.log")),
+            format,
+        }
+    }
+
+    /// Opens the file (its folder made if missing).
+    pub fn open(&self) -> std::io::Result<AccessLog> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        AccessLog::open(&self.path, self.format).map_err(|error| {
+            std::io::Error::new(
+                error.kind(),
+                format!(
+                    "cannot open the access log {}: {error}",
+                    self.path.display()
+                ),
+            )
+        })
+    }
+}
+
+/// One request, as its access line tells it.
+pub struct Entry<'a> {
+    pub client: IpAddr,
+    pub method: &'a str,
+    /// The request target as the client sent it (path and query).
+    pub target: &'a str,
+    /// `HTTP/1.0`, `HTTP/1.1`, `HTTP/2.0`.
+    pub version: &'a str,
+    pub status: u16,
+    /// Response body bytes, when known.
+    pub bytes: Option<u64>,
+    pub duration: Duration,
+    pub request_id: &'a [u8],
+    pub referer: Option<&'a [u8]>,
+    pub user_agent: Option<&'a [u8]>,
+    /// The tier's own fields (JSON only): which server, handler, route, database time...
+    pub extra: &'a [(&'a str, Value<'a>)],
+}
+
+/// A tier's own field value.
+#[derive(Clone, Copy, Debug)]
+pub enum Value<'a> {
+    Text(&'a str),
+    Number(u64),
+    Millis(Duration),
+}
+
+/// An access log file, shared by the tasks and threads of one role.
+#[derive(Clone)]
+pub struct AccessLog {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    format: Format,
+    /// Lines not yet written.
+    buf: Mutex<Vec<u8>>,
+    /// The file; writes and reopens take turns under this lock.
+    file: Mutex<File>,
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog")
+            .field("path", &self.shared.path)
+            .field("format", &self.shared.format)
+            .finish()
+    }
+}
+
+impl AccessLog {
+    /// Opens (or creates, mode 0640) `path` for appending, and has it flushed every second.
+    pub fn open(path: &Path, format: Format) -> std::io::Result<Self> {
+        let file = open_append(path)?;
+        let shared = Arc::new(Shared {
+            path: path.to_path_buf(),
+            format,
+            buf: Mutex::new(Vec::with_capacity(BUFFER + 4096)),
+            file: Mutex::new(file),
+        });
+        registry()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&shared));
+        start_flusher();
+        Ok(Self { shared })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Appends one line; the buffer goes to the file when it is full.
+    pub fn log(&self, entry: &Entry<'_>) {
+        let full = {
+            let mut buf = self.shared.lock_buf();
+            match self.shared.format {
+                Format::Json => json_line(&mut buf, entry),
+                Format::Combined => combined_line(&mut buf, entry),
+            }
+            (buf.len() >= BUFFER)
+                .then(|| std::mem::replace(&mut *buf, Vec::with_capacity(BUFFER + 4096)))
+        };
+        if let Some(lines) = full {
+            self.shared.write(&lines);
+        }
+    }
+
+    /// Writes what is buffered now.
+    pub fn flush(&self) {
+        self.shared.flush();
+    }
+}
+
+impl Shared {
+    fn lock_buf(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.buf.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn flush(&self) {
+        let lines = {
+            let mut buf = self.lock_buf();
+            if buf.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *buf)
+        };
+        self.write(&lines);
+    }
+
+    fn write(&self, lines: &[u8]) {
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(error) = file.write_all(lines) {
+            // Said once per failed write, on the role's own log; the lines are lost, as nginx's.
+            tracing::warn!(path = %self.path.display(), %error, "cannot write the access log");
+        }
+    }
+
+    /// Writes what is buffered to the old file, then continues in a file opened by name again.
+    fn reopen(&self) -> std::io::Result<()> {
+        self.flush();
+        let fresh = open_append(&self.path)?;
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
+/// Every access log this process has open.
+fn registry() -> &'static Mutex<Vec<Weak<Shared>>> {
+    static LOGS: OnceLock<Mutex<Vec<Weak<Shared>>>> = OnceLock::new();
+    LOGS.get_or_init(Mutex::default)
+}
+
+fn each_log(mut f: impl FnMut(&Shared)) {
+    let logs: Vec<Arc<Shared>> = {
+        let mut list = registry().lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|log| log.strong_count() > 0);
+        list.iter().filter_map(Weak::upgrade).collect()
+    };
+    for log in &logs {
+        f(log);
+    }
+}
+
+/// Writes every access log's buffered lines (at exit).
+pub fn flush_all() {
+    each_log(Shared::flush);
+}
+
+/// Opens every access log again by name (SIGUSR1, after logrotate moved the files).
+pub fn reopen_all() {
+    each_log(|log| {
+        if let Err(error) = log.reopen() {
+            tracing::error!(path = %log.path.display(), %error, "cannot reopen the access log");
+        } else {
+            tracing::info!(path = %log.path.display(), "access log reopened");
+        }
+    });
+}
+
+/// One thread per process writes buffered lines every second (off the request path, and
+/// whether or not requests come).
+fn start_flusher() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(FLUSH_EVERY);
+                    flush_all();
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start the access log writer: lines are written when 64 KiB gathered");
+        }
+    });
+}
+
+fn json_line(out: &mut Vec<u8>, e: &Entry<'_>) {
+    out.extend_from_slice(b"{\"time\":\"");
+    push_iso_time(out, SystemTime::now());
+    out.extend_from_slice(b"\",\"client\":\"");
+    let _ = write!(out, "{}", e.client);
+    out.extend_from_slice(b"\",\"method\":");
+    json_string(out, e.method.as_bytes());
+    out.extend_from_slice(b",\"path\":");
+    json_string(out, e.target.as_bytes());
+    let _ = write!(out, ",\"status\":{}", e.status);
+    if let Some(bytes) = e.bytes {
+        let _ = write!(out, ",\"bytes\":{bytes}");
+    }
+    out.extend_from_slice(b",\"duration_ms\":");
+    push_millis(out, e.duration);
+    out.extend_from_slice(b",\"request_id\":");
+    json_string(out, e.request_id);
+    if let Some(referer) = e.referer {
+        out.extend_from_slice(b",\"referer\":");
+        json_string(out, referer);
+    }
+    if let Some(agent) = e.user_agent {
+        out.extend_from_slice(b",\"user_agent\":");
+        json_string(out, agent);
+    }
+    for (name, value) in e.extra {
+        out.push(b',');
+        json_string(out, name.as_bytes());
+        out.push(b':');
+        match value {
+            Value::Text(text) => json_string(out, text.as_bytes()),
+            Value::Number(n) => {
+                let _ = write!(out, "{n}");
+            }
+            Value::Millis(d) => push_millis(out, *d),
+        }
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+/// `client - - [time] "METHOD target VERSION" status bytes "referer" "agent"`
+fn combined_line(out: &mut Vec<u8>, e: &Entry<'_>) {
+    let _ = write!(out, "{} - - [", e.client);
+    push_clf_time(out, SystemTime::now());
+    out.extend_from_slice(b"] \"");
+    clf_escaped(out, e.method.as_bytes());
+    out.push(b' ');
+    clf_escaped(out, e.target.as_bytes());
+    out.push(b' ');
+    clf_escaped(out, e.version.as_bytes());
+    let _ = write!(out, "\" {} ", e.status);
+    match e.bytes {
+        Some(bytes) => {
+            let _ = write!(out, "{bytes}");
+        }
+        None => out.push(b'-'),
+    }
+    out.extend_from_slice(b" \"");
+    clf_escaped(out, e.referer.unwrap_or(b"-"));
+    out.extend_from_slice(b"\" \"");
+    clf_escaped(out, e.user_agent.unwrap_or(b"-"));
+    out.extend_from_slice(b"\"\n");
+}
+
+fn push_millis(out: &mut Vec<u8>, d: Duration) {
+    let micros = d.as_micros();
+    let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
+}
+
+/// A JSON string: quotes, backslashes and control characters escaped; bytes that are not
+/// UTF-8 as U+FFFD.
+fn json_string(out: &mut Vec<u8>, value: &[u8]) {
+    out.push(b'"');
+    for chunk in value.utf8_chunks() {
+        for &b in chunk.valid().as_bytes() {
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                0..0x20 | 0x7f => {
+                    let _ = write!(out, "\\u{b:04x}");
+                }
+                _ => out.push(b),
+            }
+        }
+        if !chunk.invalid().is_empty() {
+            out.extend_from_slice("\u{fffd}".as_bytes());
+        }
+    }
+    out.push(b'"');
+}
+
+/// nginx's escaping in text logs: `"`, `\`, control and non-ASCII bytes as `\xHH`.
+fn clf_escaped(out: &mut Vec<u8>, value: &[u8]) {
+    for &b in value {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            let _ = write!(out, "\\x{b:02X}");
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+/// Days since 1970-01-01 as (year, month, day) (Howard Hinnant's `civil_from_days`).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+fn split(now: SystemTime) -> (i64, u32, u32, u64, u32) {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil((secs / 86_400) as i64);
+    (year, month, day, secs % 86_400, since.subsec_millis())
+}
+
+/// `2026-11-30T01:23:45.678Z`
+fn push_iso_time(out: &mut Vec<u8>, now: SystemTime) {
+    let (year, month, day, of_day, millis) = split(now);
+    let mut text = String::with_capacity(24);
+    let _ = write!(
+        text,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60
+    );
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// `30/Nov/2026:01:23:45 +0000`
+fn push_clf_time(out: &mut Vec<u8>, now: SystemTime) {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (year, month, day, of_day, _) = split(now);
+    let _ = write!(
+        out,
+        "{day:02}/{}/{year:04}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(month - 1) as usize],
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry<'a>(extra: &'a [(&'a str, Value<'a>)]) -> Entry<'a> {
+        Entry {
+            client: "192.0.2.7".parse().unwrap(),
+            method: "GET",
+            target: "/a\"b?c=\u{e9}",
+            version: "HTTP/1.1",
+            status: 200,
+            bytes: Some(1234),
+            duration: Duration::from_micros(1_500),
+            request_id: b"abc",
+            referer: None,
+            user_agent: Some(b"curl/8 \"x\"\n\xff"),
+            extra,
+        }
+    }
+
+    #[test]
+    fn json_lines_parse_and_keep_every_field() {
+        let mut out = Vec::new();
+        json_line(
+            &mut out,
+            &entry(&[
+                ("server", Value::Text("web-01")),
+                ("attempts", Value::Number(2)),
+            ]),
+        );
+        assert_eq!(out.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["client"], "192.0.2.7");
+        assert_eq!(v["path"], "/a\"b?c=\u{e9}");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["bytes"], 1234);
+        assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!(v["request_id"], "abc");
+        assert_eq!(v["user_agent"], "curl/8 \"x\"\n\u{fffd}");
+        assert_eq!(v["server"], "web-01");
+        assert_eq!(v["attempts"], 2);
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn combined_lines_escape_like_nginx() {
+        let mut out = Vec::new();
+        combined_line(&mut out, &entry(&[]));
+        let line = String::from_utf8(out).unwrap();
+        let (start, rest) = line.split_once(" [").unwrap();
+        assert_eq!(start, "192.0.2.7 - -");
+        let (_, rest) = rest.split_once("] ").unwrap();
+        assert_eq!(
+            rest,
+            "\"GET /a\\x22b?c=\\xC3\\xA9 HTTP/1.1\" 200 1234 \"-\" \"curl/8 \\x22x\\x22\\x0A\\xFF\"\n"
+        );
+    }
+
+    #[test]
+    fn times() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_796_001_825_678);
+        let mut iso = Vec::new();
+        push_iso_time(&mut iso, t);
+        assert_eq!(iso, b"2026-11-30T01:23:45.678Z");
+        let mut clf = Vec::new();
+        push_clf_time(&mut clf, t);
+        assert_eq!(clf, b"30/Nov/2026:01:23:45 +0000");
+        let mut leap = Vec::new();
+        push_iso_time(&mut leap, UNIX_EPOCH + Duration::from_secs(951_782_400));
+        assert_eq!(leap, b"2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn lines_reach_the_file_when_flushed_and_after_a_reopen_go_to_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = AccessLog::open(&path, Format::Json).unwrap();
+        log.log(&entry(&[]));
+        log.flush();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        // logrotate: the file is moved away, then the process is told to reopen.
+        let rotated = dir.path().join("access.log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        log.log(&entry(&[]));
+        reopen_all();
+        log.log(&entry(&[]));
+        log.flush();
+        assert_eq!(
+            std::fs::read_to_string(&rotated).unwrap().lines().count(),
+            2
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        // A full buffer is written without waiting for the flush.
+        for _ in 0..BUFFER / 100 {
+            log.log(&entry(&[]));
+        }
+        assert!(std::fs::read_to_string(&path).unwrap().lines().count() > 1);
+    }
+}

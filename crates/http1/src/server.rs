@@ -1,0 +1,453 @@
+//! The client side of an HTTP/1 connection, shared by the lb and the web server: reading request
+//! heads within the header timeout (408, 414, 431), answers of our own, sending a request with
+//! its body to a server connection while that server's answer is heard, relaying the answer
+//! back, settling the rest of a request body nobody read (read and drop a short one, else
+//! close) and nginx's lingering close. What to do with a request is the caller's.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::body::{
+    self, BODY_TIMEOUT, BUFFER, BodyState, LINGER_BYTES, LINGER_IDLE, LINGER_TIME, Malformed,
+    RelayError,
+};
+use crate::exchange::{self, HeadOutcome, PumpError, Sent};
+use crate::head::{self, Forwarding, Persistence, Refusal, Request, Response, ResponseRewrite};
+use crate::pool::Conn;
+use crate::retry::Failure;
+use crate::{date, tunnel};
+
+/// A request body nobody needed (an early or local answer came first) is read and dropped to
+/// keep the connection open when at most this much of it is left; a longer one closes it.
+pub const DISCARD_MAX: u64 = 1024 * 1024;
+/// How long the rest of such a body may take to arrive.
+pub const DISCARD_TIME: Duration = Duration::from_secs(2);
+/// How long a connection accepted just before a drain may take to send its first request.
+pub const FRESH_GRACE: Duration = Duration::from_secs(1);
+
+/// Bounds on a request head.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadLimits {
+    /// The whole head must arrive within this (also how long a keep-alive connection idles).
+    pub timeout: Duration,
+    /// Longer heads are refused (414 without a line end yet, else 431).
+    pub max_bytes: usize,
+}
+
+/// One client connection and where its current request stands.
+pub struct ClientConn<C> {
+    pub io: C,
+    /// Bytes read and not yet used: the rest of a request, or pipelined ones.
+    pub buf: BytesMut,
+    pub peer: SocketAddr,
+    /// The current request's client: `peer`, or who a trusted proxy says it is.
+    pub who: IpAddr,
+    /// When the current request's head was read.
+    pub started: Instant,
+    pub secure: bool,
+    /// What is still to come of the current request's body: the relay to a server keeps it
+    /// exact, so after any answer the rest can be read and dropped (or the connection closed).
+    pub body: BodyState,
+    /// The request asked `Expect: 100-continue` and has had no `100` yet: its client may not
+    /// send the body at all, so an answer of ours closes the connection rather than wait for it.
+    pub continue_pending: bool,
+    /// The stream is no longer at a request boundary (a refused request, a request body cut
+    /// short or left unread): answer, then close, reading what the client still sends for a
+    /// while so the answer is not lost to a TCP reset (nginx's lingering close).
+    pub broken: bool,
+}
+
+/// What the connection holds next.
+pub enum Next {
+    Request(Request),
+    Close,
+    Refuse(Refusal),
+}
+
+/// A response we write ourselves.
+pub struct Local<'a> {
+    pub status: http::StatusCode,
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+    /// More header lines, each `Name: value` without the line end.
+    pub headers: &'a [&'a [u8]],
+    pub request_id: &'a [u8],
+    pub hsts: Option<&'a [u8]>,
+}
+
+/// Why a request could not be sent to a server.
+#[derive(Debug)]
+pub enum SendFailure {
+    /// The server failed (its connection, or no answer in time).
+    Server(Failure),
+    /// The client went away or stopped sending its body.
+    Client(std::io::Error),
+    /// The client's chunked body was malformed.
+    Malformed(&'static str),
+}
+
+impl<C: AsyncRead + AsyncWrite + Unpin> ClientConn<C> {
+    pub fn new(io: C, peer: SocketAddr, secure: bool) -> Self {
+        Self {
+            io,
+            buf: BytesMut::with_capacity(BUFFER),
+            peer,
+            who: peer.ip(),
+            started: Instant::now(),
+            secure,
+            body: BodyState::Done,
+            continue_pending: false,
+            broken: false,
+        }
+    }
+
+    /// Reads the next request head into `out` (rewritten as `forwarding` says) within the
+    /// header timeout, which also bounds an idle keep-alive connection. An idle connection
+    /// closes at once when `stop` fires, but a `fresh` one (accepted, no request yet) gets
+    /// `FRESH_GRACE` for its request: it was accepted just before the drain and its request is
+    /// on its way (after the handshake, for TLS).
+    pub async fn read_request<S>(
+        &mut self,
+        out: &mut Vec<u8>,
+        forwarding: &Forwarding<'_>,
+        limits: HeadLimits,
+        stop: &mut S,
+        fresh: bool,
+    ) -> Next
+    where
+        S: Future<Output = ()> + Unpin,
+    {
+        let mut deadline = tokio::time::Instant::now() + limits.timeout;
+        // `stop` fired while this fresh connection waits for its request (polled once only).
+        let mut stopped = false;
+        loop {
+            if !self.buf.is_empty() {
+                match head::parse_request(&self.buf, out, forwarding) {
+                    Ok(Some(request)) => {
+                        self.buf.advance(request.head_len);
+                        return Next::Request(request);
+                    }
+                    Ok(None) if self.buf.len() >= limits.max_bytes => {
+                        // No line end yet: the request line alone is too long (nginx: 414).
+                        let refusal = if self.buf.contains(&b'\n') {
+                            Refusal {
+                                status: 431,
+                                reason: "request head too large",
+                            }
+                        } else {
+                            Refusal {
+                                status: 414,
+                                reason: "request target too long",
+                            }
+                        };
+                        return Next::Refuse(refusal);
+                    }
+                    Ok(None) => {}
+                    Err(refusal) => return Next::Refuse(refusal),
+                }
+            }
+            let idle = self.buf.is_empty();
+            let read = tokio::select! {
+                biased;
+                read = tokio::time::timeout_at(
+                    deadline,
+                    body::read_some(&mut self.io, &mut self.buf, BUFFER),
+                ) => read,
+                () = &mut *stop, if idle && !stopped => {
+                    if !fresh {
+                        return Next::Close;
+                    }
+                    stopped = true;
+                    deadline = deadline.min(tokio::time::Instant::now() + FRESH_GRACE);
+                    continue;
+                }
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return Next::Close,
+                Err(_) if idle => return Next::Close,
+                Err(_) => {
+                    return Next::Refuse(Refusal {
+                        status: 408,
+                        reason: "the request head took too long",
+                    });
+                }
+            }
+        }
+    }
+
+    /// Starts a request's body bookkeeping: what is to come, and whether a `100 Continue` is
+    /// owed before it.
+    pub fn begin(&mut self, request: &Request, started: Instant) {
+        self.started = started;
+        self.body = BodyState::new(request.body);
+        self.continue_pending = request.expect_continue && !request.http10 && self.buf.is_empty();
+    }
+
+    /// Whether an answer of ours may keep the connection: the client wants it and the rest of
+    /// the body (if any) is short enough to read and drop.
+    pub fn may_keep_after_answer(&self, client_keep: bool) -> bool {
+        client_keep && !self.broken && !self.continue_pending && discardable(&self.body)
+    }
+
+    /// Writes a response of our own. Returns whether the connection stays open.
+    pub async fn answer(
+        &mut self,
+        back: &mut Vec<u8>,
+        local: &Local<'_>,
+        is_head: bool,
+        connection: Persistence,
+    ) -> bool {
+        use std::io::Write;
+        back.clear();
+        let _ = write!(
+            back,
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+            local.status.as_u16(),
+            local.status.canonical_reason().unwrap_or(""),
+            local.content_type,
+            local.body.len()
+        );
+        date::push_header(back);
+        if local.status.is_server_error() {
+            back.extend_from_slice(b"Cache-Control: no-store\r\n");
+        }
+        for line in local.headers {
+            back.extend_from_slice(line);
+            back.extend_from_slice(b"\r\n");
+        }
+        head::finish_head(back, local.request_id, local.hsts, connection);
+        let body = if is_head { &[][..] } else { local.body };
+        body::write_two(&mut self.io, back, body, BODY_TIMEOUT)
+            .await
+            .is_ok()
+            && body::flush(&mut self.io, BODY_TIMEOUT).await.is_ok()
+            && connection != Persistence::Close
+    }
+
+    /// Refuses what cannot be served (plain text with the reason); the connection closes
+    /// after it.
+    pub async fn refuse(
+        &mut self,
+        back: &mut Vec<u8>,
+        refusal: &Refusal,
+        request_id: &[u8],
+        hsts: Option<&[u8]>,
+    ) {
+        self.broken = true;
+        let status =
+            http::StatusCode::from_u16(refusal.status).unwrap_or(http::StatusCode::BAD_REQUEST);
+        let text = refusal.text();
+        let local = Local {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: text.as_bytes(),
+            headers: &[],
+            request_id,
+            hsts,
+        };
+        self.answer(back, &local, false, Persistence::Close).await;
+    }
+
+    /// After an answer, the rest of the request body nobody read: none left, the connection
+    /// goes on as `keep` says; a short rest is read and dropped (within `DISCARD_MAX` bytes and
+    /// `DISCARD_TIME`) to keep it; otherwise, or when that fails, it is closed with a lingering
+    /// read (`broken`). Returns whether the connection stays open.
+    pub async fn finish_body(&mut self, keep: bool) -> bool {
+        if self.body.is_done() {
+            return keep;
+        }
+        if !keep {
+            self.broken = true;
+            return false;
+        }
+        let done = tokio::time::timeout(
+            DISCARD_TIME,
+            body::discard(
+                &mut self.io,
+                &mut self.buf,
+                &mut self.body,
+                DISCARD_MAX,
+                BODY_TIMEOUT,
+            ),
+        )
+        .await
+        .unwrap_or(false);
+        self.broken |= !done;
+        done
+    }
+
+    /// Writes the request (`out`: its head) and its body on `conn` while reading the response
+    /// head into `back`, sending `100 Continue` first when the client waits for it. Returns the
+    /// head and how much of the request went out (`self.body` says what is left of the body).
+    pub async fn send_request(
+        &mut self,
+        request: &Request,
+        conn: &mut Conn,
+        out: &[u8],
+        back: &mut Vec<u8>,
+        rewrite: &ResponseRewrite<'_>,
+        server_timeout: Duration,
+    ) -> Result<(Response, Sent), SendFailure> {
+        if request.bodyless() {
+            return exchange::send_bodyless(conn, out, back, rewrite, server_timeout, BODY_TIMEOUT)
+                .await
+                .map(|response| (response, Sent::Complete))
+                .map_err(SendFailure::Server);
+        }
+        if self.continue_pending {
+            let sent = body::write_two(
+                &mut self.io,
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                &[],
+                BODY_TIMEOUT,
+            )
+            .await;
+            let sent = match sent {
+                Ok(()) => body::flush(&mut self.io, BODY_TIMEOUT).await,
+                Err(error) => Err(error),
+            };
+            sent.map_err(SendFailure::Client)?;
+            self.continue_pending = false;
+        }
+        let outcome = {
+            let (mut from_server, mut to_server) = conn.stream.split();
+            let pump = async {
+                body::relay(
+                    &mut self.io,
+                    &mut self.buf,
+                    &mut self.body,
+                    false,
+                    &mut to_server,
+                    out,
+                    BODY_TIMEOUT,
+                )
+                .await
+                .map_err(|error| match error {
+                    RelayError::Write(error) => PumpError::Write(error),
+                    other => PumpError::Source(other),
+                })
+            };
+            exchange::response_head(
+                pump,
+                &mut from_server,
+                &mut conn.buf,
+                back,
+                rewrite,
+                server_timeout,
+            )
+            .await
+        };
+        match outcome {
+            HeadOutcome::Response(mut response, sent) => {
+                // An early answer keeps the client connection only if the rest of the body is
+                // short enough to be read and dropped.
+                if sent == Sent::Partial && rewrite.client_keep_alive && !discardable(&self.body) {
+                    let closing = ResponseRewrite {
+                        client_keep_alive: false,
+                        ..*rewrite
+                    };
+                    if let Ok(Some(again)) = head::parse_response(&conn.buf, back, &closing) {
+                        response = again;
+                    }
+                }
+                conn.buf.advance(response.head_len);
+                Ok((response, sent))
+            }
+            HeadOutcome::Failed(failure) => {
+                // Part of the body may be unread: this client connection cannot go on.
+                self.broken |= !self.body.is_done();
+                Err(SendFailure::Server(failure))
+            }
+            HeadOutcome::Source(RelayError::Malformed(Malformed(what))) => {
+                self.broken = true;
+                Err(SendFailure::Malformed(what))
+            }
+            HeadOutcome::Source(RelayError::Read(error) | RelayError::Write(error)) => {
+                self.broken = true;
+                Err(SendFailure::Client(error))
+            }
+        }
+    }
+
+    /// Sends `head` and the response body from `conn` to the client.
+    pub async fn relay_response(
+        &mut self,
+        conn: &mut Conn,
+        response: &Response,
+        head: &[u8],
+    ) -> Result<(), RelayError> {
+        let mut response_body = BodyState::new(response.body);
+        body::relay(
+            &mut conn.stream,
+            &mut conn.buf,
+            &mut response_body,
+            response.dechunk,
+            &mut self.io,
+            head,
+            BODY_TIMEOUT,
+        )
+        .await?;
+        body::flush(&mut self.io, BODY_TIMEOUT)
+            .await
+            .map_err(RelayError::Write)
+    }
+
+    /// After a 101: `head` to the client, then bytes both ways until either side is done or
+    /// neither sends for `idle`.
+    pub async fn tunnel(&mut self, conn: &mut Conn, head: &[u8], idle: Duration) {
+        // What either side sent right after its head belongs to the new protocol.
+        let ready = body::write_two(&mut self.io, head, &conn.buf, BODY_TIMEOUT).await;
+        let ready = ready.is_ok()
+            && body::flush(&mut self.io, BODY_TIMEOUT).await.is_ok()
+            && body::write_two(&mut conn.stream, &self.buf, &[], BODY_TIMEOUT)
+                .await
+                .is_ok();
+        conn.buf.clear();
+        self.buf.clear();
+        if !ready {
+            return;
+        }
+        if let Err(error) = tunnel::tunnel(&mut self.io, &mut conn.stream, idle).await {
+            tracing::debug!(client = %self.peer, %error, "upgraded connection ended");
+        }
+    }
+
+    /// Ends the connection: a TLS client gets its close_notify, a client that does not read
+    /// gets no more time, and a `broken` one has what it still sends read for a while.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+        if self.broken {
+            let mut rest = (&mut self.io).take(LINGER_BYTES);
+            let buf = &mut self.buf;
+            let drain = async {
+                loop {
+                    buf.clear();
+                    match tokio::time::timeout(LINGER_IDLE, rest.read_buf(buf)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+        }
+    }
+}
+
+/// Whether the rest of a body is short enough to read and drop instead of closing.
+pub fn discardable(rest: &BodyState) -> bool {
+    match rest {
+        BodyState::Done => true,
+        BodyState::Length(left) => *left <= DISCARD_MAX,
+        BodyState::Chunked(_) | BodyState::Close => false,
+    }
+}
+
+/// A range of a head in `out` as text (for logs).
+pub fn text<'a>(out: &'a [u8], range: &std::ops::Range<usize>) -> &'a str {
+    std::str::from_utf8(&out[range.clone()]).unwrap_or("-")
+}
