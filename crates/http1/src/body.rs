@@ -278,6 +278,21 @@ pub async fn read_some<R: AsyncRead + Unpin>(
     src.read_buf(buf).await
 }
 
+/// Room for a request head: what a connection holds while it waits for its next request.
+pub const HEAD_BUFFER: usize = 4 * 1024;
+
+/// Reads part of a request head into `buf`: an empty buffer gets `HEAD_BUFFER` (most heads fit),
+/// a head that does not fit doubles it, up to the caller's head bound.
+pub async fn read_head_some<R: AsyncRead + Unpin>(
+    src: &mut R,
+    buf: &mut BytesMut,
+) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < HEAD_BUFFER / 4 {
+        buf.reserve(buf.len().max(HEAD_BUFFER));
+    }
+    src.read_buf(buf).await
+}
+
 /// Writes every slice, in as few system calls as the kernel takes, within `idle` per call.
 pub async fn write_all<W: AsyncWrite + Unpin>(
     dst: &mut W,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncRead;
 
-use crate::body::{BUFFER, read_some};
+use crate::body::read_head_some;
 use crate::head::{self, Response, ResponseRewrite};
 use crate::pool::Conn;
 use crate::retry::Failure;
@@ -75,7 +75,8 @@ pub async fn read_head<R: AsyncRead + Unpin>(
             }
         }
         let nothing_yet = buf.is_empty() && !interim;
-        match read_some(src, buf, BUFFER).await {
+        // Room for a head first: a connection waiting for its server's answer holds no more.
+        match read_head_some(src, buf).await {
             Ok(n) if n > 0 => {}
             // Closed or reset before a response: the server answered nothing.
             result if nothing_yet => {

@@ -96,9 +96,11 @@ impl Pool {
     pub fn checkin(&self, server: usize, mut conn: Conn) {
         conn.reused = true;
         conn.since = Instant::now();
-        // A large body grew the buffer: idle connections keep only a normal one.
-        if conn.buf.capacity() > 2 * BUFFER {
-            conn.buf = BytesMut::with_capacity(BUFFER);
+        // An idle connection holds no buffer: the next exchange's first read makes one.
+        if conn.buf.is_empty() {
+            conn.buf = BytesMut::new();
+        } else if conn.buf.capacity() > 2 * BUFFER {
+            conn.buf = BytesMut::from(&conn.buf[..]);
         }
         let mut idle = self.lock(server);
         if idle.len() < MAX_IDLE {

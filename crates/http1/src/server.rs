@@ -6,13 +6,14 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::body::{
-    self, BODY_TIMEOUT, BUFFER, BodyState, LINGER_BYTES, LINGER_IDLE, LINGER_TIME, Malformed,
+    self, BODY_TIMEOUT, BodyState, HEAD_BUFFER, LINGER_BYTES, LINGER_IDLE, LINGER_TIME, Malformed,
     RelayError,
 };
 use crate::exchange::{self, HeadOutcome, PumpError, Sent};
@@ -61,6 +62,40 @@ pub struct ClientConn<C> {
     pub broken: bool,
 }
 
+/// A connection that can say whether a read would find data without reading (a plain socket):
+/// one waiting for its next request then holds no buffer at all, as nginx's and HAProxy's idle
+/// keep-alive connections. A TLS stream cannot tell (it may hold decrypted bytes already) and
+/// keeps its head buffer.
+pub trait IdleRead {
+    /// Whether `poll_idle_readable` can tell.
+    const CAN_TELL: bool = false;
+
+    /// Ready when a read would find data (or the end of the stream).
+    fn poll_idle_readable(&self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl IdleRead for tokio::net::TcpStream {
+    const CAN_TELL: bool = true;
+
+    fn poll_idle_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+/// Waits until `io` has data (when it can tell), then reads part of a head: a buffer is made
+/// only once there is something to put in it.
+async fn idle_read<C: AsyncRead + IdleRead + Unpin>(
+    io: &mut C,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if C::CAN_TELL {
+        std::future::poll_fn(|cx| io.poll_idle_readable(cx)).await?;
+    }
+    body::read_head_some(io, buf).await
+}
+
 /// What the connection holds next.
 pub enum Next {
     Request(Request),
@@ -94,7 +129,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> ClientConn<C> {
     pub fn new(io: C, peer: SocketAddr, secure: bool) -> Self {
         Self {
             io,
-            buf: BytesMut::with_capacity(BUFFER),
+            buf: BytesMut::with_capacity(HEAD_BUFFER),
             peer,
             who: peer.ip(),
             started: Instant::now(),
@@ -102,81 +137,6 @@ impl<C: AsyncRead + AsyncWrite + Unpin> ClientConn<C> {
             body: BodyState::Done,
             continue_pending: false,
             broken: false,
-        }
-    }
-
-    /// Reads the next request head into `out` (rewritten as `forwarding` says) within the
-    /// header timeout, which also bounds an idle keep-alive connection. An idle connection
-    /// closes at once when `stop` fires, but a `fresh` one (accepted, no request yet) gets
-    /// `FRESH_GRACE` for its request: it was accepted just before the drain and its request is
-    /// on its way (after the handshake, for TLS).
-    pub async fn read_request<S>(
-        &mut self,
-        out: &mut Vec<u8>,
-        forwarding: &Forwarding<'_>,
-        limits: HeadLimits,
-        stop: &mut S,
-        fresh: bool,
-    ) -> Next
-    where
-        S: Future<Output = ()> + Unpin,
-    {
-        let mut deadline = tokio::time::Instant::now() + limits.timeout;
-        // `stop` fired while this fresh connection waits for its request (polled once only).
-        let mut stopped = false;
-        loop {
-            if !self.buf.is_empty() {
-                match head::parse_request(&self.buf, out, forwarding) {
-                    Ok(Some(request)) => {
-                        self.buf.advance(request.head_len);
-                        return Next::Request(request);
-                    }
-                    Ok(None) if self.buf.len() >= limits.max_bytes => {
-                        // No line end yet: the request line alone is too long (nginx: 414).
-                        let refusal = if self.buf.contains(&b'\n') {
-                            Refusal {
-                                status: 431,
-                                reason: "request head too large",
-                            }
-                        } else {
-                            Refusal {
-                                status: 414,
-                                reason: "request target too long",
-                            }
-                        };
-                        return Next::Refuse(refusal);
-                    }
-                    Ok(None) => {}
-                    Err(refusal) => return Next::Refuse(refusal),
-                }
-            }
-            let idle = self.buf.is_empty();
-            let read = tokio::select! {
-                biased;
-                read = tokio::time::timeout_at(
-                    deadline,
-                    body::read_some(&mut self.io, &mut self.buf, BUFFER),
-                ) => read,
-                () = &mut *stop, if idle && !stopped => {
-                    if !fresh {
-                        return Next::Close;
-                    }
-                    stopped = true;
-                    deadline = deadline.min(tokio::time::Instant::now() + FRESH_GRACE);
-                    continue;
-                }
-            };
-            match read {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return Next::Close,
-                Err(_) if idle => return Next::Close,
-                Err(_) => {
-                    return Next::Refuse(Refusal {
-                        status: 408,
-                        reason: "the request head took too long",
-                    });
-                }
-            }
         }
     }
 
@@ -434,6 +394,92 @@ impl<C: AsyncRead + AsyncWrite + Unpin> ClientConn<C> {
                 }
             };
             let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+        }
+    }
+}
+
+impl<C: AsyncRead + AsyncWrite + IdleRead + Unpin> ClientConn<C> {
+    /// Reads the next request head into `out` (rewritten as `forwarding` says) within the
+    /// header timeout, which also bounds an idle keep-alive connection. An idle connection
+    /// closes at once when `stop` fires, but a `fresh` one (accepted, no request yet) gets
+    /// `FRESH_GRACE` for its request: it was accepted just before the drain and its request is
+    /// on its way (after the handshake, for TLS).
+    pub async fn read_request<S>(
+        &mut self,
+        out: &mut Vec<u8>,
+        forwarding: &Forwarding<'_>,
+        limits: HeadLimits,
+        stop: &mut S,
+        fresh: bool,
+    ) -> Next
+    where
+        S: Future<Output = ()> + Unpin,
+    {
+        let mut deadline = tokio::time::Instant::now() + limits.timeout;
+        // `stop` fired while this fresh connection waits for its request (polled once only).
+        let mut stopped = false;
+        // Waiting for its next request, a connection keeps no buffer when it can wait for data
+        // without one (`IdleRead`), else only room for a head (a body may have grown it).
+        if self.buf.is_empty() {
+            if C::CAN_TELL {
+                self.buf = BytesMut::new();
+            } else if self.buf.capacity() > HEAD_BUFFER {
+                self.buf = BytesMut::with_capacity(HEAD_BUFFER);
+            }
+        }
+        loop {
+            if !self.buf.is_empty() {
+                match head::parse_request(&self.buf, out, forwarding) {
+                    Ok(Some(request)) => {
+                        self.buf.advance(request.head_len);
+                        return Next::Request(request);
+                    }
+                    Ok(None) if self.buf.len() >= limits.max_bytes => {
+                        // No line end yet: the request line alone is too long (nginx: 414).
+                        let refusal = if self.buf.contains(&b'\n') {
+                            Refusal {
+                                status: 431,
+                                reason: "request head too large",
+                            }
+                        } else {
+                            Refusal {
+                                status: 414,
+                                reason: "request target too long",
+                            }
+                        };
+                        return Next::Refuse(refusal);
+                    }
+                    Ok(None) => {}
+                    Err(refusal) => return Next::Refuse(refusal),
+                }
+            }
+            let idle = self.buf.is_empty();
+            let read = tokio::select! {
+                biased;
+                read = tokio::time::timeout_at(
+                    deadline,
+                    idle_read(&mut self.io, &mut self.buf),
+                ) => read,
+                () = &mut *stop, if idle && !stopped => {
+                    if !fresh {
+                        return Next::Close;
+                    }
+                    stopped = true;
+                    deadline = deadline.min(tokio::time::Instant::now() + FRESH_GRACE);
+                    continue;
+                }
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return Next::Close,
+                Err(_) if idle => return Next::Close,
+                Err(_) => {
+                    return Next::Refuse(Refusal {
+                        status: 408,
+                        reason: "the request head took too long",
+                    });
+                }
+            }
         }
     }
 }

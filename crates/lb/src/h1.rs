@@ -19,7 +19,7 @@ use webstack_http1::head::{
 };
 use webstack_http1::pool::Conn;
 use webstack_http1::retry::{Attempts, Failure};
-use webstack_http1::server::{ClientConn, HeadLimits, Local, Next, SendFailure, text};
+use webstack_http1::server::{ClientConn, HeadLimits, IdleRead, Local, Next, SendFailure, text};
 
 use crate::limits::{LimitError, Paced};
 use crate::proxy::{
@@ -56,6 +56,7 @@ impl Proxy {
         shutdown: Shutdown,
     ) where
         C: AsyncRead + AsyncWrite + Unpin,
+        Paced<C>: IdleRead,
     {
         let mut client = ClientConn::new(Paced::new(io), peer, secure);
         let forwarding = Forwarding::edge(peer.ip(), secure);
@@ -77,9 +78,16 @@ impl Proxy {
                 Next::Request(request) => {
                     fresh = false;
                     let draining = shutdown.is_triggered();
-                    let keep = self
-                        .exchange(&mut client, &request, &mut out, &mut back, draining)
-                        .await;
+                    // Boxed: the exchange's state is allocated while a request is served, not
+                    // carried by every idle keep-alive connection's task.
+                    let keep = Box::pin(self.exchange(
+                        &mut client,
+                        &request,
+                        &mut out,
+                        &mut back,
+                        draining,
+                    ))
+                    .await;
                     client.io.disarm();
                     if !keep || client.broken || shutdown.is_triggered() {
                         break;

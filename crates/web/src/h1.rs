@@ -81,16 +81,17 @@ impl WebServer {
                     let started = Instant::now();
                     client.begin(&request, started);
                     let keep_alive = request.keep_alive && !shutdown.is_triggered();
-                    let outcome = self
-                        .exchange(
-                            &mut client,
-                            &request,
-                            &mut out,
-                            &mut back,
-                            &mut id,
-                            keep_alive,
-                        )
-                        .await;
+                    // Boxed: the exchange's state is allocated while a request is served, not
+                    // carried by every idle keep-alive connection's task.
+                    let outcome = Box::pin(self.exchange(
+                        &mut client,
+                        &request,
+                        &mut out,
+                        &mut back,
+                        &mut id,
+                        keep_alive,
+                    ))
+                    .await;
                     self.metrics.record(outcome.handler, outcome.status);
                     self.access_log(&client, &out, &request, &outcome, &id, started);
                     if !outcome.keep || client.broken || shutdown.is_triggered() {

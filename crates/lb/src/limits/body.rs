@@ -64,6 +64,24 @@ pub struct Paced<C> {
     floor: Option<Floor>,
 }
 
+/// A plain client connection waits for its next request without a buffer; a TLS one keeps
+/// its own.
+impl webstack_http1::server::IdleRead for Paced<tokio::net::TcpStream> {
+    const CAN_TELL: bool = true;
+
+    fn poll_idle_readable(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.io.poll_read_ready(cx)
+    }
+}
+
+impl webstack_http1::server::IdleRead
+    for Paced<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>
+{
+}
+
 impl<C> Paced<C> {
     pub fn new(io: C) -> Self {
         Self { io, floor: None }
