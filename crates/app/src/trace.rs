@@ -65,10 +65,11 @@ struct Seen {
     user_agent: Option<HeaderValue>,
 }
 
-/// The client as the lb saw it: in the topology's chain (client -> lb -> web -> app) the lb
-/// appends the client to `X-Forwarded-For` and the web server appends the lb, so the client is
-/// the second address from the right (the only one from the right when a request came to the
-/// web server directly). The unspecified address when there is none.
+/// The address the lb took the request from: in the topology's chain (client -> lb -> web ->
+/// app) the lb appends its peer to `X-Forwarded-For` and the web server appends the lb, so it
+/// is the second address from the right (the only one when a request came to the web server
+/// directly, which then names whoever sent it). With `trusted_proxies` that is the proxy; the
+/// lb's own line names the client behind it. The unspecified address when there is none.
 fn client_of(headers: &axum::http::HeaderMap) -> std::net::IpAddr {
     let mut addresses: Vec<&str> = headers
         .get_all("x-forwarded-for")

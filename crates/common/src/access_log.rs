@@ -145,11 +145,10 @@ impl AccessLog {
                 Format::Json => json_line(&mut buf, entry),
                 Format::Combined => combined_line(&mut buf, entry),
             }
-            (buf.len() >= BUFFER)
-                .then(|| std::mem::replace(&mut *buf, Vec::with_capacity(BUFFER + 4096)))
+            buf.len() >= BUFFER
         };
-        if let Some(lines) = full {
-            self.shared.write(&lines);
+        if full {
+            self.shared.flush();
         }
     }
 
@@ -164,20 +163,19 @@ impl Shared {
         self.buf.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Writes the buffered lines. The file's lock is taken first and held from taking the
+    /// lines to writing them: writes keep the lines' order, and a flush that returns has
+    /// everything logged before it in the file (none sits in another thread's hands).
     fn flush(&self) {
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let lines = {
             let mut buf = self.lock_buf();
             if buf.is_empty() {
                 return;
             }
-            std::mem::take(&mut *buf)
+            std::mem::replace(&mut *buf, Vec::with_capacity(BUFFER + 4096))
         };
-        self.write(&lines);
-    }
-
-    fn write(&self, lines: &[u8]) {
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(error) = file.write_all(lines) {
+        if let Err(error) = file.write_all(&lines) {
             // Said once per failed write, on the role's own log; the lines are lost, as nginx's.
             tracing::warn!(path = %self.path.display(), %error, "cannot write the access log");
         }
@@ -185,8 +183,8 @@ impl Shared {
 
     /// Writes what is buffered to the old file, then continues in a file opened by name again.
     fn reopen(&self) -> std::io::Result<()> {
-        self.flush();
         let fresh = open_append(&self.path)?;
+        self.flush();
         *self.file.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
     }

@@ -730,10 +730,7 @@ fn lb_config(
         server_timing: lb.server_timing,
         tls: tls_settings(check, &lb.tls)?,
         vip: None,
-        threads: match *lb.threads.get_ref() {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n as usize,
-        },
+        threads: threads(&lb.threads),
     })
 }
 
@@ -957,6 +954,14 @@ fn acme_settings(
     })
 }
 
+/// A `threads` setting: 0 means one per CPU core.
+fn threads(setting: &toml::Spanned<u32>) -> usize {
+    match *setting.get_ref() {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n as usize,
+    }
+}
+
 /// An access log's settings, its path filled in per host (`Config::lb`, `web`, `app`).
 fn access_log(
     on: bool,
@@ -990,5 +995,6 @@ fn web_config(check: &Checker, web: &file::WebFile) -> Result<webstack_web::Conf
         access_log: access_log(web.access_log, web.access_log_format),
         server_timing: web.server_timing,
         maxconn: check.maxconn(&web.maxconn, "web.maxconn")?,
+        threads: threads(&web.threads),
     })
 }

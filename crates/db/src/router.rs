@@ -120,7 +120,8 @@ pub enum LeaderView {
     Node { host: String, term: i64 },
 }
 
-/// Connections kept open to each node even when idle.
+/// Idle connections the pool keeps to each node however long they idle (opened on demand,
+/// never ahead of it).
 const POOL_MIN: usize = 2;
 /// Connections to each node at most; a request beyond waits for one to be returned.
 const POOL_MAX: usize = 20;

@@ -22,7 +22,7 @@ use webstack_http1::retry::Failure;
 use webstack_http1::server::{ClientConn, HeadLimits, Local, Next, SendFailure, text};
 use webstack_http1::{date, head, tunnel};
 
-use crate::WebServer;
+use crate::Worker;
 use crate::statics::{self, Coding, Conditions, Decision};
 
 type Client = ClientConn<TcpStream>;
@@ -39,7 +39,7 @@ struct Outcome {
     bytes: Option<u64>,
 }
 
-impl WebServer {
+impl Worker {
     /// Serves one client connection until it closes, idles past the header timeout, or the
     /// server drains (the request in flight finishes first).
     pub(crate) async fn serve(
@@ -142,10 +142,15 @@ impl WebServer {
                 .with("guard");
         }
         if let Some(file) = statics::static_path(path) {
-            // Checked by the guard: well-formed escapes of UTF-8, no dot segments.
-            let file = percent_encoding::percent_decode_str(file)
-                .decode_utf8_lossy()
-                .into_owned();
+            // Checked by the guard: well-formed escapes of UTF-8, no dot segments. Empty
+            // segments are dropped: `/static//a.css` is one file under one name (in the cache
+            // too), as the kernel reads it.
+            let decoded = percent_encoding::percent_decode_str(file).decode_utf8_lossy();
+            let mut file = String::with_capacity(decoded.len());
+            for segment in decoded.split('/').filter(|s| !s.is_empty()) {
+                file.push('/');
+                file.push_str(segment);
+            }
             return self
                 .serve_file(client, back, out, request, id, keep_alive, &file)
                 .await
@@ -175,21 +180,20 @@ impl WebServer {
                 .await;
         }
         let conditions = Conditions::of(out);
-        let version = [(Coding::Brotli, "br"), (Coding::Gzip, "gzip")]
-            .into_iter()
-            .filter(|(_, name)| conditions.accepts(name))
-            .find_map(|(coding, _)| {
-                // A sibling counts only next to the file itself.
-                self.statics.open(file, coding)
-            })
-            .filter(|_| self.statics.open(file, Coding::Identity).is_some())
-            .or_else(|| self.statics.open(file, Coding::Identity));
-        let Some(version) = version else {
+        // The file itself first (a missing one costs one `stat`); a precompressed sibling
+        // counts only next to it, and only for a client that takes its coding.
+        let Some(identity) = self.statics.open(file, Coding::Identity) else {
             return self
                 .own_answer(client, back, request, id, keep_alive, Own::NotFound)
                 .await;
         };
-        let (start, end, status) = match statics::decide(&version, &conditions, true) {
+        let version = [(Coding::Brotli, "br"), (Coding::Gzip, "gzip")]
+            .into_iter()
+            .filter(|(_, name)| conditions.accepts(name))
+            .find_map(|(coding, _)| self.statics.open(file, coding))
+            .unwrap_or(identity);
+        let ranges = !request.is_head;
+        let (start, end, status) = match statics::decide(&version, &conditions, ranges) {
             Decision::Whole => (0, version.len, StatusCode::OK),
             Decision::Part { start, end } => (start, end, StatusCode::PARTIAL_CONTENT),
             Decision::NotModified => {
@@ -255,11 +259,15 @@ impl WebServer {
                 BODY_TIMEOUT,
             )
             .await
-        } else {
+        } else if let Some(file) = &version.file {
             match send_more(&client.io, back).await {
-                Ok(()) => send_file(&client.io, &version.file, start, end - start).await,
+                Ok(()) => send_file(&client.io, file, start, end - start).await,
                 Err(error) => Err(error),
             }
+        } else {
+            Err(std::io::Error::other(
+                "a file version with neither bytes nor a descriptor",
+            ))
         };
         if let Err(error) = &sent {
             tracing::debug!(client = %client.peer, %error, "client went away during a file");
@@ -419,8 +427,9 @@ impl WebServer {
                     return (400, false, None);
                 }
                 Err(SendFailure::Client(error)) => {
+                    // Nothing was answered: nginx's 499 in the access log.
                     tracing::debug!(client = %client.peer, %error, "the client's request body failed");
-                    return (400, false, None);
+                    return (499, false, None);
                 }
             };
             if !conn.worth_a_fresh_try(replayable, &failure) {

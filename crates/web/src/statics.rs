@@ -20,8 +20,9 @@ use bytes::Bytes;
 /// Files up to this size are kept in memory and written with their head in one call; larger
 /// ones are sent from the file with `sendfile`.
 const IN_MEMORY_MAX: u64 = 64 * 1024;
-/// Files kept open at most (nginx's `open_file_cache max=`); when full, the cache starts over.
-const CACHE_MAX: usize = 4096;
+/// Versions kept at most (nginx's `open_file_cache max=`); when full, the cache starts over.
+/// Only large files keep a descriptor.
+pub const CACHE_MAX: usize = 1024;
 
 /// Which file path a request path maps to, when it is a static file: `/static/x` -> `/x`, and
 /// the two root files browsers and crawlers ask for.
@@ -52,7 +53,8 @@ impl Coding {
     }
 }
 
-/// What identifies one version of a file on disk.
+/// What identifies one version of a file on disk: a file replaced by a rename has another
+/// inode, one rewritten in place another ctime (even when its mtime was kept, `cp -p`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Stamp {
     dev: u64,
@@ -60,6 +62,8 @@ struct Stamp {
     len: u64,
     mtime: i64,
     mtime_nsec: i64,
+    ctime: i64,
+    ctime_nsec: i64,
 }
 
 impl Stamp {
@@ -70,6 +74,8 @@ impl Stamp {
             len: meta.len(),
             mtime: meta.mtime(),
             mtime_nsec: meta.mtime_nsec(),
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
         }
     }
 }
@@ -77,7 +83,8 @@ impl Stamp {
 /// One version of one file, open, with its response headers made once.
 pub struct Version {
     stamp: Stamp,
-    pub file: File,
+    /// Open for `sendfile`: a large file (a small one is in `bytes`, its descriptor closed).
+    pub file: Option<File>,
     pub len: u64,
     /// The whole content, for a small file.
     pub bytes: Option<Bytes>,
@@ -95,8 +102,9 @@ pub struct Version {
 pub struct Statics {
     root: PathBuf,
     cache_control: String,
-    /// Open files by path below the root (a precompressed sibling under its own name).
-    files: Mutex<HashMap<String, Arc<Version>>>,
+    /// Kept versions by path below the root, one map per coding (a request for `/a.css.gz`
+    /// itself is the identity of that name, never the gzip variant of `/a.css`).
+    files: Mutex<[HashMap<String, Arc<Version>>; 3]>,
 }
 
 impl Statics {
@@ -104,7 +112,7 @@ impl Statics {
         Self {
             root: root.to_path_buf(),
             cache_control: cache_control.to_string(),
-            files: Mutex::new(HashMap::new()),
+            files: Mutex::new(Default::default()),
         }
     }
 
@@ -112,32 +120,35 @@ impl Statics {
     /// in `coding`: one `stat` to check what is kept, a new open when the file changed.
     /// `None` for a missing file, a directory, or anything that is not a regular file.
     pub fn open(&self, relative: &str, coding: Coding) -> Option<Arc<Version>> {
-        let key = if coding == Coding::Identity {
-            std::borrow::Cow::Borrowed(relative)
-        } else {
-            std::borrow::Cow::Owned(format!("{relative}{}", coding.suffix()))
-        };
-        let path = self.root.join(key.trim_start_matches('/'));
-        let meta = std::fs::metadata(&path).ok()?;
-        if !meta.is_file() {
-            return None;
+        let slot = coding as usize;
+        let mut path = self.root.join(relative.trim_start_matches('/'));
+        if coding != Coding::Identity {
+            path.as_mut_os_string().push(coding.suffix());
         }
+        let meta = match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => meta,
+            _ => {
+                // Gone (or never a file): its descriptor is closed now, not when evicted.
+                self.lock()[slot].remove(relative);
+                return None;
+            }
+        };
         let stamp = Stamp::of(&meta);
-        if let Some(kept) = self.lock().get(key.as_ref())
+        if let Some(kept) = self.lock()[slot].get(relative)
             && kept.stamp == stamp
         {
             return Some(kept.clone());
         }
         let version = Arc::new(self.load(&path, relative, coding)?);
         let mut files = self.lock();
-        if files.len() >= CACHE_MAX {
-            files.clear();
+        if files.iter().map(HashMap::len).sum::<usize>() >= CACHE_MAX {
+            files.iter_mut().for_each(HashMap::clear);
         }
-        files.insert(key.into_owned(), version.clone());
+        files[slot].insert(relative.to_string(), version.clone());
         Some(version)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Version>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, [HashMap<String, Arc<Version>>; 3]> {
         self.files.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -199,7 +210,7 @@ impl Statics {
         }
         Some(Version {
             stamp,
-            file,
+            file: bytes.is_none().then_some(file),
             len,
             bytes,
             etag,
@@ -220,8 +231,9 @@ fn push_line(out: &mut Vec<u8>, name: &str, value: &str) {
 /// The request headers a static answer depends on.
 #[derive(Default, Debug)]
 pub struct Conditions<'a> {
-    pub if_match: Option<&'a [u8]>,
-    pub if_none_match: Option<&'a [u8]>,
+    /// Every line's list (a repeated field is one list, RFC 9110 §5.3).
+    pub if_match: Vec<&'a [u8]>,
+    pub if_none_match: Vec<&'a [u8]>,
     pub if_modified_since: Option<&'a [u8]>,
     pub if_unmodified_since: Option<&'a [u8]>,
     pub range: Option<&'a [u8]>,
@@ -230,8 +242,8 @@ pub struct Conditions<'a> {
 }
 
 impl<'a> Conditions<'a> {
-    /// Reads them from a request head (`Name: value` lines after the request line; the last
-    /// of repeated fields wins, as nginx does for these).
+    /// Reads them from a request head (`Name: value` lines after the request line; of a
+    /// repeated single-value field the last wins, as nginx does).
     pub fn of(head: &'a [u8]) -> Self {
         let mut found = Self::default();
         for line in head.split(|&b| b == b'\n').skip(1) {
@@ -242,9 +254,15 @@ impl<'a> Conditions<'a> {
             let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
             let slot = match name.len() {
                 5 if name.eq_ignore_ascii_case(b"range") => &mut found.range,
-                8 if name.eq_ignore_ascii_case(b"if-match") => &mut found.if_match,
+                8 if name.eq_ignore_ascii_case(b"if-match") => {
+                    found.if_match.push(value);
+                    continue;
+                }
                 8 if name.eq_ignore_ascii_case(b"if-range") => &mut found.if_range,
-                13 if name.eq_ignore_ascii_case(b"if-none-match") => &mut found.if_none_match,
+                13 if name.eq_ignore_ascii_case(b"if-none-match") => {
+                    found.if_none_match.push(value);
+                    continue;
+                }
                 15 if name.eq_ignore_ascii_case(b"accept-encoding") => &mut found.accept_encoding,
                 17 if name.eq_ignore_ascii_case(b"if-modified-since") => {
                     &mut found.if_modified_since
@@ -303,10 +321,15 @@ pub enum Decision {
     Unsatisfiable,
 }
 
-/// RFC 9110 §13.2.2: the preconditions in order, then the range (GET only).
-pub fn decide(version: &Version, conditions: &Conditions<'_>, is_get_or_head: bool) -> Decision {
-    if let Some(if_match) = conditions.if_match {
-        if !etag_listed(if_match, &version.etag, true) {
+/// RFC 9110 §13.2.2: the preconditions in order (for GET and HEAD, the only methods static
+/// files answer), then the range: `ranges` is false for HEAD (§14.2: Range is for GET only).
+pub fn decide(version: &Version, conditions: &Conditions<'_>, ranges: bool) -> Decision {
+    if !conditions.if_match.is_empty() {
+        if !conditions
+            .if_match
+            .iter()
+            .any(|list| etag_listed(list, &version.etag, true))
+        {
             return Decision::PreconditionFailed;
         }
     } else if let Some(since) = conditions.if_unmodified_since.and_then(http_date)
@@ -314,25 +337,24 @@ pub fn decide(version: &Version, conditions: &Conditions<'_>, is_get_or_head: bo
     {
         return Decision::PreconditionFailed;
     }
-    if let Some(if_none_match) = conditions.if_none_match {
-        if etag_listed(if_none_match, &version.etag, false) {
-            return if is_get_or_head {
-                Decision::NotModified
-            } else {
-                Decision::PreconditionFailed
-            };
+    if !conditions.if_none_match.is_empty() {
+        if conditions
+            .if_none_match
+            .iter()
+            .any(|list| etag_listed(list, &version.etag, false))
+        {
+            return Decision::NotModified;
         }
-    } else if is_get_or_head
-        && let Some(since) = conditions.if_modified_since.and_then(http_date)
+    } else if let Some(since) = conditions.if_modified_since.and_then(http_date)
         && version.modified <= since
     {
         return Decision::NotModified;
     }
-    let Some(range) = conditions.range else {
+    let Some(range) = conditions.range.filter(|_| ranges) else {
         return Decision::Whole;
     };
     if let Some(validator) = conditions.if_range
-        && !if_range_matches(validator, version)
+        && !if_range_matches(validator, version, SystemTime::now())
     {
         // The client holds another version: a slice of this one would corrupt its copy.
         return Decision::Whole;
@@ -344,12 +366,15 @@ pub fn decide(version: &Version, conditions: &Conditions<'_>, is_get_or_head: bo
     }
 }
 
-/// `If-Range`: an entity tag compared strongly, or a date equal to Last-Modified.
-fn if_range_matches(validator: &[u8], version: &Version) -> bool {
+/// `If-Range`: an entity tag compared strongly, or a date equal to Last-Modified when that is
+/// a strong validator (RFC 9110 §8.8.2.2: the file is at least a second older than `now`, so no
+/// other version can have had the same date).
+fn if_range_matches(validator: &[u8], version: &Version, now: SystemTime) -> bool {
     if validator.starts_with(b"\"") || validator.starts_with(b"W/") {
         validator == version.etag.as_bytes()
     } else {
-        http_date(validator) == Some(version.modified)
+        let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        http_date(validator) == Some(version.modified) && now > version.modified
     }
 }
 
@@ -492,8 +517,10 @@ mod tests {
                 len,
                 mtime: 0,
                 mtime_nsec: 0,
+                ctime: 0,
+                ctime_nsec: 0,
             },
-            file: File::open("/dev/null").unwrap(),
+            file: None,
             len,
             bytes: None,
             etag: etag.into(),
@@ -517,14 +544,17 @@ mod tests {
         };
         assert_eq!(c(&|_| {}), Decision::Whole);
         assert_eq!(
-            c(&|c| c.if_none_match = Some(b"\"b\", \"a\"")),
+            c(&|c| c.if_none_match = vec![&b"\"b\", \"a\""[..]]),
             Decision::NotModified
         );
         assert_eq!(
-            c(&|c| c.if_none_match = Some(b"W/\"a\"")),
+            c(&|c| c.if_none_match = vec![&b"W/\"a\""[..]]),
             Decision::NotModified
         );
-        assert_eq!(c(&|c| c.if_none_match = Some(b"\"b\"")), Decision::Whole);
+        assert_eq!(
+            c(&|c| c.if_none_match = vec![&b"\"b\""[..]]),
+            Decision::Whole
+        );
         assert_eq!(
             c(&|c| c.if_modified_since = Some(same.as_bytes())),
             Decision::NotModified
@@ -536,20 +566,20 @@ mod tests {
         // If-None-Match wins over If-Modified-Since.
         assert_eq!(
             c(&|c| {
-                c.if_none_match = Some(b"\"b\"");
+                c.if_none_match = vec![&b"\"b\""[..]];
                 c.if_modified_since = Some(same.as_bytes());
             }),
             Decision::Whole
         );
         assert_eq!(
-            c(&|c| c.if_match = Some(b"\"b\"")),
+            c(&|c| c.if_match = vec![&b"\"b\""[..]]),
             Decision::PreconditionFailed
         );
         assert_eq!(
-            c(&|c| c.if_match = Some(b"W/\"a\"")),
+            c(&|c| c.if_match = vec![&b"W/\"a\""[..]]),
             Decision::PreconditionFailed
         );
-        assert_eq!(c(&|c| c.if_match = Some(b"*")), Decision::Whole);
+        assert_eq!(c(&|c| c.if_match = vec![&b"*"[..]]), Decision::Whole);
         assert_eq!(
             c(&|c| c.if_unmodified_since = Some(earlier.as_bytes())),
             Decision::PreconditionFailed
@@ -597,7 +627,7 @@ mod tests {
         let head = b"GET /static/a.css HTTP/1.1\r\nHost: x\r\nrange: bytes=1-2\r\nIf-None-Match: \"x\"\r\nAccept-Encoding: gzip;q=0, br\r\n";
         let c = Conditions::of(head);
         assert_eq!(c.range, Some(&b"bytes=1-2"[..]));
-        assert_eq!(c.if_none_match, Some(&b"\"x\""[..]));
+        assert_eq!(c.if_none_match, vec![&b"\"x\""[..]]);
         assert!(c.accepts("br"));
         assert!(!c.accepts("gzip"));
         let c = Conditions::of(b"GET / HTTP/1.1\r\nAccept-Encoding: *\r\n");

@@ -27,6 +27,11 @@ pub async fn run(
     supervised: bool,
 ) -> anyhow::Result<ExitCode> {
     telemetry::init();
+    // SIGUSR1 means "reopen the access log" (logrotate's postrotate, nginx's convention): the
+    // handler is in place before anything else, so a rotation during a slow start (TLS, a
+    // database's first bootstrap) cannot end the process with the signal's default action.
+    let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .context("cannot handle SIGUSR1")?;
     let open_files = raise_open_files();
     let host = config
         .host(host_name)
@@ -131,7 +136,20 @@ pub async fn run(
         }
         Role::Web => {
             let listener = listener.expect("bound above");
-            let web = webstack_web::WebServer::new(config.web(&host, state_dir), &mut registry)
+            let mut web_config = config.web(&host, state_dir);
+            // Each client connection may hold an app connection too; keep room for the
+            // open-file cache's descriptors and the logs.
+            let reserved = 256 + webstack_web::OPEN_FILES_MAX as u64;
+            let fits = (open_files.saturating_sub(reserved) / 2) as usize;
+            if web_config.maxconn > fits {
+                tracing::warn!(
+                    maxconn = web_config.maxconn,
+                    open_files,
+                    "web.maxconn is more than the open-file limit allows; serving {fits} at once"
+                );
+                web_config.maxconn = fits.max(1);
+            }
+            let web = webstack_web::WebServer::new(web_config, &mut registry)
                 .context("cannot start the web server")?;
             let shutdown = shutdown.clone();
             Box::new(move |admin| tokio::spawn(web.run(listener, admin, shutdown)))
@@ -195,13 +213,10 @@ pub async fn run(
             }
         }
     });
-    // SIGUSR1 means "reopen the access log" (logrotate's postrotate, nginx's convention).
-    let reopens = tokio::spawn(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut usr1) = signal(SignalKind::user_defined1()) {
-            while usr1.recv().await.is_some() {
-                webstack_common::access_log::reopen_all();
-            }
+    let reopens = tokio::spawn(async move {
+        let mut usr1 = usr1;
+        while usr1.recv().await.is_some() {
+            webstack_common::access_log::reopen_all();
         }
     });
     let serving = start(admin);

@@ -108,6 +108,11 @@ pub async fn run(
     only_host: Option<String>,
     state_dir: PathBuf,
 ) -> anyhow::Result<ExitCode> {
+    // SIGHUP and SIGUSR1 are forwarded to the roles; handled from the first moment, so neither
+    // can end the supervisor with its default action while it starts.
+    use tokio::signal::unix::{SignalKind, signal};
+    let hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let reopens = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     for dir in [
         state_dir.clone(),
         state_dir.join("logs"),
@@ -207,8 +212,8 @@ pub async fn run(
     let tasks = [
         tokio::spawn(health_loop(sup.clone())),
         tokio::spawn(control_loop(sup.clone(), listener)),
-        tokio::spawn(forward_hangups(sup.clone())),
-        tokio::spawn(forward_reopens(sup.clone())),
+        tokio::spawn(forward_hangups(sup.clone(), hangups)),
+        tokio::spawn(forward_reopens(sup.clone(), reopens)),
     ];
     let started = tokio::select! {
         result = start_all(&sup) => result,
@@ -613,11 +618,7 @@ async fn reap_loop(sup: Shared) {
 
 /// SIGHUP to the supervisor reaches every running lb, which reloads its certificates (as
 /// `kill -HUP` does to one lb process).
-async fn forward_hangups(sup: Shared) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        return;
-    };
+async fn forward_hangups(sup: Shared, mut hangup: tokio::signal::unix::Signal) {
     while hangup.recv().await.is_some() {
         let pids: Vec<u32> = {
             let units = sup.units.lock().unwrap();
@@ -639,11 +640,7 @@ async fn forward_hangups(sup: Shared) {
 
 /// SIGUSR1 to the supervisor reaches every lb, web and app process, which reopen their access
 /// logs (logrotate's `postrotate`; nginx's convention).
-async fn forward_reopens(sup: Shared) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-        return;
-    };
+async fn forward_reopens(sup: Shared, mut usr1: tokio::signal::unix::Signal) {
     while usr1.recv().await.is_some() {
         let pids: Vec<u32> = {
             let units = sup.units.lock().unwrap();

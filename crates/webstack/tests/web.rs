@@ -175,6 +175,22 @@ fn files_large_and_small_with_ranges_versions_and_short_error_pages() {
     let web = topology.web(1);
     let lb = topology.lb();
 
+    // A precompressed file fetched by its own name first is that file, and later never the
+    // variant of the file it compresses (nor the other way round).
+    let direct = get(web, "/static/style.css.gz", &[]).unwrap();
+    assert_eq!(direct.status, 200);
+    assert!(direct.header("content-encoding").is_none());
+    assert_ne!(direct.header("content-type"), Some("text/css"));
+    let variant = get(web, "/static/style.css", &[("Accept-Encoding", "gzip")]).unwrap();
+    assert_eq!(variant.header("content-encoding"), Some("gzip"));
+    assert_eq!(variant.header("content-type"), Some("text/css"));
+    assert_eq!(variant.body, direct.body);
+    assert_eq!(
+        get(web, "/static//style.css", &[]).unwrap().body,
+        std::fs::read(root.path().join("style.css")).unwrap(),
+        "empty segments are dropped"
+    );
+
     // Large: whole (sendfile), HEAD, ranges at both ends, through the lb too.
     for addr in [web, lb] {
         let whole = get(addr, "/static/big.bin", &[]).unwrap();
@@ -185,8 +201,15 @@ fn files_large_and_small_with_ranges_versions_and_short_error_pages() {
             Some("application/octet-stream")
         );
     }
-    let head = http::request(web, "HEAD", "/static/big.bin", &[], &[]).unwrap();
-    assert_eq!(head.status, 200);
+    let head = http::request(
+        web,
+        "HEAD",
+        "/static/big.bin",
+        &[("Range", "bytes=0-9")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(head.status, 200, "Range is for GET only");
     assert_eq!(
         head.header("content-length"),
         Some(big.len().to_string().as_str())
