@@ -411,8 +411,6 @@ pub struct WebFile {
     /// `Server-Timing: web;dur=..` on proxied responses (opt-in).
     pub server_timing: bool,
     pub maxconn: Spanned<u32>,
-    /// Worker threads; 0 means one per CPU core.
-    pub threads: Spanned<u32>,
     pub timeouts: WebTimeoutsFile,
 }
 
@@ -428,7 +426,6 @@ impl Default for WebFile {
             access_log_format: AccessLogFormat::Json,
             server_timing: false,
             maxconn: Spanned::new(0..0, 10_000),
-            threads: Spanned::new(0..0, 0),
             timeouts: WebTimeoutsFile::default(),
         }
     }

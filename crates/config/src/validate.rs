@@ -995,6 +995,5 @@ fn web_config(check: &Checker, web: &file::WebFile) -> Result<webstack_web::Conf
         access_log: access_log(web.access_log, web.access_log_format),
         server_timing: web.server_timing,
         maxconn: check.maxconn(&web.maxconn, "web.maxconn")?,
-        threads: threads(&web.threads),
     })
 }

@@ -29,6 +29,4 @@ pub struct Config {
     pub server_timing: bool,
     /// Client connections served at once; more wait in the listen backlog.
     pub maxconn: usize,
-    /// Worker threads, each with its own runtime and app connections.
-    pub threads: usize,
 }

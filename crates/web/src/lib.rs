@@ -13,8 +13,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use webstack_common::access_log::AccessLog;
 use webstack_common::forward::RequestIds;
-use webstack_common::serve::{AcceptShare, accept_loop};
-use webstack_common::shutdown::DRAIN_GRACE;
+use webstack_common::serve::accept_loop;
 use webstack_common::{Admin, ConnectionLimit, Shutdown};
 use webstack_http1::pool::Pool;
 
@@ -103,54 +102,31 @@ impl WebServer {
         })
     }
 
-    /// Serves `listener` until `shutdown` on `config.threads` workers, each a current-thread
-    /// runtime with its own pool of app connections accepting on a duplicate of the listener
-    /// (the lb's model: a connection stays on the thread that accepted it, no work stealing);
-    /// ready as soon as they accept.
+    /// Serves `listener` until `shutdown`; ready as soon as it accepts. Connections run on the
+    /// process's multi-thread runtime, sharing one pool of app connections: measured against
+    /// the lb's model (a current-thread runtime and a pool per worker), it proxied to the app
+    /// with less CPU here, where the web server, the app and the clients share the cores
+    /// (bench/results/2026-11-30-web.md).
     pub async fn run(self, listener: TcpListener, admin: Admin, shutdown: Shutdown) {
-        let listener = match listener.into_std() {
-            Ok(listener) => listener,
-            Err(error) => return tracing::error!(%error, "cannot hand the listener to the workers"),
-        };
         let limit = ConnectionLimit::new(self.config.maxconn);
-        let workers = self.config.threads.max(1);
-        let mut shares = AcceptShare::for_workers(workers);
-        let this = Arc::new(self);
-        let mut threads = Vec::new();
-        for n in 0..workers {
-            let socket = match listener.try_clone() {
-                Ok(socket) => socket,
-                Err(error) => {
-                    tracing::error!(%error, "cannot duplicate the listener for a worker");
-                    continue;
-                }
-            };
-            let worker = Worker {
-                pool: Pool::new(1, this.config.app_connect_timeout),
-                web: this.clone(),
-            };
-            let (limit, share, shutdown) = (limit.clone(), shares.pop(), shutdown.clone());
-            let spawned = std::thread::Builder::new()
-                .name(format!("web-worker-{n}"))
-                .spawn(move || worker.serve_on_own_runtime(socket, limit, share, shutdown));
-            match spawned {
-                Ok(handle) => threads.push(handle),
-                Err(error) => tracing::error!(%error, "cannot start a worker thread"),
-            }
-        }
-        drop(listener);
-        admin.set_ready(!threads.is_empty());
-        shutdown.triggered().await;
+        let worker = Arc::new(Worker {
+            pool: Pool::new(1, self.config.app_connect_timeout),
+            web: Arc::new(self),
+        });
+        admin.set_ready(true);
+        accept_loop(
+            listener,
+            &limit,
+            None,
+            shutdown,
+            |stream, peer, shutdown| worker.clone().serve(stream, peer, shutdown),
+        )
+        .await;
         admin.set_ready(false);
-        // Workers return once their connections drained (or the grace ran out).
-        let _ =
-            tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join())))
-                .await;
     }
 }
 
-/// One worker thread's share of the web server: the shared parts, and its own connections to
-/// the app.
+/// The web server and its connections to the app.
 pub(crate) struct Worker {
     web: Arc<WebServer>,
     /// Connections to the one app server (index 0).
@@ -162,41 +138,5 @@ impl std::ops::Deref for Worker {
 
     fn deref(&self) -> &WebServer {
         &self.web
-    }
-}
-
-impl Worker {
-    fn serve_on_own_runtime(
-        self,
-        socket: std::net::TcpListener,
-        limit: ConnectionLimit,
-        share: Option<AcceptShare>,
-        shutdown: Shutdown,
-    ) {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime,
-            Err(error) => return tracing::error!(%error, "cannot start a worker runtime"),
-        };
-        let worker = Arc::new(self);
-        runtime.block_on(async move {
-            match TcpListener::from_std(socket) {
-                Ok(listener) => {
-                    accept_loop(
-                        listener,
-                        &limit,
-                        share,
-                        shutdown.clone(),
-                        |stream, peer, shutdown| worker.clone().serve(stream, peer, shutdown),
-                    )
-                    .await
-                }
-                Err(error) => tracing::error!(%error, "cannot use the listener"),
-            }
-            // Connection tasks live on this runtime: keep it until they are done.
-            shutdown.drain(DRAIN_GRACE).await;
-        });
     }
 }
