@@ -600,15 +600,20 @@ async fn send_more(stream: &TcpStream, mut head: &[u8]) -> std::io::Result<()> {
         match sent {
             Ok(n) => head = &head[n..],
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                match tokio::time::timeout(BODY_TIMEOUT, stream.writable()).await {
-                    Ok(ready) => ready?,
-                    Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-                }
+                writable(stream).await?;
             }
             Err(error) => return Err(error),
         }
     }
     Ok(())
+}
+
+/// Waits until the socket takes more, within the body timeout.
+async fn writable(stream: &TcpStream) -> std::io::Result<()> {
+    match tokio::time::timeout(BODY_TIMEOUT, stream.writable()).await {
+        Ok(ready) => ready,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// Sends `count` bytes of `file` from `offset` with `sendfile(2)`: the kernel copies from the
@@ -632,10 +637,7 @@ async fn send_file(
             Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => count -= n as u64,
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                match tokio::time::timeout(BODY_TIMEOUT, stream.writable()).await {
-                    Ok(ready) => ready?,
-                    Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-                }
+                writable(stream).await?;
             }
             Err(error) => return Err(error),
         }

@@ -97,17 +97,8 @@ pub async fn run(
         }
         Role::Lb => {
             let mut lb_config = config.lb(&host, state_dir);
-            // Each client connection may hold a server connection too; keep room for pools,
-            // certificates and logs.
-            let fits = (open_files.saturating_sub(256) / 2) as usize;
-            if lb_config.maxconn > fits {
-                tracing::warn!(
-                    maxconn = lb_config.maxconn,
-                    open_files,
-                    "lb.maxconn is more than the open-file limit allows; serving {fits} at once"
-                );
-                lb_config.maxconn = fits.max(1);
-            }
+            // Room for pools, certificates and logs.
+            lb_config.maxconn = within_open_files("lb", lb_config.maxconn, open_files, 256);
             if config.uses_local_ca() {
                 webstack_lb::tls::LocalCa::new(state_dir)
                     .ensure(&config.site_names())
@@ -137,18 +128,9 @@ pub async fn run(
         Role::Web => {
             let listener = listener.expect("bound above");
             let mut web_config = config.web(&host, state_dir);
-            // Each client connection may hold an app connection too; keep room for the
-            // open-file cache's descriptors and the logs.
+            // Room for the open-file cache's descriptors and the logs.
             let reserved = 256 + webstack_web::OPEN_FILES_MAX as u64;
-            let fits = (open_files.saturating_sub(reserved) / 2) as usize;
-            if web_config.maxconn > fits {
-                tracing::warn!(
-                    maxconn = web_config.maxconn,
-                    open_files,
-                    "web.maxconn is more than the open-file limit allows; serving {fits} at once"
-                );
-                web_config.maxconn = fits.max(1);
-            }
+            web_config.maxconn = within_open_files("web", web_config.maxconn, open_files, reserved);
             let web = webstack_web::WebServer::new(web_config, &mut registry)
                 .context("cannot start the web server")?;
             let shutdown = shutdown.clone();
@@ -242,6 +224,21 @@ pub async fn run(
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `maxconn` bounded by the open-file limit: each client connection may hold a connection to
+/// the next tier too, and `reserved` descriptors are kept for everything else (with a warning
+/// when the setting is higher).
+fn within_open_files(role: &str, maxconn: usize, open_files: u64, reserved: u64) -> usize {
+    let fits = (open_files.saturating_sub(reserved) / 2) as usize;
+    if maxconn > fits {
+        tracing::warn!(
+            maxconn,
+            open_files,
+            "{role}.maxconn is more than the open-file limit allows; serving {fits} at once"
+        );
+    }
+    maxconn.min(fits).max(1)
 }
 
 /// Reads the topology file again and puts this lb's `[lb.limits]` in force; a file that does
