@@ -16,6 +16,7 @@ use crate::body::{
     self, BODY_TIMEOUT, BodyState, HEAD_BUFFER, LINGER_BYTES, LINGER_IDLE, LINGER_TIME, Malformed,
     RelayError,
 };
+use crate::client::Target;
 use crate::exchange::{self, HeadOutcome, PumpError, Sent};
 use crate::head::{self, Forwarding, Persistence, Refusal, Request, Response, ResponseRewrite};
 use crate::pool::Conn;
@@ -330,6 +331,47 @@ impl<C: AsyncRead + AsyncWrite + Unpin> ClientConn<C> {
             HeadOutcome::Source(RelayError::Read(error) | RelayError::Write(error)) => {
                 self.broken = true;
                 Err(SendFailure::Client(error))
+            }
+        }
+    }
+
+    /// `send_request` on a pooled connection to `target` (or a new one). A pooled connection
+    /// that turns out closed before any answer (the server closed it while idle) gets a
+    /// replayable request again on a fresh one. Returns the connection with the response head.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send_pooled(
+        &mut self,
+        target: &Target<'_>,
+        request: &Request,
+        out: &[u8],
+        back: &mut Vec<u8>,
+        rewrite: &ResponseRewrite<'_>,
+        server_timeout: Duration,
+    ) -> Result<(Conn, Response, Sent), SendFailure> {
+        let connect = || async {
+            target.pool.connect(target.addr).await.map_err(|error| {
+                SendFailure::Server(Failure::Unreachable {
+                    connect: true,
+                    error,
+                })
+            })
+        };
+        let mut conn = match target.pool.checkout(target.server, target.replayable) {
+            Some(conn) => conn,
+            None => connect().await?,
+        };
+        loop {
+            match self
+                .send_request(request, &mut conn, out, back, rewrite, server_timeout)
+                .await
+            {
+                Ok((response, sent)) => return Ok((conn, response, sent)),
+                Err(SendFailure::Server(failure))
+                    if conn.worth_a_fresh_try(target.replayable, &failure) =>
+                {
+                    conn = connect().await?;
+                }
+                Err(error) => return Err(error),
             }
         }
     }

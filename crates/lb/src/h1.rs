@@ -13,12 +13,13 @@ use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use webstack_common::{HttpOptions, Shutdown};
 use webstack_http1::body::RelayError;
+use webstack_http1::client::Target;
 use webstack_http1::exchange::Sent;
 use webstack_http1::head::{
     Forwarding, Framing, Persistence, Refusal, Request, Response, ResponseRewrite,
 };
 use webstack_http1::pool::Conn;
-use webstack_http1::retry::{Attempts, Failure};
+use webstack_http1::retry::Attempts;
 use webstack_http1::server::{ClientConn, HeadLimits, IdleRead, Local, Next, SendFailure, text};
 
 use crate::limits::{LimitError, Paced};
@@ -341,8 +342,9 @@ impl Proxy {
         keep
     }
 
-    /// Sends the request to `server` and reads its response head. A pooled connection the
-    /// server had closed gets the (replayable) request again on a fresh one.
+    /// Sends the request to `server` and reads its response head (a pooled connection the
+    /// server had closed gets the replayable request again on a fresh one). A body over the
+    /// client limits is refused here (408, 413) and logged.
     #[allow(clippy::too_many_arguments)]
     async fn attempt<C>(
         &self,
@@ -357,63 +359,18 @@ impl Proxy {
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
-        let connect = || async {
-            self.pool
-                .connect(server.config.addr)
-                .await
-                .map_err(|error| {
-                    AttemptError::Server(Failure::Unreachable {
-                        connect: true,
-                        error,
-                    })
-                })
+        let target = Target {
+            pool: &self.pool,
+            server: server.index,
+            addr: server.config.addr,
+            replayable,
         };
-        let mut conn = match self.pool.checkout(server.index, replayable) {
-            Some(conn) => conn,
-            None => connect().await?,
-        };
-        loop {
-            match self
-                .send_once(client, request, &mut conn, out, back, rewrite)
-                .await
-            {
-                Ok((response, sent)) => return Ok((conn, response, sent)),
-                Err(AttemptError::Server(failure))
-                    if conn.worth_a_fresh_try(replayable, &failure) =>
-                {
-                    conn = connect().await?;
-                }
-                Err(error) => return Err(error),
-            }
-        }
-    }
-
-    /// Writes the request (head and body) on `conn` while reading the response head into
-    /// `back`. A body over the client limits is refused here (408, 413) and logged.
-    async fn send_once<C>(
-        &self,
-        client: &mut Client<C>,
-        request: &Request,
-        conn: &mut Conn,
-        out: &[u8],
-        back: &mut Vec<u8>,
-        rewrite: &ResponseRewrite<'_>,
-    ) -> Result<(Response, Sent), AttemptError>
-    where
-        C: AsyncRead + AsyncWrite + Unpin,
-    {
+        let timeout = self.config.timeouts.server;
         let sent = client
-            .send_request(
-                request,
-                conn,
-                out,
-                back,
-                rewrite,
-                self.config.timeouts.server,
-            )
+            .send_pooled(&target, request, out, back, rewrite, timeout)
             .await;
         match sent {
-            Ok(answer) => Ok(answer),
+            Ok(answered) => Ok(answered),
             Err(SendFailure::Server(failure)) => Err(AttemptError::Server(failure)),
             Err(SendFailure::Malformed(what)) => {
                 let refusal = Refusal {

@@ -16,13 +16,14 @@ use webstack_common::Shutdown;
 use webstack_common::access_log::{Entry, Value};
 use webstack_common::forward::X_WEBSTACK_WEB_HOST;
 use webstack_http1::body::{self, BODY_TIMEOUT};
+use webstack_http1::client::Target;
 use webstack_http1::exchange::Sent;
 use webstack_http1::head::{Forwarding, Persistence, Request, ResponseRewrite};
 use webstack_http1::retry::Failure;
 use webstack_http1::server::{ClientConn, HeadLimits, Local, Next, SendFailure, text};
 use webstack_http1::{date, head, tunnel};
 
-use crate::Worker;
+use crate::WebServer;
 use crate::statics::{self, Coding, Conditions, Decision};
 
 type Client = ClientConn<TcpStream>;
@@ -39,7 +40,7 @@ struct Outcome {
     bytes: Option<u64>,
 }
 
-impl Worker {
+impl WebServer {
     /// Serves one client connection until it closes, idles past the header timeout, or the
     /// server drains (the request in flight finishes first).
     pub(crate) async fn serve(
@@ -387,68 +388,37 @@ impl Worker {
                 .as_ref()
                 .map(|name| ("X-Served-By", name.as_bytes())),
         };
-        let replayable = request.bodyless() && request.idempotent;
         let addr = self.config.app_addr;
-        let mut conn = match self.pool.checkout(0, replayable) {
-            Some(conn) => conn,
-            None => match self.pool.connect(addr).await {
-                Ok(conn) => conn,
-                Err(error) => {
-                    let failure = Failure::Unreachable {
-                        connect: true,
-                        error,
-                    };
-                    return self
-                        .app_failed(client, back, request, id, keep_alive, &failure)
-                        .await;
-                }
-            },
+        let target = Target {
+            pool: &self.pool,
+            server: 0,
+            addr,
+            replayable: request.bodyless() && request.idempotent,
         };
-        let (response, sent) = loop {
-            let failure = match client
-                .send_request(
-                    request,
-                    &mut conn,
-                    out,
-                    back,
-                    &rewrite,
-                    self.config.app_response_timeout,
-                )
-                .await
-            {
-                Ok(answer) => break answer,
-                Err(SendFailure::Server(failure)) => failure,
-                Err(SendFailure::Malformed(reason)) => {
-                    let refusal = head::Refusal {
-                        status: 400,
-                        reason,
-                    };
-                    client.refuse(back, &refusal, id, None).await;
-                    return (400, false, None);
-                }
-                Err(SendFailure::Client(error)) => {
-                    // Nothing was answered: nginx's 499 in the access log.
-                    tracing::debug!(client = %client.peer, %error, "the client's request body failed");
-                    return (499, false, None);
-                }
-            };
-            if !conn.worth_a_fresh_try(replayable, &failure) {
+        let timeout = self.config.app_response_timeout;
+        let sent = client
+            .send_pooled(&target, request, out, back, &rewrite, timeout)
+            .await;
+        let (mut conn, response, sent) = match sent {
+            Ok(answer) => answer,
+            Err(SendFailure::Server(failure)) => {
                 return self
                     .app_failed(client, back, request, id, keep_alive, &failure)
                     .await;
             }
-            conn = match self.pool.connect(addr).await {
-                Ok(conn) => conn,
-                Err(error) => {
-                    let failure = Failure::Unreachable {
-                        connect: true,
-                        error,
-                    };
-                    return self
-                        .app_failed(client, back, request, id, keep_alive, &failure)
-                        .await;
-                }
-            };
+            Err(SendFailure::Malformed(reason)) => {
+                let refusal = head::Refusal {
+                    status: 400,
+                    reason,
+                };
+                client.refuse(back, &refusal, id, None).await;
+                return (400, false, None);
+            }
+            Err(SendFailure::Client(error)) => {
+                // Nothing was answered: nginx's 499 in the access log.
+                tracing::debug!(client = %client.peer, %error, "the client's request body failed");
+                return (499, false, None);
+            }
         };
         if response.upgrade {
             client.tunnel(&mut conn, back, tunnel::TUNNEL_IDLE).await;

@@ -25,6 +25,8 @@ pub const OPEN_FILES_MAX: usize = statics::CACHE_MAX;
 pub struct WebServer {
     config: Config,
     statics: statics::Statics,
+    /// Connections to the one app server (index 0).
+    pool: Pool,
     authority: String,
     /// `X-Served-By: <host>` when the host name is exposed.
     served_by: Option<String>,
@@ -93,6 +95,7 @@ impl WebServer {
             .filter(|name| http::HeaderValue::from_str(name).is_ok());
         Ok(Self {
             statics: statics::Statics::new(&config.static_root, &config.cache_control),
+            pool: Pool::new(1, config.app_connect_timeout),
             authority: config.app_addr.to_string(),
             metrics: metrics::Metrics::register(registry),
             request_ids: RequestIds::default(),
@@ -109,34 +112,16 @@ impl WebServer {
     /// (bench/results/2026-11-30-web.md).
     pub async fn run(self, listener: TcpListener, admin: Admin, shutdown: Shutdown) {
         let limit = ConnectionLimit::new(self.config.maxconn);
-        let worker = Arc::new(Worker {
-            pool: Pool::new(1, self.config.app_connect_timeout),
-            web: Arc::new(self),
-        });
+        let this = Arc::new(self);
         admin.set_ready(true);
         accept_loop(
             listener,
             &limit,
             None,
             shutdown,
-            |stream, peer, shutdown| worker.clone().serve(stream, peer, shutdown),
+            |stream, peer, shutdown| this.clone().serve(stream, peer, shutdown),
         )
         .await;
         admin.set_ready(false);
-    }
-}
-
-/// The web server and its connections to the app.
-pub(crate) struct Worker {
-    web: Arc<WebServer>,
-    /// Connections to the one app server (index 0).
-    pool: Pool,
-}
-
-impl std::ops::Deref for Worker {
-    type Target = WebServer;
-
-    fn deref(&self) -> &WebServer {
-        &self.web
     }
 }
