@@ -342,26 +342,26 @@ mod streams {
         /// Milliseconds since `start` when the last stream ended.
         last_end: AtomicU64,
         start: std::sync::OnceLock<Instant>,
-        /// Response bodies in hyper's hands, by id: when hyper last asked each for more.
-        asked: std::sync::Mutex<std::collections::HashMap<u64, Instant>>,
+        /// Response bodies in hyper's hands, by id: how many times hyper has asked each for
+        /// more (a counter, so asking costs one atomic add, not a lock and a clock read).
+        bodies: std::sync::Mutex<std::collections::HashMap<u64, Arc<AtomicU64>>>,
         next_body: AtomicU64,
     }
 
     impl OpenStreams {
-        fn bodies(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Instant>> {
-            self.asked.lock().unwrap_or_else(|e| e.into_inner())
+        fn bodies(
+            &self,
+        ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<AtomicU64>>> {
+            self.bodies.lock().unwrap_or_else(|e| e.into_inner())
         }
 
-        /// A new response body, asked for now; its id.
-        pub fn new_body(&self) -> u64 {
+        /// A new response body: its id, and the counter to bump each time hyper asks it for
+        /// more.
+        pub fn new_body(&self) -> (u64, Arc<AtomicU64>) {
             let id = self.next_body.fetch_add(1, Ordering::Relaxed);
-            self.asked_for(id);
-            id
-        }
-
-        /// Hyper asked body `id` for more.
-        pub fn asked_for(&self, id: u64) {
-            self.bodies().insert(id, Instant::now());
+            let asked = Arc::new(AtomicU64::new(0));
+            self.bodies().insert(id, asked.clone());
+            (id, asked)
         }
 
         /// Body `id` is gone (ended, or its stream reset).
@@ -369,13 +369,27 @@ mod streams {
             self.bodies().remove(&id);
         }
 
-        /// Resolves once some body has not been asked for more for `limit`.
+        /// Resolves once some body has not been asked for more for `limit` (its counter
+        /// unchanged over four looks `limit / 4` apart).
         pub async fn stalled(&self, limit: Duration) {
+            const LOOKS: u32 = 4;
+            // Per body: the count at the last look, and for how many looks it has not moved.
+            let mut seen: std::collections::HashMap<u64, (u64, u32)> = Default::default();
             loop {
-                tokio::time::sleep(limit / 4).await;
-                let oldest = self.bodies().values().min().copied();
-                if oldest.is_some_and(|asked| asked.elapsed() >= limit) {
-                    return;
+                tokio::time::sleep(limit / LOOKS).await;
+                let bodies = self.bodies();
+                seen.retain(|id, _| bodies.contains_key(id));
+                for (id, asked) in bodies.iter() {
+                    let now = asked.load(Ordering::Relaxed);
+                    let entry = seen.entry(*id).or_insert((now, 0));
+                    if entry.0 == now {
+                        entry.1 += 1;
+                    } else {
+                        *entry = (now, 0);
+                    }
+                    if entry.1 >= LOOKS {
+                        return;
+                    }
                 }
             }
         }
@@ -434,9 +448,11 @@ mod streams {
             let streams = self.streams.clone();
             Box::pin(async move {
                 let response = response.await?;
+                let (id, asked) = streams.new_body();
                 Ok(response.map(|body| Tracked {
                     inner: body,
-                    id: streams.new_body(),
+                    id,
+                    asked,
                     streams,
                     _guard: guard,
                 }))
@@ -457,6 +473,7 @@ mod streams {
     pub struct Tracked<B> {
         inner: B,
         id: u64,
+        asked: Arc<AtomicU64>,
         streams: Arc<OpenStreams>,
         _guard: Guard,
     }
@@ -475,7 +492,7 @@ mod streams {
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-            self.streams.asked_for(self.id);
+            self.asked.fetch_add(1, Ordering::Relaxed);
             Pin::new(&mut self.inner).poll_frame(cx)
         }
 
@@ -495,8 +512,8 @@ mod streams {
         #[tokio::test(start_paused = true)]
         async fn a_body_the_client_stops_reading_is_noticed_one_read_often_is_not() {
             let streams = Arc::new(OpenStreams::default());
-            let read = streams.new_body();
-            let stuck = streams.new_body();
+            let (_, read) = streams.new_body();
+            let (stuck, _) = streams.new_body();
             let watching = {
                 let streams = streams.clone();
                 tokio::spawn(async move { streams.stalled(Duration::from_secs(75)).await })
@@ -504,7 +521,7 @@ mod streams {
             // `read` is asked for more every 10 s; `stuck` never again.
             for _ in 0..6 {
                 tokio::time::sleep(Duration::from_secs(10)).await;
-                streams.asked_for(read);
+                read.fetch_add(1, Ordering::Relaxed);
                 assert!(!watching.is_finished(), "nothing stalled for 75 s yet");
             }
             tokio::time::sleep(Duration::from_secs(40)).await;
@@ -518,7 +535,7 @@ mod streams {
             };
             for _ in 0..30 {
                 tokio::time::sleep(Duration::from_secs(10)).await;
-                streams.asked_for(read);
+                read.fetch_add(1, Ordering::Relaxed);
             }
             assert!(!watching.is_finished());
         }

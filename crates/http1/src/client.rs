@@ -251,17 +251,27 @@ pub fn response_parts(back: &[u8], response: &Response) -> http::Response<()> {
     if parsed.parse(back).is_err() {
         return out;
     }
+    // One copy of the head; every value is a slice of it (no allocation per field).
+    let shared = bytes::Bytes::copy_from_slice(back);
     let map = out.headers_mut();
+    map.reserve(parsed.headers.len());
     for header in parsed.headers.iter() {
         let hop = header.name.eq_ignore_ascii_case("transfer-encoding")
             || (header.name.eq_ignore_ascii_case("connection") && !response.upgrade);
         if hop {
             continue;
         }
-        if let (Ok(name), Ok(value)) = (
+        let start = header.value.as_ptr() as usize - back.as_ptr() as usize;
+        let value = shared.slice(start..start + header.value.len());
+        if let (Ok(name), Ok(mut value)) = (
             http::HeaderName::from_bytes(header.name.as_bytes()),
-            http::HeaderValue::from_bytes(header.value),
+            http::HeaderValue::from_maybe_shared(value),
         ) {
+            // A value unique to each response is never worth a slot in the client's HPACK
+            // table: sent as a literal, it evicts nothing and costs no table search.
+            if name == "x-request-id" {
+                value.set_sensitive(true);
+            }
             map.append(name, value);
         }
     }
@@ -465,6 +475,9 @@ mod tests {
         assert_eq!(parts.status(), 200);
         assert_eq!(parts.headers()["content-type"], "text/plain");
         assert_eq!(parts.headers()["x-request-id"], "id");
+        // Unique per response: never indexed in the client's HPACK table.
+        assert!(parts.headers()["x-request-id"].is_sensitive());
+        assert!(!parts.headers()["content-type"].is_sensitive());
         assert!(parts.headers().get("transfer-encoding").is_none());
         assert!(parts.headers().get("connection").is_none());
     }

@@ -611,11 +611,13 @@ mod workers {
                                         let proxy = proxy.clone();
                                         hyper::service::service_fn(move |request| {
                                             let proxy = proxy.clone();
-                                            async move {
+                                            // Boxed here, once: the request's future is
+                                            // large, and every layer would move it again.
+                                            Box::pin(async move {
                                                 Ok::<_, Infallible>(
                                                     proxy.handle(peer, request).await,
                                                 )
-                                            }
+                                            })
                                         })
                                     }
                                 };
