@@ -9,6 +9,7 @@
 
 use std::io::{self, IoSlice};
 use std::ops::Range;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -248,6 +249,22 @@ fn timed_out() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "no progress within the timeout")
 }
 
+/// `fut` within `limit`, the deadline set only when `fut` does not finish on its first poll:
+/// most reads of a body already received, writes and flushes do, and a deadline costs a
+/// clock read and the timer wheel's work on every call. `None` when the time ran out.
+pub async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        Poll::Ready(output) => Poll::Ready(Some(output)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await;
+    match first {
+        Some(output) => Some(output),
+        None => tokio::time::timeout(limit, fut).await.ok(),
+    }
+}
+
 /// Reads more into `buf` within `idle`, room for up to `want` bytes (at least a quarter
 /// buffer, at most `MAX_READ`); 0 means the peer closed.
 pub async fn read_more<R: AsyncRead + Unpin>(
@@ -256,10 +273,9 @@ pub async fn read_more<R: AsyncRead + Unpin>(
     want: usize,
     idle: Duration,
 ) -> io::Result<usize> {
-    match tokio::time::timeout(idle, read_some(src, buf, want)).await {
-        Ok(result) => result,
-        Err(_) => Err(timed_out()),
-    }
+    within(idle, read_some(src, buf, want))
+        .await
+        .unwrap_or_else(|| Err(timed_out()))
 }
 
 /// `read_more` without a timer of its own, for callers that wait under a deadline already
@@ -301,9 +317,9 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
-        let written = match tokio::time::timeout(idle, dst.write_vectored(slices)).await {
-            Ok(result) => result?,
-            Err(_) => return Err(timed_out()),
+        let written = match within(idle, dst.write_vectored(slices)).await {
+            Some(result) => result?,
+            None => return Err(timed_out()),
         };
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
@@ -529,15 +545,30 @@ pub async fn discard<R: AsyncRead + Unpin>(
 
 /// Flushes buffered output (a TLS stream holds records until flushed).
 pub async fn flush<W: AsyncWrite + Unpin>(dst: &mut W, idle: Duration) -> io::Result<()> {
-    match tokio::time::timeout(idle, dst.flush()).await {
-        Ok(result) => result,
-        Err(_) => Err(timed_out()),
-    }
+    within(idle, dst.flush())
+        .await
+        .unwrap_or_else(|| Err(timed_out()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn within_answers_at_once_later_or_none_when_the_time_runs_out() {
+        let limit = Duration::from_secs(5);
+        assert_eq!(within(limit, async { 1 }).await, Some(1));
+        let later = tokio::time::sleep(Duration::from_secs(4));
+        assert_eq!(within(limit, later).await, Some(()));
+        let started = tokio::time::Instant::now();
+        let never = std::future::pending::<()>();
+        assert_eq!(within(limit, never).await, None);
+        assert_eq!(
+            started.elapsed(),
+            limit,
+            "the deadline counts from the first poll"
+        );
+    }
 
     /// Feeds `input` in pieces of `step` bytes; returns the data and the bytes consumed.
     fn decode(input: &[u8], step: usize) -> Result<(Vec<u8>, usize), Malformed> {

@@ -156,11 +156,11 @@ where
         _ => None,
     };
     loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => return Err(PumpError::Source("the request body stalled".into())),
-            Ok(None) => break,
-            Ok(Some(Err(error))) => return Err(PumpError::Source(error.into())),
-            Ok(Some(Ok(frame))) => frame,
+        let frame = match body::within(idle, body.frame()).await {
+            None => return Err(PumpError::Source("the request body stalled".into())),
+            Some(None) => break,
+            Some(Some(Err(error))) => return Err(PumpError::Source(error.into())),
+            Some(Some(Ok(frame))) => frame,
         };
         let Ok(data) = frame.into_data() else {
             continue;
