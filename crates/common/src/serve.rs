@@ -381,14 +381,22 @@ mod streams {
                 seen.retain(|id, _| bodies.contains_key(id));
                 for (id, asked) in bodies.iter() {
                     let now = asked.load(Ordering::Relaxed);
-                    let entry = seen.entry(*id).or_insert((now, 0));
-                    if entry.0 == now {
-                        entry.1 += 1;
-                    } else {
-                        *entry = (now, 0);
-                    }
-                    if entry.1 >= LOOKS {
-                        return;
+                    match seen.entry(*id) {
+                        // First seen: nothing to compare with yet.
+                        std::collections::hash_map::Entry::Vacant(entry) => {
+                            entry.insert((now, 0));
+                        }
+                        std::collections::hash_map::Entry::Occupied(mut entry) => {
+                            let (count, still) = entry.get_mut();
+                            if *count == now {
+                                *still += 1;
+                            } else {
+                                (*count, *still) = (now, 0);
+                            }
+                            if *still >= LOOKS {
+                                return;
+                            }
+                        }
                     }
                 }
             }
@@ -538,6 +546,23 @@ mod streams {
                 read.fetch_add(1, Ordering::Relaxed);
             }
             assert!(!watching.is_finished());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_body_that_comes_between_two_looks_gets_the_whole_limit() {
+            let streams = Arc::new(OpenStreams::default());
+            let watching = {
+                let streams = streams.clone();
+                tokio::spawn(async move { streams.stalled(Duration::from_secs(75)).await })
+            };
+            // Looks at 18.75 s, 37.5 s, ...; the body arrives just before the first and is
+            // never asked for more: not stalled before 75 s have passed since it arrived.
+            tokio::time::sleep(Duration::from_secs(18)).await;
+            let (_, _asked) = streams.new_body();
+            tokio::time::sleep(Duration::from_secs(74)).await;
+            assert!(!watching.is_finished(), "stalled before the limit");
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            assert!(watching.is_finished(), "the stuck body was noticed");
         }
     }
 }

@@ -248,7 +248,8 @@ pub fn response_parts(back: &[u8], response: &Response) -> http::Response<()> {
     let mut out = http::Response::new(());
     *out.status_mut() =
         http::StatusCode::from_u16(response.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-    if parsed.parse(back).is_err() {
+    // Only a complete head: its values are slices of `back` (below).
+    if !matches!(parsed.parse(back), Ok(httparse::Status::Complete(_))) {
         return out;
     }
     // One copy of the head; every value is a slice of it (no allocation per field).
@@ -268,7 +269,7 @@ pub fn response_parts(back: &[u8], response: &Response) -> http::Response<()> {
             http::HeaderValue::from_maybe_shared(value),
         ) {
             // A value unique to each response is never worth a slot in the client's HPACK
-            // table: sent as a literal, it evicts nothing and costs no table search.
+            // table: sent as a never-indexed literal, it inserts and evicts nothing.
             if name == "x-request-id" {
                 value.set_sensitive(true);
             }
