@@ -300,6 +300,8 @@ async fn serve(
         stats.clone(),
     ));
     let _sampler = AbortOnDrop(sampler);
+    // A replica's connection to its primary, for the lag (without failover).
+    let mut primary_link: Option<Conn> = None;
     loop {
         tokio::select! {
             status = child.wait() => {
@@ -320,7 +322,7 @@ async fn serve(
                         Ok(tick) => Ok((tick.status, tick.ready)),
                         Err(error) => Err(error),
                     },
-                    None => bounded(INSPECT_TIMEOUT, inspect(config, &mut conn, &monitor_password))
+                    None => bounded(INSPECT_TIMEOUT, inspect(config, &mut conn, &monitor_password, &mut primary_link))
                         .await
                         .map(|status| {
                             let ready = match status.role.as_str() {
@@ -418,6 +420,7 @@ async fn inspect(
     config: &NodeConfig,
     conn: &mut Conn,
     monitor_password: &str,
+    primary_link: &mut Option<Conn>,
 ) -> Result<NodeStatus, NodeError> {
     let (read_only, pos): (bool, String) = conn
         .query_first("SELECT @@read_only, @@gtid_current_pos")
@@ -445,7 +448,7 @@ async fn inspect(
             .flatten()
             .find(|e| !e.is_empty());
     }
-    status.lag_transactions = primary_position(config, monitor_password)
+    status.lag_transactions = primary_position(config, monitor_password, primary_link)
         .await
         .map(|primary| GtidPos::parse(&pos).behind(&primary));
     status.summary = format!(
@@ -501,23 +504,37 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn primary_position(config: &NodeConfig, monitor_password: &str) -> Option<GtidPos> {
-    let opts = OptsBuilder::default()
-        .ip_or_hostname(config.primary_addr.ip().to_string())
-        .tcp_port(config.primary_addr.port())
-        .user(Some(MONITOR_USER))
-        .pass(Some(monitor_password.to_string()))
-        .prefer_socket(false);
+/// The primary's binlog position, on `link`: one connection kept open across calls (a new one
+/// each second counted one more connection on the primary per replica per second, which hid
+/// the app's own in MariaDB's `Connections`), opened again after a failure or a timeout (an
+/// interrupted query leaves it in no known state).
+async fn primary_position(
+    config: &NodeConfig,
+    monitor_password: &str,
+    link: &mut Option<Conn>,
+) -> Option<GtidPos> {
     let attempt = async {
-        let mut conn = Conn::new(opts).await.ok()?;
-        let pos: Option<String> = conn.query_first("SELECT @@gtid_binlog_pos").await.ok()?;
-        let _ = conn.disconnect().await;
-        pos.map(|p| GtidPos::parse(&p))
+        if link.is_none() {
+            let opts = OptsBuilder::default()
+                .ip_or_hostname(config.primary_addr.ip().to_string())
+                .tcp_port(config.primary_addr.port())
+                .user(Some(MONITOR_USER))
+                .pass(Some(monitor_password.to_string()))
+                .prefer_socket(false);
+            *link = Some(Conn::new(opts).await.ok()?);
+        }
+        let conn = link.as_mut()?;
+        conn.query_first::<String, _>("SELECT @@gtid_binlog_pos")
+            .await
+            .ok()
     };
-    tokio::time::timeout(Duration::from_secs(1), attempt)
-        .await
-        .ok()
-        .flatten()
+    match tokio::time::timeout(Duration::from_secs(1), attempt).await {
+        Ok(Some(pos)) => pos.map(|p| GtidPos::parse(&p)),
+        _ => {
+            *link = None;
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -249,10 +249,10 @@ fn posts_are_written_to_the_primary_and_read_from_every_host() {
     // A steady load reuses the app's pooled connections and their prepared statements:
     // MariaDB's own counters on the replica barely move (the mariadb client reading them and
     // the supervisor's polls account for a few; one connection per request was the bug).
-    let counters = |topology: &Topology| -> (u64, u64) {
+    let counters_on = |topology: &Topology, node: u8| -> (u64, u64) {
         let out = topology
             .sql(
-                2,
+                node,
                 "SHOW GLOBAL STATUS WHERE Variable_name IN ('Connections', 'Com_stmt_prepare')",
             )
             .unwrap();
@@ -263,6 +263,7 @@ fn posts_are_written_to_the_primary_and_read_from_every_host() {
         };
         (value("Connections"), value("Com_stmt_prepare"))
     };
+    let counters = |topology: &Topology| counters_on(topology, 2);
     for _ in 0..50 {
         get(topology.lb(), "/api/posts?limit=5", &[]).unwrap();
     }
@@ -277,6 +278,17 @@ fn posts_are_written_to_the_primary_and_read_from_every_host() {
         "400 reads opened {} connections and prepared {} statements",
         connections_after - connections,
         prepares_after - prepares
+    );
+    // Nor does the primary's, with the replica asking it for its position every second (for
+    // the lag) over the same connection: 8 s open at most the mariadb client's own (the bug
+    // was one per second).
+    let (primary_connections, _) = counters_on(&topology, 1);
+    std::thread::sleep(Duration::from_secs(8));
+    let (primary_connections_after, _) = counters_on(&topology, 1);
+    assert!(
+        primary_connections_after - primary_connections <= 3,
+        "the primary counted {} new connections in 8 s",
+        primary_connections_after - primary_connections
     );
 
     // Secrets: private files, never in the topology or the logs.
