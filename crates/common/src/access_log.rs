@@ -296,11 +296,16 @@ fn combined_line(out: &mut Vec<u8>, e: &Entry<'_>) {
     let _ = write!(out, "{} - - [", e.client);
     push_clf_time(out, SystemTime::now());
     out.extend_from_slice(b"] \"");
-    clf_escaped(out, e.method.as_bytes());
-    out.push(b' ');
-    clf_escaped(out, e.target.as_bytes());
-    out.push(b' ');
-    clf_escaped(out, e.version.as_bytes());
+    if e.method == "-" {
+        // A refused head: nginx's `"-"` for a request line it could not read.
+        out.push(b'-');
+    } else {
+        clf_escaped(out, e.method.as_bytes());
+        out.push(b' ');
+        clf_escaped(out, e.target.as_bytes());
+        out.push(b' ');
+        clf_escaped(out, e.version.as_bytes());
+    }
     let _ = write!(out, "\" {} ", e.status);
     match e.bytes {
         Some(bytes) => {
@@ -462,6 +467,20 @@ mod tests {
             rest,
             "\"GET /a\\x22b?c=\\xC3\\xA9 HTTP/1.1\" 200 1234 \"-\" \"curl/8 \\x22x\\x22\\x0A\\xFF\"\n"
         );
+        // A refused head (no method, target or version): `"-"` as nginx writes it.
+        let mut out = Vec::new();
+        combined_line(
+            &mut out,
+            &Entry {
+                method: "-",
+                target: "-",
+                version: "-",
+                status: 400,
+                ..entry(&[])
+            },
+        );
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.contains("] \"-\" 400 1234 "), "{line}");
     }
 
     #[test]

@@ -72,6 +72,8 @@ impl Proxy {
         let mut stop = std::pin::pin!(stop);
         let mut fresh = true;
         loop {
+            // For the access line of a refused head: how long it took to come (or not).
+            let waited = Instant::now();
             match client
                 .read_request(&mut out, &forwarding, limits, &mut stop, fresh)
                 .await
@@ -96,7 +98,8 @@ impl Proxy {
                 }
                 Next::Close => break,
                 Next::Refuse(refusal) => {
-                    self.refuse(&mut client, &mut back, refusal).await;
+                    let id = self.refuse(&mut client, &mut back, refusal).await;
+                    self.log_refused_head(client.peer.ip(), &refusal, &id, waited);
                     break;
                 }
             }
@@ -105,8 +108,13 @@ impl Proxy {
     }
 
     /// Answers a request that cannot be served with its status and reason; the connection
-    /// closes after it.
-    async fn refuse<C>(&self, client: &mut Client<C>, back: &mut Vec<u8>, refusal: Refusal)
+    /// closes after it. Returns the answer's request id.
+    async fn refuse<C>(
+        &self,
+        client: &mut Client<C>,
+        back: &mut Vec<u8>,
+        refusal: Refusal,
+    ) -> [u8; 32]
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
@@ -114,6 +122,31 @@ impl Proxy {
         client
             .refuse(back, &refusal, &id, self.hsts_for(client.secure))
             .await;
+        id
+    }
+
+    /// The access line of a head refused while it was read (400, 408, 414, 431): no method or
+    /// target, as the head was not understood or did not all come.
+    fn log_refused_head(
+        &self,
+        peer: std::net::IpAddr,
+        refusal: &Refusal,
+        request_id: &[u8],
+        waited: Instant,
+    ) {
+        self.access_log(&Access {
+            client: peer,
+            method: "-",
+            path: "-",
+            status: refusal.status,
+            server: None,
+            attempts: 0,
+            started: waited,
+            request_id,
+            version: "-",
+            bytes: Some(refusal.text().len() as u64),
+            headers: RequestHeaders::Raw(&[]),
+        });
     }
 
     /// One request: answered locally, or forwarded with retries. Returns whether the client

@@ -73,6 +73,8 @@ impl WebServer {
         let mut stop = std::pin::pin!(stop);
         let mut fresh = true;
         loop {
+            // For the access line of a refused head: how long it took to come (or not).
+            let waited = Instant::now();
             match client
                 .read_request(&mut out, &forwarding, limits, &mut stop, fresh)
                 .await
@@ -104,6 +106,22 @@ impl WebServer {
                     let id = self.request_ids.next_bytes();
                     client.refuse(&mut back, &refusal, &id, None).await;
                     self.metrics.record("guard", refusal.status);
+                    if let Some(log) = &self.access_log {
+                        // No method or target: the head was not understood, or not all came.
+                        log.log(&Entry {
+                            client: client.peer.ip(),
+                            method: "-",
+                            target: "-",
+                            version: "-",
+                            status: refusal.status,
+                            bytes: Some(refusal.text().len() as u64),
+                            duration: waited.elapsed(),
+                            request_id: &id,
+                            referer: None,
+                            user_agent: None,
+                            extra: &[("handler", Value::Text("guard"))],
+                        });
+                    }
                     break;
                 }
             }

@@ -201,6 +201,18 @@ fn errors_the_load_balancer_answers_itself() {
         "{}",
         String::from_utf8_lossy(&answer)
     );
+    // Each refused head has its access line, with no method or target (as nginx logs "-").
+    for status in [400, 431, 414, 408] {
+        assert_eventually!(
+            topology.access_log("lb-01", "lb").lines().any(|l| {
+                l.contains(&format!("\"status\":{status},"))
+                    && l.contains("\"method\":\"-\",\"path\":\"-\"")
+            }),
+            Duration::from_secs(10),
+            "an access line for the refused {status}:\n{}",
+            topology.access_log("lb-01", "lb")
+        );
+    }
 
     // No server left: 503.
     backends[0]

@@ -356,6 +356,15 @@ fn files_large_and_small_with_ranges_versions_and_short_error_pages() {
         "a combined line for the range request:\n{}",
         topology.access_log("web-01", "web")
     );
+    // A head the web server cannot read is logged too, as nginx does: `"-" 400`.
+    let garbage = http::raw(web, b"NOT HTTP AT ALL\r\n\r\n", Duration::from_secs(5)).unwrap();
+    assert!(garbage.starts_with(b"HTTP/1.1 400"));
+    assert_eventually!(
+        line(&topology.access_log("web-01", "web"), "\"-\" 400 "),
+        Duration::from_secs(10),
+        "a combined line for the refused head:\n{}",
+        topology.access_log("web-01", "web")
+    );
     let path = topology.state_dir().join("logs/web-01-web.access.log");
     let rotated = path.with_extension("log.1");
     std::fs::rename(&path, &rotated).unwrap();
