@@ -24,7 +24,7 @@ use webstack_http1::server::{ClientConn, HeadLimits, Local, Next, SendFailure, t
 use webstack_http1::{date, head, tunnel};
 
 use crate::WebServer;
-use crate::statics::{self, Coding, Conditions, Decision};
+use crate::statics::{self, Coding, Conditions, Decision, Multipart};
 
 type Client = ClientConn<TcpStream>;
 
@@ -215,6 +215,11 @@ impl WebServer {
         let (start, end, status) = match statics::decide(&version, &conditions, ranges) {
             Decision::Whole => (0, version.len, StatusCode::OK),
             Decision::Part { start, end } => (start, end, StatusCode::PARTIAL_CONTENT),
+            Decision::Parts(parts) => {
+                return self
+                    .serve_parts(client, back, request, id, keep_alive, &version, &parts)
+                    .await;
+            }
             Decision::NotModified => {
                 back.clear();
                 back.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\n");
@@ -294,6 +299,63 @@ impl WebServer {
         let kept = client.finish_body(keep && sent.is_ok()).await;
         let bytes = if request.is_head { 0 } else { end - start };
         (status.as_u16(), kept, Some(bytes))
+    }
+
+    /// Several ranges of a file: 206 `multipart/byteranges` (nginx's layout; the boundary is a
+    /// fresh id of ours, never the client's), each part from memory or with `sendfile`.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_parts(
+        &self,
+        client: &mut Client,
+        back: &mut Vec<u8>,
+        request: &Request,
+        id: &[u8],
+        keep_alive: bool,
+        version: &statics::Version,
+        parts: &[(u64, u64)],
+    ) -> Answered {
+        let boundary = self.request_ids.next_bytes();
+        let boundary = String::from_utf8_lossy(&boundary);
+        let body = Multipart::new(parts, version.len, version.content_type, &boundary);
+        back.clear();
+        back.extend_from_slice(b"HTTP/1.1 206 Partial Content\r\n");
+        let _ = write!(
+            back,
+            "Content-Type: multipart/byteranges; boundary={boundary}\r\n"
+        );
+        back.extend_from_slice(&version.headers[version.content_type_line..]);
+        let _ = write!(back, "Content-Length: {}\r\n", body.length);
+        let keep = client.may_keep_after_answer(keep_alive);
+        self.end_head(back, request, id, keep);
+        let sent = if let Some(bytes) = &version.bytes {
+            // A small file: the whole answer in one buffer, one write.
+            let mut all = Vec::with_capacity(body.length as usize);
+            for (head, (start, end)) in body.heads.iter().zip(parts) {
+                all.extend_from_slice(head);
+                all.extend_from_slice(&bytes[*start as usize..*end as usize]);
+            }
+            all.extend_from_slice(&body.closing);
+            body::write_two(&mut client.io, back, &all, BODY_TIMEOUT).await
+        } else if let Some(file) = &version.file {
+            async {
+                send_more(&client.io, back).await?;
+                for (head, (start, end)) in body.heads.iter().zip(parts) {
+                    send_more(&client.io, head).await?;
+                    send_file(&client.io, file, *start, end - start).await?;
+                }
+                body::write_two(&mut client.io, &body.closing, &[], BODY_TIMEOUT).await
+            }
+            .await
+        } else {
+            Err(std::io::Error::other(
+                "a file version with neither bytes nor a descriptor",
+            ))
+        };
+        if let Err(error) = &sent {
+            tracing::debug!(client = %client.peer, %error, "client went away during a file");
+        }
+        let kept = client.finish_body(keep && sent.is_ok()).await;
+        (206, kept, Some(body.length))
     }
 
     /// Ends a 304's head and writes it.

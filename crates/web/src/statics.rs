@@ -3,9 +3,9 @@
 //! notices a new version: another inode, size or mtime), small files' bytes in memory, large
 //! ones sent with `sendfile(2)` from the kept descriptor. Validators and conditions follow
 //! RFC 9110: strong ETag, Last-Modified, If-Match / If-Unmodified-Since (412), If-None-Match /
-//! If-Modified-Since (304), one byte range (206, 416 when unsatisfiable), several ranges answered
-//! with the whole file, If-Range (a validator that no longer matches gets the whole file), and
-//! precompressed `.br` / `.gz` siblings for clients that accept them.
+//! If-Modified-Since (304), one byte range (206, 416 when unsatisfiable), several ranges as
+//! `multipart/byteranges` (coalesced, at most 16), If-Range (a validator that no longer matches
+//! gets the whole file), and precompressed `.br` / `.gz` siblings for clients that accept them.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -97,6 +97,10 @@ pub struct Version {
     pub headers: Vec<u8>,
     /// `ETag`, `Last-Modified`, `Cache-Control` and `Vary` lines: what a 304 repeats.
     pub validators: Vec<u8>,
+    /// For the parts of a multipart answer.
+    pub content_type: &'static str,
+    /// Bytes of `headers` its `Content-Type` line takes (first): a multipart answer has its own.
+    pub content_type_line: usize,
 }
 
 pub struct Statics {
@@ -201,6 +205,7 @@ impl Statics {
             .unwrap_or("application/octet-stream");
         let mut headers = Vec::with_capacity(256);
         push_line(&mut headers, "Content-Type", content_type);
+        let content_type_line = headers.len();
         headers.extend_from_slice(&validators);
         push_line(&mut headers, "Accept-Ranges", "bytes");
         match coding {
@@ -217,6 +222,8 @@ impl Statics {
             modified,
             headers,
             validators,
+            content_type,
+            content_type_line,
         })
     }
 }
@@ -313,6 +320,8 @@ pub enum Decision {
     Whole,
     /// 206, bytes `start..end`.
     Part { start: u64, end: u64 },
+    /// 206 `multipart/byteranges`, these ranges (`start..end`, ascending, apart).
+    Parts(Vec<(u64, u64)>),
     /// 304 Not Modified.
     NotModified,
     /// 412 Precondition Failed.
@@ -360,9 +369,72 @@ pub fn decide(version: &Version, conditions: &Conditions<'_>, ranges: bool) -> D
         return Decision::Whole;
     }
     match parse_range(range, version.len) {
-        RangeAnswer::Ignore | RangeAnswer::Several => Decision::Whole,
+        RangeAnswer::Ignore => Decision::Whole,
         RangeAnswer::One(start, end) => Decision::Part { start, end },
+        RangeAnswer::Several(ranges) => several(ranges, version.len),
         RangeAnswer::Unsatisfiable => Decision::Unsatisfiable,
+    }
+}
+
+/// At most this many parts in a multipart answer; more get the whole file.
+const MAX_PARTS: usize = 16;
+
+/// Several satisfiable ranges (RFC 9110 §14.3, guarding against the many-small-or-overlapping
+/// ranges attack): sorted and coalesced when they overlap or touch; one left is a plain 206;
+/// more than `MAX_PARTS`, or parts adding up to the whole file, get the whole file (allowed:
+/// a server may ignore Range).
+fn several(mut ranges: Vec<(u64, u64)>, len: u64) -> Decision {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    match merged.as_slice() {
+        [(start, end)] => Decision::Part {
+            start: *start,
+            end: *end,
+        },
+        parts if parts.len() > MAX_PARTS => Decision::Whole,
+        parts if parts.iter().map(|(s, e)| e - s).sum::<u64>() >= len => Decision::Whole,
+        _ => Decision::Parts(merged),
+    }
+}
+
+/// The `multipart/byteranges` body of `ranges` of a file of `len` bytes and `content_type`:
+/// each part's head (boundary line, `Content-Type`, `Content-Range`), then the closing
+/// boundary. The body is `heads[0]`, range 0, `heads[1]`, range 1, ..., `closing`.
+pub struct Multipart {
+    pub heads: Vec<Vec<u8>>,
+    pub closing: Vec<u8>,
+    /// Of the whole body.
+    pub length: u64,
+}
+
+impl Multipart {
+    pub fn new(ranges: &[(u64, u64)], len: u64, content_type: &str, boundary: &str) -> Self {
+        let heads: Vec<Vec<u8>> = ranges
+            .iter()
+            .map(|(start, end)| {
+                // Each boundary line after a CRLF, the first one too (as nginx writes it).
+                format!(
+                    "\r\n--{boundary}\r\nContent-Type: {content_type}\r\nContent-Range: bytes {start}-{}/{len}\r\n\r\n",
+                    end - 1
+                )
+                .into_bytes()
+            })
+            .collect();
+        let closing = format!("\r\n--{boundary}--\r\n").into_bytes();
+        let length = heads.iter().map(|h| h.len() as u64).sum::<u64>()
+            + ranges.iter().map(|(s, e)| e - s).sum::<u64>()
+            + closing.len() as u64;
+        Self {
+            heads,
+            closing,
+            length,
+        }
     }
 }
 
@@ -405,9 +477,8 @@ enum RangeAnswer {
     /// Not a byte range we understand: the whole file, as if none was asked.
     Ignore,
     One(u64, u64),
-    /// More than one satisfiable range: answered with the whole file (allowed by RFC 9110
-    /// §14.2, and what many servers do rather than build a multipart body).
-    Several,
+    /// More than one satisfiable range, as asked.
+    Several(Vec<(u64, u64)>),
     Unsatisfiable,
 }
 
@@ -466,7 +537,7 @@ fn parse_range(value: &[u8], len: u64) -> RangeAnswer {
         _ if !any => RangeAnswer::Ignore,
         [] => RangeAnswer::Unsatisfiable,
         [(start, end)] => RangeAnswer::One(*start, *end),
-        _ => RangeAnswer::Several,
+        _ => RangeAnswer::Several(satisfiable),
     }
 }
 
@@ -493,7 +564,10 @@ mod tests {
         assert_eq!(parse_range(b"bytes=-5", 100), One(95, 100));
         assert_eq!(parse_range(b"bytes=-500", 100), One(0, 100));
         assert_eq!(parse_range(b"bytes=50-500", 100), One(50, 100));
-        assert_eq!(parse_range(b"bytes=0-1,5-6", 100), Several);
+        assert_eq!(
+            parse_range(b"bytes=0-1,5-6", 100),
+            Several(vec![(0, 2), (5, 7)])
+        );
         assert_eq!(parse_range(b"bytes=0-1, 500-600", 100), One(0, 2));
         assert_eq!(parse_range(b"bytes=100-", 100), Unsatisfiable);
         assert_eq!(parse_range(b"bytes=-0", 100), Unsatisfiable);
@@ -527,6 +601,8 @@ mod tests {
             modified,
             headers: Vec::new(),
             validators: Vec::new(),
+            content_type: "text/plain",
+            content_type_line: 0,
         }
     }
 
@@ -615,11 +691,54 @@ mod tests {
             }),
             part
         );
-        assert_eq!(c(&|c| c.range = Some(b"bytes=0-1,5-6")), Decision::Whole);
+        assert_eq!(
+            c(&|c| c.range = Some(b"bytes=0-1,5-6")),
+            Decision::Parts(vec![(0, 2), (5, 7)])
+        );
         assert_eq!(
             c(&|c| c.range = Some(b"bytes=200-")),
             Decision::Unsatisfiable
         );
+    }
+
+    #[test]
+    fn several_ranges_sorted_coalesced_and_bounded() {
+        // Sorted; overlapping and touching ranges become one.
+        assert_eq!(
+            several(vec![(50, 60), (0, 10), (5, 20), (20, 30)], 100),
+            Decision::Parts(vec![(0, 30), (50, 60)])
+        );
+        assert_eq!(
+            several(vec![(0, 10), (5, 20)], 100),
+            Decision::Part { start: 0, end: 20 }
+        );
+        // The many-small-ranges attack, and parts that add up to the file: the whole file.
+        let many: Vec<(u64, u64)> = (0..17).map(|i| (i * 4, i * 4 + 1)).collect();
+        assert_eq!(several(many.clone(), 100), Decision::Whole);
+        assert_eq!(
+            several(many[..16].to_vec(), 100),
+            Decision::Parts(many[..16].to_vec())
+        );
+        assert_eq!(several(vec![(0, 50), (60, 100)], 90), Decision::Whole);
+    }
+
+    #[test]
+    fn multipart_layout_like_nginx() {
+        let body = Multipart::new(&[(0, 2), (5, 7)], 10, "text/css", "B");
+        let content = b"0123456789";
+        let mut whole = Vec::new();
+        for (head, (start, end)) in body.heads.iter().zip([(0, 2), (5, 7)]) {
+            whole.extend_from_slice(head);
+            whole.extend_from_slice(&content[start..end]);
+        }
+        whole.extend_from_slice(&body.closing);
+        assert_eq!(
+            String::from_utf8(whole.clone()).unwrap(),
+            "\r\n--B\r\nContent-Type: text/css\r\nContent-Range: bytes 0-1/10\r\n\r\n01\
+             \r\n--B\r\nContent-Type: text/css\r\nContent-Range: bytes 5-6/10\r\n\r\n56\
+             \r\n--B--\r\n"
+        );
+        assert_eq!(body.length, whole.len() as u64);
     }
 
     #[test]

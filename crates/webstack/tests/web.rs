@@ -230,11 +230,53 @@ fn files_large_and_small_with_ranges_versions_and_short_error_pages() {
     let tail = get(web, "/static/big.bin", &[("Range", "bytes=-10")]).unwrap();
     assert!(tail.status == 206 && tail.body == big[big.len() - 10..]);
 
-    // Several ranges: the whole file (never 416 when one of them is satisfiable).
-    let several = get(web, "/static/style.css", &[("Range", "bytes=0-1,5-6")]).unwrap();
-    assert_eq!(several.status, 200);
+    // Several ranges: 206 multipart/byteranges, from memory (a small file) and with sendfile
+    // (a large one, through the lb too); overlapping ones coalesced; too many: the whole file.
     let css = std::fs::read(root.path().join("style.css")).unwrap();
-    assert_eq!(several.body, css);
+    let several = get(web, "/static/style.css", &[("Range", "bytes=0-1,5-6")]).unwrap();
+    assert_eq!(
+        byteranges(&several),
+        vec![
+            (format!("bytes 0-1/{}", css.len()), css[0..2].to_vec()),
+            (format!("bytes 5-6/{}", css.len()), css[5..7].to_vec())
+        ]
+    );
+    for addr in [web, lb] {
+        let parts = get(
+            addr,
+            "/static/big.bin",
+            &[("Range", "bytes=2000000-2000099,-10,0-9")],
+        )
+        .unwrap();
+        let n = big.len();
+        assert_eq!(
+            byteranges(&parts),
+            vec![
+                (format!("bytes 0-9/{n}"), big[..10].to_vec()),
+                (
+                    format!("bytes 2000000-2000099/{n}"),
+                    big[2_000_000..2_000_100].to_vec()
+                ),
+                (
+                    format!("bytes {}-{}/{n}", n - 10, n - 1),
+                    big[n - 10..].to_vec()
+                ),
+            ]
+        );
+    }
+    let overlapping = get(web, "/static/style.css", &[("Range", "bytes=0-9,5-19")]).unwrap();
+    assert_eq!(overlapping.status, 206);
+    assert_eq!(overlapping.body, css[..20]);
+    let many = (0..17)
+        .map(|i| format!("{}-{}", i * 4, i * 4))
+        .collect::<Vec<_>>();
+    let many = get(
+        web,
+        "/static/style.css",
+        &[("Range", &format!("bytes={}", many.join(",")))],
+    )
+    .unwrap();
+    assert_eq!((many.status, many.body.len()), (200, css.len()));
 
     // A resumed download of a file that changed meanwhile gets the new file whole, not a
     // slice of it glued to the old one (If-Range, RFC 9110 §13.1.5).
@@ -392,4 +434,48 @@ fn files_large_and_small_with_ranges_versions_and_short_error_pages() {
             .log("web-01", "web")
             .contains("access log reopened")
     );
+}
+
+/// The parts of a 206 `multipart/byteranges` answer: each one's `Content-Range` and bytes
+/// (read by the length its range says, so binary data cannot fool it).
+fn byteranges(r: &http::Response) -> Vec<(String, Vec<u8>)> {
+    assert_eq!(r.status, 206, "{}", r.text());
+    let boundary = r
+        .header("content-type")
+        .and_then(|t| t.strip_prefix("multipart/byteranges; boundary="))
+        .unwrap_or_else(|| panic!("{:?}", r.header("content-type")))
+        .to_string();
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
+    let mut parts = Vec::new();
+    let mut rest = &r.body[..];
+    loop {
+        let open = format!("--{boundary}\r\n");
+        rest = rest.strip_prefix(b"\r\n".as_slice()).unwrap_or(rest);
+        if rest == format!("--{boundary}--\r\n").as_bytes() {
+            return parts;
+        }
+        rest = rest
+            .strip_prefix(open.as_bytes())
+            .unwrap_or_else(|| panic!("a boundary: {}", String::from_utf8_lossy(rest)));
+        let end = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8(rest[..end].to_vec()).unwrap();
+        rest = &rest[end + 4..];
+        let range = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Range: "))
+            .unwrap()
+            .to_string();
+        let (from, to) = range["bytes ".len()..]
+            .split_once('/')
+            .unwrap()
+            .0
+            .split_once('-')
+            .unwrap();
+        let len = to.parse::<usize>().unwrap() - from.parse::<usize>().unwrap() + 1;
+        parts.push((range, rest[..len].to_vec()));
+        rest = &rest[len..];
+    }
 }
