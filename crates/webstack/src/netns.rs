@@ -445,6 +445,13 @@ pub async fn up(config: Config, state_dir: PathBuf) -> anyhow::Result<ExitCode> 
             "webstack up --netns needs root: it creates network namespaces (run it as root, or use `webstack up` for loopback mode)"
         );
     }
+    // SIGHUP (certificates) and SIGUSR1 (access logs) go to every host's supervisor, which
+    // passes them on to its roles; handled from the first moment, so neither ends `up` with
+    // its default action (SIGUSR1's terminates: logrotate's postrotate would have stopped the
+    // whole topology and left its namespaces behind).
+    use tokio::signal::unix::{SignalKind, signal};
+    let hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let reopens = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let plan = Plan::new(&config)?;
     for dir in [
         state_dir.join("run"),
@@ -513,10 +520,26 @@ pub async fn up(config: Config, state_dir: PathBuf) -> anyhow::Result<ExitCode> 
         }
         Ok(()) => {
             print_endpoints(&config, &plan, &state_dir);
-            let control = tokio::spawn(control_loop(listener, hosts.clone()));
+            let tasks = [
+                tokio::spawn(control_loop(listener, hosts.clone())),
+                tokio::spawn(forward_to_hosts(
+                    hosts.clone(),
+                    hangups,
+                    Signal::SIGHUP,
+                    "certificates reloading",
+                )),
+                tokio::spawn(forward_to_hosts(
+                    hosts.clone(),
+                    reopens,
+                    Signal::SIGUSR1,
+                    "access logs reopening",
+                )),
+            ];
             let signal = termination_signal().await;
             println!("webstack: {signal}: stopping");
-            control.abort();
+            for task in &tasks {
+                task.abort();
+            }
             ExitCode::SUCCESS
         }
     };
@@ -526,6 +549,31 @@ pub async fn up(config: Config, state_dir: PathBuf) -> anyhow::Result<ExitCode> 
     let _ = fs::remove_file(control::socket_path(&state_dir));
     println!("webstack: stopped; namespaces removed");
     Ok(code)
+}
+
+/// Passes each `incoming` signal on to every host's supervisor (which passes it to its roles).
+async fn forward_to_hosts(
+    hosts: Arc<tokio::sync::Mutex<Vec<Host>>>,
+    mut incoming: tokio::signal::unix::Signal,
+    forwarded: Signal,
+    what: &str,
+) {
+    while incoming.recv().await.is_some() {
+        let pids: Vec<u32> = hosts
+            .lock()
+            .await
+            .iter()
+            .filter_map(|h| h.child.as_ref()?.id())
+            .collect();
+        println!(
+            "webstack: {}: {what} on {} host(s)",
+            forwarded.as_str(),
+            pids.len()
+        );
+        for pid in pids {
+            let _ = kill(Pid::from_raw(pid as i32), forwarded);
+        }
+    }
 }
 
 fn print_endpoints(config: &Config, plan: &Plan, state_dir: &Path) {

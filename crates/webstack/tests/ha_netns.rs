@@ -254,7 +254,28 @@ fn keepalived_moves_the_vip_between_namespaces_and_up_removes_them() {
             .map(str::to_string)
             .collect()
     };
+    // SIGUSR1 (logrotate's postrotate) reaches every host's roles and leaves `up` running.
     let up = topology.up_pid().expect("up runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    let host_log = |host: &str| {
+        std::fs::read_to_string(topology.state_dir().join(format!("logs/{host}.log")))
+            .unwrap_or_default()
+    };
+    assert_eventually!(
+        topology
+            .up_log()
+            .contains("SIGUSR1: access logs reopening on")
+            && host_log("lb-01").contains("SIGUSR1: access logs reopening in"),
+        Duration::from_secs(10),
+        "SIGUSR1 passed on to the hosts:\n{}\n{}",
+        topology.up_log(),
+        host_log("lb-01")
+    );
+    settled(&topology, &prefix);
     kill(up);
     assert!(topology.stop().is_some(), "the killed up is reaped");
     assert_eq!(ours(&prefix).len(), 6, "a crashed up leaves its namespaces");
