@@ -338,7 +338,9 @@ async fn serve(
                     Err(error) => {
                         tracing::warn!(%error, "cannot inspect mariadb");
                         // A new connection for the next round (an interrupted query leaves this
-                        // one in no known state); the server may be restarting.
+                        // one in no known state); the server may be restarting. The link to the
+                        // primary too: the timeout may have cut its query short.
+                        primary_link = None;
                         if let Ok(fresh) = connect(config, admin_password).await {
                             conn = fresh;
                         }

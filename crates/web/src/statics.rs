@@ -4,7 +4,7 @@
 //! ones sent with `sendfile(2)` from the kept descriptor. Validators and conditions follow
 //! RFC 9110: strong ETag, Last-Modified, If-Match / If-Unmodified-Since (412), If-None-Match /
 //! If-Modified-Since (304), one byte range (206, 416 when unsatisfiable), several ranges as
-//! `multipart/byteranges` (coalesced, at most 16), If-Range (a validator that no longer matches
+//! `multipart/byteranges` (overlapping ones coalesced, at most 16), If-Range (a validator that no longer matches
 //! gets the whole file), and precompressed `.br` / `.gz` siblings for clients that accept them.
 
 use std::collections::HashMap;
@@ -320,7 +320,7 @@ pub enum Decision {
     Whole,
     /// 206, bytes `start..end`.
     Part { start: u64, end: u64 },
-    /// 206 `multipart/byteranges`, these ranges (`start..end`, ascending, apart).
+    /// 206 `multipart/byteranges`, these ranges (`start..end`, apart).
     Parts(Vec<(u64, u64)>),
     /// 304 Not Modified.
     NotModified,
@@ -371,7 +371,7 @@ pub fn decide(version: &Version, conditions: &Conditions<'_>, ranges: bool) -> D
     match parse_range(range, version.len) {
         RangeAnswer::Ignore => Decision::Whole,
         RangeAnswer::One(start, end) => Decision::Part { start, end },
-        RangeAnswer::Several(ranges) => several(ranges, version.len),
+        RangeAnswer::Several(ranges) => several(ranges),
         RangeAnswer::Unsatisfiable => Decision::Unsatisfiable,
     }
 }
@@ -380,26 +380,31 @@ pub fn decide(version: &Version, conditions: &Conditions<'_>, ranges: bool) -> D
 const MAX_PARTS: usize = 16;
 
 /// Several satisfiable ranges (RFC 9110 §14.3, guarding against the many-small-or-overlapping
-/// ranges attack): sorted and coalesced when they overlap or touch; one left is a plain 206;
-/// more than `MAX_PARTS`, or parts adding up to the whole file, get the whole file (allowed:
-/// a server may ignore Range).
-fn several(mut ranges: Vec<(u64, u64)>, len: u64) -> Decision {
-    ranges.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-    for (start, end) in ranges {
+/// ranges attack): in the order asked when they are apart (§15.3.7.2); when some overlap or
+/// touch, coalesced, in ascending order (allowed). One left is a plain 206; more than
+/// `MAX_PARTS` get the whole file (allowed: a server may ignore Range).
+fn several(ranges: Vec<(u64, u64)>) -> Decision {
+    let mut sorted = ranges.clone();
+    sorted.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(sorted.len());
+    for (start, end) in sorted {
         match merged.last_mut() {
             Some(last) if start <= last.1 => last.1 = last.1.max(end),
             _ => merged.push((start, end)),
         }
     }
-    match merged.as_slice() {
+    let parts = if merged.len() == ranges.len() {
+        ranges
+    } else {
+        merged
+    };
+    match parts.as_slice() {
         [(start, end)] => Decision::Part {
             start: *start,
             end: *end,
         },
         parts if parts.len() > MAX_PARTS => Decision::Whole,
-        parts if parts.iter().map(|(s, e)| e - s).sum::<u64>() >= len => Decision::Whole,
-        _ => Decision::Parts(merged),
+        _ => Decision::Parts(parts),
     }
 }
 
@@ -703,23 +708,26 @@ mod tests {
 
     #[test]
     fn several_ranges_sorted_coalesced_and_bounded() {
-        // Sorted; overlapping and touching ranges become one.
+        // Apart: in the order asked. Overlapping or touching: coalesced, ascending.
         assert_eq!(
-            several(vec![(50, 60), (0, 10), (5, 20), (20, 30)], 100),
+            several(vec![(50, 60), (0, 10)]),
+            Decision::Parts(vec![(50, 60), (0, 10)])
+        );
+        assert_eq!(
+            several(vec![(50, 60), (0, 10), (5, 20), (20, 30)]),
             Decision::Parts(vec![(0, 30), (50, 60)])
         );
         assert_eq!(
-            several(vec![(0, 10), (5, 20)], 100),
+            several(vec![(0, 10), (5, 20)]),
             Decision::Part { start: 0, end: 20 }
         );
-        // The many-small-ranges attack, and parts that add up to the file: the whole file.
+        // The many-small-ranges attack: the whole file.
         let many: Vec<(u64, u64)> = (0..17).map(|i| (i * 4, i * 4 + 1)).collect();
-        assert_eq!(several(many.clone(), 100), Decision::Whole);
+        assert_eq!(several(many.clone()), Decision::Whole);
         assert_eq!(
-            several(many[..16].to_vec(), 100),
+            several(many[..16].to_vec()),
             Decision::Parts(many[..16].to_vec())
         );
-        assert_eq!(several(vec![(0, 50), (60, 100)], 90), Decision::Whole);
     }
 
     #[test]

@@ -280,13 +280,13 @@ fn posts_are_written_to_the_primary_and_read_from_every_host() {
         prepares_after - prepares
     );
     // Nor does the primary's, with the replica asking it for its position every second (for
-    // the lag) over the same connection: 8 s open at most the mariadb client's own (the bug
-    // was one per second).
+    // the lag) over the same connection: in 8 s the mariadb client's own and a few reconnects
+    // after a slow moment at most (the bug was one per second: 9-10).
     let (primary_connections, _) = counters_on(&topology, 1);
     std::thread::sleep(Duration::from_secs(8));
     let (primary_connections_after, _) = counters_on(&topology, 1);
     assert!(
-        primary_connections_after - primary_connections <= 3,
+        primary_connections_after - primary_connections <= 5,
         "the primary counted {} new connections in 8 s",
         primary_connections_after - primary_connections
     );
