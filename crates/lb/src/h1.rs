@@ -125,8 +125,9 @@ impl Proxy {
         id
     }
 
-    /// The access line of a head refused while it was read (400, 408, 414, 431): no method or
-    /// target, as the head was not understood or did not all come.
+    /// The access line of a head refused while it was read (400, 408, 414, 431; 405, 417, 501
+    /// for a method, expectation or framing refused at the head): no method or target, as the
+    /// head was not understood, did not all come, or was not taken.
     fn log_refused_head(
         &self,
         peer: std::net::IpAddr,

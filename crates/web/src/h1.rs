@@ -289,14 +289,9 @@ impl WebServer {
                 Err(error) => Err(error),
             }
         } else {
-            Err(std::io::Error::other(
-                "a file version with neither bytes nor a descriptor",
-            ))
+            Err(no_content())
         };
-        if let Err(error) = &sent {
-            tracing::debug!(client = %client.peer, %error, "client went away during a file");
-        }
-        let kept = client.finish_body(keep && sent.is_ok()).await;
+        let kept = finish_file(client, keep, sent).await;
         let bytes = if request.is_head { 0 } else { end - start };
         (status.as_u16(), kept, Some(bytes))
     }
@@ -347,14 +342,9 @@ impl WebServer {
             }
             .await
         } else {
-            Err(std::io::Error::other(
-                "a file version with neither bytes nor a descriptor",
-            ))
+            Err(no_content())
         };
-        if let Err(error) = &sent {
-            tracing::debug!(client = %client.peer, %error, "client went away during a file");
-        }
-        let kept = client.finish_body(keep && sent.is_ok()).await;
+        let kept = finish_file(client, keep, sent).await;
         (206, kept, Some(body.length))
     }
 
@@ -656,6 +646,19 @@ async fn send_more(stream: &TcpStream, mut head: &[u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// After a file's answer: a client that went away is logged; whether the connection stays.
+async fn finish_file(client: &mut Client, keep: bool, sent: std::io::Result<()>) -> bool {
+    if let Err(error) = &sent {
+        tracing::debug!(client = %client.peer, %error, "client went away during a file");
+    }
+    client.finish_body(keep && sent.is_ok()).await
+}
+
+/// A kept version holds its bytes or its descriptor; this is the error if it has neither.
+fn no_content() -> std::io::Error {
+    std::io::Error::other("a file version with neither bytes nor a descriptor")
 }
 
 /// Waits until the socket takes more, within the body timeout.
