@@ -45,6 +45,27 @@ pub struct Target<'a> {
     pub replayable: bool,
 }
 
+impl Target<'_> {
+    /// A new connection to the server; failing to connect is the server's failure.
+    pub async fn connect(&self) -> Result<Conn, Failure> {
+        self.pool
+            .connect(self.addr)
+            .await
+            .map_err(|error| Failure::Unreachable {
+                connect: true,
+                error,
+            })
+    }
+
+    /// A kept connection to the server, or a new one.
+    pub async fn conn(&self) -> Result<Conn, Failure> {
+        match self.pool.checkout(self.server, self.replayable) {
+            Some(conn) => Ok(conn),
+            None => self.connect().await,
+        }
+    }
+}
+
 /// `send` on a pooled connection to `target` (or a new one). A pooled connection that turns
 /// out closed before any answer (the server closed it while idle) gets a replayable request
 /// again on a fresh one. Returns the connection with the response head.
@@ -63,18 +84,7 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    let connect = || async {
-        target.pool.connect(target.addr).await.map_err(|error| {
-            SendError::Server(Failure::Unreachable {
-                connect: true,
-                error,
-            })
-        })
-    };
-    let mut conn = match target.pool.checkout(target.server, target.replayable) {
-        Some(conn) => conn,
-        None => connect().await?,
-    };
+    let mut conn = target.conn().await.map_err(SendError::Server)?;
     loop {
         let sent = send(
             &mut conn,
@@ -92,7 +102,7 @@ where
             Err(SendError::Server(failure))
                 if conn.worth_a_fresh_try(target.replayable, &failure) =>
             {
-                conn = connect().await?;
+                conn = target.connect().await.map_err(SendError::Server)?;
             }
             Err(error) => return Err(error),
         }

@@ -348,18 +348,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> ClientConn<C> {
         rewrite: &ResponseRewrite<'_>,
         server_timeout: Duration,
     ) -> Result<(Conn, Response, Sent), SendFailure> {
-        let connect = || async {
-            target.pool.connect(target.addr).await.map_err(|error| {
-                SendFailure::Server(Failure::Unreachable {
-                    connect: true,
-                    error,
-                })
-            })
-        };
-        let mut conn = match target.pool.checkout(target.server, target.replayable) {
-            Some(conn) => conn,
-            None => connect().await?,
-        };
+        let mut conn = target.conn().await.map_err(SendFailure::Server)?;
         loop {
             match self
                 .send_request(request, &mut conn, out, back, rewrite, server_timeout)
@@ -369,7 +358,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> ClientConn<C> {
                 Err(SendFailure::Server(failure))
                     if conn.worth_a_fresh_try(target.replayable, &failure) =>
                 {
-                    conn = connect().await?;
+                    conn = target.connect().await.map_err(SendFailure::Server)?;
                 }
                 Err(error) => return Err(error),
             }
