@@ -303,10 +303,16 @@ pub async fn read_head_some<R: AsyncRead + Unpin>(
     src: &mut R,
     buf: &mut BytesMut,
 ) -> io::Result<usize> {
+    src.read_buf(head_room(buf)).await
+}
+
+/// `buf` with room for the next read of a head: grown by at least a head's worth (doubling a
+/// long one) when little is left.
+pub fn head_room(buf: &mut BytesMut) -> &mut BytesMut {
     if buf.capacity() - buf.len() < HEAD_BUFFER / 4 {
         buf.reserve(buf.len().max(HEAD_BUFFER));
     }
-    src.read_buf(buf).await
+    buf
 }
 
 /// Writes every slice, in as few system calls as the kernel takes, within `idle` per call.

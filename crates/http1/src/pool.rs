@@ -116,9 +116,11 @@ impl Pool {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
             })??;
         let _ = stream.set_nodelay(true);
+        // No buffer yet: the response head's read makes one the size of a head, and a body's
+        // first read grows it (most answers fit in the first).
         Ok(Conn {
             stream,
-            buf: BytesMut::with_capacity(BUFFER),
+            buf: BytesMut::new(),
             reused: false,
             since: Instant::now(),
         })

@@ -86,15 +86,25 @@ impl IdleRead for tokio::net::TcpStream {
 }
 
 /// Waits until `io` has data (when it can tell), then reads part of a head: a buffer is made
-/// only once there is something to put in it.
+/// only once there is something to put in it. A readiness that finds nothing (tokio reports a
+/// fresh socket ready before its first read) gives the empty buffer back before waiting again.
 async fn idle_read<C: AsyncRead + IdleRead + Unpin>(
     io: &mut C,
     buf: &mut BytesMut,
 ) -> std::io::Result<usize> {
-    if C::CAN_TELL {
-        std::future::poll_fn(|cx| io.poll_idle_readable(cx)).await?;
+    if !C::CAN_TELL {
+        return body::read_head_some(io, buf).await;
     }
-    body::read_head_some(io, buf).await
+    std::future::poll_fn(|cx| {
+        std::task::ready!(io.poll_idle_readable(cx))?;
+        let read =
+            tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *io), cx, body::head_room(buf));
+        if read.is_pending() && buf.is_empty() {
+            *buf = BytesMut::new();
+        }
+        read
+    })
+    .await
 }
 
 /// What the connection holds next.
@@ -130,7 +140,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> ClientConn<C> {
     pub fn new(io: C, peer: SocketAddr, secure: bool) -> Self {
         Self {
             io,
-            buf: BytesMut::with_capacity(HEAD_BUFFER),
+            buf: BytesMut::new(),
             peer,
             who: peer.ip(),
             started: Instant::now(),
@@ -138,6 +148,17 @@ impl<C: AsyncRead + AsyncWrite + Unpin> ClientConn<C> {
             body: BodyState::Done,
             continue_pending: false,
             broken: false,
+        }
+    }
+
+    /// Gives back the memory of a connection's scratch buffers (heads it wrote) before it waits
+    /// for its next request, unless that request is here already: an idle keep-alive
+    /// connection holds no buffer. `out` regrows in `read_request`; callers regrow the others.
+    pub fn release_idle(&self, scratch: &mut [&mut Vec<u8>]) {
+        if self.buf.is_empty() {
+            for buf in scratch {
+                **buf = Vec::new();
+            }
         }
     }
 
@@ -527,4 +548,90 @@ pub fn discardable(rest: &BodyState) -> bool {
 /// A range of a head in `out` as text (for logs).
 pub fn text<'a>(out: &'a [u8], range: &std::ops::Range<usize>) -> &'a str {
     std::str::from_utf8(&out[range.clone()]).unwrap_or("-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        timeout: Duration::from_secs(30),
+        max_bytes: 8192,
+    };
+
+    /// Reads the next request, or gives up after a while (nothing sent: it waits).
+    async fn next_within(
+        conn: &mut ClientConn<tokio::net::TcpStream>,
+        out: &mut Vec<u8>,
+        wait: Duration,
+    ) -> Option<Next> {
+        let forwarding = Forwarding::edge(conn.peer.ip(), false);
+        let mut stop = std::pin::pin!(std::future::pending::<()>());
+        tokio::time::timeout(
+            wait,
+            conn.read_request(out, &forwarding, LIMITS, &mut stop, false),
+        )
+        .await
+        .ok()
+    }
+
+    /// An idle keep-alive connection, fresh or between requests, holds no buffer: not the head
+    /// buffer (tokio reports a new socket readable before its first read, which finds nothing)
+    /// and not the connection's scratch heads, unless the next request is there already.
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_buffer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        let mut conn = ClientConn::new(server, peer, false);
+        let (mut out, mut back) = (Vec::new(), vec![0u8; 100]);
+
+        // Fresh: polled (the read finds nothing), then waiting.
+        assert!(
+            next_within(&mut conn, &mut out, Duration::from_millis(50))
+                .await
+                .is_none()
+        );
+        assert_eq!(conn.buf.capacity(), 0);
+
+        // One request served, then waiting for the next.
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let next = next_within(&mut conn, &mut out, Duration::from_secs(30)).await;
+        assert!(matches!(next, Some(Next::Request(_))));
+        conn.release_idle(&mut [&mut out, &mut back]);
+        assert_eq!((out.capacity(), back.capacity()), (0, 0));
+        assert!(
+            next_within(&mut conn, &mut out, Duration::from_millis(50))
+                .await
+                .is_none()
+        );
+        assert_eq!(conn.buf.capacity(), 0);
+
+        // Two requests in one write: after the first, the second is already here, and the
+        // scratch heads are kept for it.
+        client
+            .write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let Some(Next::Request(first)) =
+            next_within(&mut conn, &mut out, Duration::from_secs(30)).await
+        else {
+            panic!("no first request");
+        };
+        assert_eq!(text(&out, &first.target), "/b");
+        back.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        conn.release_idle(&mut [&mut out, &mut back]);
+        assert!(out.capacity() > 0 && back.capacity() > 0);
+        let Some(Next::Request(second)) =
+            next_within(&mut conn, &mut out, Duration::from_secs(30)).await
+        else {
+            panic!("no second request");
+        };
+        assert_eq!(text(&out, &second.target), "/c");
+    }
 }

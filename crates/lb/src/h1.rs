@@ -65,21 +65,23 @@ impl Proxy {
             timeout: options.header_read_timeout,
             max_bytes: options.max_header_bytes,
         };
-        // Reused for every request of the connection: the forwarded head, the response head.
-        let mut out = Vec::with_capacity(1024);
-        let mut back = Vec::with_capacity(1024);
+        // Reused for the requests of the connection that follow each other without a pause:
+        // the forwarded head, the response head.
+        let (mut out, mut back) = (Vec::new(), Vec::new());
         let stop = shutdown.triggered();
         let mut stop = std::pin::pin!(stop);
         let mut fresh = true;
         loop {
             // For the access line of a refused head: how long it took to come (or not).
             let waited = Instant::now();
+            client.release_idle(&mut [&mut out, &mut back]);
             match client
                 .read_request(&mut out, &forwarding, limits, &mut stop, fresh)
                 .await
             {
                 Next::Request(request) => {
                     fresh = false;
+                    back.reserve(1024);
                     let draining = shutdown.is_triggered();
                     // Boxed: the exchange's state is allocated while a request is served, not
                     // carried by every idle keep-alive connection's task.

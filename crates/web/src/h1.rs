@@ -64,23 +64,24 @@ impl WebServer {
             timeout: self.config.client_header_timeout,
             max_bytes: MAX_HEAD,
         };
-        // Reused for every request of the connection: the forwarded head, the response head,
-        // the request id.
-        let mut out = Vec::with_capacity(1024);
-        let mut back = Vec::with_capacity(1024);
-        let mut id = Vec::with_capacity(64);
+        // Reused for the requests of the connection that follow each other without a pause:
+        // the forwarded head, the response head, the request id.
+        let (mut out, mut back, mut id) = (Vec::new(), Vec::new(), Vec::new());
         let stop = shutdown.triggered();
         let mut stop = std::pin::pin!(stop);
         let mut fresh = true;
         loop {
             // For the access line of a refused head: how long it took to come (or not).
             let waited = Instant::now();
+            client.release_idle(&mut [&mut out, &mut back, &mut id]);
             match client
                 .read_request(&mut out, &forwarding, limits, &mut stop, fresh)
                 .await
             {
                 Next::Request(request) => {
                     fresh = false;
+                    back.reserve(1024);
+                    id.reserve(64);
                     let started = Instant::now();
                     client.begin(&request, started);
                     let keep_alive = request.keep_alive && !shutdown.is_triggered();
