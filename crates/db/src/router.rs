@@ -125,8 +125,10 @@ pub enum LeaderView {
 const POOL_MIN: usize = 2;
 /// Connections to each node at most; a request beyond waits for one to be returned.
 const POOL_MAX: usize = 20;
-/// An idle connection beyond `POOL_MIN` is closed after this long.
-const POOL_IDLE: Duration = Duration::from_secs(60);
+/// An idle connection beyond `POOL_MIN` is closed after this long: HikariCP's `idleTimeout`
+/// default, so a burst after a quiet minute or two finds its connections open instead of
+/// paying a login each (MariaDB's `wait_timeout`, 8 h, is far longer).
+const POOL_IDLE: Duration = Duration::from_secs(600);
 /// Prepared statements kept per connection (the app has a handful).
 const STATEMENT_CACHE: usize = 64;
 
