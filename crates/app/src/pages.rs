@@ -6,31 +6,65 @@ use axum::Form;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use minijinja::context;
 use serde::Deserialize;
 use serde_json::json;
 use webstack_common::forward::{X_FORWARDED_PROTO, X_REQUEST_ID, X_WEBSTACK_WEB_HOST};
+use webstack_db::gtid::GtidPos;
 use webstack_db::router::Router;
 
 use crate::error::ApiError;
 use crate::posts::{self, NewPost, Post};
 use crate::{AppError, AppState};
 
-/// The web host that proxied the request, as its web server stated it (the web role overwrites
-/// any client-sent value); `None` when the app is reached directly.
-fn web_host(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(&X_WEBSTACK_WEB_HOST)
-        .and_then(|v| v.to_str().ok())
+/// What the handlers read of a request's head: the fields the tiers in front set, and the
+/// session's cookie. Taken from the head in place; axum's `HeaderMap` extractor would clone
+/// every field of every request to read these few.
+pub struct Asked {
+    /// The web host that proxied the request, as its web server stated it (the web role
+    /// overwrites any client-sent value); `None` when the app is reached directly.
+    web_host: Option<HeaderValue>,
+    /// `X-Forwarded-Proto`: the scheme the client used at the lb.
+    proto: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
+    /// The session's last write position (its cookie), for read-your-writes.
+    session: Option<GtidPos>,
 }
 
-fn behind_https(headers: &HeaderMap) -> bool {
-    headers
-        .get(&X_FORWARDED_PROTO)
-        .is_some_and(|v| v == "https")
+impl<S: Send + Sync> FromRequestParts<S> for Asked {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let headers = &parts.headers;
+        Ok(Self {
+            web_host: headers.get(&X_WEBSTACK_WEB_HOST).cloned(),
+            proto: headers.get(&X_FORWARDED_PROTO).cloned(),
+            request_id: headers.get(&X_REQUEST_ID).cloned(),
+            session: posts::session_position(headers),
+        })
+    }
+}
+
+impl Asked {
+    fn web_host(&self) -> Option<&str> {
+        self.web_host.as_ref().and_then(|v| v.to_str().ok())
+    }
+
+    fn proto(&self) -> Option<&str> {
+        self.proto.as_ref().and_then(|v| v.to_str().ok())
+    }
+
+    fn behind_https(&self) -> bool {
+        self.proto.as_ref().is_some_and(|v| v == "https")
+    }
+
+    fn request_id(&self) -> Option<&str> {
+        self.request_id.as_ref().and_then(|v| v.to_str().ok())
+    }
 }
 
 fn db(state: &AppState) -> Result<&Router, AppError> {
@@ -53,20 +87,13 @@ fn db_nodes(state: &AppState) -> (Option<String>, Option<String>) {
 
 pub async fn home(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    asked: Asked,
 ) -> Result<Html<String>, AppError> {
     let (mut db_read, db_write) = db_nodes(&state);
     let (posts, db_error) = match &state.db {
         None => (Vec::new(), None),
         Some(router) => {
-            match posts::recent(
-                router,
-                &state.metrics,
-                10,
-                posts::session_position(&headers).as_ref(),
-            )
-            .await
-            {
+            match posts::recent(router, &state.metrics, 10, asked.session.as_ref()).await {
                 Ok((posts, node)) => {
                     db_read = Some(node.name.clone());
                     (posts, None)
@@ -83,10 +110,10 @@ pub async fn home(
         "home.html",
         context! {
             site => &state.config.site_name,
-            web_host => web_host(&headers),
+            web_host => asked.web_host(),
             app_host => &state.config.host_name,
-            proto => headers.get(&X_FORWARDED_PROTO).and_then(|v| v.to_str().ok()),
-            request_id => headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()),
+            proto => asked.proto(),
+            request_id => asked.request_id(),
             has_db => state.db.is_some(),
             db_read, db_write, db_error,
             posts => minijinja::Value::from(minijinja::value::Serde(&posts)),
@@ -104,16 +131,10 @@ fn parse_id(id: &str) -> Result<u64, AppError> {
 pub async fn post_page(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    asked: Asked,
 ) -> Result<Html<String>, AppError> {
     let id = parse_id(&id)?;
-    let (post, node) = posts::get(
-        db(&state)?,
-        &state.metrics,
-        id,
-        posts::session_position(&headers).as_ref(),
-    )
-    .await?;
+    let (post, node) = posts::get(db(&state)?, &state.metrics, id, asked.session.as_ref()).await?;
     let post = post.ok_or(AppError::NotFound)?;
     Ok(Html(state.render("post.html", context! { site => &state.config.site_name, post => minijinja::Value::from(minijinja::value::Serde(&post)), db_read => &node.name })?))
 }
@@ -122,14 +143,14 @@ pub async fn post_page(
 /// 303 (`Redirect::to`) to the new post, so a reload does not post twice.
 pub async fn create_from_form(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    asked: Asked,
     form: Result<Form<NewPost>, FormRejection>,
 ) -> Result<Response, AppError> {
     let Form(new) = form.map_err(|rejection| AppError::BadInput(rejection.body_text()))?;
     let new = new.validate()?;
     let (post, gtid) = posts::create(db(&state)?, &state.metrics, &new).await?;
     let mut response = Redirect::to(&format!("/posts/{}", post.id)).into_response();
-    set_session(&mut response, &gtid, behind_https(&headers));
+    set_session(&mut response, &gtid, asked.behind_https());
     Ok(response)
 }
 
@@ -151,7 +172,7 @@ pub struct ListQuery {
 pub async fn api_list(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ListQuery>,
-    headers: HeaderMap,
+    asked: Asked,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = match query.limit.as_deref() {
         None => 20,
@@ -163,36 +184,25 @@ pub async fn api_list(
                 AppError::BadInput(format!("limit {text:?}: expected a number from 1 to 100"))
             })?,
     };
-    let (posts, node) = posts::recent(
-        db(&state)?,
-        &state.metrics,
-        limit,
-        posts::session_position(&headers).as_ref(),
-    )
-    .await?;
+    let (posts, node) =
+        posts::recent(db(&state)?, &state.metrics, limit, asked.session.as_ref()).await?;
     Ok(Json(json!({ "posts": posts, "db_read": node.name })))
 }
 
 pub async fn api_get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    asked: Asked,
 ) -> Result<Json<Post>, ApiError> {
     let id = parse_id(&id)?;
-    let (post, _) = posts::get(
-        db(&state)?,
-        &state.metrics,
-        id,
-        posts::session_position(&headers).as_ref(),
-    )
-    .await?;
+    let (post, _) = posts::get(db(&state)?, &state.metrics, id, asked.session.as_ref()).await?;
     Ok(Json(post.ok_or(AppError::NotFound)?))
 }
 
 /// `POST /api/posts` with `{"author": ..., "body": ...}`: 201 with the stored post.
 pub async fn api_create(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    asked: Asked,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let new: NewPost = serde_json::from_slice(&body).map_err(|error| {
@@ -209,17 +219,14 @@ pub async fn api_create(
         Json(post),
     )
         .into_response();
-    set_session(&mut response, &gtid, behind_https(&headers));
+    set_session(&mut response, &gtid, asked.behind_https());
     Ok(response)
 }
 
-pub async fn whoami(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Json<serde_json::Value> {
+pub async fn whoami(State(state): State<Arc<AppState>>, asked: Asked) -> Json<serde_json::Value> {
     let (db_read, db_write) = db_nodes(&state);
     Json(
-        json!({ "web": web_host(&headers), "app": state.config.host_name, "db_read": db_read, "db_write": db_write }),
+        json!({ "web": asked.web_host(), "app": state.config.host_name, "db_read": db_read, "db_write": db_write }),
     )
 }
 
@@ -370,6 +377,45 @@ mod tests {
         let (_, body) = get("/", Some("<script>x</script>")).await;
         assert!(!body.contains("<script>x"), "header values are escaped");
         assert!(body.contains("&lt;script&gt;"));
+    }
+
+    /// The fields the tiers in front set reach the page, and the session cookie its position.
+    #[tokio::test]
+    async fn what_the_front_states_reaches_the_handlers() {
+        let request = Request::get("/")
+            .header("x-webstack-web-host", "web-02")
+            .header("x-forwarded-proto", "https")
+            .header("x-request-id", "req-42")
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = send(request).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("<td>https</td>"), "{body}");
+        assert!(body.contains("<code>req-42</code>"), "{body}");
+        // Without them, the page says nothing of either.
+        let (_, body) = get("/", None).await;
+        assert!(
+            !body.contains("Client protocol") && !body.contains("Request id"),
+            "{body}"
+        );
+
+        let cookie = format!("a=1; {}=0-1-7; b=2", crate::posts::SESSION_COOKIE);
+        let (mut parts, ()) = Request::get("/")
+            .header("cookie", cookie)
+            .body(())
+            .unwrap()
+            .into_parts();
+        let asked = <super::Asked as axum::extract::FromRequestParts<()>>::from_request_parts(
+            &mut parts,
+            &(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            asked.session,
+            Some(webstack_db::gtid::GtidPos::parse("0-1-7"))
+        );
+        assert!(!asked.behind_https() && asked.web_host().is_none());
     }
 
     #[tokio::test]
