@@ -233,6 +233,7 @@ pin_project_lite::pin_project! {
     /// worker's connections). Not an `async` block around it: that would keep the future twice
     /// in the task (as captured and as awaited), ~1.7 KiB more per connection.
     struct Holding<F, H> {
+        // Dropped first (fields drop in order): the socket closes before the slot is free.
         #[pin]
         connection: F,
         _held: H,

@@ -294,7 +294,8 @@ pub async fn read_some<R: AsyncRead + Unpin>(
     src.read_buf(buf).await
 }
 
-/// Room for a request head: what a connection holds while it waits for its next request.
+/// Room for a request head (and a response head): what a TLS connection holds while it waits
+/// for its next request (a plain socket holds nothing then).
 pub const HEAD_BUFFER: usize = 4 * 1024;
 
 /// Reads part of a request head into `buf`: an empty buffer gets `HEAD_BUFFER` (most heads fit),

@@ -65,8 +65,9 @@ impl Proxy {
             timeout: options.header_read_timeout,
             max_bytes: options.max_header_bytes,
         };
-        // Reused for the requests of the connection that follow each other without a pause:
-        // the forwarded head, the response head.
+        // The forwarded head and the response head: kept from one request to the next only
+        // when the next is already buffered (pipelined), else released while the connection
+        // waits (`release_idle`).
         let (mut out, mut back) = (Vec::new(), Vec::new());
         let stop = shutdown.triggered();
         let mut stop = std::pin::pin!(stop);

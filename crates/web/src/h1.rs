@@ -64,8 +64,9 @@ impl WebServer {
             timeout: self.config.client_header_timeout,
             max_bytes: MAX_HEAD,
         };
-        // Reused for the requests of the connection that follow each other without a pause:
-        // the forwarded head, the response head, the request id.
+        // The forwarded head, the response head, the request id: kept from one request to the
+        // next only when the next is already buffered (pipelined), else released while the
+        // connection waits (`release_idle`).
         let (mut out, mut back, mut id) = (Vec::new(), Vec::new(), Vec::new());
         let stop = shutdown.triggered();
         let mut stop = std::pin::pin!(stop);
