@@ -575,6 +575,19 @@ mod tests {
         .ok()
     }
 
+    /// The connection is polled (its read finds nothing), then waits holding no head buffer.
+    async fn waits_without_a_buffer(
+        conn: &mut ClientConn<tokio::net::TcpStream>,
+        out: &mut Vec<u8>,
+    ) {
+        assert!(
+            next_within(conn, out, Duration::from_millis(50))
+                .await
+                .is_none()
+        );
+        assert_eq!(conn.buf.capacity(), 0);
+    }
+
     /// An idle keep-alive connection, fresh or between requests, holds no buffer: not the head
     /// buffer (tokio reports a new socket readable before its first read, which finds nothing)
     /// and not the connection's scratch heads, unless the next request is there already.
@@ -588,13 +601,8 @@ mod tests {
         let mut conn = ClientConn::new(server, peer, false);
         let (mut out, mut back) = (Vec::new(), vec![0u8; 100]);
 
-        // Fresh: polled (the read finds nothing), then waiting.
-        assert!(
-            next_within(&mut conn, &mut out, Duration::from_millis(50))
-                .await
-                .is_none()
-        );
-        assert_eq!(conn.buf.capacity(), 0);
+        // Fresh.
+        waits_without_a_buffer(&mut conn, &mut out).await;
 
         // One request served, then waiting for the next.
         client
@@ -605,12 +613,7 @@ mod tests {
         assert!(matches!(next, Some(Next::Request(_))));
         conn.release_idle(&mut [&mut out, &mut back]);
         assert_eq!((out.capacity(), back.capacity()), (0, 0));
-        assert!(
-            next_within(&mut conn, &mut out, Duration::from_millis(50))
-                .await
-                .is_none()
-        );
-        assert_eq!(conn.buf.capacity(), 0);
+        waits_without_a_buffer(&mut conn, &mut out).await;
 
         // Two requests in one write: after the first, the second is already here, and the
         // scratch heads are kept for it.
