@@ -253,31 +253,43 @@ where
 /// The response head in `back` (as `head::parse_response` rewrote it) as hyper's response head:
 /// every field but the framing and connection ones, which hyper sets for its own client.
 pub fn response_parts(back: &[u8], response: &Response) -> http::Response<()> {
-    let mut headers = [httparse::EMPTY_HEADER; crate::head::MAX_HEADERS + 8];
-    let mut parsed = httparse::Response::new(&mut headers);
     let mut out = http::Response::new(());
     *out.status_mut() =
         http::StatusCode::from_u16(response.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-    // Only a complete head: its values are slices of `back` (below).
-    if !matches!(parsed.parse(back), Ok(httparse::Status::Complete(_))) {
-        return out;
-    }
+    // `parse_response` wrote `back` from fields httparse accepted: a status line, `Name: value`
+    // lines and a blank line, each ending in CRLF. Read again by its line ends, not parsed twice.
     // One copy of the head; every value is a slice of it (no allocation per field).
     let shared = bytes::Bytes::copy_from_slice(back);
     let map = out.headers_mut();
-    map.reserve(parsed.headers.len());
-    for header in parsed.headers.iter() {
-        let hop = header.name.eq_ignore_ascii_case("transfer-encoding")
-            || (header.name.eq_ignore_ascii_case("connection") && !response.upgrade);
+    map.reserve(16);
+    let Some(status_end) = memchr::memchr(b'\n', back) else {
+        return out;
+    };
+    let mut at = status_end + 1;
+    for end in memchr::memchr_iter(b'\n', &back[at..]).map(|i| status_end + 1 + i) {
+        let line = &back[at..end];
+        let line_at = at;
+        at = end + 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = memchr::memchr(b':', line) else {
+            break; // the blank line
+        };
+        let name = &line[..colon];
+        let hop = name.eq_ignore_ascii_case(b"transfer-encoding")
+            || (name.eq_ignore_ascii_case(b"connection") && !response.upgrade);
         if hop {
             continue;
         }
-        let start = header.value.as_ptr() as usize - back.as_ptr() as usize;
-        let value = shared.slice(start..start + header.value.len());
-        if let (Ok(name), Ok(mut value)) = (
-            http::HeaderName::from_bytes(header.name.as_bytes()),
-            http::HeaderValue::from_maybe_shared(value),
-        ) {
+        let value = line[colon + 1..].trim_ascii();
+        let start = line_at + (value.as_ptr() as usize - line.as_ptr() as usize);
+        let value = shared.slice(start..start + value.len());
+        // Ours on every response: a static name allocates nothing.
+        let name = if name.eq_ignore_ascii_case(b"x-request-id") {
+            Ok(http::HeaderName::from_static("x-request-id"))
+        } else {
+            http::HeaderName::from_bytes(name)
+        };
+        if let (Ok(name), Ok(mut value)) = (name, http::HeaderValue::from_maybe_shared(value)) {
             // A value unique to each response is never worth a slot in the client's HPACK
             // table: sent as a never-indexed literal, it inserts and evicts nothing.
             if name == "x-request-id" {
@@ -304,8 +316,9 @@ pub struct ResponseBody {
     /// The pool the connection goes back to, when it can be reused.
     back_to: Option<Return>,
     idle: Duration,
-    /// Runs while the body waits on the server (not while hyper does not ask for more).
-    timer: Pin<Box<Sleep>>,
+    /// Runs while the body waits on the server (not while hyper does not ask for more); made
+    /// at the first wait (a small body usually came with its head and never waits).
+    timer: Option<Pin<Box<Sleep>>>,
     waiting: bool,
     hold: Option<Box<dyn Send + Sync>>,
 }
@@ -325,7 +338,7 @@ impl ResponseBody {
             state: BodyState::new(framing),
             back_to,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
             waiting: false,
             hold,
         };
@@ -436,11 +449,14 @@ impl Body for ResponseBody {
                     return Poll::Ready(Some(Err(error)));
                 }
                 Poll::Pending => {
+                    let idle = this.idle;
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                     if !std::mem::replace(&mut this.waiting, true) {
-                        let deadline = tokio::time::Instant::now() + this.idle;
-                        this.timer.as_mut().reset(deadline);
+                        timer.as_mut().reset(tokio::time::Instant::now() + idle);
                     }
-                    if this.timer.as_mut().poll(cx).is_ready() {
+                    if timer.as_mut().poll(cx).is_ready() {
                         this.conn = None;
                         return Poll::Ready(Some(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
@@ -491,5 +507,36 @@ mod tests {
         assert!(!parts.headers()["content-type"].is_sensitive());
         assert!(parts.headers().get("transfer-encoding").is_none());
         assert!(parts.headers().get("connection").is_none());
+    }
+
+    #[test]
+    fn response_parts_keep_every_field_parse_response_wrote() {
+        let server = b"HTTP/1.1 302 Found\r\nLocation: http://a.example:8080/x?y=1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Empty:\r\nX-Spaced:  v  \r\nContent-Length: 0\r\n\r\n";
+        let rewrite = crate::head::ResponseRewrite {
+            request_is_head: false,
+            client_keep_alive: true,
+            client_http10: false,
+            request_id: b"rid",
+            hsts: Some(b"max-age=60"),
+            request_upgrade: false,
+            timing: None,
+            own_header: None,
+        };
+        let mut back = Vec::new();
+        let response = crate::head::parse_response(server, &mut back, &rewrite)
+            .unwrap()
+            .unwrap();
+        let parts = response_parts(&back, &response);
+        assert_eq!(parts.status(), 302);
+        let h = parts.headers();
+        assert_eq!(h["location"], "http://a.example:8080/x?y=1");
+        let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(h["x-empty"], "");
+        assert_eq!(h["x-spaced"], "v");
+        assert_eq!(h["content-length"], "0");
+        assert_eq!(h["x-request-id"], "rid");
+        assert_eq!(h["strict-transport-security"], "max-age=60");
+        assert_eq!(h.len(), 8);
     }
 }

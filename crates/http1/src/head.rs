@@ -525,7 +525,9 @@ fn rewrite_request<H: HeaderLine>(
     match body {
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Framing::Length(n) if length.seen => {
-            let _ = write!(out, "Content-Length: {n}\r\n");
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         _ => {}
     }
@@ -547,7 +549,8 @@ fn rewrite_request<H: HeaderLine>(
         }
     }
     let forwarded_for = earlier..out.len().saturating_sub(2).max(earlier);
-    let _ = write!(out, "{}\r\n", forwarding.client);
+    push_address(out, forwarding.client);
+    out.extend_from_slice(b"\r\n");
     match forwarding.proto {
         Some(proto) => {
             out.extend_from_slice(b"X-Forwarded-Proto: ");
@@ -601,6 +604,38 @@ fn push(out: &mut Vec<u8>, bytes: &[u8]) -> Range<usize> {
     let start = out.len();
     out.extend_from_slice(bytes);
     start..out.len()
+}
+
+/// `HTTP/1.1 <status> <reason>` and its line end.
+pub fn push_status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A number in decimal (the formatting machinery costs more than the rest of a short head).
+pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// An address as `Display` writes it; IPv4, the common case, without the formatting machinery.
+fn push_address(out: &mut Vec<u8>, address: IpAddr) {
+    match address {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            for (i, octet) in [a, b, c, d].into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_decimal(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(out, "{address}");
+        }
+    }
 }
 
 /// Copies one header line as it came; returns where its value landed.
@@ -716,9 +751,7 @@ pub fn parse_response(
     let keep_alive = rewrite.client_keep_alive && body != Framing::Close && !dechunk && !upgrade;
 
     out.clear();
-    let _ = write!(out, "HTTP/1.1 {status} ");
-    out.extend_from_slice(parsed.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    push_status_line(out, status, parsed.reason.unwrap_or(""));
     for (header, &field) in parsed.headers.iter().zip(&fields) {
         let skip = field.hop_by_hop()
             || field == Field::XRequestId
@@ -872,6 +905,29 @@ mod tests {
         assert_eq!(&out[r.host.clone().unwrap()], "www.foobar.com");
         assert_eq!(r.body, Framing::Length(0));
         assert!(r.keep_alive && r.idempotent && r.bodyless() && !r.http10);
+    }
+
+    #[test]
+    fn addresses_and_numbers_are_written_as_display_writes_them() {
+        for address in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.12.3",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let mut out = Vec::new();
+            push_address(&mut out, address.parse().unwrap());
+            assert_eq!(out, address.as_bytes());
+        }
+        for n in [0, 7, 42, 65535, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        let mut out = Vec::new();
+        push_status_line(&mut out, 404, "Not Found");
+        assert_eq!(out, b"HTTP/1.1 404 Not Found\r\n");
     }
 
     #[test]

@@ -257,11 +257,10 @@ impl WebServer {
             }
         };
         back.clear();
-        let _ = write!(
+        head::push_status_line(
             back,
-            "HTTP/1.1 {} {}\r\n",
             status.as_u16(),
-            status.canonical_reason().unwrap_or("")
+            status.canonical_reason().unwrap_or(""),
         );
         back.extend_from_slice(&version.headers);
         if status == StatusCode::PARTIAL_CONTENT {
@@ -272,7 +271,9 @@ impl WebServer {
                 version.len
             );
         }
-        let _ = write!(back, "Content-Length: {}\r\n", end - start);
+        back.extend_from_slice(b"Content-Length: ");
+        head::push_decimal(back, end - start);
+        back.extend_from_slice(b"\r\n");
         let keep = client.may_keep_after_answer(keep_alive);
         self.end_head(back, request, id, keep);
         let sent = if request.is_head {
