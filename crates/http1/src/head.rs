@@ -915,6 +915,7 @@ mod tests {
             "10.0.12.3",
             "::1",
             "2001:db8::7",
+            "::ffff:192.0.2.1",
         ] {
             let mut out = Vec::new();
             push_address(&mut out, address.parse().unwrap());
