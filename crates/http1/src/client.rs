@@ -259,7 +259,10 @@ pub fn response_parts(back: &[u8], response: &Response) -> http::Response<()> {
     // `parse_response` wrote `back` from fields httparse accepted: a status line, `Name: value`
     // lines and a blank line, each ending in CRLF. Read again by its line ends, not parsed twice.
     // One copy of the head; every value is a slice of it (no allocation per field).
-    debug_assert!(back.ends_with(b"\r\n\r\n"), "a whole head from parse_response");
+    debug_assert!(
+        back.ends_with(b"\r\n\r\n"),
+        "a whole head from parse_response"
+    );
     let shared = bytes::Bytes::copy_from_slice(back);
     let map = out.headers_mut();
     map.reserve(12); // a typical head's fields; more grow the map
