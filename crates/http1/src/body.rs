@@ -310,6 +310,7 @@ pub async fn read_head_some<R: AsyncRead + Unpin>(
 /// `buf` with room for the next read of a head: grown by at least a head's worth (doubling a
 /// long one) when little is left.
 pub fn head_room(buf: &mut BytesMut) -> &mut BytesMut {
+    crate::recycle::take_head(buf);
     if buf.capacity() - buf.len() < HEAD_BUFFER / 4 {
         buf.reserve(buf.len().max(HEAD_BUFFER));
     }

@@ -487,7 +487,7 @@ fn rewrite_request<H: HeaderLine>(
         && upgrade_value.is_some_and(|v| !v.trim_ascii().is_empty());
 
     out.clear();
-    out.reserve(1024);
+    crate::recycle::take_scratch(out, 1024);
     let method_range = push(out, method.as_bytes());
     out.push(b' ');
     let target_range = push(out, target.as_bytes());

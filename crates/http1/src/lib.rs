@@ -1,7 +1,8 @@
 //! The HTTP/1 core shared by the load balancer and the web server: heads parsed with httparse
 //! and rewritten for the next hop in one pass (`head`), bodies framed and moved between
 //! connections (`body`), pooled keep-alive connections to servers (`pool`), one exchange on
-//! such a connection with early answers heard (`exchange`), forwarding an `http::Request` from
+//! such a connection with early answers heard (`exchange`), the buffers idle connections give
+//! back (`recycle`), forwarding an `http::Request` from
 //! hyper's side over those connections (`client`), the one rule for when a request may go to
 //! another server (`retry`), upgraded connections (`tunnel`), the `Date` header of local
 //! answers (`date`) and the client side of a connection both roles serve (`server`).
@@ -12,6 +13,7 @@ pub mod date;
 pub mod exchange;
 pub mod head;
 pub mod pool;
+pub mod recycle;
 pub mod retry;
 pub mod server;
 pub mod tunnel;

@@ -98,7 +98,7 @@ impl Pool {
         conn.since = Instant::now();
         // An idle connection holds no buffer: the next exchange's first read makes one.
         if conn.buf.is_empty() {
-            conn.buf = BytesMut::new();
+            crate::recycle::give_head(&mut conn.buf);
         } else if conn.buf.capacity() > 2 * BUFFER {
             conn.buf = BytesMut::from(&conn.buf[..]);
         }

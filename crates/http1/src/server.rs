@@ -21,7 +21,7 @@ use crate::exchange::{self, HeadOutcome, PumpError, Sent};
 use crate::head::{self, Forwarding, Persistence, Refusal, Request, Response, ResponseRewrite};
 use crate::pool::Conn;
 use crate::retry::Failure;
-use crate::{date, tunnel};
+use crate::{date, recycle, tunnel};
 
 /// A request body nobody needed (an early or local answer came first) is read and dropped to
 /// keep the connection open when at most this much of it is left; a longer one closes it.
@@ -100,7 +100,7 @@ async fn idle_read<C: AsyncRead + IdleRead + Unpin>(
         let read =
             tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *io), cx, body::head_room(buf));
         if read.is_pending() && buf.is_empty() {
-            *buf = BytesMut::new();
+            recycle::give_head(buf);
         }
         read
     })
@@ -157,7 +157,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> ClientConn<C> {
     pub fn release_idle(&self, scratch: &mut [&mut Vec<u8>]) {
         if self.buf.is_empty() {
             for buf in scratch {
-                **buf = Vec::new();
+                recycle::give_scratch(buf);
             }
         }
     }
@@ -474,7 +474,7 @@ impl<C: AsyncRead + AsyncWrite + IdleRead + Unpin> ClientConn<C> {
         // without one (`IdleRead`), else only room for a head (a body may have grown it).
         if self.buf.is_empty() {
             if C::CAN_TELL {
-                self.buf = BytesMut::new();
+                recycle::give_head(&mut self.buf);
             } else if self.buf.capacity() > HEAD_BUFFER {
                 self.buf = BytesMut::with_capacity(HEAD_BUFFER);
             }

@@ -82,7 +82,7 @@ impl Proxy {
             {
                 Next::Request(request) => {
                     fresh = false;
-                    back.reserve(1024);
+                    webstack_http1::recycle::take_scratch(&mut back, 1024);
                     let draining = shutdown.is_triggered();
                     // Boxed: the exchange's state is allocated while a request is served, not
                     // carried by every idle keep-alive connection's task.

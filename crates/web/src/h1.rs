@@ -81,7 +81,7 @@ impl WebServer {
             {
                 Next::Request(request) => {
                     fresh = false;
-                    back.reserve(1024);
+                    webstack_http1::recycle::take_scratch(&mut back, 1024);
                     id.reserve(64);
                     let started = Instant::now();
                     client.begin(&request, started);
