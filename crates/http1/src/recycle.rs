@@ -21,23 +21,24 @@ thread_local! {
 }
 
 /// Takes `buf` from an idle connection (leaving it empty, with no memory) and keeps it for the
-/// next head read on this thread, if it is empty and of a head's size.
+/// next head read on this thread, if it is empty and its allocation is of a head's size. Never
+/// allocates; a buffer that holds data is left where it is.
 pub fn give_head(buf: &mut BytesMut) {
-    let mut buf = std::mem::take(buf);
     if !buf.is_empty() {
         return;
     }
-    // Heads read into it were advanced past: its room starts after them. Reserving takes the
-    // whole allocation back when nothing else holds a part of it (no allocation then).
-    buf.reserve(HEAD_BUFFER);
-    if !(HEAD_BUFFER..=LARGEST).contains(&buf.capacity()) {
+    let mut buf = std::mem::take(buf);
+    let full = HEADS.with(|heads| heads.try_borrow().map_or(true, |heads| heads.len() >= KEEP));
+    // `capacity` is the room after what was read, not the allocation: a body's reads may have
+    // grown it far past a head's size. Reclaiming finds out without allocating (true when the
+    // allocation, brought back to its start, holds that much), and the second brings a buffer
+    // heads were read into and advanced past back to its start.
+    if full || buf.try_reclaim(LARGEST + 1) || !buf.try_reclaim(HEAD_BUFFER) {
         return;
     }
     HEADS.with(|heads| {
         if let Ok(mut heads) = heads.try_borrow_mut() {
-            if heads.len() < KEEP {
-                heads.push(buf);
-            }
+            heads.push(buf);
         }
     });
 }
@@ -109,11 +110,35 @@ mod tests {
     }
 
     #[test]
-    fn only_empty_buffers_of_a_heads_size_are_kept() {
-        let mut partial = BytesMut::with_capacity(HEAD_BUFFER);
-        partial.extend_from_slice(b"GET / HT");
+    fn a_large_allocation_with_little_room_left_is_not_kept() {
+        let mut buf = BytesMut::with_capacity(16 * HEAD_BUFFER);
+        buf.resize(14 * HEAD_BUFFER, 0);
+        bytes::Buf::advance(&mut buf, 14 * HEAD_BUFFER);
+        assert!(buf.is_empty() && buf.capacity() >= HEAD_BUFFER && buf.capacity() <= LARGEST);
+        give_head(&mut buf);
+        assert_eq!(buf.capacity(), 0, "taken from the connection all the same");
+        let mut next = BytesMut::new();
+        take_head(&mut next);
+        assert_eq!(
+            next.capacity(),
+            0,
+            "a 64 KiB allocation is not a head buffer"
+        );
+    }
+
+    #[test]
+    fn a_buffer_with_data_stays_with_its_connection() {
+        let mut buf = BytesMut::with_capacity(HEAD_BUFFER);
+        buf.extend_from_slice(b"GET /next HTTP/1.1\r\n");
+        give_head(&mut buf);
+        assert_eq!(&buf[..], b"GET /next HTTP/1.1\r\n");
+    }
+
+    #[test]
+    fn only_buffers_of_a_heads_size_are_kept() {
+        let mut small = BytesMut::with_capacity(HEAD_BUFFER / 2);
         let mut huge = BytesMut::with_capacity(LARGEST * 2);
-        give_head(&mut partial);
+        give_head(&mut small);
         give_head(&mut huge);
         let mut next = BytesMut::new();
         take_head(&mut next);
