@@ -288,7 +288,8 @@ pub fn response_parts(back: &[u8], response: &Response) -> http::Response<()> {
         let start = line_at + (value.as_ptr() as usize - line.as_ptr() as usize);
         let value = shared.slice(start..start + value.len());
         // Ours on every response: a static name allocates nothing.
-        let name = if name.eq_ignore_ascii_case(b"x-request-id") {
+        let request_id = name.eq_ignore_ascii_case(b"x-request-id");
+        let name = if request_id {
             Ok(http::HeaderName::from_static("x-request-id"))
         } else {
             http::HeaderName::from_bytes(name)
@@ -296,9 +297,7 @@ pub fn response_parts(back: &[u8], response: &Response) -> http::Response<()> {
         if let (Ok(name), Ok(mut value)) = (name, http::HeaderValue::from_maybe_shared(value)) {
             // A value unique to each response is never worth a slot in the client's HPACK
             // table: sent as a never-indexed literal, it inserts and evicts nothing.
-            if name == "x-request-id" {
-                value.set_sensitive(true);
-            }
+            value.set_sensitive(request_id);
             map.append(name, value);
         }
     }
