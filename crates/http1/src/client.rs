@@ -250,60 +250,6 @@ where
     let _ = tokio::time::timeout(body::LINGER_TIME, read).await;
 }
 
-/// The response head in `back` (as `head::parse_response` rewrote it) as hyper's response head:
-/// every field but the framing and connection ones, which hyper sets for its own client.
-pub fn response_parts(back: &[u8], response: &Response) -> http::Response<()> {
-    let mut out = http::Response::new(());
-    *out.status_mut() =
-        http::StatusCode::from_u16(response.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-    // `parse_response` wrote `back` from fields httparse accepted: a status line, `Name: value`
-    // lines and a blank line, each ending in CRLF. Read again by its line ends, not parsed twice.
-    // One copy of the head; every value is a slice of it (no allocation per field).
-    debug_assert!(
-        back.ends_with(b"\r\n\r\n"),
-        "a whole head from parse_response"
-    );
-    let shared = bytes::Bytes::copy_from_slice(back);
-    let map = out.headers_mut();
-    map.reserve(12); // a typical head's fields; more grow the map
-    let Some(status_end) = memchr::memchr(b'\n', back) else {
-        return out;
-    };
-    let mut at = status_end + 1;
-    for end in memchr::memchr_iter(b'\n', &back[at..]).map(|i| status_end + 1 + i) {
-        let line = &back[at..end];
-        let line_at = at;
-        at = end + 1;
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = memchr::memchr(b':', line) else {
-            break; // the blank line
-        };
-        let name = &line[..colon];
-        let hop = name.eq_ignore_ascii_case(b"transfer-encoding")
-            || (name.eq_ignore_ascii_case(b"connection") && !response.upgrade);
-        if hop {
-            continue;
-        }
-        let value = line[colon + 1..].trim_ascii();
-        let start = line_at + (value.as_ptr() as usize - line.as_ptr() as usize);
-        let value = shared.slice(start..start + value.len());
-        // Ours on every response: a static name allocates nothing.
-        let request_id = name.eq_ignore_ascii_case(b"x-request-id");
-        let name = if request_id {
-            Ok(http::HeaderName::from_static("x-request-id"))
-        } else {
-            http::HeaderName::from_bytes(name)
-        };
-        if let (Ok(name), Ok(mut value)) = (name, http::HeaderValue::from_maybe_shared(value)) {
-            // A value unique to each response is never worth a slot in the client's HPACK
-            // table: sent as a never-indexed literal, it inserts and evicts nothing.
-            value.set_sensitive(request_id);
-            map.append(name, value);
-        }
-    }
-    out
-}
-
 /// Where a connection goes when its response body has been read to the end.
 pub struct Return {
     pub pool: Arc<Pool>,
@@ -482,64 +428,5 @@ impl Body for ResponseBody {
             BodyState::Length(left) => SizeHint::with_exact(left),
             _ => SizeHint::default(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn response_parts_drop_framing_and_connection_fields() {
-        let back = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nX-Request-Id: id\r\nConnection: close\r\n\r\n";
-        let response = Response {
-            head_len: 0,
-            status: 200,
-            body: Framing::Chunked,
-            reusable: true,
-            keep_alive: false,
-            dechunk: false,
-            upgrade: false,
-        };
-        let parts = response_parts(back, &response);
-        assert_eq!(parts.status(), 200);
-        assert_eq!(parts.headers()["content-type"], "text/plain");
-        assert_eq!(parts.headers()["x-request-id"], "id");
-        // Unique per response: never indexed in the client's HPACK table.
-        assert!(parts.headers()["x-request-id"].is_sensitive());
-        assert!(!parts.headers()["content-type"].is_sensitive());
-        assert!(parts.headers().get("transfer-encoding").is_none());
-        assert!(parts.headers().get("connection").is_none());
-    }
-
-    #[test]
-    fn response_parts_keep_every_field_parse_response_wrote() {
-        let server = b"HTTP/1.1 302 Found\r\nLocation: http://a.example:8080/x?y=1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Empty:\r\nX-Spaced:  v  \r\nContent-Length: 0\r\n\r\n";
-        let rewrite = crate::head::ResponseRewrite {
-            request_is_head: false,
-            client_keep_alive: true,
-            client_http10: false,
-            request_id: b"rid",
-            hsts: Some(b"max-age=60"),
-            request_upgrade: false,
-            timing: None,
-            own_header: None,
-        };
-        let mut back = Vec::new();
-        let response = crate::head::parse_response(server, &mut back, &rewrite)
-            .unwrap()
-            .unwrap();
-        let parts = response_parts(&back, &response);
-        assert_eq!(parts.status(), 302);
-        let h = parts.headers();
-        assert_eq!(h["location"], "http://a.example:8080/x?y=1");
-        let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
-        assert_eq!(cookies, ["a=1", "b=2"]);
-        assert_eq!(h["x-empty"], "");
-        assert_eq!(h["x-spaced"], "v");
-        assert_eq!(h["content-length"], "0");
-        assert_eq!(h["x-request-id"], "rid");
-        assert_eq!(h["strict-transport-security"], "max-age=60");
-        assert_eq!(h.len(), 8);
     }
 }

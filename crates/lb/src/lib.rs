@@ -522,7 +522,6 @@ mod workers {
     //! No work stealing and no cross-thread wake-ups on the request path: a connection stays on
     //! the worker that accepted it.
 
-    use std::convert::Infallible;
     use std::future::Future;
     use std::sync::Arc;
     use std::time::Duration;
@@ -604,21 +603,15 @@ mod workers {
                                 acceptor.clone(),
                             );
                             async move {
-                                // HTTP/2 (ALPN h2) goes through hyper and `Proxy::handle`.
+                                // HTTP/2 (ALPN h2): each stream through `Proxy::handle`.
                                 let h2_service = {
                                     let proxy = proxy.clone();
                                     move |peer| {
                                         let proxy = proxy.clone();
-                                        hyper::service::service_fn(move |request| {
+                                        move |request| {
                                             let proxy = proxy.clone();
-                                            // Boxed here, once: the request's future is
-                                            // large, and every layer would move it again.
-                                            Box::pin(async move {
-                                                Ok::<_, Infallible>(
-                                                    proxy.handle(peer, request).await,
-                                                )
-                                            })
-                                        })
+                                            async move { proxy.handle(peer, request).await }
+                                        }
                                     }
                                 };
                                 let https_h1 = {

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, StatusCode};
 use http_body::Body as _;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use webstack_common::access_log::{AccessLog, Entry, Value};
 use webstack_common::forward::RequestIds;
 use webstack_http1::client::{self, ResponseBody, Return, SendError, Target};
@@ -20,6 +19,7 @@ use webstack_http1::exchange::Sent;
 use webstack_http1::head::{self, Forwarding, ResponseRewrite};
 use webstack_http1::pool::Pool;
 use webstack_http1::retry::{Attempts, Failure, GiveUp};
+use webstack_http2::{Reply, RequestBody, hpack};
 
 use crate::Config;
 use crate::balance::Balancer;
@@ -365,8 +365,8 @@ impl Proxy {
     pub async fn handle(
         &self,
         peer: SocketAddr,
-        request: Request<Incoming>,
-    ) -> Response<ProxyBody> {
+        request: Request<RequestBody>,
+    ) -> Reply<ProxyBody> {
         let started = Instant::now();
         let request_id = self.request_ids.next_bytes();
         let (parts, body) = request.into_parts();
@@ -387,7 +387,7 @@ impl Proxy {
                 &request_id,
             );
             response
-                .headers_mut()
+                .headers
                 .insert(http::header::RETRY_AFTER, retry_after(wait).into());
             self.access_log(&Access {
                 client,
@@ -481,7 +481,10 @@ impl Proxy {
             .await;
             let result = match sent {
                 Ok((conn, response, sent)) => {
-                    let head = client::response_parts(&back, &response);
+                    // The fields go to HPACK straight from the head the server's was
+                    // rewritten into, with no map in between.
+                    let mut encoded = Vec::with_capacity(back.len());
+                    hpack::encode_http1_fields(&mut encoded, &back);
                     let back_to = (response.reusable && sent == Sent::Complete).then(|| Return {
                         pool: self.pool.clone(),
                         server: server.index,
@@ -489,7 +492,14 @@ impl Proxy {
                     let hold: Box<dyn Send + Sync> = Box::new(guard);
                     let body =
                         ResponseBody::new(conn, response.body, back_to, BODY_TIMEOUT, Some(hold));
-                    Ok((response.status, (head.map(|()| Either::Left(body)), sent)))
+                    let reply = Reply {
+                        status: StatusCode::from_u16(response.status)
+                            .unwrap_or(StatusCode::BAD_GATEWAY),
+                        headers: http::HeaderMap::new(),
+                        encoded,
+                        body: Either::Left(body),
+                    };
+                    Ok((response.status, (reply, sent)))
                 }
                 Err(SendError::Server(failure)) => Err(AttemptError::Server(failure)),
                 Err(SendError::Client(error)) => {
@@ -507,7 +517,7 @@ impl Proxy {
         let path = &out[request.target.clone()];
         let (response, server) = match outcome {
             Forwarded::Answer((response, _), server) => {
-                self.answered(&server, response.status().as_u16(), started);
+                self.answered(&server, response.status.as_u16(), started);
                 (response, Some(server))
             }
             Forwarded::Failed(server, failure) => {
@@ -520,7 +530,7 @@ impl Proxy {
                 let text = Bytes::from_static(QUEUE_TEXT.as_bytes());
                 let mut response = self.local(StatusCode::SERVICE_UNAVAILABLE, text, &request_id);
                 response
-                    .headers_mut()
+                    .headers
                     .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
                 (response, None)
             }
@@ -545,16 +555,14 @@ impl Proxy {
             client,
             method: std::str::from_utf8(method).unwrap_or("-"),
             path: std::str::from_utf8(path).unwrap_or("-"),
-            status: response.status().as_u16(),
+            status: response.status.as_u16(),
             server: server.as_deref(),
             attempts: attempts.tried().count(),
             started,
             request_id: &request_id,
             version: "HTTP/2.0",
-            bytes: response
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            // A server's answer: its Content-Length (none left unread yet); ours: the text.
+            bytes: response.body.size_hint().exact(),
             headers: RequestHeaders::Map(&parts.headers),
         });
         response
@@ -580,11 +588,18 @@ impl Proxy {
         status
     }
 
-    /// A short plain-text answer of the lb's own to an HTTP/2 client (hyper adds `Date`).
-    fn local(&self, status: StatusCode, text: Bytes, request_id: &[u8]) -> Response<ProxyBody> {
-        let mut response = Response::new(Either::Right(Full::new(text)));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
+    /// A short plain-text answer of the lb's own to an HTTP/2 client.
+    fn local(&self, status: StatusCode, text: Bytes, request_id: &[u8]) -> Reply<ProxyBody> {
+        let mut response = Reply {
+            status,
+            headers: http::HeaderMap::with_capacity(6),
+            encoded: Vec::new(),
+            body: Either::Right(Full::new(text)),
+        };
+        let headers = &mut response.headers;
+        if let Ok(date) = HeaderValue::from_bytes(&webstack_http1::date::now()) {
+            headers.insert(http::header::DATE, date);
+        }
         headers.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -654,5 +669,57 @@ pub(crate) fn error_text(status: StatusCode) -> &'static str {
         }
         StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout: the server did not answer in time.\n",
         _ => "502 Bad Gateway: the server could not be reached or sent an invalid response.\n",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use webstack_http1::head::{self, ResponseRewrite};
+    use webstack_http2::hpack::{self, Decoder};
+
+    /// What an HTTP/2 client gets of a server's head: every field `parse_response` wrote for
+    /// the client, none of the HTTP/1 connection's.
+    #[test]
+    fn an_http2_client_gets_every_field_of_the_rewritten_head() {
+        let server = b"HTTP/1.1 302 Found\r\nLocation: http://a.example:8080/x?y=1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Empty:\r\nX-Spaced:  v  \r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        let rewrite = ResponseRewrite {
+            request_is_head: false,
+            client_keep_alive: true,
+            client_http10: false,
+            request_id: b"rid",
+            hsts: Some(b"max-age=60"),
+            request_upgrade: false,
+            timing: None,
+            own_header: None,
+        };
+        let mut back = Vec::new();
+        let response = head::parse_response(server, &mut back, &rewrite)
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status, 302);
+        let mut block = Vec::new();
+        hpack::encode_http1_fields(&mut block, &back);
+        let (mut arena, mut fields) = (Vec::new(), Vec::new());
+        Decoder::new(4096)
+            .decode(&block, usize::MAX, &mut arena, &mut fields)
+            .unwrap();
+        let got: Vec<(&[u8], &[u8])> = fields
+            .iter()
+            .map(|f| (&arena[f.name.clone()], &arena[f.value.clone()]))
+            .collect();
+        let mut want: Vec<(&[u8], &[u8])> = vec![
+            (b"location", b"http://a.example:8080/x?y=1"),
+            (b"set-cookie", b"a=1"),
+            (b"set-cookie", b"b=2"),
+            (b"x-empty", b""),
+            (b"x-spaced", b"v"),
+            (b"content-length", b"0"),
+            (b"x-request-id", b"rid"),
+            (b"strict-transport-security", b"max-age=60"),
+        ];
+        let mut got_sorted = got.clone();
+        got_sorted.sort();
+        want.sort();
+        assert_eq!(got_sorted, want, "{got:?}");
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use webstack_common::Shutdown;
-use webstack_common::serve::{accept_loop, serve_connection_h2};
+use webstack_common::serve::accept_loop;
 
 pub use local_ca::LocalCa;
 pub use store::{CertStore, CertificateInfo, check as check_certificate};
@@ -83,10 +83,10 @@ pub fn server_config(certificates: Arc<CertStore>) -> Result<Arc<rustls::ServerC
 
 /// Accepts TLS connections until `shutdown`, within `options`' connection limit and the
 /// per-client limits (`limits::admit`, before the handshake: a PROXY header comes first): handshake
-/// within `handshake_timeout`, then HTTP/2 (hyper, with `make_service`; closed when idle for
+/// within `handshake_timeout`, then HTTP/2 (`webstack_http2`, each stream to `make_service`'s handler; closed when idle for
 /// the header timeout) when ALPN chose h2, else HTTP/1.1 with `serve_h1`.
 #[allow(clippy::too_many_arguments)]
-pub async fn serve_tls<M, S, B, H, F>(
+pub async fn serve_tls<M, S, R, B, H, F>(
     listener: TcpListener,
     clients: Arc<crate::limits::ClientTable>,
     acceptor: TlsAcceptor,
@@ -97,16 +97,10 @@ pub async fn serve_tls<M, S, B, H, F>(
     shutdown: Shutdown,
 ) where
     M: Fn(SocketAddr) -> S + Clone + Send + 'static,
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<B>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: FnMut(http::Request<webstack_http2::RequestBody>) -> R + Send + 'static,
+    R: std::future::Future<Output = webstack_http2::Reply<B>> + Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: std::fmt::Display,
     H: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr, Shutdown) -> F
         + Clone
         + Send
@@ -142,7 +136,12 @@ pub async fn serve_tls<M, S, B, H, F>(
                         Err(_) => return tracing::debug!(client = %peer, "TLS handshake timed out"),
                     };
                 if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    serve_connection_h2(tls, service, idle, conn_shutdown).await
+                    let options = webstack_http2::Options {
+                        idle,
+                        ..Default::default()
+                    };
+                    let shutdown = async move { conn_shutdown.triggered().await };
+                    webstack_http2::serve(tls, service, options, shutdown).await
                 } else {
                     serve_h1(tls, peer, conn_shutdown).await
                 }

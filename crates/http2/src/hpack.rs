@@ -1,0 +1,646 @@
+//! HPACK (RFC 7541): the decoder for request headers, with the dynamic table the client fills,
+//! and a static-only encoder for responses (HAProxy's choice): names from the static table,
+//! values as raw literals, nothing inserted into the client's table, so encoding a field is a
+//! name lookup and two copies, and no response can evict another's fields.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use crate::huffman::{self, HuffmanError};
+
+/// RFC 7541 Appendix A.
+pub const STATIC_TABLE: [(&str, &str); 61] = [
+    (":authority", ""),
+    (":method", "GET"),
+    (":method", "POST"),
+    (":path", "/"),
+    (":path", "/index.html"),
+    (":scheme", "http"),
+    (":scheme", "https"),
+    (":status", "200"),
+    (":status", "204"),
+    (":status", "206"),
+    (":status", "304"),
+    (":status", "400"),
+    (":status", "404"),
+    (":status", "500"),
+    ("accept-charset", ""),
+    ("accept-encoding", "gzip, deflate"),
+    ("accept-language", ""),
+    ("accept-ranges", ""),
+    ("accept", ""),
+    ("access-control-allow-origin", ""),
+    ("age", ""),
+    ("allow", ""),
+    ("authorization", ""),
+    ("cache-control", ""),
+    ("content-disposition", ""),
+    ("content-encoding", ""),
+    ("content-language", ""),
+    ("content-length", ""),
+    ("content-location", ""),
+    ("content-range", ""),
+    ("content-type", ""),
+    ("cookie", ""),
+    ("date", ""),
+    ("etag", ""),
+    ("expect", ""),
+    ("expires", ""),
+    ("from", ""),
+    ("host", ""),
+    ("if-match", ""),
+    ("if-modified-since", ""),
+    ("if-none-match", ""),
+    ("if-range", ""),
+    ("if-unmodified-since", ""),
+    ("last-modified", ""),
+    ("link", ""),
+    ("location", ""),
+    ("max-forwards", ""),
+    ("proxy-authenticate", ""),
+    ("proxy-authorization", ""),
+    ("range", ""),
+    ("referer", ""),
+    ("refresh", ""),
+    ("retry-after", ""),
+    ("server", ""),
+    ("set-cookie", ""),
+    ("strict-transport-security", ""),
+    ("transfer-encoding", ""),
+    ("user-agent", ""),
+    ("vary", ""),
+    ("via", ""),
+    ("www-authenticate", ""),
+];
+
+/// A header block that cannot be decoded: a COMPRESSION_ERROR for the whole connection (the
+/// table's state is lost with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HpackError {
+    /// The block ends inside a representation.
+    Truncated,
+    /// An integer over 2^28 (no field, index or size needs more).
+    Integer,
+    /// An index into neither table.
+    Index(usize),
+    Huffman(HuffmanError),
+    /// A table size update over the limit we announced, or after the first field.
+    TableSize,
+}
+
+impl std::fmt::Display for HpackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HpackError::Truncated => f.write_str("header block ends inside a field"),
+            HpackError::Integer => f.write_str("integer too large"),
+            HpackError::Index(i) => write!(f, "no table entry {i}"),
+            HpackError::Huffman(e) => write!(f, "bad Huffman string ({e:?})"),
+            HpackError::TableSize => f.write_str("table size update not allowed"),
+        }
+    }
+}
+
+/// One decoded field: where its name and value are in the arena.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: Range<usize>,
+    pub value: Range<usize>,
+}
+
+struct Entry {
+    name: Box<[u8]>,
+    value: Box<[u8]>,
+}
+
+impl Entry {
+    /// RFC 7541 §4.1: an entry's size counts 32 octets of overhead.
+    fn size(&self) -> usize {
+        self.name.len() + self.value.len() + 32
+    }
+}
+
+/// The decoding side of one connection.
+pub struct Decoder {
+    /// Newest first: entry 62 is `table[0]`.
+    table: VecDeque<Entry>,
+    size: usize,
+    max_size: usize,
+    /// SETTINGS_HEADER_TABLE_SIZE as we announced it: no update may go over it.
+    limit: usize,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("entries", &self.table.len())
+            .field("size", &self.size)
+            .field("max_size", &self.max_size)
+            .finish()
+    }
+}
+
+impl Decoder {
+    pub fn new(limit: usize) -> Decoder {
+        Decoder {
+            table: VecDeque::new(),
+            size: 0,
+            max_size: limit,
+            limit,
+        }
+    }
+
+    /// Decodes one whole header block, appending names and values to `arena` and their places
+    /// to `fields`. Returns the header list's size (RFC 9113 §6.5.2: each field's name and
+    /// value plus 32). Once that passes `max_list` nothing more is appended (the block is
+    /// still decoded to the end, so the table stays in step with the client's), and the
+    /// caller answers 431.
+    pub fn decode(
+        &mut self,
+        block: &[u8],
+        max_list: usize,
+        arena: &mut Vec<u8>,
+        fields: &mut Vec<Field>,
+    ) -> Result<usize, HpackError> {
+        let mut at = 0;
+        let mut list = 0;
+        let mut first = true;
+        // Literal strings are decoded here before they are known to be kept.
+        let mut name_buf = Vec::new();
+        let mut value_buf = Vec::new();
+        while at < block.len() {
+            let byte = block[at];
+            if byte & 0x80 != 0 {
+                // Indexed field (§6.1).
+                let index = integer(block, &mut at, 7)?;
+                let (name, value) = self.get(index)?;
+                list += name.len() + value.len() + 32;
+                if list <= max_list {
+                    push_field(arena, fields, name, value);
+                }
+            } else if byte & 0xe0 == 0x20 {
+                // Dynamic table size update (§6.3): only before the first field.
+                if !first {
+                    return Err(HpackError::TableSize);
+                }
+                let size = integer(block, &mut at, 5)?;
+                if size > self.limit {
+                    return Err(HpackError::TableSize);
+                }
+                self.max_size = size;
+                self.evict(0);
+                continue;
+            } else {
+                // Literal (§6.2): with incremental indexing (01), without (0000), never
+                // indexed (0001).
+                let (prefix, insert) = if byte & 0xc0 == 0x40 {
+                    (6, true)
+                } else {
+                    (4, false)
+                };
+                let index = integer(block, &mut at, prefix)?;
+                name_buf.clear();
+                value_buf.clear();
+                if index == 0 {
+                    string(block, &mut at, &mut name_buf)?;
+                } else {
+                    name_buf.extend_from_slice(self.get(index)?.0);
+                }
+                string(block, &mut at, &mut value_buf)?;
+                list += name_buf.len() + value_buf.len() + 32;
+                if list <= max_list {
+                    push_field(arena, fields, &name_buf, &value_buf);
+                }
+                if insert {
+                    self.insert(Entry {
+                        name: name_buf.as_slice().into(),
+                        value: value_buf.as_slice().into(),
+                    });
+                }
+            }
+            first = false;
+        }
+        Ok(list)
+    }
+
+    fn get(&self, index: usize) -> Result<(&[u8], &[u8]), HpackError> {
+        match index {
+            0 => Err(HpackError::Index(0)),
+            1..=61 => {
+                let (name, value) = STATIC_TABLE[index - 1];
+                Ok((name.as_bytes(), value.as_bytes()))
+            }
+            _ => self
+                .table
+                .get(index - 62)
+                .map(|e| (&*e.name, &*e.value))
+                .ok_or(HpackError::Index(index)),
+        }
+    }
+
+    fn insert(&mut self, entry: Entry) {
+        let size = entry.size();
+        if size > self.max_size {
+            // Larger than the whole table: it empties the table and is not kept (§4.4).
+            self.table.clear();
+            self.size = 0;
+            return;
+        }
+        self.evict(size);
+        self.size += size;
+        self.table.push_front(entry);
+    }
+
+    /// Drops the oldest entries until `room` more fits.
+    fn evict(&mut self, room: usize) {
+        while self.size + room > self.max_size {
+            let Some(old) = self.table.pop_back() else {
+                break;
+            };
+            self.size -= old.size();
+        }
+    }
+}
+
+fn push_field(arena: &mut Vec<u8>, fields: &mut Vec<Field>, name: &[u8], value: &[u8]) {
+    let start = arena.len();
+    arena.extend_from_slice(name);
+    let middle = arena.len();
+    arena.extend_from_slice(value);
+    fields.push(Field {
+        name: start..middle,
+        value: middle..arena.len(),
+    });
+}
+
+/// Reads an integer with an N-bit prefix (§5.1) at `at`, moving past it.
+fn integer(block: &[u8], at: &mut usize, prefix: u8) -> Result<usize, HpackError> {
+    let mask = (1usize << prefix) - 1;
+    let first = *block.get(*at).ok_or(HpackError::Truncated)? as usize & mask;
+    *at += 1;
+    if first < mask {
+        return Ok(first);
+    }
+    let mut value = mask;
+    let mut shift = 0;
+    loop {
+        let byte = *block.get(*at).ok_or(HpackError::Truncated)? as usize;
+        *at += 1;
+        value += (byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 21 {
+            return Err(HpackError::Integer);
+        }
+    }
+    if value > 1 << 28 {
+        return Err(HpackError::Integer);
+    }
+    Ok(value)
+}
+
+/// Reads a string literal (§5.2) at `at` into `out`.
+fn string(block: &[u8], at: &mut usize, out: &mut Vec<u8>) -> Result<(), HpackError> {
+    let huffman = block.get(*at).ok_or(HpackError::Truncated)? & 0x80 != 0;
+    let len = integer(block, at, 7)?;
+    let end = at.checked_add(len).ok_or(HpackError::Truncated)?;
+    let raw = block.get(*at..end).ok_or(HpackError::Truncated)?;
+    *at = end;
+    if huffman {
+        huffman::decode(raw, out).map_err(HpackError::Huffman)
+    } else {
+        out.extend_from_slice(raw);
+        Ok(())
+    }
+}
+
+/// Appends an integer with an N-bit prefix, the first byte's other bits `flags`.
+fn write_integer(out: &mut Vec<u8>, mut value: usize, prefix: u8, flags: u8) {
+    let mask = (1usize << prefix) - 1;
+    if value < mask {
+        out.push(flags | value as u8);
+        return;
+    }
+    out.push(flags | mask as u8);
+    value -= mask;
+    while value >= 128 {
+        out.push(0x80 | (value & 0x7f) as u8);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn write_string(out: &mut Vec<u8>, value: &[u8]) {
+    write_integer(out, value.len(), 7, 0);
+    out.extend_from_slice(value);
+}
+
+/// Appends `:status`: one byte for the seven codes of the static table, else a literal.
+pub fn encode_status(out: &mut Vec<u8>, status: u16) {
+    let index = match status {
+        200 => 8,
+        204 => 9,
+        206 => 10,
+        304 => 11,
+        400 => 12,
+        404 => 13,
+        500 => 14,
+        _ => 0,
+    };
+    if index != 0 {
+        out.push(0x80 | index);
+        return;
+    }
+    // Literal without indexing, name :status (8).
+    out.push(0x08);
+    write_string(out, &itoa_3(status));
+}
+
+fn itoa_3(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
+}
+
+/// Appends a field as a literal that is not indexed (`sensitive`: never indexed, for
+/// intermediaries too), its name from the static table when it is there.
+pub fn encode_field(out: &mut Vec<u8>, name: &[u8], value: &[u8], sensitive: bool) {
+    let flags = if sensitive { 0x10 } else { 0x00 };
+    match static_name(name) {
+        Some(index) => write_integer(out, index, 4, flags),
+        None => {
+            out.push(flags);
+            write_string(out, name);
+        }
+    }
+    write_string(out, value);
+}
+
+/// Appends the fields of an HTTP/1 head as HTTP/2 sends them: names lower-cased, the
+/// connection-specific fields HTTP/2 forbids (RFC 9113 §8.2.2) left out. `head` is a head a
+/// parser has checked and written again: a status line, `Name: value` lines and a blank line,
+/// each ending in CRLF; it is read by its line ends, not parsed twice.
+pub fn encode_http1_fields(out: &mut Vec<u8>, head: &[u8]) {
+    let Some(status_end) = memchr::memchr(b'\n', head) else {
+        return;
+    };
+    let fields = &head[status_end + 1..];
+    let mut at = 0;
+    let mut lower = [0u8; 64];
+    for end in memchr::memchr_iter(b'\n', fields) {
+        let line = &fields[at..end];
+        at = end + 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = memchr::memchr(b':', line) else {
+            break; // the blank line
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        let owned;
+        let name = match lower.get_mut(..name.len()) {
+            Some(room) => {
+                room.copy_from_slice(name);
+                room.make_ascii_lowercase();
+                &*room
+            }
+            None => {
+                owned = name.to_ascii_lowercase();
+                &owned[..]
+            }
+        };
+        if !is_connection_specific(name) {
+            encode_field(out, name, value, false);
+        }
+    }
+}
+
+/// Fields that describe one HTTP/1 connection, which HTTP/2 forbids (RFC 9113 §8.2.2).
+pub fn is_connection_specific(lower_name: &[u8]) -> bool {
+    matches!(
+        lower_name,
+        b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding" | b"upgrade"
+    )
+}
+
+/// The static table's index of a (lower-case) name.
+fn static_name(name: &[u8]) -> Option<usize> {
+    // Response fields seen most come first; the rest by a scan of the table.
+    Some(match name {
+        b"content-type" => 31,
+        b"content-length" => 28,
+        b"date" => 33,
+        b"server" => 54,
+        b"cache-control" => 24,
+        b"etag" => 34,
+        b"last-modified" => 44,
+        b"vary" => 59,
+        b"set-cookie" => 55,
+        b"location" => 46,
+        b"strict-transport-security" => 56,
+        _ => {
+            if name.first() == Some(&b':') {
+                return None;
+            }
+            return STATIC_TABLE
+                .iter()
+                .position(|(n, _)| n.as_bytes() == name)
+                .map(|i| i + 1);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(decoder: &mut Decoder, block: &[u8]) -> Vec<(String, String)> {
+        let (mut arena, mut fields) = (Vec::new(), Vec::new());
+        decoder
+            .decode(block, usize::MAX, &mut arena, &mut fields)
+            .unwrap();
+        fields
+            .iter()
+            .map(|f| {
+                (
+                    String::from_utf8(arena[f.name.clone()].to_vec()).unwrap(),
+                    String::from_utf8(arena[f.value.clone()].to_vec()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_rfc_request_examples_with_huffman_decode_and_fill_the_table() {
+        // RFC 7541 C.4: three requests on one connection.
+        let mut decoder = Decoder::new(4096);
+        let first = decode_all(
+            &mut decoder,
+            &hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff"),
+        );
+        assert_eq!(
+            first,
+            pairs(&[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                (":authority", "www.example.com")
+            ])
+        );
+        assert_eq!(decoder.size, 57);
+        let second = decode_all(&mut decoder, &hex("8286 84be 5886 a8eb 1064 9cbf"));
+        assert_eq!(
+            second,
+            pairs(&[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                (":authority", "www.example.com"),
+                ("cache-control", "no-cache"),
+            ])
+        );
+        let third = decode_all(
+            &mut decoder,
+            &hex("8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf"),
+        );
+        assert_eq!(
+            third,
+            pairs(&[
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":path", "/index.html"),
+                (":authority", "www.example.com"),
+                ("custom-key", "custom-value"),
+            ])
+        );
+        assert_eq!(decoder.size, 164);
+        assert_eq!(decoder.table.len(), 3);
+    }
+
+    #[test]
+    fn a_small_table_evicts_the_oldest_entries() {
+        // RFC 7541 C.5 (responses, table of 256): the third response evicts.
+        let mut decoder = Decoder::new(256);
+        decode_all(
+            &mut decoder,
+            &hex(
+                "4803 3330 3258 0770 7269 7661 7465 611d 4d6f 6e2c 2032 3120 4f63 7420 3230 3133 2032 303a 3133 3a32 3120 474d 546e 1768 7474 7073 3a2f 2f77 7777 2e65 7861 6d70 6c65 2e63 6f6d",
+            ),
+        );
+        assert_eq!(decoder.size, 222);
+        decode_all(&mut decoder, &hex("4803 3330 37c1 c0bf"));
+        assert_eq!(decoder.size, 222);
+        assert_eq!(decoder.table.len(), 4);
+    }
+
+    #[test]
+    fn bad_blocks_are_compression_errors() {
+        let mut decoder = Decoder::new(4096);
+        let mut bad = |block: &[u8]| {
+            decoder
+                .decode(block, usize::MAX, &mut Vec::new(), &mut Vec::new())
+                .unwrap_err()
+        };
+        assert_eq!(bad(&[0x80]), HpackError::Index(0));
+        assert_eq!(bad(&[0xbe]), HpackError::Index(62));
+        assert_eq!(bad(&[0x41, 0x05, b'a']), HpackError::Truncated);
+        assert_eq!(
+            bad(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]),
+            HpackError::Integer
+        );
+        // A size update over the limit, and one after a field.
+        assert_eq!(bad(&[0x3f, 0xe2, 0x1f]), HpackError::TableSize);
+        assert_eq!(bad(&[0x82, 0x20]), HpackError::TableSize);
+    }
+
+    #[test]
+    fn an_oversized_list_is_measured_but_not_kept_and_the_table_stays_in_step() {
+        let mut decoder = Decoder::new(4096);
+        // Literal with indexing, new name "a", value 100 x 'x'.
+        let mut block = vec![0x40, 0x01, b'a', 100];
+        block.extend(std::iter::repeat_n(b'x', 100));
+        let (mut arena, mut fields) = (Vec::new(), Vec::new());
+        let size = decoder.decode(&block, 50, &mut arena, &mut fields).unwrap();
+        assert_eq!(size, 133);
+        assert!(fields.is_empty() && arena.is_empty());
+        // The entry is in the table all the same: index 62 refers to it.
+        assert_eq!(
+            decode_all(&mut decoder, &[0xbe]),
+            pairs(&[("a", &"x".repeat(100))])
+        );
+    }
+
+    #[test]
+    fn the_encoder_writes_what_the_decoder_reads_and_inserts_nothing() {
+        let mut out = Vec::new();
+        encode_status(&mut out, 200);
+        encode_status(&mut out, 302);
+        encode_field(&mut out, b"content-type", b"text/html", false);
+        encode_field(&mut out, b"x-request-id", b"abc", true);
+        encode_field(&mut out, b"accept-ranges", b"bytes", false);
+        encode_field(&mut out, b"x-long", "v".repeat(300).as_bytes(), false);
+        let mut decoder = Decoder::new(4096);
+        assert_eq!(
+            decode_all(&mut decoder, &out),
+            pairs(&[
+                (":status", "200"),
+                (":status", "302"),
+                ("content-type", "text/html"),
+                ("x-request-id", "abc"),
+                ("accept-ranges", "bytes"),
+                ("x-long", &"v".repeat(300)),
+            ])
+        );
+        assert_eq!(decoder.table.len(), 0);
+        // Never indexed: 0001 with the name's index.
+        assert!(out.windows(4).any(|w| w == [0x10, 0x0c, b'x', b'-']));
+    }
+
+    #[test]
+    fn an_http1_head_is_encoded_lower_case_without_its_connection_fields() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: keep-alive\r\n\
+            Transfer-Encoding: chunked\r\nX-Empty:\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
+            X-Colon: a:b \r\n\r\n";
+        let mut out = Vec::new();
+        encode_http1_fields(&mut out, head);
+        let long = format!("HTTP/1.1 200 OK\r\n{}: v\r\n\r\n", "X".repeat(100));
+        encode_http1_fields(&mut out, long.as_bytes());
+        let mut decoder = Decoder::new(4096);
+        assert_eq!(
+            decode_all(&mut decoder, &out),
+            pairs(&[
+                ("content-type", "text/html"),
+                ("x-empty", ""),
+                ("set-cookie", "a=1"),
+                ("set-cookie", "b=2"),
+                ("x-colon", "a:b"),
+                (&"x".repeat(100), "v"),
+            ])
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_block_decodes_or_fails_without_panicking(block in proptest::collection::vec(proptest::num::u8::ANY, 0..100)) {
+            let mut decoder = Decoder::new(256);
+            let _ = decoder.decode(&block, 1000, &mut Vec::new(), &mut Vec::new());
+            proptest::prop_assert!(decoder.size <= 256);
+        }
+    }
+}
