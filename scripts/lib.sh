@@ -17,6 +17,23 @@ need_packages() {
         local cmd=${pair%%:*} pkg=${pair#*:}
         command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg")
     done
+    install_packages "${missing[@]}"
+}
+
+# Installs Debian packages that provide the given modules of Debian's Python (/usr/bin/python3),
+# when they are missing. Usage: need_python_modules module:package ...
+need_python_modules() {
+    local missing=()
+    for pair in "$@"; do
+        local module=${pair%%:*} pkg=${pair#*:}
+        /usr/bin/python3 -c "import $module" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    install_packages "${missing[@]}"
+}
+
+# Installs these Debian packages (apt-get; sudo when not root), or says how to.
+install_packages() {
+    local missing=("$@")
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
         echo "webstack needs these Debian packages: ${missing[*]}" >&2

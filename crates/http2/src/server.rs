@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -252,6 +253,30 @@ struct Stream<B> {
     head_request: bool,
 }
 
+/// Hashes a stream id with one multiplication (Fibonacci hashing, the high half folded into
+/// the low one where the map takes its bucket). SipHash's resistance to chosen keys buys
+/// nothing here: a connection's map holds at most `max_concurrent_streams` ids, which the
+/// client must pick in increasing order.
+#[derive(Default)]
+struct StreamIdHasher(u64);
+
+impl Hasher for StreamIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u32(u32::from(byte) ^ (self.0 as u32));
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        let product = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = product ^ (product >> 32);
+    }
+}
+
 /// A slowly refilling allowance.
 struct Budget {
     left: f64,
@@ -305,14 +330,16 @@ struct Connection<I, S, B: Body> {
     out: Vec<u8>,
     out_sent: usize,
     needs_flush: bool,
-    /// The output has waited on the socket since then.
+    /// The output has waited on the socket since then (no byte written since).
     write_blocked_since: Option<Instant>,
+    /// Data has waited for the connection's window since then.
+    window_blocked_since: Option<Instant>,
     decoder: Decoder,
     arena: Vec<u8>,
     fields: Vec<Field>,
     block: Vec<u8>,
     partial: Option<Partial>,
-    streams: HashMap<u32, Stream<B>>,
+    streams: HashMap<u32, Stream<B>, BuildHasherDefault<StreamIdHasher>>,
     tasks: FuturesUnordered<Task<B>>,
     notes: Arc<Notes>,
     noted: Vec<Note>,
@@ -387,12 +414,13 @@ where
             out_sent: 0,
             needs_flush: false,
             write_blocked_since: None,
+            window_blocked_since: None,
             decoder: Decoder::new(TABLE_SIZE),
             arena: Vec::new(),
             fields: Vec::new(),
             block: Vec::new(),
             partial: None,
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             tasks: FuturesUnordered::new(),
             notes: Arc::new(Notes::default()),
             noted: Vec::new(),
@@ -829,8 +857,9 @@ where
             self.idle_frame()?;
         }
         partial.block.extend_from_slice(payload);
-        // The block is bounded before it is decoded: a literal can be Huffman-coded in
-        // less than its decoded length, never in less than a quarter of it.
+        // The block is bounded before it is decoded. Clients Huffman-code a string only where
+        // that makes it shorter, so a block is about the size of its header list at most:
+        // twice the list's bound leaves room for any real one.
         if partial.block.len() > self.options.max_header_list * 2 + 1024 {
             return Err(ConnError(Reason::EnhanceYourCalm, "header block too large"));
         }
@@ -1074,6 +1103,9 @@ where
                     Reason::FlowControlError,
                     "connection window over 2^31-1",
                 ));
+            }
+            if self.send_window > 0 {
+                self.window_blocked_since = None;
             }
             return Ok(());
         }
@@ -1330,6 +1362,9 @@ where
             };
             if !pending.is_empty() {
                 if self.out.len() - self.out_sent >= OUT_HIGH || self.send_window <= 0 {
+                    if self.send_window <= 0 {
+                        self.window_blocked_since.get_or_insert_with(Instant::now);
+                    }
                     if !stream.queued {
                         stream.queued = true;
                         self.ready.push_back(id);
@@ -1462,6 +1497,8 @@ where
                     self.out_sent += n;
                     self.needs_flush = true;
                     wrote = true;
+                    // A client that reads slowly but reads is not stalled.
+                    self.write_blocked_since = None;
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Pending => {
@@ -1508,7 +1545,10 @@ where
         if self.streams.is_empty() && !self.going_away {
             due = due.min(self.idle_since + self.options.idle);
         }
-        if let Some(since) = self.write_blocked_since {
+        for since in [self.write_blocked_since, self.window_blocked_since]
+            .into_iter()
+            .flatten()
+        {
             due = due.min(since + self.options.stall);
         }
         for stream in self.streams.values() {
@@ -1537,9 +1577,9 @@ where
         {
             return Poll::Ready(Err(Ended::Timeout("the client answered no PING")));
         }
-        if self
-            .write_blocked_since
-            .is_some_and(|since| now >= since + self.options.stall)
+        let stalled = |since: Option<Instant>| since.is_some_and(|s| now >= s + self.options.stall);
+        if stalled(self.write_blocked_since)
+            || stalled(self.window_blocked_since)
             || self.streams.values().any(|s| {
                 s.blocked_since
                     .is_some_and(|since| now >= since + self.options.stall)

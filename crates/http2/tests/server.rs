@@ -635,9 +635,17 @@ async fn an_idle_connection_gets_goaway_and_closes() {
 
 #[tokio::test(start_paused = true)]
 async fn a_client_that_stops_reading_is_cut_after_the_stall_bound() {
-    // A window of 0: the answer can never be sent.
+    // A stream window of 0: the answer can never be sent.
     let mut client = Client::connect(options(), &[(setting::INITIAL_WINDOW_SIZE, 0)]).await;
     client.get(1, "/hello").await;
+    cut_after_the_stall_bound(client).await;
+    // The connection's window never reopened (100,000 bytes, 65,535 allowed).
+    let mut client = Client::connect(options(), &[(setting::INITIAL_WINDOW_SIZE, 1 << 20)]).await;
+    client.get(1, "/big").await;
+    cut_after_the_stall_bound(client).await;
+}
+
+async fn cut_after_the_stall_bound(mut client: Client) {
     // The client answers the server's PINGs meanwhile: it is alive, it only never opens its
     // window.
     let started = tokio::time::Instant::now();

@@ -645,3 +645,35 @@ fn an_idle_http2_connection_is_closed_with_a_goaway() {
     }
     assert!(goaway, "the lb sent GOAWAY to an idle HTTP/2 connection");
 }
+
+/// The lb's HTTP/2 server against an independent implementation, Python's h2 (Debian's
+/// python3-h2; `tests/h2/interop.py`): twenty streams at once through a 1000-byte window, an
+/// upload three times the lb's windows, a stream reset and the next one answered, PING, and the
+/// client's GOAWAY.
+#[test]
+fn http2_interop_with_an_independent_client() {
+    let net = 70;
+    let topology = Topology::start(EXE, "tls-h2-interop", net, &toml(net, 2, ""));
+    let css = std::fs::metadata(webstack_testkit::site_dir().join("static/style.css"))
+        .unwrap()
+        .len();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/h2/interop.py");
+    let out = Command::new("timeout")
+        .args(["120", "/usr/bin/python3"])
+        .arg(&script)
+        .arg(topology.state_dir().join("tls/ca.pem"))
+        .arg(format!("127.0.{net}.10"))
+        .arg(css.to_string())
+        .output()
+        .expect("timeout and /usr/bin/python3 (apt-get install python3 python3-h2)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("ok: closed after the client's GOAWAY"),
+        "{said}"
+    );
+}
