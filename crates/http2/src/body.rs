@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -25,8 +25,9 @@ pub(crate) struct Notes {
 pub(crate) enum Note {
     /// Stream `id`'s handler took this many bytes of its body.
     Consumed(u32, usize),
-    /// Stream `id`'s body was dropped: what else comes is thrown away.
-    Dropped(u32),
+    /// Stream `id`'s body was dropped with this many bytes unread (thrown away): what else
+    /// comes is thrown away too.
+    Dropped(u32, usize),
 }
 
 impl Notes {
@@ -66,13 +67,36 @@ impl std::fmt::Display for BodyError {
 
 impl std::error::Error for BodyError {}
 
+/// DATA under this size is gathered into one buffer, so a flood of tiny frames costs its
+/// bytes, not a queue entry each.
+const SMALL: usize = 1024;
+/// How large that buffer grows before it is queued.
+const GATHER: usize = 16 * 1024;
+
 #[derive(Debug, Default)]
 struct Queue {
     chunks: VecDeque<Bytes>,
+    /// Small DATA gathered, after `chunks`.
+    tail: BytesMut,
+    /// Bytes in `chunks` and `tail`.
+    queued: usize,
     trailers: Option<HeaderMap>,
     end: bool,
+    /// The stream is gone, or the reader is: nothing more is kept.
     reset: bool,
     waker: Option<Waker>,
+}
+
+impl Queue {
+    fn pop(&mut self) -> Option<Bytes> {
+        let data = match self.chunks.pop_front() {
+            Some(data) => data,
+            None if !self.tail.is_empty() => self.tail.split().freeze(),
+            None => return None,
+        };
+        self.queued -= data.len();
+        Some(data)
+    }
 }
 
 /// The connection's end of one stream's body.
@@ -104,10 +128,29 @@ impl Inbox {
         }
     }
 
-    pub fn data(&self, data: Bytes) {
+    /// Queues DATA for the reader; false when there is none any more (the caller gives the
+    /// flow-control room back itself).
+    pub fn data(&self, data: &[u8]) -> bool {
         let mut queue = self.queue();
-        queue.chunks.push_back(data);
+        if queue.reset {
+            return false;
+        }
+        if data.len() < SMALL {
+            queue.tail.extend_from_slice(data);
+            if queue.tail.len() >= GATHER {
+                let gathered = queue.tail.split().freeze();
+                queue.chunks.push_back(gathered);
+            }
+        } else {
+            if !queue.tail.is_empty() {
+                let gathered = queue.tail.split().freeze();
+                queue.chunks.push_back(gathered);
+            }
+            queue.chunks.push_back(Bytes::copy_from_slice(data));
+        }
+        queue.queued += data.len();
         Self::wake(queue);
+        true
     }
 
     pub fn end(&self, trailers: Option<HeaderMap>) {
@@ -117,10 +160,16 @@ impl Inbox {
         Self::wake(queue);
     }
 
-    pub fn reset(&self) {
+    /// The stream is gone: the reader gets an error, what it had not read is thrown away.
+    /// Returns how many bytes that was (their flow-control room goes back to the client).
+    pub fn discard(&self) -> usize {
         let mut queue = self.queue();
         queue.reset = true;
+        queue.chunks.clear();
+        queue.tail.clear();
+        let thrown = std::mem::take(&mut queue.queued);
         Self::wake(queue);
+        thrown
     }
 }
 
@@ -152,7 +201,8 @@ impl RequestBody {
 impl Drop for RequestBody {
     fn drop(&mut self) {
         if let Some(inbox) = self.inbox.take() {
-            inbox.notes.push(Note::Dropped(inbox.id));
+            let thrown = inbox.discard();
+            inbox.notes.push(Note::Dropped(inbox.id, thrown));
         }
     }
 }
@@ -170,7 +220,7 @@ impl Body for RequestBody {
             return Poll::Ready(None);
         };
         let mut queue = inbox.queue();
-        if let Some(data) = queue.chunks.pop_front() {
+        if let Some(data) = queue.pop() {
             drop(queue);
             inbox.notes.push(Note::Consumed(inbox.id, data.len()));
             if let Some(left) = &mut this.length {
@@ -219,34 +269,50 @@ mod tests {
     async fn data_then_trailers_then_the_end_and_every_take_is_noted() {
         let notes = Arc::new(Notes::default());
         let inbox = Inbox::new(3, notes.clone());
-        let mut body = RequestBody::new(inbox.clone(), Some(5));
-        inbox.data(Bytes::from_static(b"ab"));
-        inbox.data(Bytes::from_static(b"cde"));
+        let mut body = RequestBody::new(inbox.clone(), Some(2002));
+        inbox.data(b"ab");
+        inbox.data(&[b'c'; 2000]);
         let mut trailers = HeaderMap::new();
         trailers.insert("x-sum", "1".parse().unwrap());
         inbox.end(Some(trailers));
         let collected = (&mut body).collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["x-sum"], "1");
-        assert_eq!(&collected.to_bytes()[..], b"abcde");
+        let all = collected.to_bytes();
+        assert_eq!(&all[..2], b"ab");
+        assert_eq!(all.len(), 2002);
         assert!(body.is_end_stream());
         let mut seen = Vec::new();
         notes.take(&mut seen);
-        assert_eq!(seen, [Note::Consumed(3, 2), Note::Consumed(3, 3)]);
+        // The small frame waited in the gathering buffer, and went into the queue before the
+        // large one: the order is kept.
+        assert_eq!(seen, [Note::Consumed(3, 2), Note::Consumed(3, 2000)]);
         drop(body);
         notes.take(&mut seen);
         assert!(seen.is_empty(), "an ended body is not reported dropped");
     }
 
     #[tokio::test]
-    async fn a_reset_is_an_error_and_dropping_early_is_noted() {
+    async fn a_reset_is_an_error_and_what_was_not_read_is_counted() {
         let notes = Arc::new(Notes::default());
         let inbox = Inbox::new(5, notes.clone());
         let mut body = RequestBody::new(inbox.clone(), None);
-        inbox.reset();
+        assert!(inbox.data(b"xyz"));
+        assert_eq!(inbox.discard(), 3);
+        assert!(!inbox.data(b"late"), "nothing is kept after a reset");
         assert_eq!(body.frame().await.unwrap().unwrap_err(), BodyError::Reset);
         drop(body);
         let mut seen = Vec::new();
         notes.take(&mut seen);
-        assert_eq!(seen, [Note::Dropped(5)]);
+        assert_eq!(seen, [Note::Dropped(5, 0)]);
+        // A body dropped with data unread reports it.
+        let inbox = Inbox::new(7, notes.clone());
+        let body = RequestBody::new(inbox.clone(), None);
+        for _ in 0..1000 {
+            assert!(inbox.data(b"a"));
+        }
+        assert!(inbox.data(&[0; 5000]));
+        drop(body);
+        notes.take(&mut seen);
+        assert_eq!(seen, [Note::Dropped(7, 6000)]);
     }
 }

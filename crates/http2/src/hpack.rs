@@ -6,6 +6,8 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
+use bytes::Bytes;
+
 use crate::huffman::{self, HuffmanError};
 
 /// RFC 7541 Appendix A.
@@ -107,9 +109,11 @@ pub struct Field {
     pub value: Range<usize>,
 }
 
+/// Shared, so a literal that reuses an entry's name inserts it again without a copy: an
+/// instruction of two bytes never costs a copy of a name of four thousand.
 struct Entry {
-    name: Box<[u8]>,
-    value: Box<[u8]>,
+    name: Bytes,
+    value: Bytes,
 }
 
 impl Entry {
@@ -200,20 +204,23 @@ impl Decoder {
                 let index = integer(block, &mut at, prefix)?;
                 name_buf.clear();
                 value_buf.clear();
-                if index == 0 {
+                let indexed_name = if index == 0 {
                     string(block, &mut at, &mut name_buf)?;
+                    None
                 } else {
-                    name_buf.extend_from_slice(self.get(index)?.0);
-                }
+                    Some(self.name(index)?)
+                };
+                let name = indexed_name.as_deref().unwrap_or(&name_buf);
                 string(block, &mut at, &mut value_buf)?;
-                list += name_buf.len() + value_buf.len() + 32;
+                list += name.len() + value_buf.len() + 32;
                 if list <= max_list {
-                    push_field(arena, fields, &name_buf, &value_buf);
+                    push_field(arena, fields, name, &value_buf);
                 }
                 if insert {
+                    let name = indexed_name.unwrap_or_else(|| Bytes::copy_from_slice(&name_buf));
                     self.insert(Entry {
-                        name: name_buf.as_slice().into(),
-                        value: value_buf.as_slice().into(),
+                        name,
+                        value: Bytes::copy_from_slice(&value_buf),
                     });
                 }
             }
@@ -233,6 +240,19 @@ impl Decoder {
                 .table
                 .get(index - 62)
                 .map(|e| (&*e.name, &*e.value))
+                .ok_or(HpackError::Index(index)),
+        }
+    }
+
+    /// The name of entry `index`, shared.
+    fn name(&self, index: usize) -> Result<Bytes, HpackError> {
+        match index {
+            0 => Err(HpackError::Index(0)),
+            1..=61 => Ok(Bytes::from_static(STATIC_TABLE[index - 1].0.as_bytes())),
+            _ => self
+                .table
+                .get(index - 62)
+                .map(|e| e.name.clone())
                 .ok_or(HpackError::Index(index)),
         }
     }
@@ -334,6 +354,11 @@ fn write_integer(out: &mut Vec<u8>, mut value: usize, prefix: u8, flags: u8) {
 fn write_string(out: &mut Vec<u8>, value: &[u8]) {
     write_integer(out, value.len(), 7, 0);
     out.extend_from_slice(value);
+}
+
+/// Appends a dynamic table size update (§6.3), which must start the block.
+pub fn encode_table_size(out: &mut Vec<u8>, size: usize) {
+    write_integer(out, size, 5, 0x20);
 }
 
 /// Appends `:status`: one byte for the seven codes of the static table, else a literal.

@@ -355,8 +355,18 @@ struct Connection<I, S, B: Body> {
     /// The highest stream the client opened.
     last_stream: u32,
     going_away: bool,
+    /// The last stream our GOAWAY named.
+    goaway_last: Option<u32>,
     peer_going_away: bool,
     eof: bool,
+    /// Ending: nothing is read, the output is flushed, then the connection closes.
+    closing: bool,
+    /// Why it ends early, reported once it has.
+    ended: Option<Ended>,
+    /// The client lowered SETTINGS_HEADER_TABLE_SIZE to this: the next header block says so
+    /// (RFC 7541 §4.2), though the encoder uses no table.
+    table_update: Option<usize>,
+    encoder_table: usize,
     /// When the last stream ended (or the connection began).
     idle_since: Instant,
     last_read: Instant,
@@ -432,8 +442,13 @@ where
             peer_initial_window: i64::from(frame::DEFAULT_WINDOW),
             last_stream: 0,
             going_away: false,
+            goaway_last: None,
             peer_going_away: false,
             eof: false,
+            closing: false,
+            ended: None,
+            table_update: None,
+            encoder_table: TABLE_SIZE,
             idle_since: now,
             last_read: now,
             ping_sent: None,
@@ -453,7 +468,10 @@ where
             if !self.eof && self.unsent() < OUT_HIGH {
                 match self.poll_read(cx) {
                     Poll::Ready(Ok(())) => progress = true,
-                    Poll::Ready(Err(error)) => return self.fail(error, cx),
+                    Poll::Ready(Err(error)) => {
+                        self.fail(error);
+                        progress = true;
+                    }
                     Poll::Pending => {}
                 }
             }
@@ -462,7 +480,8 @@ where
                     Poll::Ready(Some(event)) => {
                         progress = true;
                         if let Err(error) = self.on_event(event, cx) {
-                            return self.fail(error, cx);
+                            self.fail(error);
+                            break;
                         }
                     }
                     Poll::Ready(None) | Poll::Pending => break,
@@ -477,15 +496,22 @@ where
                 Poll::Pending => {}
             }
             if self.finished() {
-                return match self.poll_write(cx) {
-                    Poll::Ready(Ok(_)) => Pin::new(&mut self.io).poll_shutdown(cx).map(|_| Ok(())),
-                    Poll::Ready(Err(error)) => Poll::Ready(Err(Ended::Io(error))),
-                    Poll::Pending => self.poll_timers_only(cx),
-                };
+                // All written: the TLS close, bounded like any write by the stall timer.
+                match Pin::new(&mut self.io).poll_shutdown(cx) {
+                    Poll::Ready(_) => return Poll::Ready(self.ended.take().map_or(Ok(()), Err)),
+                    Poll::Pending => {
+                        self.write_blocked_since.get_or_insert_with(Instant::now);
+                    }
+                }
             }
             match self.poll_timers(cx) {
                 Poll::Ready(Ok(())) => progress = true,
-                Poll::Ready(Err(ended)) => return self.close_after(ended, cx),
+                // Even the close is stuck (the client reads nothing): the end.
+                Poll::Ready(Err(ended)) if self.closing => return Poll::Ready(Err(ended)),
+                Poll::Ready(Err(ended)) => {
+                    self.close(ended);
+                    progress = true;
+                }
                 Poll::Pending => {}
             }
             if !progress {
@@ -494,60 +520,58 @@ where
         }
     }
 
-    /// All done: nothing open, nothing to say, and nothing more will come.
+    /// All done: nothing open, nothing left to write, and nothing more will come.
     fn finished(&self) -> bool {
         let no_more = self.eof || self.going_away || self.peer_going_away;
-        no_more && self.streams.is_empty() && self.unsent() == 0
+        no_more && self.streams.is_empty() && self.unsent() == 0 && !self.needs_flush
     }
 
     fn unsent(&self) -> usize {
         self.out.len() - self.out_sent
     }
 
-    /// A connection error: GOAWAY with the reason, the streams dropped, what is written
-    /// flushed (bounded by the stall timer), then the end.
-    fn fail(&mut self, error: ConnError, cx: &mut Context<'_>) -> Poll<Result<(), Ended>> {
+    /// A connection error: GOAWAY with the reason, then the end (`close`).
+    fn fail(&mut self, error: ConnError) {
         let ConnError(reason, what) = error;
         if !self.eof {
-            frame::write_goaway(&mut self.out, self.last_stream, reason);
+            let last = self.goaway_last();
+            frame::write_goaway(&mut self.out, last, reason);
         }
-        self.close_after(Ended::Protocol(reason, what), cx)
+        self.close(Ended::Protocol(reason, what));
     }
 
-    /// Drops every stream and ends once the output is written (or the stall timer says it
-    /// never will be).
-    fn close_after(&mut self, ended: Ended, cx: &mut Context<'_>) -> Poll<Result<(), Ended>> {
+    /// Drops every stream and reads nothing more; the connection ends once what is written
+    /// is flushed (`finished`), or when the stall timer says it never will be.
+    fn close(&mut self, ended: Ended) {
+        self.drop_all_streams();
+        self.going_away = true;
+        self.eof = true;
+        self.closing = true;
+        self.ended.get_or_insert(ended);
+    }
+
+    fn drop_all_streams(&mut self) {
         for (_, stream) in self.streams.drain() {
             stream.cancel.cancel();
             if let Some(inbox) = stream.inbox {
-                inbox.reset();
+                inbox.discard();
             }
         }
         self.tasks.clear();
-        self.going_away = true;
-        self.eof = true;
-        // The next polls land in `finished`, which flushes and shuts down; the error is
-        // logged now.
-        tracing::debug!(error = %ended, "HTTP/2 connection closing");
-        self.poll(cx).map(|_| Err(ended))
+        self.ready.clear();
     }
 
-    /// While only flushing before the end: the stall bound still holds.
-    fn poll_timers_only(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Ended>> {
-        match self.poll_timers(cx) {
-            Poll::Ready(Err(ended)) => Poll::Ready(Err(ended)),
-            Poll::Ready(Ok(())) => {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-            Poll::Pending => Poll::Pending,
-        }
+    /// The last stream a GOAWAY may name: never more than an earlier GOAWAY said.
+    fn goaway_last(&self) -> u32 {
+        self.goaway_last
+            .map_or(self.last_stream, |last| last.min(self.last_stream))
     }
 
     /// Sends GOAWAY (once): no new streams, the open ones finish.
     fn go_away(&mut self, reason: Reason) {
         if !self.going_away {
             self.going_away = true;
+            self.goaway_last = Some(self.last_stream);
             frame::write_goaway(&mut self.out, self.last_stream, reason);
         }
     }
@@ -597,14 +621,7 @@ where
 
     /// The client is gone: its streams with it.
     fn on_eof(&mut self) {
-        for (_, stream) in self.streams.drain() {
-            stream.cancel.cancel();
-            if let Some(inbox) = stream.inbox {
-                inbox.reset();
-            }
-        }
-        self.tasks.clear();
-        self.ready.clear();
+        self.drop_all_streams();
     }
 
     fn parse_frames(&mut self, cx: &mut Context<'_>) -> Result<(), ConnError> {
@@ -680,7 +697,12 @@ where
                     return Err(ConnError(Reason::ProtocolError, "PRIORITY on stream 0"));
                 }
                 if head.len != 5 {
-                    self.reset_stream(head.stream, Reason::FrameSizeError)?;
+                    if self.streams.contains_key(&head.stream) {
+                        self.reset_stream(head.stream, Reason::FrameSizeError)?;
+                    } else if head.stream > self.last_stream {
+                        // No RST_STREAM on a stream that was never opened.
+                        return Err(ConnError(Reason::FrameSizeError, "PRIORITY not 5 bytes"));
+                    }
                 }
                 self.idle_frame()
             }
@@ -786,8 +808,9 @@ where
         let mut at_once = len - data.len();
         match &stream.inbox {
             Some(inbox) => {
-                if !data.is_empty() {
-                    inbox.data(Bytes::copy_from_slice(data));
+                // Not kept when the reader has just gone (its note not yet seen).
+                if !data.is_empty() && !inbox.data(data) {
+                    at_once += data.len();
                 }
                 if end_stream {
                     inbox.end(None);
@@ -1070,8 +1093,13 @@ where
                     }
                     self.peer_max_frame = value as usize;
                 }
-                // The encoder uses no dynamic table, so the client's table size does not
-                // matter; the other settings bound what a client sends, not what we do.
+                setting::HEADER_TABLE_SIZE if (value as usize) < self.encoder_table => {
+                    // The encoder uses no table, but the client expects to hear that its
+                    // new, smaller limit is in force.
+                    self.encoder_table = value as usize;
+                    self.table_update = Some(value as usize);
+                }
+                // The other settings bound what a client sends, not what we do.
                 _ => {}
             }
         }
@@ -1150,7 +1178,9 @@ where
     fn drop_stream(&mut self, stream: Stream<B>) {
         stream.cancel.cancel();
         if let Some(inbox) = stream.inbox {
-            inbox.reset();
+            // What its reader had not taken: the room goes back to the connection.
+            let thrown = inbox.discard();
+            self.release_connection(thrown);
         }
         if self.streams.is_empty() {
             self.idle_since = Instant::now();
@@ -1182,6 +1212,9 @@ where
     fn answer_local(&mut self, id: u32, status: u16, end_stream: bool) {
         let mut block = std::mem::take(&mut self.block);
         block.clear();
+        if let Some(size) = self.table_update.take() {
+            hpack::encode_table_size(&mut block, size);
+        }
         hpack::encode_status(&mut block, status);
         hpack::encode_field(&mut block, b"content-length", b"0", false);
         self.write_headers(id, &block, true);
@@ -1197,7 +1230,8 @@ where
         for note in &noted {
             match *note {
                 Note::Consumed(id, n) => self.release(id, n),
-                Note::Dropped(id) => {
+                Note::Dropped(id, thrown) => {
+                    self.release(id, thrown);
                     if let Some(stream) = self.streams.get_mut(&id) {
                         stream.inbox = None;
                         self.maybe_close(id);
@@ -1253,6 +1287,9 @@ where
                 let end = head_request || body.is_end_stream();
                 let mut block = std::mem::take(&mut self.block);
                 block.clear();
+                if let Some(size) = self.table_update.take() {
+                    hpack::encode_table_size(&mut block, size);
+                }
                 encode_head(&mut block, status.as_u16(), &headers);
                 block.extend_from_slice(&encoded);
                 // The length of a body known in advance, as hyper said it, where no field
@@ -1375,6 +1412,7 @@ where
                     stream.blocked_since.get_or_insert_with(Instant::now);
                     return;
                 }
+                stream.blocked_since = None;
                 let n = (pending.len() as i64)
                     .min(self.send_window)
                     .min(stream.send_window)
@@ -1403,6 +1441,9 @@ where
                     Some(trailers) => {
                         let mut block = std::mem::take(&mut self.block);
                         block.clear();
+                        if let Some(size) = self.table_update.take() {
+                            hpack::encode_table_size(&mut block, size);
+                        }
                         for (name, value) in &trailers {
                             hpack::encode_field(
                                 &mut block,
@@ -1606,6 +1647,19 @@ where
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending
+        }
+    }
+}
+
+impl<I, S, B: Body> Drop for Connection<I, S, B> {
+    /// However the connection ends (an I/O error too), handlers still holding a request body
+    /// (a drain) hear of it.
+    fn drop(&mut self) {
+        for stream in self.streams.values() {
+            stream.cancel.cancel();
+            if let Some(inbox) = &stream.inbox {
+                inbox.discard();
+            }
         }
     }
 }

@@ -99,7 +99,12 @@ impl Client {
     }
 
     fn raw(options: Options) -> Client {
-        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        Client::raw_with_pipe(options, 1 << 20)
+    }
+
+    /// `pipe`: bytes the pipe holds each way (a client that does not read fills it).
+    fn raw_with_pipe(options: Options, pipe: usize) -> Client {
+        let (ours, theirs) = tokio::io::duplex(pipe);
         let (tx, rx) = oneshot::channel();
         let service = |request| async move { Reply::from(handler(request).await) };
         let server = tokio::spawn(serve(theirs, service, options, async move {
@@ -659,6 +664,122 @@ async fn cut_after_the_stall_bound(mut client: Client) {
     assert!(started.elapsed() >= options().stall);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_client_that_reads_nothing_at_all_is_cut_and_the_server_task_ends() {
+    // A pipe of 4 KiB: the answer fills it, and the PINGs and the GOAWAY find no room either.
+    let mut client = Client::raw_with_pipe(options(), 4096);
+    let mut hello = frame::PREFACE.to_vec();
+    frame::write_settings(&mut hello, &[(setting::INITIAL_WINDOW_SIZE, 1 << 30)]);
+    frame::write_window_update(&mut hello, 0, 1 << 30);
+    hello.extend_from_slice(&{
+        let block = block(&get("/big"));
+        let mut out = Vec::new();
+        frame::write_head(
+            &mut out,
+            block.len(),
+            kind::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            1,
+        );
+        out.extend_from_slice(&block);
+        out
+    });
+    client.send(&hello).await;
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(600), &mut client.server)
+        .await
+        .expect("the server gives up on the client")
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(50),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn body_data_nobody_reads_gives_its_room_back() {
+    // A connection window of 65,535 (the default), 20,000 per stream.
+    let options = Options {
+        stream_window: 20_000,
+        connection_window: 65_535,
+        ..options()
+    };
+    let mut client = Client::connect(options, &[]).await;
+    let mut post = get("/never");
+    post[0] = (":method", "POST");
+    // 20,000 bytes each to two handlers that never read, whose streams the client resets...
+    for stream in [1, 3] {
+        client.request(stream, &post, false).await;
+        client.data(stream, &[1; 10_000], false).await;
+        client.data(stream, &[1; 10_000], false).await;
+        let mut reset = Vec::new();
+        frame::write_reset(&mut reset, stream, Reason::Cancel);
+        client.send(&reset).await;
+    }
+    // ...and 20,000 to a handler that answers at once and drops the body.
+    post[3] = (":path", "/hello");
+    client.request(5, &post, false).await;
+    client.data(5, &[1; 10_000], false).await;
+    client.data(5, &[1; 10_000], false).await;
+    assert_eq!(client.answer(5).await.1, b"hello world");
+    // 60,000 of the 65,535 are spent unless they came back: 15,000 more (within the stream's
+    // window) would be a flow control error, and are answered only if the server gave the
+    // room back.
+    post[3] = (":path", "/echo");
+    client.request(7, &post, false).await;
+    for chunk in 0..3 {
+        client.data(7, &[2; 5_000], chunk == 2).await;
+    }
+    let (_, body) = client.answer(7).await;
+    assert!(body.starts_with(b"15000 "), "{body:?}");
+}
+
+#[tokio::test]
+async fn a_smaller_table_the_client_asks_for_is_acknowledged_in_the_next_block() {
+    let mut client = Client::connect(options(), &[(setting::HEADER_TABLE_SIZE, 0)]).await;
+    client.get(1, "/hello").await;
+    let got = client.next_of(kind::HEADERS).await.unwrap();
+    assert_eq!(
+        got.payload[0], 0x20,
+        "a size update to 0 first: {:?}",
+        got.payload
+    );
+    let head = client.decode(&got.payload);
+    assert_eq!(field(&head, ":status"), Some("200"));
+    client.get(3, "/hello").await;
+    let got = client.next_of(kind::HEADERS).await.unwrap();
+    assert_ne!(got.payload[0], 0x20, "only once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_window_opened_by_settings_is_not_taken_for_a_stall() {
+    let long_idle = Options {
+        idle: Duration::from_secs(3600),
+        ..options()
+    };
+    let mut client = Client::connect(long_idle, &[(setting::INITIAL_WINDOW_SIZE, 0)]).await;
+    client.get(1, "/hello").await;
+    client.next_of(kind::HEADERS).await.unwrap();
+    let mut more = Vec::new();
+    frame::write_settings(&mut more, &[(setting::INITIAL_WINDOW_SIZE, 65_535)]);
+    client.send(&more).await;
+    let data = client.next_of(kind::DATA).await.unwrap();
+    assert_eq!(data.payload, b"hello world");
+    // Well past the stall bound, answering the server's PINGs: the connection lives on.
+    let until = tokio::time::Instant::now() + options().stall * 2;
+    while tokio::time::Instant::now() < until {
+        let got = client.next().await.expect("the connection lives on");
+        if got.head.kind == kind::PING && !got.head.has(flag::ACK) {
+            let mut ack = Vec::new();
+            frame::write_ping(&mut ack, true, got.payload[..8].try_into().unwrap());
+            client.send(&ack).await;
+        }
+    }
+    client.get(3, "/hello").await;
+    assert_eq!(client.answer(3).await.1, b"hello world");
+}
+
 #[tokio::test]
 async fn shutdown_sends_goaway_and_lets_open_streams_finish() {
     let mut client = Client::connect(options(), &[]).await;
@@ -680,6 +801,20 @@ async fn shutdown_sends_goaway_and_lets_open_streams_finish() {
     let (_, body) = client.answer(1).await;
     assert!(body.starts_with(b"3 "), "{body:?}");
     client.closed().await;
+    // A later GOAWAY never names a stream past the first one's (stream 1 stays open).
+    let mut client = Client::connect(options(), &[]).await;
+    client.get(1, "/never").await;
+    let mut ping = Vec::new();
+    frame::write_ping(&mut ping, false, [0; 8]);
+    client.send(&ping).await;
+    client.next_of(kind::PING).await.unwrap();
+    client.shutdown.take().unwrap().send(()).unwrap();
+    assert_eq!(client.goaway().await, (1, Reason::NoError as u32));
+    client.get(3, "/hello").await;
+    let mut bad = Vec::new();
+    frame::write_window_update(&mut bad, 0, 0);
+    client.send(&bad).await;
+    assert_eq!(client.goaway().await, (1, Reason::ProtocolError as u32));
     tokio::time::timeout(Duration::from_secs(10), client.server)
         .await
         .expect("the server task ends")
