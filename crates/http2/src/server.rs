@@ -79,6 +79,62 @@ const OUT_HIGH: usize = 64 * 1024;
 const READ_BUFFER: usize = 32 * 1024;
 /// Our SETTINGS_HEADER_TABLE_SIZE (the decoder's table).
 const TABLE_SIZE: usize = 4096;
+/// Buffers of idle connections, kept per thread for the next busy one (HAProxy's buffer
+/// pools): an idle HTTP/2 connection holds no read or write buffer, and a busy one takes a
+/// ready one instead of allocating it.
+mod buffers {
+    use std::cell::RefCell;
+
+    /// Kept per kind and thread: at most 64 x 32 KiB of reads.
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static READS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+        static WRITES: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take_read() -> Box<[u8]> {
+        READS
+            .with(|kept| kept.try_borrow_mut().ok()?.pop())
+            .unwrap_or_else(|| vec![0; super::READ_BUFFER].into_boxed_slice())
+    }
+
+    pub fn give_read(buf: Box<[u8]>) {
+        if buf.len() != super::READ_BUFFER {
+            return;
+        }
+        READS.with(|kept| {
+            if let Ok(mut kept) = kept.try_borrow_mut()
+                && kept.len() < KEEP
+            {
+                kept.push(buf);
+            }
+        });
+    }
+
+    pub fn take_write() -> Vec<u8> {
+        WRITES
+            .with(|kept| kept.try_borrow_mut().ok()?.pop())
+            .unwrap_or_else(|| Vec::with_capacity(4096))
+    }
+
+    /// Kept when it grew to no more than twice the output bound (a large answer's burst is
+    /// given back to the allocator).
+    pub fn give_write(mut buf: Vec<u8>) {
+        if !(1..=2 * super::OUT_HIGH).contains(&buf.capacity()) {
+            return;
+        }
+        buf.clear();
+        WRITES.with(|kept| {
+            if let Ok(mut kept) = kept.try_borrow_mut()
+                && kept.len() < KEEP
+            {
+                kept.push(buf);
+            }
+        });
+    }
+}
+
 /// Budgets: (burst, refilled per second).
 const RESET_BUDGET: (f64, f64) = (200.0, 20.0);
 const IDLE_FRAME_BUDGET: (f64, f64) = (1000.0, 200.0);
@@ -387,7 +443,7 @@ where
 {
     fn new(io: I, service: S, options: Options) -> Self {
         let now = Instant::now();
-        let mut out = Vec::with_capacity(4096);
+        let mut out = buffers::take_write();
         frame::write_settings(
             &mut out,
             &[
@@ -415,7 +471,7 @@ where
         Connection {
             io,
             service,
-            read: vec![0; READ_BUFFER].into_boxed_slice(),
+            read: buffers::take_read(),
             read_start: 0,
             read_end: 0,
             preface_done: false,
@@ -462,6 +518,9 @@ where
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Ended>> {
         self.notes.waker.register(cx.waker());
+        if self.out.capacity() == 0 {
+            self.out = buffers::take_write();
+        }
         loop {
             let mut progress = false;
             self.take_notes();
@@ -515,8 +574,24 @@ where
                 Poll::Pending => {}
             }
             if !progress {
+                self.give_back_buffers();
                 return Poll::Pending;
             }
+        }
+    }
+
+    /// While nothing is open and nothing half read or unsent, the buffers wait in the
+    /// thread's pools, not in this connection.
+    fn give_back_buffers(&mut self) {
+        let idle = self.streams.is_empty() && self.partial.is_none() && self.preface_done;
+        if !idle {
+            return;
+        }
+        if self.read_start == self.read_end && !self.read.is_empty() {
+            buffers::give_read(std::mem::take(&mut self.read));
+        }
+        if self.unsent() == 0 && !self.needs_flush && self.out.capacity() != 0 {
+            buffers::give_write(std::mem::take(&mut self.out));
         }
     }
 
@@ -582,6 +657,9 @@ where
     /// something was read (or the client closed).
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
         let mut any = false;
+        if self.read.is_empty() {
+            self.read = buffers::take_read();
+        }
         loop {
             if self.read_end == self.read.len() {
                 // Room for the rest of the frame at the front.
@@ -1661,6 +1739,8 @@ impl<I, S, B: Body> Drop for Connection<I, S, B> {
                 inbox.discard();
             }
         }
+        buffers::give_read(std::mem::take(&mut self.read));
+        buffers::give_write(std::mem::take(&mut self.out));
     }
 }
 
