@@ -85,7 +85,7 @@ const TABLE_SIZE: usize = 4096;
 mod buffers {
     use std::cell::RefCell;
 
-    /// Kept per kind and thread: at most 64 x 32 KiB of reads.
+    /// Kept per kind and thread.
     const KEEP: usize = 64;
 
     thread_local! {
@@ -95,7 +95,9 @@ mod buffers {
 
     pub fn take_read() -> Box<[u8]> {
         READS
-            .with(|kept| kept.try_borrow_mut().ok()?.pop())
+            .try_with(|kept| kept.try_borrow_mut().ok()?.pop())
+            .ok()
+            .flatten()
             .unwrap_or_else(|| vec![0; super::READ_BUFFER].into_boxed_slice())
     }
 
@@ -103,7 +105,8 @@ mod buffers {
         if buf.len() != super::READ_BUFFER {
             return;
         }
-        READS.with(|kept| {
+        // `try_with`: a connection may be dropped while the thread's locals are.
+        let _ = READS.try_with(|kept| {
             if let Ok(mut kept) = kept.try_borrow_mut()
                 && kept.len() < KEEP
             {
@@ -112,20 +115,25 @@ mod buffers {
         });
     }
 
+    /// A write buffer's first size.
+    pub const WRITE: usize = 4096;
+
     pub fn take_write() -> Vec<u8> {
         WRITES
-            .with(|kept| kept.try_borrow_mut().ok()?.pop())
-            .unwrap_or_else(|| Vec::with_capacity(4096))
+            .try_with(|kept| kept.try_borrow_mut().ok()?.pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Vec::with_capacity(WRITE))
     }
 
-    /// Kept when it grew to no more than twice the output bound (a large answer's burst is
-    /// given back to the allocator).
+    /// Kept when it is between 4 KiB and twice the output bound (a large answer's burst goes
+    /// back to the allocator): at most 64 x 128 KiB per thread.
     pub fn give_write(mut buf: Vec<u8>) {
-        if !(1..=2 * super::OUT_HIGH).contains(&buf.capacity()) {
+        if !(WRITE..=2 * super::OUT_HIGH).contains(&buf.capacity()) {
             return;
         }
         buf.clear();
-        WRITES.with(|kept| {
+        let _ = WRITES.try_with(|kept| {
             if let Ok(mut kept) = kept.try_borrow_mut()
                 && kept.len() < KEEP
             {
@@ -419,6 +427,8 @@ struct Connection<I, S, B: Body> {
     closing: bool,
     /// Why it ends early, reported once it has.
     ended: Option<Ended>,
+    /// The TLS close began then (everything else written).
+    shutdown_since: Option<Instant>,
     /// The client lowered SETTINGS_HEADER_TABLE_SIZE to this: the next header block says so
     /// (RFC 7541 §4.2), though the encoder uses no table.
     table_update: Option<usize>,
@@ -503,6 +513,7 @@ where
             eof: false,
             closing: false,
             ended: None,
+            shutdown_since: None,
             table_update: None,
             encoder_table: TABLE_SIZE,
             idle_since: now,
@@ -518,8 +529,11 @@ where
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Ended>> {
         self.notes.waker.register(cx.waker());
-        if self.out.capacity() == 0 {
-            self.out = buffers::take_write();
+        if self.out.capacity() < buffers::WRITE && self.out_sent == 0 {
+            // Given back while idle (or a few bytes written since, a GOAWAY): a pooled one.
+            let mut pooled = buffers::take_write();
+            pooled.extend_from_slice(&self.out);
+            self.out = pooled;
         }
         loop {
             let mut progress = false;
@@ -555,18 +569,22 @@ where
                 Poll::Pending => {}
             }
             if self.finished() {
-                // All written: the TLS close, bounded like any write by the stall timer.
+                // All written: the TLS close. Nothing more is read or sent (no PING); the
+                // close is bounded by the stall timer from its start.
+                self.eof = true;
+                self.shutdown_since.get_or_insert_with(Instant::now);
                 match Pin::new(&mut self.io).poll_shutdown(cx) {
                     Poll::Ready(_) => return Poll::Ready(self.ended.take().map_or(Ok(()), Err)),
-                    Poll::Pending => {
-                        self.write_blocked_since.get_or_insert_with(Instant::now);
-                    }
+                    Poll::Pending => {}
                 }
             }
             match self.poll_timers(cx) {
                 Poll::Ready(Ok(())) => progress = true,
-                // Even the close is stuck (the client reads nothing): the end.
-                Poll::Ready(Err(ended)) if self.closing => return Poll::Ready(Err(ended)),
+                // Even the close is stuck (the client reads nothing): the end, reported by
+                // what began it.
+                Poll::Ready(Err(ended)) if self.closing || self.shutdown_since.is_some() => {
+                    return Poll::Ready(Err(self.ended.take().unwrap_or(ended)));
+                }
                 Poll::Ready(Err(ended)) => {
                     self.close(ended);
                     progress = true;
@@ -583,8 +601,7 @@ where
     /// While nothing is open and nothing half read or unsent, the buffers wait in the
     /// thread's pools, not in this connection.
     fn give_back_buffers(&mut self) {
-        let idle = self.streams.is_empty() && self.partial.is_none() && self.preface_done;
-        if !idle {
+        if !self.streams.is_empty() {
             return;
         }
         if self.read_start == self.read_end && !self.read.is_empty() {
@@ -1476,6 +1493,12 @@ where
                 return;
             };
             if !pending.is_empty() {
+                if stream.send_window <= 0 {
+                    stream.blocked_since.get_or_insert_with(Instant::now);
+                    return;
+                }
+                // Its own window is open: whatever holds it now is not the client's window.
+                stream.blocked_since = None;
                 if self.out.len() - self.out_sent >= OUT_HIGH || self.send_window <= 0 {
                     if self.send_window <= 0 {
                         self.window_blocked_since.get_or_insert_with(Instant::now);
@@ -1486,11 +1509,6 @@ where
                     }
                     return;
                 }
-                if stream.send_window <= 0 {
-                    stream.blocked_since.get_or_insert_with(Instant::now);
-                    return;
-                }
-                stream.blocked_since = None;
                 let n = (pending.len() as i64)
                     .min(self.send_window)
                     .min(stream.send_window)
@@ -1664,9 +1682,13 @@ where
         if self.streams.is_empty() && !self.going_away {
             due = due.min(self.idle_since + self.options.idle);
         }
-        for since in [self.write_blocked_since, self.window_blocked_since]
-            .into_iter()
-            .flatten()
+        for since in [
+            self.write_blocked_since,
+            self.window_blocked_since,
+            self.shutdown_since,
+        ]
+        .into_iter()
+        .flatten()
         {
             due = due.min(since + self.options.stall);
         }
@@ -1696,7 +1718,14 @@ where
         {
             return Poll::Ready(Err(Ended::Timeout("the client answered no PING")));
         }
+        // The connection's window counts only while some stream still waits for it.
+        if !self.ready.iter().any(|id| self.streams.contains_key(id)) {
+            self.window_blocked_since = None;
+        }
         let stalled = |since: Option<Instant>| since.is_some_and(|s| now >= s + self.options.stall);
+        if stalled(self.shutdown_since) {
+            return Poll::Ready(Err(Ended::Timeout("the client took nothing of the close")));
+        }
         if stalled(self.write_blocked_since)
             || stalled(self.window_blocked_since)
             || self.streams.values().any(|s| {
@@ -1706,7 +1735,10 @@ where
         {
             return Poll::Ready(Err(Ended::Timeout("the client stopped reading an answer")));
         }
-        if self.ping_sent.is_none() && now >= self.last_read + self.options.ping_interval {
+        if self.ping_sent.is_none()
+            && self.shutdown_since.is_none()
+            && now >= self.last_read + self.options.ping_interval
+        {
             frame::write_ping(&mut self.out, false, *b"webstack");
             self.ping_sent = Some(now);
             acted = true;

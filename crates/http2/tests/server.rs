@@ -780,6 +780,121 @@ async fn a_window_opened_by_settings_is_not_taken_for_a_stall() {
     assert_eq!(client.answer(3).await.1, b"hello world");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_stream_reset_while_it_waited_for_the_connections_window_is_no_stall() {
+    let long_idle = Options {
+        idle: Duration::from_secs(3600),
+        ..options()
+    };
+    // The stream may take 1 MiB, the connection 65,535: /big (100,000) waits for the latter.
+    let mut client = Client::connect(long_idle, &[(setting::INITIAL_WINDOW_SIZE, 1 << 20)]).await;
+    client.get(1, "/big").await;
+    let mut got = 0;
+    while got < 65_535 {
+        got += client.next_of(kind::DATA).await.unwrap().payload.len();
+    }
+    let mut reset = Vec::new();
+    frame::write_reset(&mut reset, 1, Reason::Cancel);
+    client.send(&reset).await;
+    // Well past the stall bound, answering PINGs: nothing waits, so nothing stalls.
+    let until = tokio::time::Instant::now() + options().stall * 2;
+    while tokio::time::Instant::now() < until {
+        let got = client.next().await.expect("the connection lives on");
+        if got.head.kind == kind::PING && !got.head.has(flag::ACK) {
+            let mut ack = Vec::new();
+            frame::write_ping(&mut ack, true, got.payload[..8].try_into().unwrap());
+            client.send(&ack).await;
+        }
+    }
+    let mut more = Vec::new();
+    frame::write_window_update(&mut more, 0, 100_000);
+    client.send(&more).await;
+    client.get(3, "/hello").await;
+    assert_eq!(client.answer(3).await.1, b"hello world");
+}
+
+/// A transport whose close never completes (a TLS close_notify the client never takes).
+struct StuckClose(DuplexStream);
+
+impl tokio::io::AsyncRead for StuckClose {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for StuckClose {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_close_that_never_completes_is_bounded_whatever_the_client_sends() {
+    let (mut ours, theirs) = tokio::io::duplex(1 << 20);
+    let short_idle = Options {
+        idle: Duration::from_secs(5),
+        ..options()
+    };
+    let service = |request| async move { Reply::from(handler(request).await) };
+    let server = tokio::spawn(serve(
+        StuckClose(theirs),
+        service,
+        short_idle,
+        std::future::pending(),
+    ));
+    let mut hello = frame::PREFACE.to_vec();
+    frame::write_settings(&mut hello, &[]);
+    ours.write_all(&hello).await.unwrap();
+    // After the idle GOAWAY the client keeps sending frames that cost nothing, and reads
+    // nothing more.
+    let started = tokio::time::Instant::now();
+    let mut ack = Vec::new();
+    frame::write_settings_ack(&mut ack);
+    let keep_sending = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            if ours.write_all(&ack).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(600), async {
+        tokio::select! {
+            ended = server => ended.unwrap(),
+            () = keep_sending => unreachable!(),
+        }
+    })
+    .await
+    .expect("the server gives up on the close");
+    let took = started.elapsed();
+    assert!(
+        took >= options().stall && took < options().stall * 2,
+        "{took:?}"
+    );
+}
+
 #[tokio::test]
 async fn shutdown_sends_goaway_and_lets_open_streams_finish() {
     let mut client = Client::connect(options(), &[]).await;
