@@ -239,6 +239,24 @@ impl Client {
         (last, reason)
     }
 
+    /// Reads what comes, answering the server's PINGs as a live client does, until `until`
+    /// (None: until the server closes). True if the connection was still open then.
+    async fn answer_pings(&mut self, until: Option<tokio::time::Instant>) -> bool {
+        loop {
+            if until.is_some_and(|until| tokio::time::Instant::now() >= until) {
+                return true;
+            }
+            let Some(got) = self.next().await else {
+                return false;
+            };
+            if got.head.kind == kind::PING && !got.head.has(flag::ACK) {
+                let mut ack = Vec::new();
+                frame::write_ping(&mut ack, true, got.payload[..8].try_into().unwrap());
+                self.send(&ack).await;
+            }
+        }
+    }
+
     /// Reads until the server closes; bounded.
     async fn closed(&mut self) {
         while self.next().await.is_some() {}
@@ -654,13 +672,7 @@ async fn cut_after_the_stall_bound(mut client: Client) {
     // The client answers the server's PINGs meanwhile: it is alive, it only never opens its
     // window.
     let started = tokio::time::Instant::now();
-    while let Some(got) = client.next().await {
-        if got.head.kind == kind::PING && !got.head.has(flag::ACK) {
-            let mut ack = Vec::new();
-            frame::write_ping(&mut ack, true, got.payload[..8].try_into().unwrap());
-            client.send(&ack).await;
-        }
-    }
+    assert!(!client.answer_pings(None).await);
     assert!(started.elapsed() >= options().stall);
 }
 
@@ -768,14 +780,10 @@ async fn a_window_opened_by_settings_is_not_taken_for_a_stall() {
     assert_eq!(data.payload, b"hello world");
     // Well past the stall bound, answering the server's PINGs: the connection lives on.
     let until = tokio::time::Instant::now() + options().stall * 2;
-    while tokio::time::Instant::now() < until {
-        let got = client.next().await.expect("the connection lives on");
-        if got.head.kind == kind::PING && !got.head.has(flag::ACK) {
-            let mut ack = Vec::new();
-            frame::write_ping(&mut ack, true, got.payload[..8].try_into().unwrap());
-            client.send(&ack).await;
-        }
-    }
+    assert!(
+        client.answer_pings(Some(until)).await,
+        "the connection lives on"
+    );
     client.get(3, "/hello").await;
     assert_eq!(client.answer(3).await.1, b"hello world");
 }
@@ -798,14 +806,10 @@ async fn a_stream_reset_while_it_waited_for_the_connections_window_is_no_stall()
     client.send(&reset).await;
     // Well past the stall bound, answering PINGs: nothing waits, so nothing stalls.
     let until = tokio::time::Instant::now() + options().stall * 2;
-    while tokio::time::Instant::now() < until {
-        let got = client.next().await.expect("the connection lives on");
-        if got.head.kind == kind::PING && !got.head.has(flag::ACK) {
-            let mut ack = Vec::new();
-            frame::write_ping(&mut ack, true, got.payload[..8].try_into().unwrap());
-            client.send(&ack).await;
-        }
-    }
+    assert!(
+        client.answer_pings(Some(until)).await,
+        "the connection lives on"
+    );
     let mut more = Vec::new();
     frame::write_window_update(&mut more, 0, 100_000);
     client.send(&more).await;

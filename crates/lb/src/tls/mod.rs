@@ -82,9 +82,10 @@ pub fn server_config(certificates: Arc<CertStore>) -> Result<Arc<rustls::ServerC
 }
 
 /// Accepts TLS connections until `shutdown`, within `options`' connection limit and the
-/// per-client limits (`limits::admit`, before the handshake: a PROXY header comes first): handshake
-/// within `handshake_timeout`, then HTTP/2 (`webstack_http2`, each stream to `make_service`'s handler; closed when idle for
-/// the header timeout) when ALPN chose h2, else HTTP/1.1 with `serve_h1`.
+/// per-client limits (`limits::admit`, before the handshake: a PROXY header comes first):
+/// handshake within `handshake_timeout`, then HTTP/2 (`webstack_http2`, each stream to the
+/// handler `make_service` gives; closed when idle for the header timeout) when ALPN chose h2,
+/// else HTTP/1.1 with `serve_h1`.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_tls<M, S, R, B, H, F>(
     listener: TcpListener,
