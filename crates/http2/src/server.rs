@@ -690,7 +690,7 @@ where
                     let n = buf.filled().len();
                     if n == 0 {
                         self.eof = true;
-                        self.on_eof();
+                        self.drop_all_streams();
                         return Poll::Ready(Ok(()));
                     }
                     self.read_end += n;
@@ -705,18 +705,13 @@ where
                 Poll::Ready(Err(error)) => {
                     tracing::debug!(%error, "HTTP/2 read failed");
                     self.eof = true;
-                    self.on_eof();
+                    self.drop_all_streams();
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Pending if any => return Poll::Ready(Ok(())),
                 Poll::Pending => return Poll::Pending,
             }
         }
-    }
-
-    /// The client is gone: its streams with it.
-    fn on_eof(&mut self) {
-        self.drop_all_streams();
     }
 
     fn parse_frames(&mut self, cx: &mut Context<'_>) -> Result<(), ConnError> {
@@ -1065,7 +1060,10 @@ where
         let arena = Bytes::from(std::mem::take(&mut self.arena));
         let (request, length) = match build_request(&arena, &self.fields) {
             Ok(built) => built,
-            Err(_) => return self.reset_stream(id, Reason::ProtocolError),
+            Err(Malformed(why)) => {
+                tracing::debug!(stream = id, why, "malformed HTTP/2 request; stream reset");
+                return self.reset_stream(id, Reason::ProtocolError);
+            }
         };
         if end_stream && length.is_some_and(|n| n != 0) {
             return self.reset_stream(id, Reason::ProtocolError);
@@ -1425,7 +1423,7 @@ where
                 if let Sending::Body { body: slot, .. } = &mut stream.send {
                     *slot = Some(body);
                 }
-                self.on_body_frame(id, frame, cx);
+                self.on_body_frame(id, frame);
                 self.pump(id, cx);
             }
         }
@@ -1434,12 +1432,7 @@ where
 
     /// What the response body gave: data to send, trailers, its end, or an error (the
     /// stream is reset: the client must not take a cut answer for a whole one).
-    fn on_body_frame(
-        &mut self,
-        id: u32,
-        frame: Option<Result<http_body::Frame<Bytes>, B::Error>>,
-        _cx: &mut Context<'_>,
-    ) {
+    fn on_body_frame(&mut self, id: u32, frame: Option<Result<http_body::Frame<Bytes>, B::Error>>) {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
@@ -1572,7 +1565,7 @@ where
                 return;
             }
             match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(frame) => self.on_body_frame(id, frame, cx),
+                Poll::Ready(frame) => self.on_body_frame(id, frame),
                 Poll::Pending => {
                     let body = body.take();
                     let cancel = stream.cancel.clone();
@@ -1800,7 +1793,7 @@ fn is_connection_specific(name: &HeaderName) -> bool {
 /// A request the client sent that HTTP/2 calls malformed (RFC 9113 §8.1.1): the stream is
 /// reset with PROTOCOL_ERROR.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Malformed(pub &'static str);
+struct Malformed(&'static str);
 
 /// Builds the request from its decoded fields (names and values in `arena`), and its declared
 /// `content-length`.
