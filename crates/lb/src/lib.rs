@@ -84,15 +84,19 @@ pub struct Handoff {
 impl Handoff {
     /// For a VIP holder: puts the address on `lo`, signals the fault, waits (at most 1 s) until
     /// keepalived gave the address up and then `move_grace` for the other lb to announce it.
-    pub async fn run(mut self) {
+    /// The address stays on `lo` until the returned value's `release`, after the drain: an
+    /// answer to a connection this lb accepted on the VIP cannot leave the host once the
+    /// address is gone (the kernel finds no route from it), so its client would wait for
+    /// nothing.
+    pub async fn run(mut self) -> Option<HeldOnLo> {
         let (Some(track), Some(state), Some(address)) =
             (self.track.take(), self.state.as_mut(), self.address)
         else {
-            return;
+            return None;
         };
         if *state.borrow() != VipState::Master {
             track.stop();
-            return;
+            return None;
         }
         tracing::info!("stopping: handing the VIP over before draining");
         // On `lo` first, so the address never leaves this host before the other lb has it.
@@ -103,8 +107,21 @@ impl Handoff {
             state.wait_for(|s| *s != VipState::Master),
         )
         .await;
-        let grace = vip::keepalived::move_grace(self.advert_interval);
-        vip::keepalived::leave_lo(address, added, grace).await;
+        tokio::time::sleep(vip::keepalived::move_grace(self.advert_interval)).await;
+        Some(HeldOnLo { address, added })
+    }
+}
+
+/// The VIP kept on `lo` through a planned stop's drain (see `Handoff::run`).
+pub struct HeldOnLo {
+    address: IpAddr,
+    added: bool,
+}
+
+impl HeldOnLo {
+    /// Takes the address off `lo`: every connection on it is closed now.
+    pub async fn release(self) {
+        vip::keepalived::leave_lo(self.address, self.added, Duration::ZERO).await;
     }
 }
 

@@ -208,15 +208,20 @@ pub async fn run(
         signal = termination_signal() => signal,
         _ = supervisor_gone(supervised) => "supervisor gone",
     };
-    if let Some(handoff) = handoff {
-        handoff.run().await;
-    }
+    let held_on_lo = match handoff {
+        Some(handoff) => handoff.run().await,
+        None => None,
+    };
     tracing::info!(reason, "draining");
     let drained = shutdown.drain(DRAIN_GRACE).await;
     if !drained {
         tracing::warn!(grace = ?DRAIN_GRACE, "drain grace expired; closing remaining connections");
     }
     let _ = serving.await;
+    // Only now: the answers and resets of the drain went out from the VIP.
+    if let Some(held) = held_on_lo {
+        held.release().await;
+    }
     hangups.abort();
     reopens.abort();
     webstack_common::access_log::flush_all();

@@ -225,7 +225,8 @@ pub async fn keep_on_lo(vip: IpAddr) -> bool {
 
 /// Waits out `grace`, then takes the VIP off `lo` again. Kept short: while it is here, this
 /// host's own ARP traffic may point a client back at it, which the other lb's second
-/// announcement corrects.
+/// announcement corrects. Not before this lb's last answer on the VIP: once the address is
+/// gone the kernel routes nothing from it, and that connection's client waits for nothing.
 pub async fn leave_lo(vip: IpAddr, added: bool, grace: Duration) {
     tokio::time::sleep(grace).await;
     if added {
