@@ -335,13 +335,20 @@ fn string(block: &[u8], at: &mut usize, out: &mut Vec<u8>) -> Result<(), HpackEr
     }
 }
 
-/// Appends an integer with an N-bit prefix, the first byte's other bits `flags`.
-fn write_integer(out: &mut Vec<u8>, mut value: usize, prefix: u8, flags: u8) {
+/// Appends an integer with an N-bit prefix, the first byte's other bits `flags`. Inlined:
+/// almost every integer of a response (an index, a length) fits in its first byte.
+#[inline]
+fn write_integer(out: &mut Vec<u8>, value: usize, prefix: u8, flags: u8) {
     let mask = (1usize << prefix) - 1;
     if value < mask {
         out.push(flags | value as u8);
-        return;
+    } else {
+        write_long_integer(out, value, mask, flags);
     }
+}
+
+#[cold]
+fn write_long_integer(out: &mut Vec<u8>, mut value: usize, mask: usize, flags: u8) {
     out.push(flags | mask as u8);
     value -= mask;
     while value >= 128 {
@@ -351,6 +358,7 @@ fn write_integer(out: &mut Vec<u8>, mut value: usize, prefix: u8, flags: u8) {
     out.push(value as u8);
 }
 
+#[inline]
 fn write_string(out: &mut Vec<u8>, value: &[u8]) {
     write_integer(out, value.len(), 7, 0);
     out.extend_from_slice(value);
@@ -408,31 +416,30 @@ pub fn encode_field(out: &mut Vec<u8>, name: &[u8], value: &[u8], sensitive: boo
 /// Appends the fields of an HTTP/1 head as HTTP/2 sends them: names lower-cased, the
 /// connection-specific fields HTTP/2 forbids (RFC 9113 §8.2.2) left out. `head` is a head a
 /// parser has checked and written again: a status line, `Name: value` lines and a blank line,
-/// each ending in CRLF; it is read by its line ends, not parsed twice.
+/// each ending in CRLF; it is read by its colons and line ends (`memchr`), not parsed twice.
 pub fn encode_http1_fields(out: &mut Vec<u8>, head: &[u8]) {
     let Some(status_end) = memchr::memchr(b'\n', head) else {
         return;
     };
-    let fields = &head[status_end + 1..];
-    let mut at = 0;
-    let mut lower = [0u8; 64];
-    for end in memchr::memchr_iter(b'\n', fields) {
-        let line = &fields[at..end];
-        at = end + 1;
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = memchr::memchr(b':', line) else {
-            break; // the blank line
+    // A field's representation is never longer than its line (a name's index or a length
+    // takes the room of ": " and CRLF): one reservation for the whole block.
+    out.reserve(head.len() - status_end);
+    let mut at = status_end + 1;
+    let mut lower = [0u8; NAME_ROOM];
+    // Up to the blank line (every line before it has a colon: the head was written so).
+    while !matches!(head.get(at), None | Some(b'\r' | b'\n')) {
+        let name_start = at;
+        let Some(colon) = lower_case_name(head, name_start, &mut lower) else {
+            return;
         };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        let line_end = memchr::memchr(b'\n', &head[colon..]).map_or(head.len(), |i| colon + i);
+        let value = head[colon + 1..line_end].trim_ascii();
+        at = line_end + 1;
         let owned;
-        let name = match lower.get_mut(..name.len()) {
-            Some(room) => {
-                room.copy_from_slice(name);
-                room.make_ascii_lowercase();
-                &*room
-            }
+        let name = match lower.get(..colon - name_start) {
+            Some(name) => name,
             None => {
-                owned = name.to_ascii_lowercase();
+                owned = head[name_start..colon].to_ascii_lowercase();
                 &owned[..]
             }
         };
@@ -440,6 +447,58 @@ pub fn encode_http1_fields(out: &mut Vec<u8>, head: &[u8]) {
             encode_field(out, name, value, false);
         }
     }
+}
+
+/// The longest name lower-cased on the stack (longer ones are rare: a `Vec`).
+const NAME_ROOM: usize = 64;
+
+/// Finds the colon that ends the name starting at `head[start]` and lower-cases the name into
+/// `room` on the way, eight bytes at a time (field names are ASCII; what lands in `room` past
+/// the name is not used). Returns the colon's index; a name longer than `room` is found but
+/// left to the caller to lower-case.
+fn lower_case_name(head: &[u8], start: usize, room: &mut [u8; NAME_ROOM]) -> Option<usize> {
+    const COLONS: u64 = 0x0101_0101_0101_0101 * b':' as u64;
+    let mut i = 0;
+    while let Some(chunk) = head.get(start + i..start + i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        if let Some(slot) = room.get_mut(i..i + 8) {
+            slot.copy_from_slice(&ascii_lower_8(word).to_le_bytes());
+        }
+        let colons = zero_bytes(word ^ COLONS);
+        if colons != 0 {
+            // The lowest flag is exact (little-endian: the first byte in memory).
+            return Some(start + i + (colons.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    // The head's last bytes: one at a time.
+    for (at, &byte) in head.iter().enumerate().skip(start + i) {
+        if byte == b':' {
+            return Some(at);
+        }
+        if let Some(slot) = room.get_mut(at - start) {
+            *slot = byte.to_ascii_lowercase();
+        }
+    }
+    None
+}
+
+/// The high bit of each zero byte of `word` set (and maybe of bytes after the first zero).
+fn zero_bytes(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    word.wrapping_sub(ONES) & !word & (0x80 * ONES)
+}
+
+/// Eight bytes with every ASCII upper-case letter lower-cased, the rest unchanged (SWAR: a
+/// byte's high bit marks `>= 'A'` and `> 'Z'` after an add that cannot carry across bytes).
+fn ascii_lower_8(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x80 * ONES;
+    let low7 = word & !HIGH;
+    let at_least_a = low7 + (0x80 - u64::from(b'A')) * ONES;
+    let above_z = low7 + (0x7f - u64::from(b'Z')) * ONES;
+    let upper = at_least_a & !above_z & !word & HIGH;
+    word | (upper >> 2)
 }
 
 /// Fields that describe one HTTP/1 connection, which HTTP/2 forbids (RFC 9113 §8.2.2).
@@ -450,30 +509,112 @@ pub fn is_connection_specific(lower_name: &[u8]) -> bool {
     )
 }
 
-/// The static table's index of a (lower-case) name.
+/// The static table's index of a (lower-case) regular field name (pseudo-fields are never
+/// encoded from here): by length first, so a name is compared with a few of the same length.
 fn static_name(name: &[u8]) -> Option<usize> {
-    // Response fields seen most come first; the rest by a scan of the table.
-    Some(match name {
-        b"content-type" => 31,
-        b"content-length" => 28,
-        b"date" => 33,
-        b"server" => 54,
-        b"cache-control" => 24,
-        b"etag" => 34,
-        b"last-modified" => 44,
-        b"vary" => 59,
-        b"set-cookie" => 55,
-        b"location" => 46,
-        b"strict-transport-security" => 56,
-        _ => {
-            if name.first() == Some(&b':') {
-                return None;
-            }
-            return STATIC_TABLE
-                .iter()
-                .position(|(n, _)| n.as_bytes() == name)
-                .map(|i| i + 1);
-        }
+    Some(match name.len() {
+        3 => match name {
+            b"age" => 21,
+            b"via" => 60,
+            _ => return None,
+        },
+        4 => match name {
+            b"date" => 33,
+            b"etag" => 34,
+            b"vary" => 59,
+            b"from" => 37,
+            b"host" => 38,
+            b"link" => 45,
+            _ => return None,
+        },
+        5 => match name {
+            b"allow" => 22,
+            b"range" => 50,
+            _ => return None,
+        },
+        6 => match name {
+            b"server" => 54,
+            b"accept" => 19,
+            b"cookie" => 32,
+            b"expect" => 35,
+            _ => return None,
+        },
+        7 => match name {
+            b"expires" => 36,
+            b"referer" => 51,
+            b"refresh" => 52,
+            _ => return None,
+        },
+        8 => match name {
+            b"location" => 46,
+            b"if-match" => 39,
+            b"if-range" => 42,
+            _ => return None,
+        },
+        10 => match name {
+            b"set-cookie" => 55,
+            b"user-agent" => 58,
+            _ => return None,
+        },
+        11 => match name {
+            b"retry-after" => 53,
+            _ => return None,
+        },
+        12 => match name {
+            b"content-type" => 31,
+            b"max-forwards" => 47,
+            _ => return None,
+        },
+        13 => match name {
+            b"cache-control" => 24,
+            b"last-modified" => 44,
+            b"accept-ranges" => 18,
+            b"authorization" => 23,
+            b"content-range" => 30,
+            b"if-none-match" => 41,
+            _ => return None,
+        },
+        14 => match name {
+            b"content-length" => 28,
+            b"accept-charset" => 15,
+            _ => return None,
+        },
+        15 => match name {
+            b"accept-encoding" => 16,
+            b"accept-language" => 17,
+            _ => return None,
+        },
+        16 => match name {
+            b"content-encoding" => 26,
+            b"content-language" => 27,
+            b"content-location" => 29,
+            b"www-authenticate" => 61,
+            _ => return None,
+        },
+        17 => match name {
+            b"if-modified-since" => 40,
+            b"transfer-encoding" => 57,
+            _ => return None,
+        },
+        18 => match name {
+            b"proxy-authenticate" => 48,
+            _ => return None,
+        },
+        19 => match name {
+            b"content-disposition" => 25,
+            b"if-unmodified-since" => 43,
+            b"proxy-authorization" => 49,
+            _ => return None,
+        },
+        25 => match name {
+            b"strict-transport-security" => 56,
+            _ => return None,
+        },
+        27 => match name {
+            b"access-control-allow-origin" => 20,
+            _ => return None,
+        },
+        _ => return None,
     })
 }
 
@@ -660,7 +801,97 @@ mod tests {
         );
     }
 
+    #[test]
+    fn every_regular_name_of_the_static_table_is_found_and_nothing_else() {
+        for (i, (name, _)) in STATIC_TABLE.iter().enumerate() {
+            let found = static_name(name.as_bytes());
+            if name.starts_with(':') {
+                assert_eq!(found, None, "{name}");
+            } else {
+                assert_eq!(found, Some(i + 1), "{name}");
+            }
+        }
+        for name in ["", "x-request-id", "dates", "etags", "content-typ", "Date"] {
+            assert_eq!(static_name(name.as_bytes()), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn eight_bytes_at_once_lower_case_what_a_byte_loop_does() {
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        for chunk in bytes.chunks(8).chain([&b"@AZ[`az{"[..]]) {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap());
+            let expected: Vec<u8> = chunk.iter().map(u8::to_ascii_lowercase).collect();
+            assert_eq!(&ascii_lower_8(word).to_le_bytes()[..], &expected[..]);
+        }
+        let mut room = [0u8; NAME_ROOM];
+        let name = "X-Long-Field-Name-Of-Sixty-Four-Bytes-Or-So-ABCDEFGHIJKLMNOPQRST";
+        assert_eq!(name.len(), NAME_ROOM);
+        for cut in 0..=NAME_ROOM {
+            let head = format!("{}: v:w\r\n", &name[..cut]);
+            assert_eq!(lower_case_name(head.as_bytes(), 0, &mut room), Some(cut));
+            assert_eq!(&room[..cut], name[..cut].to_ascii_lowercase().as_bytes());
+            // At the head's end, the last bytes one at a time.
+            let head = format!("{}:", &name[..cut]);
+            assert_eq!(lower_case_name(head.as_bytes(), 0, &mut room), Some(cut));
+            assert_eq!(&room[..cut], name[..cut].to_ascii_lowercase().as_bytes());
+        }
+        let long = format!("{}: v", "Y".repeat(NAME_ROOM + 9));
+        assert_eq!(
+            lower_case_name(long.as_bytes(), 0, &mut room),
+            Some(NAME_ROOM + 9)
+        );
+        assert_eq!(lower_case_name(b"Server", 0, &mut room), None);
+        assert_eq!(
+            lower_case_name(b"A: b\r\nServer: x", 6, &mut room),
+            Some(12)
+        );
+    }
+
+    #[test]
+    fn a_head_cut_short_encodes_the_fields_it_has() {
+        let mut decoder = Decoder::new(4096);
+        for (head, expected) in [
+            (&b"HTTP/1.1 200 OK"[..], vec![]),
+            (b"HTTP/1.1 200 OK\r\nDate: x", pairs(&[("date", "x")])),
+            (
+                b"HTTP/1.1 200 OK\r\nDate: x\r\nServer",
+                pairs(&[("date", "x")]),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nA: 1\r\n\r\nB: 2\r\n",
+                pairs(&[("a", "1")]),
+            ),
+        ] {
+            let mut out = Vec::new();
+            encode_http1_fields(&mut out, head);
+            assert_eq!(decode_all(&mut decoder, &out), expected);
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn http1_fields_come_out_as_they_went_in(
+            fields in proptest::collection::vec(
+                ("[A-Za-z][A-Za-z0-9-]{0,80}", "[ -~]{0,40}"),
+                0..12,
+            )
+        ) {
+            let mut head = String::from("HTTP/1.1 200 OK\r\n");
+            for (name, value) in &fields {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str("\r\n");
+            let mut out = Vec::new();
+            encode_http1_fields(&mut out, head.as_bytes());
+            let expected: Vec<(String, String)> = fields
+                .iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.trim_ascii().to_string()))
+                .filter(|(n, _)| !is_connection_specific(n.as_bytes()))
+                .collect();
+            proptest::prop_assert_eq!(decode_all(&mut Decoder::new(4096), &out), expected);
+        }
+
         #[test]
         fn any_block_decodes_or_fails_without_panicking(block in proptest::collection::vec(proptest::num::u8::ANY, 0..100)) {
             let mut decoder = Decoder::new(256);
