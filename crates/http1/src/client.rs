@@ -1,9 +1,8 @@
-//! Forwarding a request hyper has parsed (the lb's HTTP/2 clients, the web server's requests
-//! to its app) over a pooled HTTP/1 connection, by the same rules as the raw path: the head
-//! rewritten by `head::rewrite_parts`, the body framed as on the wire (chunked when it has no
-//! length), the response head read while the body goes out (`exchange`), and the response body
-//! streamed back to hyper straight from the connection (`ResponseBody`), which returns to its
-//! pool once the body has been read to the end.
+//! Forwarding a request of the lb's HTTP/2 clients over a pooled HTTP/1 connection, by the same
+//! rules as the raw path: the head rewritten by `head::rewrite_h2`, the body framed as on the
+//! wire (chunked when it has no length), the response head read while the body goes out
+//! (`exchange`), and the response body streamed back straight from the connection
+//! (`ResponseBody`), which returns to its pool once the body has been read to the end.
 
 use std::future::Future as _;
 use std::io::{self, IoSlice};

@@ -271,7 +271,7 @@ impl Forwarding<'_> {
     }
 }
 
-/// One header line, as httparse or hyper hands it over.
+/// One header line, as httparse or the HTTP/2 layer hands it over.
 pub trait HeaderLine {
     fn name(&self) -> &str;
     fn value(&self) -> &[u8];
@@ -287,13 +287,13 @@ impl HeaderLine for httparse::Header<'_> {
     }
 }
 
-impl HeaderLine for (&http::HeaderName, &http::HeaderValue) {
+impl HeaderLine for (&str, &[u8]) {
     fn name(&self) -> &str {
-        self.0.as_str()
+        self.0
     }
 
     fn value(&self) -> &[u8] {
-        self.1.as_bytes()
+        self.1
     }
 }
 
@@ -330,27 +330,27 @@ pub fn parse_request(
     Ok(Some(request))
 }
 
-/// The head of a request hyper has parsed (HTTP/2, or HTTP/1 at the web server), rewritten by
-/// the same rules as a raw one. `body_end`: the body is known to be empty. Refused as a raw
-/// head would be (a CONNECT, an unsupported Expect, more than `MAX_HEADERS` fields).
-pub fn rewrite_parts(
-    parts: &http::request::Parts,
+/// The head of an HTTP/2 request (its pseudo-fields and fields as the client sent them, which
+/// the HTTP/2 layer checked), rewritten by the same rules as a raw one. `path` is None only for
+/// CONNECT. `body_end`: the body is known to be empty. Refused as a raw head would be (a
+/// CONNECT, an unsupported Expect, more than `MAX_HEADERS` fields).
+pub fn rewrite_h2(
+    method: &str,
+    path: Option<&str>,
+    authority: Option<&str>,
+    headers: &[(&str, &[u8])],
     body_end: bool,
     out: &mut Vec<u8>,
     forwarding: &Forwarding<'_>,
 ) -> Result<Request, Refusal> {
-    if parts.headers.len() > MAX_HEADERS {
+    if headers.len() > MAX_HEADERS {
         return Err(refuse(431, "too many header fields"));
     }
-    let headers: Vec<(&http::HeaderName, &http::HeaderValue)> = parts.headers.iter().collect();
     let head = Head {
-        method: parts.method.as_str(),
-        target: parts
-            .uri
-            .path_and_query()
-            .map_or("/", http::uri::PathAndQuery::as_str),
-        authority: parts.uri.authority().map(http::uri::Authority::as_str),
-        http10: parts.version <= http::Version::HTTP_10,
+        method,
+        target: path.unwrap_or("/"),
+        authority,
+        http10: false,
         // HTTP/2 frames its body itself: a body without a length goes on chunked.
         body_hint: Some(if body_end {
             Framing::Length(0)
@@ -358,18 +358,18 @@ pub fn rewrite_parts(
             Framing::Chunked
         }),
     };
-    rewrite_request(&head, &headers, out, forwarding)
+    rewrite_request(&head, headers, out, forwarding)
 }
 
 /// The request line's parts, from either parser.
 struct Head<'a> {
     method: &'a str,
     target: &'a str,
-    /// The authority hyper already separated from the target (absolute form, HTTP/2).
+    /// The authority given apart from the target (HTTP/2's `:authority`).
     authority: Option<&'a str>,
     http10: bool,
-    /// How the body is framed when no `Content-Length` or `Transfer-Encoding` says it (hyper's
-    /// parts: HTTP/2 has neither). None: a raw head, where that means no body.
+    /// How the body is framed when no `Content-Length` or `Transfer-Encoding` says it (HTTP/2
+    /// has neither). None: a raw head, where that means no body.
     body_hint: Option<Framing>,
 }
 
@@ -1145,18 +1145,27 @@ mod tests {
     }
 
     #[test]
-    fn hyper_parts_follow_the_same_rules() {
-        let parts = |request: http::request::Builder| request.body(()).unwrap().into_parts().0;
+    fn http2_heads_follow_the_same_rules() {
         let mut out = Vec::new();
-        // HTTP/2: the authority in the URI, a body without a length.
-        let h2 = parts(
-            http::Request::post("https://www.foobar.com/p?q=1")
-                .version(http::Version::HTTP_2)
-                .header("x-forwarded-for", "10.0.0.1")
-                .header("te", "trailers")
-                .header("x-request-id", "client"),
-        );
-        let r = rewrite_parts(&h2, false, &mut out, &forwarding()).unwrap();
+        // The authority apart from the path, a body without a length.
+        let fields: [(&str, &[u8]); 3] = [
+            ("x-forwarded-for", b"10.0.0.1"),
+            ("te", b"trailers"),
+            ("x-request-id", b"client"),
+        ];
+        let h2 = |method, path, authority, fields: &[(&str, &[u8])], end, out: &mut Vec<u8>| {
+            out.clear();
+            rewrite_h2(method, path, authority, fields, end, out, &forwarding())
+        };
+        let r = h2(
+            "POST",
+            Some("/p?q=1"),
+            Some("www.foobar.com"),
+            &fields,
+            false,
+            &mut out,
+        )
+        .unwrap();
         let text = String::from_utf8(out.clone()).unwrap();
         assert!(
             text.starts_with("POST /p?q=1 HTTP/1.1\r\nHost: www.foobar.com\r\n"),
@@ -1170,28 +1179,15 @@ mod tests {
         );
         assert!(!text.contains("te:") && !text.contains("client"), "{text}");
         assert!(!r.idempotent);
-        let with_length = parts(
-            http::Request::put("/x")
-                .version(http::Version::HTTP_2)
-                .header("host", "h")
-                .header("content-length", "3"),
-        );
-        let r = rewrite_parts(&with_length, false, &mut out, &forwarding()).unwrap();
+        let with_length: [(&str, &[u8]); 2] = [("host", b"h"), ("content-length", b"3")];
+        let r = h2("PUT", Some("/x"), None, &with_length, false, &mut out).unwrap();
         assert_eq!(r.body, Framing::Length(3));
-        let empty = parts(
-            http::Request::get("/")
-                .version(http::Version::HTTP_2)
-                .header("host", "h"),
-        );
-        let r = rewrite_parts(&empty, true, &mut out, &forwarding()).unwrap();
+        let r = h2("GET", Some("/"), None, &[("host", b"h")], true, &mut out).unwrap();
         assert!(r.bodyless() && r.idempotent);
-        let userinfo = parts(http::Request::get("https://user@h/").version(http::Version::HTTP_2));
-        assert_eq!(
-            rewrite_parts(&userinfo, true, &mut out, &forwarding())
-                .unwrap_err()
-                .status,
-            400
-        );
+        let userinfo = h2("GET", Some("/"), Some("user@h"), &[], true, &mut out);
+        assert_eq!(userinfo.unwrap_err().status, 400);
+        let no_host = h2("GET", Some("/"), None, &[], true, &mut out);
+        assert_eq!(no_host.unwrap_err().status, 400);
         let refusal = Refusal {
             status: 431,
             reason: "too many header fields",
@@ -1200,13 +1196,11 @@ mod tests {
             refusal.text(),
             "431 Request Header Fields Too Large: too many header fields.\n"
         );
-        let connect = parts(http::Request::connect("h:443").version(http::Version::HTTP_2));
-        assert_eq!(
-            rewrite_parts(&connect, true, &mut out, &forwarding())
-                .unwrap_err()
-                .status,
-            405
-        );
+        let many = vec![("x-a", &b"1"[..]); MAX_HEADERS + 1];
+        let too_many = h2("GET", Some("/"), Some("h"), &many, true, &mut out);
+        assert_eq!(too_many.unwrap_err().status, 431);
+        let connect = h2("CONNECT", None, Some("h:443"), &[], true, &mut out);
+        assert_eq!(connect.unwrap_err().status, 405);
     }
 
     fn response(head: &str, rewrite: &ResponseRewrite<'_>) -> (Response, String) {

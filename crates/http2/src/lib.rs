@@ -4,13 +4,16 @@
 //! server work for nothing (rapid resets, CONTINUATION and control-frame floods).
 //!
 //! `frame` has the wire format, `hpack` and `huffman` the header compression, `server` the
-//! connection, `body` the request body handed to a stream's handler.
+//! connection, `request` the checked request head and `body` the request body handed to a
+//! stream's handler.
 
 pub mod body;
 pub mod frame;
 pub mod hpack;
 mod huffman;
+pub mod request;
 pub mod server;
 
 pub use body::RequestBody;
+pub use request::RequestHead;
 pub use server::{Options, Reply, serve};

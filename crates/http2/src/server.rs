@@ -27,7 +27,7 @@ use bytes::{Buf, Bytes};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::task::AtomicWaker;
 use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, Uri};
+use http::{HeaderMap, Response};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -35,6 +35,7 @@ use tokio::time::{Instant, Sleep};
 use crate::body::{Inbox, Note, Notes, RequestBody};
 use crate::frame::{self, Head, Reason, flag, kind, setting};
 use crate::hpack::{self, Decoder, Field};
+use crate::request::{Malformed, RequestHead};
 
 /// How a connection behaves; `Options::default()` is what the lb uses.
 #[derive(Debug, Clone)]
@@ -180,7 +181,7 @@ pub async fn serve<I, S, F, B>(
     shutdown: impl Future<Output = ()>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
-    S: FnMut(Request<RequestBody>) -> F,
+    S: FnMut(RequestHead, RequestBody) -> F,
     F: Future<Output = Reply<B>> + Send + 'static,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
@@ -446,7 +447,7 @@ struct Connection<I, S, B: Body> {
 impl<I, S, F, B> Connection<I, S, B>
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    S: FnMut(Request<RequestBody>) -> F,
+    S: FnMut(RequestHead, RequestBody) -> F,
     F: Future<Output = Reply<B>> + Send + 'static,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
@@ -1057,14 +1058,14 @@ where
             self.answer_local(id, 431, end_stream);
             return Ok(());
         }
-        let arena = Bytes::from(std::mem::take(&mut self.arena));
-        let (request, length) = match build_request(&arena, &self.fields) {
-            Ok(built) => built,
+        let request = match RequestHead::check(std::mem::take(&mut self.arena), &self.fields) {
+            Ok(head) => head,
             Err(Malformed(why)) => {
                 tracing::debug!(stream = id, why, "malformed HTTP/2 request; stream reset");
                 return self.reset_stream(id, Reason::ProtocolError);
             }
         };
+        let length = request.content_length();
         if end_stream && length.is_some_and(|n| n != 0) {
             return self.reset_stream(id, Reason::ProtocolError);
         }
@@ -1073,9 +1074,9 @@ where
             Some(inbox) => RequestBody::new(inbox.clone(), length),
             None => RequestBody::empty(),
         };
-        let head_request = request.method() == Method::HEAD;
+        let head_request = request.is_head();
         let cancel = Arc::new(Cancel::default());
-        let handler: Handler<B> = Box::pin((self.service)(request.map(|()| body)));
+        let handler: Handler<B> = Box::pin((self.service)(request, body));
         self.tasks.push(Task::Respond(id, cancel.clone(), handler));
         self.streams.insert(
             id,
@@ -1788,122 +1789,6 @@ fn encode_head(block: &mut Vec<u8>, status: u16, headers: &HeaderMap) {
 
 fn is_connection_specific(name: &HeaderName) -> bool {
     hpack::is_connection_specific(name.as_str().as_bytes())
-}
-
-/// A request the client sent that HTTP/2 calls malformed (RFC 9113 §8.1.1): the stream is
-/// reset with PROTOCOL_ERROR.
-#[derive(Debug, PartialEq, Eq)]
-struct Malformed(&'static str);
-
-/// Builds the request from its decoded fields (names and values in `arena`), and its declared
-/// `content-length`.
-fn build_request(arena: &Bytes, fields: &[Field]) -> Result<(Request<()>, Option<u64>), Malformed> {
-    let (mut method, mut scheme, mut authority, mut path) = (None, None, None, None);
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    let mut regular = false;
-    let mut length: Option<u64> = None;
-    let mut cookies: Vec<&[u8]> = Vec::new();
-    for field in fields {
-        let name = &arena[field.name.clone()];
-        let value = &arena[field.value.clone()];
-        if let Some(pseudo) = name.strip_prefix(b":") {
-            if regular {
-                return Err(Malformed("a pseudo-header after a regular field"));
-            }
-            let slot = match pseudo {
-                b"method" => &mut method,
-                b"scheme" => &mut scheme,
-                b"authority" => &mut authority,
-                b"path" => &mut path,
-                _ => return Err(Malformed("an unknown pseudo-header")),
-            };
-            if slot.replace(field.value.clone()).is_some() {
-                return Err(Malformed("a repeated pseudo-header"));
-            }
-            continue;
-        }
-        regular = true;
-        if name.iter().any(u8::is_ascii_uppercase) {
-            return Err(Malformed("an upper-case field name"));
-        }
-        let name = HeaderName::from_bytes(name).map_err(|_| Malformed("an invalid field name"))?;
-        if is_connection_specific(&name) {
-            return Err(Malformed("a connection-specific field"));
-        }
-        if name == http::header::TE && value != b"trailers" {
-            return Err(Malformed("TE other than trailers"));
-        }
-        if value.first().is_some_and(|b| matches!(b, b' ' | b'\t'))
-            || value.last().is_some_and(|b| matches!(b, b' ' | b'\t'))
-        {
-            return Err(Malformed("a field value with white space around it"));
-        }
-        if name == http::header::CONTENT_LENGTH {
-            let n = std::str::from_utf8(value)
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(Malformed("an invalid content-length"))?;
-            if length.is_some_and(|m| m != n) {
-                return Err(Malformed("content-length values that differ"));
-            }
-            length = Some(n);
-        }
-        if name == http::header::COOKIE {
-            // Crumbs are joined into one field for HTTP/1 (RFC 9113 §8.2.3).
-            cookies.push(value);
-            continue;
-        }
-        let value = HeaderValue::from_maybe_shared(arena.slice(field.value.clone()))
-            .map_err(|_| Malformed("an invalid field value"))?;
-        headers.append(name, value);
-    }
-    if !cookies.is_empty() {
-        let joined = cookies.join(&b"; "[..]);
-        let value = HeaderValue::from_maybe_shared(Bytes::from(joined))
-            .map_err(|_| Malformed("an invalid cookie"))?;
-        headers.insert(http::header::COOKIE, value);
-    }
-    let method = method.ok_or(Malformed("no :method"))?;
-    let method = Method::from_bytes(&arena[method]).map_err(|_| Malformed("an invalid :method"))?;
-    let mut uri = http::uri::Parts::default();
-    if let Some(range) = authority {
-        uri.authority = Some(
-            http::uri::Authority::from_maybe_shared(arena.slice(range))
-                .map_err(|_| Malformed("an invalid :authority"))?,
-        );
-    }
-    if method == Method::CONNECT {
-        // The lb refuses CONNECT itself (405); it carries only :authority.
-        if scheme.is_some() || path.is_some() || uri.authority.is_none() {
-            return Err(Malformed(
-                "CONNECT with :scheme or :path, or without :authority",
-            ));
-        }
-    } else {
-        let scheme = scheme.ok_or(Malformed("no :scheme"))?;
-        let path = path.ok_or(Malformed("no :path"))?;
-        if path.is_empty() {
-            return Err(Malformed("an empty :path"));
-        }
-        if uri.authority.is_some() {
-            uri.scheme = Some(
-                http::uri::Scheme::try_from(&arena[scheme])
-                    .map_err(|_| Malformed("an invalid :scheme"))?,
-            );
-        }
-        uri.path_and_query = Some(
-            http::uri::PathAndQuery::from_maybe_shared(arena.slice(path))
-                .map_err(|_| Malformed("an invalid :path"))?,
-        );
-    }
-    let uri = Uri::from_parts(uri).map_err(|_| Malformed("an invalid request target"))?;
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = http::Version::HTTP_2;
-    *request.headers_mut() = headers;
-    Ok((request, length))
 }
 
 /// Trailers from decoded fields (invalid ones are left out: they reach no one).

@@ -625,9 +625,9 @@ mod workers {
                                     let proxy = proxy.clone();
                                     move |peer| {
                                         let proxy = proxy.clone();
-                                        move |request| {
+                                        move |head, body| {
                                             let proxy = proxy.clone();
-                                            async move { proxy.handle(peer, request).await }
+                                            async move { proxy.handle(peer, head, body).await }
                                         }
                                     }
                                 };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, StatusCode};
+use http::{HeaderValue, StatusCode};
 use http_body::Body as _;
 use http_body_util::{Either, Full};
 use webstack_common::access_log::{AccessLog, Entry, Value};
@@ -19,7 +19,7 @@ use webstack_http1::exchange::Sent;
 use webstack_http1::head::{self, Forwarding, ResponseRewrite};
 use webstack_http1::pool::Pool;
 use webstack_http1::retry::{Attempts, Failure, GiveUp};
-use webstack_http2::{Reply, RequestBody, hpack};
+use webstack_http2::{Reply, RequestBody, RequestHead, hpack};
 
 use crate::Config;
 use crate::balance::Balancer;
@@ -104,14 +104,15 @@ pub(crate) struct Access<'a> {
 pub(crate) enum RequestHeaders<'a> {
     /// An HTTP/1 head (the forwarded one: the client's end-to-end headers are in it).
     Raw(&'a [u8]),
-    Map(&'a http::HeaderMap),
+    /// An HTTP/2 client's (names lower-case).
+    H2(&'a RequestHead),
 }
 
 impl<'a> RequestHeaders<'a> {
     fn get(self, name: &str) -> Option<&'a [u8]> {
         match self {
             RequestHeaders::Raw(head) => webstack_http1::head::find_header(head, name),
-            RequestHeaders::Map(map) => map.get(name).map(HeaderValue::as_bytes),
+            RequestHeaders::H2(head) => head.get(name),
         }
     }
 }
@@ -365,18 +366,13 @@ impl Proxy {
     pub async fn handle(
         &self,
         peer: SocketAddr,
-        request: Request<RequestBody>,
+        head: RequestHead,
+        body: RequestBody,
     ) -> Reply<ProxyBody> {
         let started = Instant::now();
         let request_id = self.request_ids.next_bytes();
-        let (parts, body) = request.into_parts();
         let client = self.client_of(peer.ip(), || {
-            let lines: Vec<&[u8]> = parts
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .map(HeaderValue::as_bytes)
-                .collect();
+            let lines: Vec<&[u8]> = head.get_all("x-forwarded-for").collect();
             std::borrow::Cow::Owned(lines.join(&b","[..]))
         });
         if let Err(wait) = self.clients.request(client) {
@@ -391,8 +387,8 @@ impl Proxy {
                 .insert(http::header::RETRY_AFTER, retry_after(wait).into());
             self.access_log(&Access {
                 client,
-                method: parts.method.as_str(),
-                path: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                method: head.method(),
+                path: head.path().unwrap_or("/"),
                 status: 429,
                 server: None,
                 attempts: 0,
@@ -400,17 +396,14 @@ impl Proxy {
                 request_id: &request_id,
                 version: "HTTP/2.0",
                 bytes: Some(TOO_MANY_TEXT.len() as u64),
-                headers: RequestHeaders::Map(&parts.headers),
+                headers: RequestHeaders::H2(&head),
             });
             return response;
         }
         // The body bound: a declared length over it is refused at once, a longer stream once
         // it passes it (`Capped`).
         let max_body = self.clients.limits().max_body;
-        let declared = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let declared = head.content_length();
         if declared.is_some_and(|n| n > max_body) {
             self.clients.metrics().limited("body_size").inc();
             client::drain_rest(body);
@@ -428,8 +421,18 @@ impl Proxy {
             upgrade: false,
             ..Forwarding::edge(peer.ip(), true)
         };
-        let request = match head::rewrite_parts(&parts, body.is_end_stream(), &mut out, &forwarding)
-        {
+        let fields: Vec<(&str, &[u8])> = head.fields().collect();
+        let rewritten = head::rewrite_h2(
+            head.method(),
+            head.path(),
+            head.authority(),
+            &fields,
+            body.is_end_stream(),
+            &mut out,
+            &forwarding,
+        );
+        drop(fields);
+        let request = match rewritten {
             Ok(request) => request,
             Err(refusal) => {
                 let status =
@@ -563,7 +566,7 @@ impl Proxy {
             version: "HTTP/2.0",
             // A server's answer: its Content-Length (none left unread yet); ours: the text.
             bytes: response.body.size_hint().exact(),
-            headers: RequestHeaders::Map(&parts.headers),
+            headers: RequestHeaders::H2(&head),
         });
         response
     }

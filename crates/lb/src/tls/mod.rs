@@ -98,7 +98,7 @@ pub async fn serve_tls<M, S, R, B, H, F>(
     shutdown: Shutdown,
 ) where
     M: Fn(SocketAddr) -> S + Clone + Send + 'static,
-    S: FnMut(http::Request<webstack_http2::RequestBody>) -> R + Send + 'static,
+    S: FnMut(webstack_http2::RequestHead, webstack_http2::RequestBody) -> R + Send + 'static,
     R: std::future::Future<Output = webstack_http2::Reply<B>> + Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
