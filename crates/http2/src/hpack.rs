@@ -421,8 +421,9 @@ pub fn encode_http1_fields(out: &mut Vec<u8>, head: &[u8]) {
     let Some(status_end) = memchr::memchr(b'\n', head) else {
         return;
     };
-    // A field's representation is never longer than its line (a name's index or a length
-    // takes the room of ": " and CRLF): one reservation for the whole block.
+    // A field's representation is rarely longer than its line (a name's index or a length
+    // takes the room of ": " and CRLF; a value of 255 bytes and more takes one byte more):
+    // one reservation for the block, nearly always enough.
     out.reserve(head.len() - status_end);
     let mut at = status_end + 1;
     let mut lower = [0u8; NAME_ROOM];
@@ -454,27 +455,31 @@ const NAME_ROOM: usize = 64;
 
 /// Finds the colon that ends the name starting at `head[start]` and lower-cases the name into
 /// `room` on the way, eight bytes at a time (field names are ASCII; what lands in `room` past
-/// the name is not used). Returns the colon's index; a name longer than `room` is found but
-/// left to the caller to lower-case.
+/// the name is not used). Returns the colon's index (None if the line ends first); a name
+/// longer than `room` is found but left to the caller to lower-case.
 fn lower_case_name(head: &[u8], start: usize, room: &mut [u8; NAME_ROOM]) -> Option<usize> {
-    const COLONS: u64 = 0x0101_0101_0101_0101 * b':' as u64;
+    const ONES: u64 = 0x0101_0101_0101_0101;
     let mut i = 0;
     while let Some(chunk) = head.get(start + i..start + i + 8) {
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
         if let Some(slot) = room.get_mut(i..i + 8) {
             slot.copy_from_slice(&ascii_lower_8(word).to_le_bytes());
         }
-        let colons = zero_bytes(word ^ COLONS);
-        if colons != 0 {
+        let stops = zero_bytes(word ^ (u64::from(b':') * ONES))
+            | zero_bytes(word ^ (u64::from(b'\n') * ONES));
+        if stops != 0 {
             // The lowest flag is exact (little-endian: the first byte in memory).
-            return Some(start + i + (colons.trailing_zeros() / 8) as usize);
+            let at = start + i + (stops.trailing_zeros() / 8) as usize;
+            return (head[at] == b':').then_some(at);
         }
         i += 8;
     }
     // The head's last bytes: one at a time.
     for (at, &byte) in head.iter().enumerate().skip(start + i) {
-        if byte == b':' {
-            return Some(at);
+        match byte {
+            b':' => return Some(at),
+            b'\n' => return None,
+            _ => {}
         }
         if let Some(slot) = room.get_mut(at - start) {
             *slot = byte.to_ascii_lowercase();
@@ -842,6 +847,13 @@ mod tests {
             Some(NAME_ROOM + 9)
         );
         assert_eq!(lower_case_name(b"Server", 0, &mut room), None);
+        // A line without a colon ends the name search (the head's end is near).
+        assert_eq!(lower_case_name(b"Foo\r\nBar: x", 0, &mut room), None);
+        assert_eq!(
+            lower_case_name(b"Foo-Bar-Baz\r\nQux: x", 0, &mut room),
+            None
+        );
+        assert_eq!(lower_case_name(b"Fo\nx: y", 0, &mut room), None);
         assert_eq!(
             lower_case_name(b"A: b\r\nServer: x", 6, &mut room),
             Some(12)

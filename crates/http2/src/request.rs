@@ -121,7 +121,7 @@ impl RequestHead {
             return Err(Malformed("an invalid :method"));
         }
         if let Some(range) = &authority
-            && !visible_ascii(&arena[range.clone()])
+            && !valid_authority(&arena[range.clone()])
         {
             return Err(Malformed("an invalid :authority"));
         }
@@ -142,8 +142,9 @@ impl RequestHead {
             if text.is_empty() {
                 return Err(Malformed("an empty :path"));
             }
-            // Origin form, or `*` (OPTIONS); what HTTP/1 would carry in its request line.
-            if !visible_ascii(text) || !(text[0] == b'/' || text == b"*") {
+            // Origin form, or `*` (OPTIONS): what HTTP/1 carries in its request line. No
+            // fragment (RFC 9113 §8.3.1: path and query only).
+            if !(text[0] == b'/' || text == b"*") || !valid_path(text) {
                 return Err(Malformed("an invalid :path"));
             }
         }
@@ -234,8 +235,67 @@ fn is_token(bytes: &[u8]) -> bool {
             .all(|&b| NAME_BYTE[usize::from(b)] || b.is_ascii_uppercase())
 }
 
-fn visible_ascii(bytes: &[u8]) -> bool {
-    bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+/// Visible ASCII but `#`, or UTF-8 beyond ASCII (which the HTTP/1 path passes on too).
+fn valid_path(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .all(|&b| ((0x21..=0x7e).contains(&b) && b != b'#') || b >= 0x80)
+        && (bytes.is_ascii() || std::str::from_utf8(bytes).is_ok())
+}
+
+/// `host[:port]` as RFC 3986 §3.2 has it without user information (RFC 9113 §8.3.1 forbids
+/// it): a registered name, an IPv4 address or a bracketed IPv6 literal, and digits for the
+/// port. It becomes the HTTP/1 `Host`: nothing of a path, query or fragment.
+fn valid_authority(bytes: &[u8]) -> bool {
+    let (host, port) = match bytes.first() {
+        None => return false,
+        Some(b'[') => {
+            let Some(close) = bytes.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let literal = &bytes[1..close];
+            if literal.is_empty()
+                || !literal
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            {
+                return false;
+            }
+            match &bytes[close + 1..] {
+                [] => return true,
+                [b':', port @ ..] => (&b"["[..], port),
+                _ => return false,
+            }
+        }
+        Some(_) => match bytes.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&bytes[..colon], &bytes[colon + 1..]),
+            None => (bytes, &b""[..]),
+        },
+    };
+    let name_byte = |&b: &u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    };
+    (host == b"[" || (!host.is_empty() && host.iter().all(name_byte)))
+        && port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
 }
 
 fn valid_scheme(bytes: &[u8]) -> bool {
@@ -429,6 +489,76 @@ mod tests {
         let star = head(&[(":method", "OPTIONS"), (":scheme", "https"), (":path", "*")]).unwrap();
         assert_eq!(star.path(), Some("*"));
         assert!(head(&with(&[("x", "a\tb"), ("y", "é")])).is_ok());
+    }
+
+    #[test]
+    fn authority_and_path_are_what_http1_can_carry() {
+        let request = |authority: &str, path: &str| {
+            head(&[
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":authority", authority),
+                (":path", path),
+            ])
+        };
+        for good in [
+            "h",
+            "h:",
+            "h:8443",
+            "www.foobar.com",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "[::ffff:1.2.3.4]",
+            "a_b-c~d%20",
+        ] {
+            let head = request(good, "/é?a=%2F").unwrap();
+            assert_eq!(
+                (head.authority(), head.path()),
+                (Some(good), Some("/é?a=%2F"))
+            );
+        }
+        for bad in [
+            "",
+            "a\nb",
+            "a.example/x?",
+            "a b",
+            "user@h",
+            "h:80x",
+            "h:123456",
+            "[::1",
+            "[::1]x",
+            "[]",
+            "[::g]",
+            "h#",
+            "h\\x",
+            ":80",
+            "a:b:c",
+            "h\"",
+        ] {
+            assert_eq!(
+                request(bad, "/").unwrap_err(),
+                Malformed("an invalid :authority"),
+                "{bad:?}"
+            );
+        }
+        for bad in ["/a#b", "/\u{7f}", "/a b", "a", "/\t"] {
+            assert_eq!(
+                request("h", bad).unwrap_err(),
+                Malformed("an invalid :path"),
+                "{bad:?}"
+            );
+        }
+        // Bytes that are not UTF-8 (HPACK carries any octets).
+        let arena = b":methodGET:schemehttps:path/\xff".to_vec();
+        let fields = [(0, 7, 10), (10, 17, 22), (22, 27, arena.len())].map(|(n, v, e)| Field {
+            name: n..v,
+            value: v..e,
+        });
+        assert_eq!(
+            RequestHead::check(arena, &fields).unwrap_err(),
+            Malformed("an invalid :path")
+        );
     }
 
     #[test]

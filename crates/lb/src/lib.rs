@@ -119,9 +119,19 @@ pub struct HeldOnLo {
 }
 
 impl HeldOnLo {
-    /// Takes the address off `lo`: every connection on it is closed now.
-    pub async fn release(self) {
+    /// Runs `drain` (the lb's drain, to its end) and takes the address off `lo` when it ends
+    /// or at `HOLD_LIMIT`, whichever comes first: a hold has an end even if the drain has none.
+    pub async fn hold_while<F: Future>(self, drain: F) -> F::Output {
+        let mut drain = std::pin::pin!(drain);
+        let done = tokio::time::timeout(vip::keepalived::HOLD_LIMIT, drain.as_mut()).await;
+        if done.is_err() {
+            tracing::warn!(limit = ?vip::keepalived::HOLD_LIMIT, "the drain outlasted the VIP's hold on lo; releasing it");
+        }
         vip::keepalived::leave_lo(self.address, self.added, Duration::ZERO).await;
+        match done {
+            Ok(output) => output,
+            Err(_) => drain.await,
+        }
     }
 }
 

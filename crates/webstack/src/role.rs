@@ -213,14 +213,17 @@ pub async fn run(
         None => None,
     };
     tracing::info!(reason, "draining");
-    let drained = shutdown.drain(DRAIN_GRACE).await;
-    if !drained {
-        tracing::warn!(grace = ?DRAIN_GRACE, "drain grace expired; closing remaining connections");
-    }
-    let _ = serving.await;
-    // Only now: the answers and resets of the drain went out from the VIP.
-    if let Some(held) = held_on_lo {
-        held.release().await;
+    let drain = async {
+        let drained = shutdown.drain(DRAIN_GRACE).await;
+        if !drained {
+            tracing::warn!(grace = ?DRAIN_GRACE, "drain grace expired; closing remaining connections");
+        }
+        let _ = serving.await;
+    };
+    match held_on_lo {
+        // The VIP leaves `lo` only after the drain: its answers and resets go out from it.
+        Some(held) => held.hold_while(drain).await,
+        None => drain.await,
     }
     hangups.abort();
     reopens.abort();

@@ -172,6 +172,11 @@ fn crash_grace(advert_interval: Duration) -> Duration {
     advert_interval * 4 + Duration::from_millis(150)
 }
 
+/// The longest a planned stop keeps the VIP on `lo` after `move_grace`: its drain, which the
+/// drain's grace bounds (`HeldOnLo`).
+pub const HOLD_LIMIT: Duration =
+    Duration::from_secs(webstack_common::shutdown::DRAIN_GRACE.as_secs() + 1);
+
 /// When the new master announces the address a second time (whole seconds, keepalived's
 /// unit): after the old one stopped serving it, so a client that the old host's own ARP
 /// traffic pointed back at it during `move_grace` is corrected.
@@ -199,6 +204,8 @@ async fn remove_stale_vip(vip: IpAddr, prefix_len: u8, interface: &str) {
     ip_quietly(&["addr", "del", &format!("{vip}/32"), "dev", "lo"]).await;
 }
 
+/// Removes the VIP from `interface` only: a copy on `lo` is taken away by whoever put it there
+/// (`leave_lo`), once what this lb accepted on it is answered.
 async fn remove_from_interface(vip: IpAddr, prefix_len: u8, interface: &str) {
     ip_quietly(&[
         "addr",
@@ -208,7 +215,6 @@ async fn remove_from_interface(vip: IpAddr, prefix_len: u8, interface: &str) {
         interface,
     ])
     .await;
-    ip_quietly(&["addr", "del", &format!("{vip}/32"), "dev", "lo"]).await;
 }
 
 /// The VIP on `lo` (where keepalived does not look) while this lb gives it up: keepalived takes it
@@ -302,7 +308,8 @@ pub async fn run(config: VrrpConfig, vip: Arc<Vip>, shutdown: Shutdown) {
         }
     }
     vip.state.send_replace(VipState::Fault);
-    remove_stale_vip(vip.address(), prefix_len, &interface).await;
+    // Not from `lo`: a planned stop keeps it there through the drain (`HeldOnLo`).
+    remove_from_interface(vip.address(), prefix_len, &interface).await;
     reader.abort();
 }
 
