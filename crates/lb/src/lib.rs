@@ -84,7 +84,7 @@ pub struct Handoff {
 impl Handoff {
     /// For a VIP holder: puts the address on `lo`, signals the fault, waits (at most 1 s) until
     /// keepalived gave the address up and then `move_grace` for the other lb to announce it.
-    /// The address stays on `lo` until the returned value's `release`, after the drain: an
+    /// The address stays on `lo` through the drain (the returned value's `hold_while`): an
     /// answer to a connection this lb accepted on the VIP cannot leave the host once the
     /// address is gone (the kernel finds no route from it), so its client would wait for
     /// nothing.

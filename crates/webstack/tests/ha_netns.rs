@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use webstack_testkit::requests::{Outcomes, RequestLoop};
 use webstack_testkit::topology::{TEST_CLIENT_LIMITS, cannot_make_namespaces};
@@ -108,16 +108,24 @@ fn under_requests(
     let vip: SocketAddr = format!("{VIP}:8080").parse().unwrap();
     let requests = RequestLoop::start(Some(client), vip);
     std::thread::sleep(Duration::from_millis(700));
+    let fault_at = Instant::now();
     fault(holder);
     std::thread::sleep(Duration::from_millis(2500));
     let outcomes = requests.finish();
+    // When each failure ended, from the fault (a timeout ends 10 s after its request began).
+    let failed: Vec<String> = outcomes
+        .0
+        .iter()
+        .filter(|(_, r)| *r != Ok(200))
+        .take(3)
+        .map(|(t, r)| format!("{:+.3}s {r:?}", signed_secs(*t, fault_at)))
+        .collect();
     eprintln!(
-        "{name} ({holder}): {} answered, {} failed over {:?}, longest silence {:?}: {:?}",
+        "{name} ({holder}): {} answered, {} failed over {:?}, longest silence {:?}: {failed:?}",
         outcomes.answered(),
         outcomes.failures().len(),
         outcomes.failing_for(),
         outcomes.longest_silence(),
-        outcomes.failures().iter().take(3).collect::<Vec<_>>()
     );
     assert!(outcomes.answered() > 10, "{name}: the loop ran");
     assert!(
@@ -131,6 +139,14 @@ fn under_requests(
         "{name}: the address moved"
     );
     (Scenario { name, outcomes }, holder)
+}
+
+/// `t - from` in seconds, negative when `t` came first.
+fn signed_secs(t: Instant, from: Instant) -> f64 {
+    match t.checked_duration_since(from) {
+        Some(after) => after.as_secs_f64(),
+        None => -(from - t).as_secs_f64(),
+    }
 }
 
 /// Waits until `host`'s lb is back and a standby; the holder keeps the address (nopreempt).
