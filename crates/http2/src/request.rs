@@ -14,9 +14,9 @@ use crate::hpack::{Field, is_connection_specific};
 pub(crate) struct Malformed(pub(crate) &'static str);
 
 /// A checked request head. Names are lower-case tokens; values hold no control character but
-/// horizontal tab and no white space at either end; `:method` is a token, `:path` and
-/// `:authority` visible ASCII. Cookie crumbs are joined into one `cookie` field, the last
-/// (RFC 9113 §8.2.3).
+/// horizontal tab and no white space at either end; `:method` is a token, `:authority`
+/// `host[:port]`, `:path` origin form (or `*`) without a fragment. Cookie crumbs are joined
+/// into one `cookie` field, the last (RFC 9113 §8.2.3).
 #[derive(Debug, Clone)]
 pub struct RequestHead {
     arena: Bytes,
