@@ -489,7 +489,7 @@ fn lower_case_name(head: &[u8], start: usize, room: &mut [u8; NAME_ROOM]) -> Opt
 }
 
 /// The high bit of each zero byte of `word` set (and maybe of bytes after the first zero).
-fn zero_bytes(word: u64) -> u64 {
+pub(crate) fn zero_bytes(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     word.wrapping_sub(ONES) & !word & (0x80 * ONES)
 }

@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use crate::hpack::{Field, is_connection_specific};
+use crate::hpack::{Field, is_connection_specific, zero_bytes};
 
 /// A request the client sent that HTTP/2 calls malformed (RFC 9113 §8.1.1): the stream is
 /// reset (PROTOCOL_ERROR). The reason is for the debug log.
@@ -316,10 +316,7 @@ fn valid_value(value: &[u8]) -> bool {
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
         // A byte under 0x20 (only for bytes under 0x80: the others are fine) or 0x7f.
         let below_space = word.wrapping_sub(0x20 * ONES) & !word & HIGH;
-        let del = {
-            let x = word ^ (0x7f * ONES);
-            x.wrapping_sub(ONES) & !x & HIGH
-        };
+        let del = zero_bytes(word ^ (0x7f * ONES));
         if (below_space | del) != 0 && !chunk.iter().all(|&b| valid_value_byte(b)) {
             return false;
         }

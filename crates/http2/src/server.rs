@@ -85,62 +85,60 @@ const TABLE_SIZE: usize = 4096;
 /// ready one instead of allocating it.
 mod buffers {
     use std::cell::RefCell;
+    use std::thread::LocalKey;
 
     /// Kept per kind and thread.
     const KEEP: usize = 64;
 
+    type Kept<T> = RefCell<Vec<T>>;
+
     thread_local! {
-        static READS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
-        static WRITES: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+        static READS: Kept<Box<[u8]>> = const { RefCell::new(Vec::new()) };
+        static WRITES: Kept<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
 
-    pub fn take_read() -> Box<[u8]> {
-        READS
-            .try_with(|kept| kept.try_borrow_mut().ok()?.pop())
+    /// `try_with` and `try_borrow_mut`: a connection may be dropped while the thread's locals
+    /// are, and a pool is never waited for.
+    fn pop<T: 'static>(pool: &'static LocalKey<Kept<T>>) -> Option<T> {
+        pool.try_with(|kept| kept.try_borrow_mut().ok()?.pop())
             .ok()
             .flatten()
-            .unwrap_or_else(|| vec![0; super::READ_BUFFER].into_boxed_slice())
     }
 
-    pub fn give_read(buf: Box<[u8]>) {
-        if buf.len() != super::READ_BUFFER {
-            return;
-        }
-        // `try_with`: a connection may be dropped while the thread's locals are.
-        let _ = READS.try_with(|kept| {
+    fn keep<T: 'static>(pool: &'static LocalKey<Kept<T>>, buf: T) {
+        let _ = pool.try_with(|kept| {
             if let Ok(mut kept) = kept.try_borrow_mut()
                 && kept.len() < KEEP
             {
                 kept.push(buf);
             }
         });
+    }
+
+    pub fn take_read() -> Box<[u8]> {
+        pop(&READS).unwrap_or_else(|| vec![0; super::READ_BUFFER].into_boxed_slice())
+    }
+
+    pub fn give_read(buf: Box<[u8]>) {
+        if buf.len() == super::READ_BUFFER {
+            keep(&READS, buf);
+        }
     }
 
     /// A write buffer's first size.
     pub const WRITE: usize = 4096;
 
     pub fn take_write() -> Vec<u8> {
-        WRITES
-            .try_with(|kept| kept.try_borrow_mut().ok()?.pop())
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| Vec::with_capacity(WRITE))
+        pop(&WRITES).unwrap_or_else(|| Vec::with_capacity(WRITE))
     }
 
     /// Kept when it is between 4 KiB and twice the output bound (a large answer's burst goes
     /// back to the allocator): at most 64 x 128 KiB per thread.
     pub fn give_write(mut buf: Vec<u8>) {
-        if !(WRITE..=2 * super::OUT_HIGH).contains(&buf.capacity()) {
-            return;
+        if (WRITE..=2 * super::OUT_HIGH).contains(&buf.capacity()) {
+            buf.clear();
+            keep(&WRITES, buf);
         }
-        buf.clear();
-        let _ = WRITES.try_with(|kept| {
-            if let Ok(mut kept) = kept.try_borrow_mut()
-                && kept.len() < KEEP
-            {
-                kept.push(buf);
-            }
-        });
     }
 }
 
