@@ -40,6 +40,8 @@ pub struct LoadBalancer {
     vip: Option<Arc<Vip>>,
     /// The stand-in's VIP sockets, kept to hand duplicates to the other lbs.
     shared_vip_sockets: Vec<OwnedFd>,
+    /// With VRRP, the VIP's listening sockets, for a planned stop's handoff (`Handoff`).
+    vrrp_vip_sockets: Vec<OwnedFd>,
     /// keepalived's track file, when the VIP moves by VRRP.
     track: Option<Arc<vip::keepalived::Track>>,
     /// Per-client limits, shared by every worker.
@@ -79,15 +81,19 @@ pub struct Handoff {
     state: Option<watch::Receiver<VipState>>,
     address: Option<IpAddr>,
     advert_interval: Duration,
+    /// The VIP's listening sockets (VRRP).
+    listeners: Vec<OwnedFd>,
 }
 
 impl Handoff {
-    /// For a VIP holder: puts the address on `lo`, signals the fault, waits (at most 1 s) until
-    /// keepalived gave the address up and then `move_grace` for the other lb to announce it.
-    /// The address stays on `lo` through the drain (the returned value's `hold_while`): an
-    /// answer to a connection this lb accepted on the VIP cannot leave the host once the
-    /// address is gone (the kernel finds no route from it), so its client would wait for
-    /// nothing.
+    /// For a VIP holder: puts the address on `lo`, stops completing new handshakes on it
+    /// (`listen::drop_new_connections`: their SYNs are sent again, to the other lb), signals
+    /// the fault, waits (at most 1 s) until keepalived gave the address up and then
+    /// `move_grace` for the other lb to announce it. The address and its listening sockets
+    /// stay through the drain (the returned value's `hold_while`): an answer to a connection
+    /// this lb accepted on the VIP cannot leave the host once the address is gone (the kernel
+    /// finds no route from it), so its client would wait for nothing; and a SYN that still
+    /// reaches this host is dropped, not refused, while a listener is there.
     pub async fn run(mut self) -> Option<HeldOnLo> {
         let (Some(track), Some(state), Some(address)) =
             (self.track.take(), self.state.as_mut(), self.address)
@@ -101,6 +107,13 @@ impl Handoff {
         tracing::info!("stopping: handing the VIP over before draining");
         // On `lo` first, so the address never leaves this host before the other lb has it.
         let added = vip::keepalived::keep_on_lo(address).await;
+        // Before the other lb can announce the address: a handshake completed here must not
+        // meet the announcement (see `drop_new_connections`).
+        for socket in &self.listeners {
+            if let Err(error) = listen::drop_new_connections(socket) {
+                tracing::warn!(%error, "cannot stop new connections on the VIP before handing it over: one made as it moves may hang");
+            }
+        }
         track.stop();
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
@@ -108,7 +121,11 @@ impl Handoff {
         )
         .await;
         tokio::time::sleep(vip::keepalived::move_grace(self.advert_interval)).await;
-        Some(HeldOnLo { address, added })
+        Some(HeldOnLo {
+            address,
+            added,
+            listeners: std::mem::take(&mut self.listeners),
+        })
     }
 }
 
@@ -116,6 +133,9 @@ impl Handoff {
 pub struct HeldOnLo {
     address: IpAddr,
     added: bool,
+    /// Its listening sockets, dropping SYNs, kept open as long as the address: without a
+    /// listener the kernel would refuse a connection that still reaches this host.
+    listeners: Vec<OwnedFd>,
 }
 
 impl HeldOnLo {
@@ -128,6 +148,7 @@ impl HeldOnLo {
             tracing::warn!(limit = ?vip::keepalived::HOLD_LIMIT, "the drain outlasted the VIP's hold on lo; releasing it");
         }
         vip::keepalived::leave_lo(self.address, self.added, Duration::ZERO).await;
+        drop(self.listeners);
         match done {
             Ok(output) => output,
             Err(_) => drain.await,
@@ -197,6 +218,7 @@ impl LoadBalancer {
             tls,
             vip,
             shared_vip_sockets: Vec::new(),
+            vrrp_vip_sockets: Vec::new(),
             track,
             clients,
             balancer,
@@ -250,8 +272,11 @@ impl LoadBalancer {
             VipMode::Vrrp(_) => {
                 for &(port, tls) in &ports {
                     // The address arrives when keepalived makes this host master.
+                    let socket = listen::bind_for(SocketAddr::new(address, port), true, "the VIP")?;
+                    self.vrrp_vip_sockets
+                        .push(OwnedFd::from(socket.try_clone()?));
                     listeners.push(Listener {
-                        socket: listen::bind_for(SocketAddr::new(address, port), true, "the VIP")?,
+                        socket,
                         tls,
                         gated: false,
                     });
@@ -287,6 +312,13 @@ impl LoadBalancer {
             state: self.vip.as_ref().map(|v| v.state.subscribe()),
             address: self.vip.as_ref().map(|v| v.address()),
             advert_interval,
+            // Called once listening: a socket that cannot be duplicated (no descriptor left)
+            // only loses the handoff's SYN filter.
+            listeners: self
+                .vrrp_vip_sockets
+                .iter()
+                .filter_map(|s| s.try_clone().ok())
+                .collect(),
         }
     }
 

@@ -5,7 +5,9 @@
 use std::io;
 use std::net::SocketAddr;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use std::os::fd::AsFd;
+
+use socket2::{Domain, Protocol, SockFilter, SockRef, Socket, Type};
 
 /// The listen backlog: connections wait here while every worker is busy (and, for the VIP on
 /// loopback, while the standby takes over).
@@ -49,4 +51,75 @@ pub fn bind_for(addr: SocketAddr, freebind: bool, what: &str) -> io::Result<std:
             format!("cannot listen on {addr} ({what}): {error}"),
         )
     })
+}
+
+/// Makes a listening socket drop the SYN of every new connection, with a classic BPF socket
+/// filter: handshakes already under way complete and accepted connections are untouched. The lb
+/// that hands the VIP over does this before it gives the address up (`Handoff::run`), so that
+/// it completes no handshake the other lb might receive the rest of: a client whose ARP entry
+/// moves between its SYN and its first data would otherwise send the request to a host that
+/// never saw the connection, where a TIME_WAIT socket or conntrack entry of an earlier
+/// connection on the same ports answers with silence instead of a reset. A dropped SYN is sent
+/// again a second later, by then to the new holder.
+pub fn drop_new_connections(socket: &impl AsFd) -> io::Result<()> {
+    // A TCP socket's filter sees the segment from its TCP header on: byte 13 holds the flags.
+    // Opcodes from linux/filter.h: BPF_LD|BPF_B|BPF_ABS, BPF_JMP|BPF_JSET|BPF_K, BPF_RET|BPF_K.
+    const LOAD_BYTE: u16 = 0x30;
+    const JUMP_IF_SET: u16 = 0x45;
+    const RETURN: u16 = 0x06;
+    const SYN: u32 = 0x02;
+    let program = [
+        SockFilter::new(LOAD_BYTE, 0, 0, 13),
+        // SYN set: the next instruction (drop); else skip it (keep).
+        SockFilter::new(JUMP_IF_SET, 0, 1, SYN),
+        SockFilter::new(RETURN, 0, 0, 0),
+        SockFilter::new(RETURN, 0, 0, u32::MAX),
+    ];
+    SockRef::from(socket).attach_filter(&program)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_listener_that_drops_new_connections_keeps_the_ones_it_has() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut before = TcpStream::connect(addr).unwrap();
+        let (mut accepted, _) = accept_blocking(&listener);
+
+        drop_new_connections(&listener).unwrap();
+        // The SYN is dropped, not refused: the connect neither succeeds nor fails with a
+        // reset before its own timeout (its first retransmission is a second away).
+        let attempt = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let refused_or_made = attempt.connect_timeout(&addr.into(), Duration::from_millis(300));
+        let error = refused_or_made.expect_err("no handshake completes");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert_eq!(
+            listener.accept().map(|_| ()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "nothing waits to be accepted"
+        );
+
+        // The connection made before still carries data both ways.
+        before.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        accepted.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        accepted.write_all(b"pong").unwrap();
+        before.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"pong");
+    }
+
+    fn accept_blocking(listener: &std::net::TcpListener) -> (TcpStream, SocketAddr) {
+        listener.set_nonblocking(false).unwrap();
+        let pair = listener.accept().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        pair
+    }
 }

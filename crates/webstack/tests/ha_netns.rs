@@ -224,14 +224,16 @@ fn run_scenarios(topology: &Topology, prefix: &str) -> Vec<Scenario> {
         let out = topology.cli(&["stop", &format!("{holder}/lb")]);
         assert!(out.status.success(), "{out:?}");
     });
-    // No connection is refused or left hanging. A connection whose handshake reached the old
-    // holder just before the new one announced the address may still be reset: its next
-    // packet goes to the new holder, which knows no such connection (what any VRRP move does;
-    // with a loop of thousands of requests a second, about one run in three meets it).
+    // No connection is refused, reset or left hanging. The old holder completes no handshake
+    // once it starts handing the address over (a SYN then is sent again a second later, to the
+    // new holder): one that met the new holder's announcement would have its request go to a
+    // host that never saw the connection, answered with a reset, or, where a TIME_WAIT socket
+    // or conntrack entry of an earlier connection on the same ports is left there (this loop
+    // reuses its ports within seconds), with silence until the client gives up.
     let failures = scenario.outcomes.failures();
     assert!(
-        failures.len() <= 1 && failures.iter().all(|f| f.contains("reset by peer")),
-        "a clean stop refuses no connection: {failures:?}"
+        failures.is_empty(),
+        "a clean stop fails no request: {failures:?}"
     );
     done.push(scenario);
     let out = topology.cli(&["start", &format!("{victim}/lb")]);
