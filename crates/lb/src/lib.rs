@@ -269,7 +269,9 @@ impl LoadBalancer {
                     });
                 }
             }
-            VipMode::Vrrp(_) => {
+            VipMode::Vrrp(vrrp) => {
+                // Before listening: not one connection accepted on an address left over.
+                vip::keepalived::remove_left_over(vrrp, address).await;
                 for &(port, tls) in &ports {
                     // The address arrives when keepalived makes this host master.
                     let socket = listen::bind_for(SocketAddr::new(address, port), true, "the VIP")?;

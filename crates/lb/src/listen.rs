@@ -23,24 +23,45 @@ pub struct Listener {
     pub gated: bool,
 }
 
-/// Binds `addr`. `freebind` allows an address not (yet) on any interface: a VIP that
-/// keepalived adds when this host becomes master.
-pub fn bind(addr: SocketAddr, freebind: bool) -> io::Result<std::net::TcpListener> {
+/// Binds `addr`. `vip`: an address not (yet) on any interface, which keepalived adds when this
+/// host becomes master (`IP_FREEBIND`), and whose connections must still be able to send once
+/// it is gone (`IP_TRANSPARENT`, see `set_transparent`).
+pub fn bind(addr: SocketAddr, vip: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // Only for sockets in TIME_WAIT: Linux never lets two sockets listen on one address this way.
     socket.set_reuse_address(true)?;
-    if freebind {
+    if vip {
         if addr.is_ipv4() {
             socket.set_freebind_v4(true)?;
         } else {
             socket.set_freebind_v6(true)?;
         }
+        set_transparent(&socket, addr);
     }
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     socket.set_nonblocking(true)?;
     socket.set_cloexec(true)?;
     Ok(socket.into())
+}
+
+/// Lets the connections accepted on a VIP socket send from the VIP after this host lost it
+/// (`IP_TRANSPARENT`, inherited by every accepted socket; the kernel checks the source address
+/// of a transparent socket's packets against no interface). When an lb is killed, keepalived,
+/// killed with it, may take the address off the interface before the kernel has closed the
+/// dying lb's connections: their FIN or reset, and any answer of a connection still draining
+/// when a hold on `lo` ends, would find no route from an address the host no longer has, and
+/// their clients would wait for nothing. Needs CAP_NET_ADMIN (an lb with a VRRP VIP has it for
+/// keepalived); without it the lb runs as before, with a warning.
+fn set_transparent(socket: &Socket, addr: SocketAddr) {
+    let set = if addr.is_ipv4() {
+        socket.set_ip_transparent_v4(true)
+    } else {
+        socket.set_ip_transparent_v6(true)
+    };
+    if let Err(error) = set {
+        tracing::warn!(%addr, %error, "cannot make the VIP's socket transparent (CAP_NET_ADMIN): a connection that the lb's death or a move of the address cuts may get no FIN or reset");
+    }
 }
 
 /// `bind` with the address and what it is for in the error.
@@ -114,6 +135,30 @@ mod tests {
         accepted.write_all(b"pong").unwrap();
         before.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"pong");
+    }
+
+    #[test]
+    fn connections_on_a_vip_socket_are_transparent() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: IP_TRANSPARENT needs CAP_NET_ADMIN (CI runs as root)");
+            return;
+        }
+        for address in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(listener) = bind(address.parse().unwrap(), true) else {
+                eprintln!("skipped {address}: cannot bind (no IPv6 here?)");
+                continue;
+            };
+            let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (accepted, _) = accept_blocking(&listener);
+            // Inherited from the listener: what lets its FIN out once the address is gone.
+            let accepted = SockRef::from(&accepted);
+            let transparent = if address.starts_with('[') {
+                accepted.ip_transparent_v6()
+            } else {
+                accepted.ip_transparent_v4()
+            };
+            assert!(transparent.unwrap(), "{address}");
+        }
     }
 
     fn accept_blocking(listener: &std::net::TcpListener) -> (TcpStream, SocketAddr) {

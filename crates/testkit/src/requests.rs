@@ -60,6 +60,15 @@ impl Outcomes {
             .collect()
     }
 
+    /// The failed requests that got neither an answer nor a FIN or reset: their client waited
+    /// out `http::request`'s timeouts (5 s to connect, 10 s for the answer).
+    pub fn hung(&self) -> Vec<String> {
+        self.failures()
+            .into_iter()
+            .filter(|f| f.contains("timed out") || f.contains("Resource temporarily unavailable"))
+            .collect()
+    }
+
     /// From the first failed request to the last (zero without failures).
     pub fn failing_for(&self) -> Duration {
         let failed: Vec<Instant> = self
@@ -97,9 +106,10 @@ pub fn record(mode: &str, event: &str, outcomes: &Outcomes) {
     };
     use std::io::Write;
     let row = format!(
-        "| {mode} | {event} | {} | {} | {:.0?} | {:.0?} |\n",
+        "| {mode} | {event} | {} | {} | {} | {:.0?} | {:.0?} |\n",
         outcomes.answered(),
         outcomes.failures().len(),
+        outcomes.hung().len(),
         outcomes.failing_for(),
         outcomes.longest_silence()
     );

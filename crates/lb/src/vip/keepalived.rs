@@ -132,6 +132,34 @@ pub fn render(config: &VrrpConfig, vip: IpAddr, interface: &str, prefix_len: u8)
     )
 }
 
+/// Where keepalived puts the VIP: `lb.vrrp.interface`, or the interface holding this host's
+/// own address; with the prefix length of that address (32 when the interface is named and
+/// has none).
+async fn placement(config: &VrrpConfig) -> Result<(String, u8), String> {
+    match &config.interface {
+        Some(name) => Ok((
+            name.clone(),
+            interface_of(config.address)
+                .await
+                .map_or(32, |(_, len)| len),
+        )),
+        None => interface_of(config.address).await,
+    }
+}
+
+/// Takes away the VIP that a killed lb left on this host (its keepalived, killed with it, had
+/// the address on the interface, or its handoff had it on `lo`), before a new lb listens on it.
+/// Else the new lb would accept connections on an address the other lb is taking over, and
+/// keepalived's start takes it away from under them: their answers could not leave (the kernel
+/// routes nothing from an address the host no longer has) and their clients would wait for
+/// nothing; and a handshake it completed as the other lb announces the address would see its
+/// request go there (see `listen::drop_new_connections`).
+pub async fn remove_left_over(config: &VrrpConfig, vip: IpAddr) {
+    if let Ok((interface, prefix_len)) = placement(config).await {
+        remove_stale_vip(vip, prefix_len, &interface).await;
+    }
+}
+
 /// The interface holding `address` and its prefix length, from `ip -o addr show`.
 async fn interface_of(address: IpAddr) -> Result<(String, u8), String> {
     let output = tokio::process::Command::new("ip")
@@ -243,19 +271,13 @@ pub async fn leave_lo(vip: IpAddr, added: bool, grace: Duration) {
 /// Runs keepalived for this lb until `shutdown`, restarting it with backoff, and keeps
 /// `vip.state` equal to what it reports.
 pub async fn run(config: VrrpConfig, vip: Arc<Vip>, shutdown: Shutdown) {
-    let (interface, prefix_len) = match &config.interface {
-        Some(name) => match interface_of(config.address).await {
-            Ok((_, len)) => (name.clone(), len),
-            Err(_) => (name.clone(), 32),
-        },
-        None => match interface_of(config.address).await {
-            Ok(found) => found,
-            Err(error) => {
-                tracing::error!(%error, "VRRP: cannot place the VIP; this lb never takes it");
-                vip.state.send_replace(VipState::Fault);
-                return;
-            }
-        },
+    let (interface, prefix_len) = match placement(&config).await {
+        Ok(found) => found,
+        Err(error) => {
+            tracing::error!(%error, "VRRP: cannot place the VIP; this lb never takes it");
+            vip.state.send_replace(VipState::Fault);
+            return;
+        }
     };
     let conf = file(&config, "conf");
     let fifo = file(&config, "fifo");
