@@ -818,6 +818,29 @@ mod tests {
     }
 
     #[test]
+    fn the_web_file_check_interval_is_bounded() {
+        let web = |text: &str| {
+            let config = parse(text).unwrap();
+            let host = config.hosts.iter().find(|h| h.has(Role::Web)).unwrap();
+            config.web(host, Path::new("/tmp")).file_check_interval
+        };
+        assert_eq!(web(&default_text()), std::time::Duration::from_secs(1));
+        let every_request =
+            default_text().replace("[web]\n", "[web]\nfile_check_interval = \"0s\"\n");
+        assert_eq!(web(&every_request), std::time::Duration::ZERO);
+        let text = default_text().replace("[web]\n", "[web]\nfile_check_interval = \"2h\"\n");
+        let error = parse(&text).unwrap_err();
+        let line = text.lines().position(|l| l.contains("\"2h\"")).unwrap() + 1;
+        assert_eq!(error.line(), Some(line));
+        assert!(
+            error
+                .to_string()
+                .contains("web.file_check_interval: expected 0s (a check at every request) to 1h"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn the_db_section_is_checked() {
         let text = default_text().replace("primary = \"web-01\"", "primary = \"lb-01\"");
         let error = parse(&text).unwrap_err();

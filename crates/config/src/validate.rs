@@ -980,10 +980,17 @@ fn web_config(check: &Checker, web: &file::WebFile) -> Result<webstack_web::Conf
         web.cache_control.span(),
         "web.cache_control is not a valid header value",
     )?;
+    let file_check_interval = web.file_check_interval.get_ref().0;
+    check.ensure(
+        file_check_interval <= Duration::from_secs(3600),
+        web.file_check_interval.span(),
+        "web.file_check_interval: expected 0s (a check at every request) to 1h",
+    )?;
     Ok(webstack_web::Config {
         host_name: String::new(),
         static_root: check.folder(&web.static_root, "web.static_root")?,
         cache_control: cache_control.clone(),
+        file_check_interval,
         expose_server_name: web.expose_server_name,
         app_addr: ([127, 0, 0, 1], 0).into(),
         app_connect_timeout: check

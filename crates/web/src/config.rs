@@ -13,6 +13,9 @@ pub struct Config {
     pub static_root: PathBuf,
     /// Value of `Cache-Control` on static files.
     pub cache_control: String,
+    /// How long a kept static file is trusted before a `stat` checks it again (nginx's
+    /// `open_file_cache_valid`); zero: at every request.
+    pub file_check_interval: Duration,
     /// Add `X-Served-By: <host>` to every response.
     pub expose_server_name: bool,
     /// This host's application server; everything that is not a static file goes there.

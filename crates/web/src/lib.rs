@@ -94,7 +94,11 @@ impl WebServer {
             .then(|| config.host_name.clone())
             .filter(|name| http::HeaderValue::from_str(name).is_ok());
         Ok(Self {
-            statics: statics::Statics::new(&config.static_root, &config.cache_control),
+            statics: statics::Statics::new(
+                &config.static_root,
+                &config.cache_control,
+                config.file_check_interval,
+            ),
             pool: Pool::new(1, config.app_connect_timeout),
             authority: config.app_addr.to_string(),
             metrics: metrics::Metrics::register(registry),

@@ -1,7 +1,7 @@
 //! Static files from the site's `static/` folder, kept like nginx's `open_file_cache`: each
-//! file's descriptor, metadata and response headers are kept per version (one `stat` per request
-//! notices a new version: another inode, size or mtime), small files' bytes in memory, large
-//! ones sent with `sendfile(2)` from the kept descriptor. Validators and conditions follow
+//! file's descriptor, metadata and response headers are kept per version (a `stat`, at most once
+//! per `web.file_check_interval` and file, notices a new version: another inode, size or mtime),
+//! small files' bytes in memory, large ones sent with `sendfile(2)` from the kept descriptor. Validators and conditions follow
 //! RFC 9110: strong ETag, Last-Modified, If-Match / If-Unmodified-Since (412), If-None-Match /
 //! If-Modified-Since (304), one byte range (206, 416 when unsatisfiable), several ranges as
 //! `multipart/byteranges` (overlapping ones coalesced, at most 16), If-Range (a validator that no longer matches
@@ -13,7 +13,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -106,53 +106,101 @@ pub struct Version {
 pub struct Statics {
     root: PathBuf,
     cache_control: String,
+    /// How long what is kept of a file is trusted without a `stat` (nginx's
+    /// `open_file_cache_valid`): a `stat` per request was 11% of the web role's CPU for a small
+    /// file (a path walk in the kernel). Zero: checked at every request.
+    check_interval: Duration,
     /// Kept versions by path below the root, one map per coding (a request for `/a.css.gz`
     /// itself is the identity of that name, never the gzip variant of `/a.css`).
-    files: Mutex<[HashMap<String, Arc<Version>>; 3]>,
+    files: Mutex<[HashMap<String, Kept>; 3]>,
+}
+
+/// What is kept of one name in one coding, and when the disk last confirmed it.
+struct Kept {
+    /// None: no such variant next to a file that exists (a precompressed sibling that is not
+    /// there is checked once per interval too, not at every request of a browser).
+    version: Option<Arc<Version>>,
+    checked: Instant,
 }
 
 impl Statics {
-    pub fn new(root: &Path, cache_control: &str) -> Self {
+    pub fn new(root: &Path, cache_control: &str, check_interval: Duration) -> Self {
         Self {
             root: root.to_path_buf(),
             cache_control: cache_control.to_string(),
+            check_interval,
             files: Mutex::new(Default::default()),
         }
     }
 
     /// The current version of `relative` (a decoded path below the root, starting with `/`)
-    /// in `coding`: one `stat` to check what is kept, a new open when the file changed.
-    /// `None` for a missing file, a directory, or anything that is not a regular file.
+    /// in `coding`: what is kept, checked with a `stat` when it was last checked
+    /// `check_interval` ago or more, a new open when the file changed. `None` for a missing
+    /// file, a directory, or anything that is not a regular file. Within the interval a
+    /// replaced file is served as it was, whole and with its own validators (a large one from
+    /// its kept descriptor); a missing one is looked for at every request (no entry is kept for
+    /// it: requests for random names cannot push the site's files out).
     pub fn open(&self, relative: &str, coding: Coding) -> Option<Arc<Version>> {
         let slot = coding as usize;
+        if !self.check_interval.is_zero()
+            && let Some(kept) = self.lock()[slot].get(relative)
+            && kept.checked.elapsed() < self.check_interval
+        {
+            return kept.version.clone();
+        }
         let mut path = self.root.join(relative.trim_start_matches('/'));
         if coding != Coding::Identity {
             path.as_mut_os_string().push(coding.suffix());
         }
+        let checked = Instant::now();
         let meta = match std::fs::metadata(&path) {
             Ok(meta) if meta.is_file() => meta,
             _ => {
-                // Gone (or never a file): its descriptor is closed now, not when evicted.
-                self.lock()[slot].remove(relative);
+                let mut files = self.lock();
+                if coding == Coding::Identity {
+                    // Gone (or never a file): its descriptor is closed now, not when evicted.
+                    files[slot].remove(relative);
+                } else {
+                    // Asked only next to a file that exists (`identity` first): bounded.
+                    self.keep(&mut files, slot, relative, None, checked);
+                }
                 return None;
             }
         };
         let stamp = Stamp::of(&meta);
-        if let Some(kept) = self.lock()[slot].get(relative)
-            && kept.stamp == stamp
+        if let Some(kept) = self.lock()[slot].get_mut(relative)
+            && let Some(version) = &kept.version
+            && version.stamp == stamp
         {
-            return Some(kept.clone());
+            kept.checked = checked;
+            return Some(version.clone());
         }
         let version = Arc::new(self.load(&path, relative, coding)?);
-        let mut files = self.lock();
-        if files.iter().map(HashMap::len).sum::<usize>() >= CACHE_MAX {
-            files.iter_mut().for_each(HashMap::clear);
-        }
-        files[slot].insert(relative.to_string(), version.clone());
+        self.keep(
+            &mut self.lock(),
+            slot,
+            relative,
+            Some(version.clone()),
+            checked,
+        );
         Some(version)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, [HashMap<String, Arc<Version>>; 3]> {
+    fn keep(
+        &self,
+        files: &mut [HashMap<String, Kept>; 3],
+        slot: usize,
+        relative: &str,
+        version: Option<Arc<Version>>,
+        checked: Instant,
+    ) {
+        if files.iter().map(HashMap::len).sum::<usize>() >= CACHE_MAX {
+            files.iter_mut().for_each(HashMap::clear);
+        }
+        files[slot].insert(relative.to_string(), Kept { version, checked });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, [HashMap<String, Kept>; 3]> {
         self.files.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -768,7 +816,7 @@ mod tests {
     fn a_new_version_on_disk_is_noticed_and_gets_another_etag() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.txt"), b"one").unwrap();
-        let statics = Statics::new(dir.path(), "no-cache");
+        let statics = Statics::new(dir.path(), "no-cache", Duration::ZERO);
         let first = statics.open("/a.txt", Coding::Identity).unwrap();
         assert_eq!(first.bytes.as_deref(), Some(&b"one"[..]));
         let again = statics.open("/a.txt", Coding::Identity).unwrap();
@@ -789,5 +837,32 @@ mod tests {
         assert!(statics.open("/a.txt", Coding::Gzip).is_none());
         assert!(statics.open("/", Coding::Identity).is_none(), "a directory");
         assert!(statics.open("/missing", Coding::Identity).is_none());
+    }
+
+    #[test]
+    fn within_the_check_interval_what_is_kept_is_served_without_looking() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.txt");
+        std::fs::write(&file, b"one").unwrap();
+        // Long enough never to end during the test: no timing in it.
+        let statics = Statics::new(dir.path(), "no-cache", Duration::from_secs(3600));
+        let first = statics.open("/a.txt", Coding::Identity).unwrap();
+        assert!(statics.open("/a.txt", Coding::Gzip).is_none());
+        std::fs::write(dir.path().join("a.tmp"), b"two").unwrap();
+        std::fs::rename(dir.path().join("a.tmp"), &file).unwrap();
+        std::fs::write(dir.path().join("a.txt.gz"), b"gz").unwrap();
+        let again = statics.open("/a.txt", Coding::Identity).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the kept version, unchecked");
+        assert_eq!(again.bytes.as_deref(), Some(&b"one"[..]));
+        assert!(
+            statics.open("/a.txt", Coding::Gzip).is_none(),
+            "a missing variant is remembered too"
+        );
+        // A name never seen is looked for at once, and nothing is kept for a missing one.
+        std::fs::write(dir.path().join("b.txt"), b"b").unwrap();
+        assert!(statics.open("/b.txt", Coding::Identity).is_some());
+        assert!(statics.open("/missing", Coding::Identity).is_none());
+        std::fs::write(dir.path().join("missing"), b"here now").unwrap();
+        assert!(statics.open("/missing", Coding::Identity).is_some());
     }
 }

@@ -167,9 +167,10 @@ fn files_large_and_small_with_ranges_versions_and_short_error_pages() {
                 .to_string(),
             &root.path().display().to_string(),
         )
+        // Files change under it below: checked at every request, not once a second.
         .replace(
             "expose_server_name = true\n",
-            "expose_server_name = true\naccess_log_format = \"combined\"\n",
+            "expose_server_name = true\naccess_log_format = \"combined\"\nfile_check_interval = \"0s\"\n",
         );
     let topology = Topology::start(EXE, "web-files", NET, &config);
     let web = topology.web(1);
