@@ -27,6 +27,10 @@ pub fn check_path(raw: &str) -> Result<(), &'static str> {
 /// is refused, as nginx does, rather than kept as text; a result that is not UTF-8 too.
 fn decode(segment: &str) -> Result<std::borrow::Cow<'_, str>, &'static str> {
     let bytes = segment.as_bytes();
+    if !bytes.contains(&b'%') {
+        // Nothing to decode, and already UTF-8 (a `str`): most paths.
+        return Ok(std::borrow::Cow::Borrowed(segment));
+    }
     let well_formed = bytes.iter().enumerate().all(|(i, &b)| {
         b != b'%'
             || bytes

@@ -166,7 +166,11 @@ impl WebServer {
             // Checked by the guard: well-formed escapes of UTF-8, no dot segments. Empty
             // segments are dropped: `/static//a.css` is one file under one name (in the cache
             // too), as the kernel reads it.
-            let decoded = percent_encoding::percent_decode_str(file).decode_utf8_lossy();
+            let decoded = if file.contains('%') {
+                percent_encoding::percent_decode_str(file).decode_utf8_lossy()
+            } else {
+                std::borrow::Cow::Borrowed(file)
+            };
             let mut file = String::with_capacity(decoded.len());
             for segment in decoded.split('/').filter(|s| !s.is_empty()) {
                 file.push('/');
