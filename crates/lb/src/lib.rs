@@ -108,12 +108,13 @@ impl Handoff {
         // On `lo` first, so the address never leaves this host before the other lb has it.
         let added = vip::keepalived::keep_on_lo(address).await;
         // Before the other lb can announce the address: a handshake completed here must not
-        // meet the announcement (see `drop_new_connections`).
-        for socket in &self.listeners {
-            if let Err(error) = listen::drop_new_connections(socket) {
-                tracing::warn!(%error, "cannot stop new connections on the VIP before handing it over: one made as it moves may hang");
-            }
-        }
+        // meet the announcement (see `drop_new_connections`). A socket without the filter is
+        // not kept past the drain: it would complete handshakes that nobody accepts.
+        self.listeners.retain(|socket| {
+            listen::drop_new_connections(socket)
+                .inspect_err(|error| tracing::warn!(%error, "cannot stop new connections on the VIP before handing it over: one made as it moves may hang"))
+                .is_ok()
+        });
         track.stop();
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
@@ -328,7 +329,9 @@ impl LoadBalancer {
     /// runtime, and serves the listeners on worker threads (one single-threaded runtime each,
     /// every worker accepting on every listener, see `workers`) until `shutdown`. Ready once
     /// every server has been checked once.
-    pub async fn run(self, listeners: Vec<Listener>, admin: Admin, shutdown: Shutdown) {
+    pub async fn run(mut self, listeners: Vec<Listener>, admin: Admin, shutdown: Shutdown) {
+        // Kept until the workers stopped accepting, to refuse what is left in their queue.
+        let vip_sockets = std::mem::take(&mut self.vrrp_vip_sockets);
         let handshake_timeout = self
             .config
             .tls
@@ -459,6 +462,10 @@ impl LoadBalancer {
         admin.set_ready(false);
         // Every worker stopped accepting: the other lb may take the VIP's queue now.
         while all_stopped.recv().await.is_some() {}
+        // A handoff keeps the VIP's sockets open through the drain (dropping SYNs): what waits
+        // in their queue now would wait for nothing.
+        vip_sockets.iter().for_each(listen::refuse_queued);
+        drop(vip_sockets);
         let _ = release.send(());
         background.abort_all();
         // Workers return once their connections drained (or the grace ran out).

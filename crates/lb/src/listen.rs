@@ -5,7 +5,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use socket2::{Domain, Protocol, SockFilter, SockRef, Socket, Type};
 
@@ -99,6 +99,20 @@ pub fn drop_new_connections(socket: &impl AsFd) -> io::Result<()> {
     SockRef::from(socket).attach_filter(&program)
 }
 
+/// Accepts whatever waits in a listening socket's queue and resets it at once: the lb's workers
+/// stopped accepting (a drain), but a socket kept open after them (the VIP's, through a handoff)
+/// would leave a connection there that nobody answers until it closes (one that came while
+/// `maxconn` was full).
+pub fn refuse_queued(socket: &OwnedFd) {
+    let Ok(listener) = socket.try_clone().map(std::net::TcpListener::from) else {
+        return;
+    };
+    // Non-blocking (set at `bind`, shared by every duplicate): ends at an empty queue.
+    while let Ok((stream, _)) = listener.accept() {
+        let _ = SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
@@ -139,8 +153,9 @@ mod tests {
 
     #[test]
     fn connections_on_a_vip_socket_are_transparent() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: IP_TRANSPARENT needs CAP_NET_ADMIN (CI runs as root)");
+        let probe = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        if probe.set_ip_transparent_v4(true).is_err() {
+            eprintln!("skipped: IP_TRANSPARENT needs CAP_NET_ADMIN (CI has it, as root)");
             return;
         }
         for address in ["127.0.0.1:0", "[::1]:0"] {
@@ -159,6 +174,47 @@ mod tests {
             };
             assert!(transparent.unwrap(), "{address}");
         }
+    }
+
+    #[test]
+    fn what_waits_in_the_queue_is_reset_not_left_waiting() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let owned = OwnedFd::from(listener.try_clone().unwrap());
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        client.set_nonblocking(true).unwrap();
+        // The handshake's last ACK reaches the queue a moment after `connect` returns.
+        let mut byte = [0u8; 1];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let error = loop {
+            refuse_queued(&owned);
+            match client.read(&mut byte) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => break other.expect_err("no answer comes"),
+            }
+            assert!(std::time::Instant::now() < deadline, "never reset");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
+        assert_eq!(
+            listener.accept().map(|_| ()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+    }
+
+    #[test]
+    fn a_v6_listener_drops_new_connections_too() {
+        let Ok(listener) = bind("[::1]:0".parse().unwrap(), false) else {
+            eprintln!("skipped: no IPv6 loopback here");
+            return;
+        };
+        drop_new_connections(&listener).unwrap();
+        let attempt = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let error = attempt
+            .connect_timeout(&addr.into(), Duration::from_millis(300))
+            .expect_err("no handshake completes");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
     }
 
     fn accept_blocking(listener: &std::net::TcpListener) -> (TcpStream, SocketAddr) {

@@ -110,9 +110,37 @@ pub struct Statics {
     /// `open_file_cache_valid`): a `stat` per request was 11% of the web role's CPU for a small
     /// file (a path walk in the kernel). Zero: checked at every request.
     check_interval: Duration,
-    /// Kept versions by path below the root, one map per coding (a request for `/a.css.gz`
-    /// itself is the identity of that name, never the gzip variant of `/a.css`).
-    files: Mutex<[HashMap<String, Kept>; 3]>,
+    files: Mutex<Cache>,
+}
+
+/// What is kept, by path below the root, one map per coding (a request for `/a.css.gz` itself
+/// is the identity of that name, never the gzip variant of `/a.css`).
+#[derive(Default)]
+struct Cache {
+    maps: [HashMap<String, Kept>; 3],
+    /// Entries with a version: what `CACHE_MAX` bounds (only they hold bytes or a descriptor);
+    /// a site without precompressed files keeps two markers per file besides.
+    versions: usize,
+}
+
+impl Cache {
+    fn insert(&mut self, slot: usize, relative: &str, kept: Kept) {
+        let entries: usize = self.maps.iter().map(HashMap::len).sum();
+        if self.versions >= CACHE_MAX || entries >= 3 * CACHE_MAX {
+            self.maps.iter_mut().for_each(HashMap::clear);
+            self.versions = 0;
+        }
+        self.versions += usize::from(kept.version.is_some());
+        if let Some(old) = self.maps[slot].insert(relative.to_string(), kept) {
+            self.versions -= usize::from(old.version.is_some());
+        }
+    }
+
+    fn remove(&mut self, slot: usize, relative: &str) {
+        if let Some(old) = self.maps[slot].remove(relative) {
+            self.versions -= usize::from(old.version.is_some());
+        }
+    }
 }
 
 /// What is kept of one name in one coding, and when the disk last confirmed it.
@@ -136,17 +164,35 @@ impl Statics {
     /// The current version of `relative` (a decoded path below the root, starting with `/`)
     /// in `coding`: what is kept, checked with a `stat` when it was last checked
     /// `check_interval` ago or more, a new open when the file changed. `None` for a missing
-    /// file, a directory, or anything that is not a regular file. Within the interval a
-    /// replaced file is served as it was, whole and with its own validators (a large one from
-    /// its kept descriptor); a missing one is looked for at every request (no entry is kept for
-    /// it: requests for random names cannot push the site's files out).
+    /// file, a directory, or anything that is not a regular file. Within the interval a file
+    /// replaced or deleted is served as it was, whole and with its own validators (a small one
+    /// from memory, a large one from its kept descriptor, still the old file's); a large file
+    /// written in place is noticed at once (an `fstat` of the kept descriptor, no path walk),
+    /// as its descriptor would send the new bytes under the old validators. A missing name is
+    /// looked for at every request (no entry is kept for it: requests for random names cannot
+    /// push the site's files out).
     pub fn open(&self, relative: &str, coding: Coding) -> Option<Arc<Version>> {
         let slot = coding as usize;
-        if !self.check_interval.is_zero()
-            && let Some(kept) = self.lock()[slot].get(relative)
-            && kept.checked.elapsed() < self.check_interval
-        {
-            return kept.version.clone();
+        if !self.check_interval.is_zero() {
+            let recent = self.lock().maps[slot]
+                .get(relative)
+                .filter(|kept| kept.checked.elapsed() < self.check_interval)
+                .map(|kept| kept.version.clone());
+            match recent {
+                Some(None) => return None,
+                Some(Some(version)) => match &version.file {
+                    None => return Some(version),
+                    Some(file) => {
+                        let same = file
+                            .metadata()
+                            .is_ok_and(|m| Stamp::of(&m) == version.stamp);
+                        if same {
+                            return Some(version);
+                        }
+                    }
+                },
+                None => {}
+            }
         }
         let mut path = self.root.join(relative.trim_start_matches('/'));
         if coding != Coding::Identity {
@@ -159,16 +205,20 @@ impl Statics {
                 let mut files = self.lock();
                 if coding == Coding::Identity {
                     // Gone (or never a file): its descriptor is closed now, not when evicted.
-                    files[slot].remove(relative);
+                    files.remove(slot, relative);
                 } else {
-                    // Asked only next to a file that exists (`identity` first): bounded.
-                    self.keep(&mut files, slot, relative, None, checked);
+                    // Asked only next to a file that exists (`identity` first).
+                    let kept = Kept {
+                        version: None,
+                        checked,
+                    };
+                    files.insert(slot, relative, kept);
                 }
                 return None;
             }
         };
         let stamp = Stamp::of(&meta);
-        if let Some(kept) = self.lock()[slot].get_mut(relative)
+        if let Some(kept) = self.lock().maps[slot].get_mut(relative)
             && let Some(version) = &kept.version
             && version.stamp == stamp
         {
@@ -176,31 +226,15 @@ impl Statics {
             return Some(version.clone());
         }
         let version = Arc::new(self.load(&path, relative, coding)?);
-        self.keep(
-            &mut self.lock(),
-            slot,
-            relative,
-            Some(version.clone()),
+        let kept = Kept {
+            version: Some(version.clone()),
             checked,
-        );
+        };
+        self.lock().insert(slot, relative, kept);
         Some(version)
     }
 
-    fn keep(
-        &self,
-        files: &mut [HashMap<String, Kept>; 3],
-        slot: usize,
-        relative: &str,
-        version: Option<Arc<Version>>,
-        checked: Instant,
-    ) {
-        if files.iter().map(HashMap::len).sum::<usize>() >= CACHE_MAX {
-            files.iter_mut().for_each(HashMap::clear);
-        }
-        files[slot].insert(relative.to_string(), Kept { version, checked });
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, [HashMap<String, Kept>; 3]> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.files.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -946,5 +980,56 @@ mod tests {
         assert!(statics.open("/missing", Coding::Identity).is_none());
         std::fs::write(dir.path().join("missing"), b"here now").unwrap();
         assert!(statics.open("/missing", Coding::Identity).is_some());
+
+        // A large file written in place (same inode) is noticed within the interval: its kept
+        // descriptor would send the new bytes under the old length and validators.
+        let large = dir.path().join("large.bin");
+        std::fs::write(&large, vec![1u8; 100_000]).unwrap();
+        let before = statics.open("/large.bin", Coding::Identity).unwrap();
+        assert!(before.file.is_some(), "sent from its descriptor");
+        let same_inode = File::options().write(true).open(&large).unwrap();
+        same_inode.set_len(70_000).unwrap();
+        same_inode
+            .set_modified(UNIX_EPOCH + Duration::from_secs(2_000_000))
+            .unwrap();
+        let after = statics.open("/large.bin", Coding::Identity).unwrap();
+        assert_eq!((before.len, after.len), (100_000, 70_000));
+        assert_ne!(before.etag, after.etag);
+    }
+
+    #[test]
+    fn once_the_check_interval_is_over_the_disk_is_asked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), b"one").unwrap();
+        let statics = Statics::new(dir.path(), "no-cache", Duration::from_millis(20));
+        statics.open("/a.txt", Coding::Identity).unwrap();
+        std::fs::write(dir.path().join("a.tmp"), b"two").unwrap();
+        std::fs::rename(dir.path().join("a.tmp"), dir.path().join("a.txt")).unwrap();
+        // Longer than the interval, however slow the machine: the check is due.
+        std::thread::sleep(Duration::from_millis(50));
+        let now = statics.open("/a.txt", Coding::Identity).unwrap();
+        assert_eq!(now.bytes.as_deref(), Some(&b"two"[..]));
+    }
+
+    #[test]
+    fn markers_of_missing_variants_do_not_push_files_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let statics = Statics::new(dir.path(), "no-cache", Duration::from_secs(3600));
+        // 600 files asked for by a browser: 600 versions and 1200 markers, under CACHE_MAX
+        // versions; before, every entry counted and the cache started over at 1024.
+        let files = 600;
+        for n in 0..files {
+            std::fs::write(dir.path().join(format!("{n}.css")), b"x").unwrap();
+        }
+        let first = statics.open("/0.css", Coding::Identity).unwrap();
+        for n in 0..files {
+            let name = format!("/{n}.css");
+            statics.open(&name, Coding::Identity).unwrap();
+            assert!(statics.open(&name, Coding::Brotli).is_none());
+            assert!(statics.open(&name, Coding::Gzip).is_none());
+        }
+        let again = statics.open("/0.css", Coding::Identity).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "still kept");
+        assert_eq!(statics.lock().versions, files);
     }
 }
