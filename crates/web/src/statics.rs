@@ -54,11 +54,13 @@ impl Coding {
 }
 
 /// What identifies one version of a file on disk: a file replaced by a rename has another
-/// inode, one rewritten in place another ctime (even when its mtime was kept, `cp -p`).
+/// inode, one rewritten in place another ctime (even when its mtime was kept, `cp -p`). Seen
+/// through a kept descriptor (`fstat`), a file replaced or deleted has lost its name: no links.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Stamp {
     dev: u64,
     ino: u64,
+    links: u64,
     len: u64,
     mtime: i64,
     mtime_nsec: i64,
@@ -71,6 +73,7 @@ impl Stamp {
         Self {
             dev: meta.dev(),
             ino: meta.ino(),
+            links: meta.nlink(),
             len: meta.len(),
             mtime: meta.mtime(),
             mtime_nsec: meta.mtime_nsec(),
@@ -164,11 +167,11 @@ impl Statics {
     /// The current version of `relative` (a decoded path below the root, starting with `/`)
     /// in `coding`: what is kept, checked with a `stat` when it was last checked
     /// `check_interval` ago or more, a new open when the file changed. `None` for a missing
-    /// file, a directory, or anything that is not a regular file. Within the interval a file
-    /// replaced or deleted is served as it was, whole and with its own validators (a small one
-    /// from memory, a large one from its kept descriptor, still the old file's); a large file
-    /// written in place is noticed at once (an `fstat` of the kept descriptor, no path walk),
-    /// as its descriptor would send the new bytes under the old validators. A missing name is
+    /// file, a directory, or anything that is not a regular file. Within the interval a small
+    /// file replaced or deleted is served as it was, from memory, whole and with its own
+    /// validators; a large one is checked with an `fstat` of its kept descriptor (no path walk),
+    /// which sees it written in place (its descriptor would send the new bytes under the old
+    /// validators) or replaced and deleted (the old inode has no link left). A missing name is
     /// looked for at every request (no entry is kept for it: requests for random names cannot
     /// push the site's files out).
     pub fn open(&self, relative: &str, coding: Coding) -> Option<Arc<Version>> {
@@ -690,6 +693,7 @@ mod tests {
             stamp: Stamp {
                 dev: 0,
                 ino: 0,
+                links: 1,
                 len,
                 mtime: 0,
                 mtime_nsec: 0,
@@ -995,6 +999,11 @@ mod tests {
         let after = statics.open("/large.bin", Coding::Identity).unwrap();
         assert_eq!((before.len, after.len), (100_000, 70_000));
         assert_ne!(before.etag, after.etag);
+        // Replaced by a rename: the kept inode lost its name.
+        std::fs::write(dir.path().join("large.tmp"), vec![2u8; 80_000]).unwrap();
+        std::fs::rename(dir.path().join("large.tmp"), &large).unwrap();
+        let replaced = statics.open("/large.bin", Coding::Identity).unwrap();
+        assert_eq!(replaced.len, 80_000);
     }
 
     #[test]
