@@ -1,10 +1,11 @@
 //! The lb's listening sockets: one socket per address and port, shared by every worker (each
 //! registers a duplicate of it with its own runtime). No `SO_REUSEPORT`: with it, any process of
-//! the same user could join the site's port and receive a share of its connections.
+//! the same user could join the site's port and receive a share of its connections. The VIP's
+//! sockets (VRRP) are transparent, stop taking new connections while the VIP is handed over,
+//! and have their queue reset when the workers stop.
 
 use std::io;
 use std::net::SocketAddr;
-
 use std::os::fd::{AsFd, OwnedFd};
 
 use socket2::{Domain, Protocol, SockFilter, SockRef, Socket, Type};
@@ -65,8 +66,8 @@ fn set_transparent(socket: &Socket, addr: SocketAddr) {
 }
 
 /// `bind` with the address and what it is for in the error.
-pub fn bind_for(addr: SocketAddr, freebind: bool, what: &str) -> io::Result<std::net::TcpListener> {
-    bind(addr, freebind).map_err(|error| {
+pub fn bind_for(addr: SocketAddr, vip: bool, what: &str) -> io::Result<std::net::TcpListener> {
+    bind(addr, vip).map_err(|error| {
         io::Error::new(
             error.kind(),
             format!("cannot listen on {addr} ({what}): {error}"),
