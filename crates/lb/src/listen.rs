@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 
 use socket2::{Domain, Protocol, SockFilter, SockRef, Socket, Type};
 
@@ -104,8 +104,12 @@ pub fn drop_new_connections(socket: &impl AsFd) -> io::Result<()> {
 /// stopped accepting (a drain), but a socket kept open after them (the VIP's, through a handoff)
 /// would leave a connection there that nobody answers until it closes (one that came while
 /// `maxconn` was full).
-pub fn refuse_queued(socket: &OwnedFd) {
-    let Ok(listener) = socket.try_clone().map(std::net::TcpListener::from) else {
+pub fn refuse_queued(socket: &impl AsFd) {
+    let Ok(listener) = socket
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::net::TcpListener::from)
+    else {
         return;
     };
     // Non-blocking (set at `bind`, shared by every duplicate): ends at an empty queue.
@@ -118,6 +122,7 @@ pub fn refuse_queued(socket: &OwnedFd) {
 mod tests {
     use std::io::{Read, Write};
     use std::net::TcpStream;
+    use std::os::fd::OwnedFd;
     use std::time::Duration;
 
     use super::*;
