@@ -21,4 +21,9 @@ pub struct Config {
     /// `Server-Timing: app;dur=.., db;dur=..` on every response (opt-in: it tells clients
     /// how long the backend took).
     pub server_timing: bool,
+    /// A Unix socket to listen on besides the TCP port, for the web server of this host.
+    pub unix_socket: Option<PathBuf>,
+    /// Worker threads of the role's runtime (`app.threads`; 0 in the file: see
+    /// `webstack_config::Config::worker_threads`).
+    pub threads: usize,
 }

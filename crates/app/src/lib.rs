@@ -7,6 +7,7 @@ pub mod metrics;
 mod pages;
 mod posts;
 mod trace;
+mod unix;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use webstack_common::{Admin, HttpOptions, Shutdown, serve_http};
 
 pub use config::Config;
 pub use error::AppError;
+pub use unix::UnixSocket;
 
 /// Loaded templates and settings, shared by every handler.
 pub struct AppState {
@@ -137,8 +139,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves the application on `listener` until `shutdown`.
-pub async fn run(state: AppState, listener: TcpListener, admin: Admin, shutdown: Shutdown) {
+/// Serves the application on `listener` (and on `unix`, the socket of this host's web server)
+/// until `shutdown`; the two share the connection limit.
+pub async fn run(
+    state: AppState,
+    listener: TcpListener,
+    unix: Option<UnixSocket>,
+    admin: Admin,
+    shutdown: Shutdown,
+) {
     let state = Arc::new(state);
     if let Some(db) = state.db.clone() {
         // Know the cluster before the first request, then keep watching it.
@@ -150,13 +159,24 @@ pub async fn run(state: AppState, listener: TcpListener, admin: Admin, shutdown:
         ..HttpOptions::default()
     };
     let router = router(state);
+    let service = move || hyper_util::service::TowerToHyperService::new(router.clone());
     admin.set_ready(true);
-    serve_http(
-        listener,
-        options,
-        move |_| hyper_util::service::TowerToHyperService::new(router.clone()),
-        shutdown,
-    )
-    .await;
+    match &unix {
+        Some(socket) => {
+            tracing::info!(path = %socket.path().display(), "listening on a Unix socket too");
+            let tcp_service = service.clone();
+            tokio::join!(
+                serve_http(
+                    listener,
+                    options.clone(),
+                    move |_| tcp_service(),
+                    shutdown.clone()
+                ),
+                serve_http(&socket.listener, options, move |_| service(), shutdown),
+            );
+            socket.remove();
+        }
+        None => serve_http(listener, options, move |_| service(), shutdown).await,
+    }
     admin.set_ready(false);
 }

@@ -281,6 +281,8 @@ mod tests {
             maxconn: 16,
             access_log,
             server_timing: true,
+            unix_socket: None,
+            threads: 1,
         }
     }
 
@@ -559,6 +561,8 @@ mod tests {
                 maxconn: 16,
                 access_log: None,
                 server_timing: false,
+                unix_socket: None,
+                threads: 1,
             },
             &mut Default::default(),
         )

@@ -1,7 +1,8 @@
 //! The HTTP connection loop every role uses: accept within the connection limit, spawn a
 //! tracked task per connection, serve it with hyper (HTTP/1.1), and on shutdown let in-flight
 //! requests finish before closing. The accept loop is generic over what serves a connection,
-//! so the lb's own HTTP/1 path and its TLS listener (HTTP/2 by `webstack_http2`) share it.
+//! so the lb's own HTTP/1 path and its TLS listener (HTTP/2 by `webstack_http2`) share it, and
+//! over the listening socket: TCP, or the app's Unix socket for the web server of its host.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
 use crate::Shutdown;
@@ -120,18 +121,79 @@ impl Drop for OpenGuard {
     }
 }
 
+/// A listening socket the accept loop takes connections from.
+pub trait Listener: Send {
+    type Stream: Send + 'static;
+    /// Who connected: a TCP client's address; nothing useful for a Unix socket's.
+    type Peer;
+    fn accept(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Stream, Self::Peer)>> + Send;
+    /// Set up a new connection before it is served.
+    fn prepare(stream: &Self::Stream);
+}
+
+impl Listener for TcpListener {
+    type Stream = TcpStream;
+    type Peer = SocketAddr;
+
+    fn accept(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<(TcpStream, SocketAddr)>> + Send {
+        TcpListener::accept(self)
+    }
+
+    /// Without Nagle: answers go out as written.
+    fn prepare(stream: &TcpStream) {
+        let _ = stream.set_nodelay(true);
+    }
+}
+
+/// A borrowed listener, for a caller that still owns the socket afterwards.
+impl<L: Listener + Sync> Listener for &L {
+    type Stream = L::Stream;
+    type Peer = L::Peer;
+
+    fn accept(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<(L::Stream, L::Peer)>> + Send {
+        (**self).accept()
+    }
+
+    fn prepare(stream: &L::Stream) {
+        L::prepare(stream);
+    }
+}
+
+impl Listener for UnixListener {
+    type Stream = UnixStream;
+    type Peer = tokio::net::unix::SocketAddr;
+
+    fn accept(
+        &self,
+    ) -> impl std::future::Future<
+        Output = std::io::Result<(UnixStream, tokio::net::unix::SocketAddr)>,
+    > + Send {
+        UnixListener::accept(self)
+    }
+
+    fn prepare(_: &UnixStream) {}
+}
+
 /// Boxed body type used where responses of different origins meet.
 pub type BoxBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Accepts connections until `shutdown` triggers. `make_service` builds the per-connection
 /// service from the client's address.
-pub async fn serve_http<M, S, B>(
-    listener: TcpListener,
+pub async fn serve_http<L, M, S, B>(
+    listener: L,
     options: HttpOptions,
     make_service: M,
     shutdown: Shutdown,
 ) where
-    M: Fn(SocketAddr) -> S,
+    L: Listener,
+    L::Stream: AsyncRead + AsyncWrite + Unpin,
+    M: Fn(L::Peer) -> S,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
     B: Body<Data = Bytes> + Send + 'static,
@@ -153,14 +215,15 @@ pub async fn serve_http<M, S, B>(
 /// Accepts connections until `shutdown` triggers and runs `handle` for each as a tracked task
 /// (so the drain waits for it), at most `limit` at once; with `share`, evenly among the workers
 /// accepting on the same socket. Shared by the plain HTTP and the TLS listeners.
-pub async fn accept_loop<H, F>(
-    listener: TcpListener,
+pub async fn accept_loop<L, H, F>(
+    listener: L,
     limit: &ConnectionLimit,
     share: Option<AcceptShare>,
     shutdown: Shutdown,
     handle: H,
 ) where
-    H: Fn(tokio::net::TcpStream, SocketAddr, Shutdown) -> F,
+    L: Listener,
+    H: Fn(L::Stream, L::Peer, Shutdown) -> F,
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut full_since: Option<std::time::Instant> = None;
@@ -208,7 +271,7 @@ pub async fn accept_loop<H, F>(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
+        L::prepare(&stream);
         let slot = match limit.0.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => tokio::select! {

@@ -412,6 +412,8 @@ pub struct WebFile {
     /// `Server-Timing: web;dur=..` on proxied responses (opt-in).
     pub server_timing: bool,
     pub maxconn: Spanned<u32>,
+    /// Worker threads; 0: the host's cores, shared with the app when the host runs both.
+    pub threads: Spanned<u32>,
     pub timeouts: WebTimeoutsFile,
 }
 
@@ -428,6 +430,7 @@ impl Default for WebFile {
             access_log_format: AccessLogFormat::Json,
             server_timing: false,
             maxconn: Spanned::new(0..0, 10_000),
+            threads: Spanned::new(0..0, 0),
             timeouts: WebTimeoutsFile::default(),
         }
     }
@@ -462,6 +465,11 @@ pub struct AppFile {
     pub access_log_format: AccessLogFormat,
     /// `Server-Timing: app;dur=.., db;dur=..` on responses (opt-in).
     pub server_timing: bool,
+    /// The app also listens on a Unix socket in the state dir, and its host's web server
+    /// proxies through it instead of TCP.
+    pub unix_socket: bool,
+    /// Worker threads; 0: the host's cores, shared with the web server when the host runs both.
+    pub threads: Spanned<u32>,
 }
 
 impl Default for AppFile {
@@ -474,6 +482,8 @@ impl Default for AppFile {
             access_log: true,
             access_log_format: AccessLogFormat::Json,
             server_timing: false,
+            unix_socket: true,
+            threads: Spanned::new(0..0, 0),
         }
     }
 }

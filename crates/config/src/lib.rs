@@ -14,6 +14,9 @@ use webstack_common::access_log::Settings as AccessLogSettings;
 pub use error::ConfigError;
 pub use vip::NetnsSettings;
 
+/// The longest path a Unix socket address holds (`sun_path`, 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// A role a host can run. The start order of a host's roles follows the declaration order here:
 /// a server starts before whatever sends it traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
@@ -264,7 +267,12 @@ impl Config {
     pub fn web(&self, host: &Host, state_dir: &Path) -> webstack_web::Config {
         webstack_web::Config {
             host_name: host.name.clone(),
+            threads: self.worker_threads(host, Role::Web).unwrap_or(1),
             app_addr: self.service_addr(host, Role::App),
+            app_socket: host
+                .has(Role::App)
+                .then(|| self.app_socket(host, state_dir))
+                .flatten(),
             access_log: self
                 .web
                 .access_log
@@ -302,6 +310,8 @@ impl Config {
         Ok(webstack_app::Config {
             host_name: host.name.clone(),
             db,
+            unix_socket: self.app_socket(host, state_dir),
+            threads: self.worker_threads(host, Role::App).unwrap_or(1),
             access_log: self
                 .app
                 .access_log
@@ -309,6 +319,46 @@ impl Config {
                 .map(|log| AccessLogSettings::for_role(state_dir, &host.name, "app", log.format)),
             ..self.app.clone()
         })
+    }
+
+    /// Worker threads of the process that runs `role` on `host`: the web server's and the app's
+    /// `threads`, or, when that is 0, the cores divided among those two roles of the host (one
+    /// runtime per role, each sized as if it had the machine, would let work-stealing threads
+    /// outnumber the cores: measured in docs/performance.md). None for the other roles: the
+    /// lb sizes its own workers (`lb.threads`), MariaDB and etcd are other programs.
+    pub fn worker_threads(&self, host: &Host, role: Role) -> Option<usize> {
+        let setting = match role {
+            Role::Web => self.web.threads,
+            Role::App => self.app.threads,
+            _ => return None,
+        };
+        if setting > 0 {
+            return Some(setting);
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let sharing = [Role::Web, Role::App]
+            .iter()
+            .filter(|r| host.has(**r))
+            .count();
+        Some((cores / sharing.max(1)).max(1))
+    }
+
+    /// The Unix socket of `host`'s app in the state dir, when `app.unix_socket` is on (the app
+    /// listens there, the web server of the same host connects there). None, with a warning,
+    /// when the path is longer than a socket address holds: both roles then use TCP.
+    pub fn app_socket(&self, host: &Host, state_dir: &Path) -> Option<PathBuf> {
+        self.app.unix_socket.as_ref()?;
+        let path = state_dir
+            .join("run")
+            .join(format!("{}-app.sock", host.name));
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            tracing::warn!(
+                path = %path.display(),
+                "the app's Unix socket path is longer than {MAX_SOCKET_PATH} bytes: web and app use TCP (a shorter --state-dir lifts this)"
+            );
+            return None;
+        }
+        Some(path)
     }
 
     /// True when the topology has a database tier.
@@ -814,6 +864,54 @@ mod tests {
         assert!(
             shown.contains("interval = \"soon\""),
             "the offending line is quoted: {shown}"
+        );
+    }
+
+    #[test]
+    fn web_and_app_share_the_hosts_cores_unless_told_and_meet_over_the_apps_socket() {
+        let config = parse(&default_text()).unwrap();
+        let state = Path::new("/srv/state");
+        let web01 = config.host("web-01").unwrap();
+        assert!(web01.has(Role::Web) && web01.has(Role::App));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let half = (cores / 2).max(1);
+        assert_eq!(config.worker_threads(web01, Role::Web), Some(half));
+        assert_eq!(config.worker_threads(web01, Role::App), Some(half));
+        assert_eq!(config.web(web01, state).threads, half);
+        let lb01 = config.host("lb-01").unwrap();
+        assert_eq!(
+            config.worker_threads(lb01, Role::Lb),
+            None,
+            "lb.threads sizes the lb"
+        );
+        let socket = state.join("run/web-01-app.sock");
+        assert_eq!(config.web(web01, state).app_socket, Some(socket.clone()));
+        // The app's side (`Config::app` reads the database's secret: not in this state dir).
+        assert_eq!(config.app_socket(web01, state), Some(socket));
+        // A state dir too deep for a socket address: both roles use TCP.
+        let deep = PathBuf::from(format!("/{}", "d".repeat(100)));
+        assert_eq!(config.web(web01, &deep).app_socket, None);
+        assert_eq!(config.app_socket(web01, &deep), None);
+
+        let set = default_text()
+            .replace("[web]\n", "[web]\nthreads = 3\n")
+            .replace("[app]\n", "[app]\nthreads = 5\nunix_socket = false\n");
+        let config = parse(&set).unwrap();
+        let web01 = config.host("web-01").unwrap();
+        assert_eq!(config.worker_threads(web01, Role::Web), Some(3));
+        assert_eq!(config.worker_threads(web01, Role::App), Some(5));
+        assert_eq!(config.web(web01, state).app_socket, None);
+        assert_eq!(config.app_socket(web01, state), None);
+
+        let text = default_text().replace("[app]\n", "[app]\nthreads = 300\n");
+        let error = parse(&text).unwrap_err();
+        let line = text.lines().position(|l| l == "threads = 300").unwrap() + 1;
+        assert_eq!(error.line(), Some(line));
+        assert!(
+            error
+                .to_string()
+                .contains("app.threads = 300: expected 0 (the host's cores, shared by its web server and app) to 256"),
+            "{error}"
         );
     }
 

@@ -293,6 +293,9 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         maxconn: check.maxconn(&file.app.maxconn, "app.maxconn")?,
         access_log: access_log(file.app.access_log, file.app.access_log_format),
         server_timing: file.app.server_timing,
+        // The path is the host's, filled in by `Config::app`.
+        unix_socket: file.app.unix_socket.then(PathBuf::new),
+        threads: role_threads(&check, &file.app.threads, "app.threads")?,
     };
     let db = db_settings(&check, file.db.as_ref(), &hosts, &file.hosts)?;
     let etcd = etcd_settings(&check, &file.etcd, &hosts, &file.hosts)?;
@@ -993,6 +996,7 @@ fn web_config(check: &Checker, web: &file::WebFile) -> Result<webstack_web::Conf
         file_check_interval,
         expose_server_name: web.expose_server_name,
         app_addr: ([127, 0, 0, 1], 0).into(),
+        app_socket: None,
         app_connect_timeout: check
             .positive(&web.timeouts.app_connect, "web.timeouts.app_connect")?,
         app_response_timeout: check
@@ -1002,5 +1006,23 @@ fn web_config(check: &Checker, web: &file::WebFile) -> Result<webstack_web::Conf
         access_log: access_log(web.access_log, web.access_log_format),
         server_timing: web.server_timing,
         maxconn: check.maxconn(&web.maxconn, "web.maxconn")?,
+        threads: role_threads(check, &web.threads, "web.threads")?,
     })
+}
+
+/// A web or app `threads` setting, 0 (the host's share of its cores, see `Config::web`) to 256.
+fn role_threads(
+    check: &Checker,
+    setting: &toml::Spanned<u32>,
+    key: &str,
+) -> Result<usize, ConfigError> {
+    check.ensure(
+        *setting.get_ref() <= 256,
+        setting.span(),
+        format!(
+            "{key} = {}: expected 0 (the host's cores, shared by its web server and app) to 256",
+            setting.get_ref()
+        ),
+    )?;
+    Ok(*setting.get_ref() as usize)
 }

@@ -39,7 +39,7 @@ pub struct Target<'a> {
     pub pool: &'a Pool,
     /// The server's index in the pool.
     pub server: usize,
-    pub addr: std::net::SocketAddr,
+    pub addr: crate::stream::Endpoint<'a>,
     /// An idempotent request without a body.
     pub replayable: bool,
 }

@@ -5,7 +5,8 @@
 //! back (`recycle`), forwarding an `http::Request` from
 //! hyper's side over those connections (`client`), the one rule for when a request may go to
 //! another server (`retry`), upgraded connections (`tunnel`), the `Date` header of local
-//! answers (`date`) and the client side of a connection both roles serve (`server`).
+//! answers (`date`), the client side of a connection both roles serve (`server`) and the
+//! server connection over TCP or a Unix socket (`stream`).
 
 pub mod body;
 pub mod client;
@@ -16,4 +17,5 @@ pub mod pool;
 pub mod recycle;
 pub mod retry;
 pub mod server;
+pub mod stream;
 pub mod tunnel;

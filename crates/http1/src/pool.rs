@@ -1,18 +1,17 @@
-//! Keep-alive TCP connections to the servers, for every request path (the lb's HTTP/1 and
-//! HTTP/2 clients, the web server's requests to its app): one pool per worker and server, plain
-//! sockets with their read buffers. The task serving the request writes it and reads the
+//! Keep-alive connections to the servers, for every request path (the lb's HTTP/1 and HTTP/2
+//! clients, the web server's requests to its app): one pool per worker and server, plain
+//! sockets (TCP, or the app's Unix socket) with their read buffers. The task serving the request writes it and reads the
 //! response itself (no connection task, no channel in between). Reused last-in first-out, so
 //! idle connections age out.
 
-use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use super::body::BUFFER;
+use super::stream::{Endpoint, Stream};
 
 /// An idle connection older than this is closed instead of reused: shorter than the web
 /// server's keep-alive timeout, so we never send on a connection the server is closing.
@@ -22,7 +21,7 @@ const MAX_IDLE: usize = 256;
 
 /// One connection to a server and what has been read from it.
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub buf: BytesMut,
     /// It served a request before: a failure before any response byte may just mean the
     /// server closed it while idle.
@@ -109,13 +108,12 @@ impl Pool {
     }
 
     /// A new connection, within the connect timeout.
-    pub async fn connect(&self, addr: SocketAddr) -> std::io::Result<Conn> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+    pub async fn connect(&self, endpoint: Endpoint<'_>) -> std::io::Result<Conn> {
+        let stream = tokio::time::timeout(self.connect_timeout, Stream::connect(endpoint))
             .await
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
             })??;
-        let _ = stream.set_nodelay(true);
         // No buffer yet: the response head's read makes one the size of a head, and a body's
         // first read grows it (most answers fit in the first).
         Ok(Conn {

@@ -21,6 +21,7 @@ use webstack_http1::head::{
 use webstack_http1::pool::Conn;
 use webstack_http1::retry::Attempts;
 use webstack_http1::server::{ClientConn, HeadLimits, IdleRead, Local, Next, SendFailure, text};
+use webstack_http1::stream::Endpoint;
 
 use crate::limits::{LimitError, Paced};
 use crate::proxy::{
@@ -399,7 +400,7 @@ impl Proxy {
         let target = Target {
             pool: &self.pool,
             server: server.index,
-            addr: server.config.addr,
+            addr: Endpoint::Tcp(server.config.addr),
             replayable,
         };
         let timeout = self.config.timeouts.server;

@@ -19,6 +19,7 @@ use webstack_http1::exchange::Sent;
 use webstack_http1::head::{self, Forwarding, ResponseRewrite};
 use webstack_http1::pool::Pool;
 use webstack_http1::retry::{Attempts, Failure, GiveUp};
+use webstack_http1::stream::Endpoint;
 use webstack_http2::{Reply, RequestBody, RequestHead, hpack};
 
 use crate::Config;
@@ -467,7 +468,7 @@ impl Proxy {
             let target = Target {
                 pool: &self.pool,
                 server: server.index,
-                addr: server.config.addr,
+                addr: Endpoint::Tcp(server.config.addr),
                 replayable,
             };
             let attempt_started = Instant::now();

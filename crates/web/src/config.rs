@@ -20,6 +20,8 @@ pub struct Config {
     pub expose_server_name: bool,
     /// This host's application server; everything that is not a static file goes there.
     pub app_addr: SocketAddr,
+    /// The app's Unix socket on this host (`app.unix_socket`): used instead of `app_addr`.
+    pub app_socket: Option<PathBuf>,
     /// TCP connect to the app.
     pub app_connect_timeout: Duration,
     /// From sending a request to the app until its response head arrives.
@@ -32,4 +34,7 @@ pub struct Config {
     pub server_timing: bool,
     /// Client connections served at once; more wait in the listen backlog.
     pub maxconn: usize,
+    /// Worker threads of the role's runtime (`web.threads`; 0 in the file: see
+    /// `webstack_config::Config::worker_threads`).
+    pub threads: usize,
 }

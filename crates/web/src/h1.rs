@@ -21,6 +21,7 @@ use webstack_http1::exchange::Sent;
 use webstack_http1::head::{Forwarding, Persistence, Request, ResponseRewrite};
 use webstack_http1::retry::Failure;
 use webstack_http1::server::{ClientConn, HeadLimits, Local, Next, SendFailure, text};
+use webstack_http1::stream::Endpoint;
 use webstack_http1::{date, head, tunnel};
 
 use crate::WebServer;
@@ -465,7 +466,7 @@ impl WebServer {
                 .as_ref()
                 .map(|name| ("X-Served-By", name.as_bytes())),
         };
-        let addr = self.config.app_addr;
+        let addr = self.app_endpoint();
         let target = Target {
             pool: &self.pool,
             server: 0,
@@ -522,6 +523,14 @@ impl WebServer {
         (response.status, client.finish_body(keep).await, bytes)
     }
 
+    /// Where the app listens: its Unix socket when it has one, else its TCP address.
+    fn app_endpoint(&self) -> Endpoint<'_> {
+        match &self.config.app_socket {
+            Some(path) => Endpoint::Unix(path),
+            None => Endpoint::Tcp(self.config.app_addr),
+        }
+    }
+
     /// 502 or 504 when the app could not answer.
     async fn app_failed(
         &self,
@@ -532,7 +541,7 @@ impl WebServer {
         keep_alive: bool,
         failure: &Failure,
     ) -> Answered {
-        tracing::warn!(error = %failure, app = %self.config.app_addr, "app request failed");
+        tracing::warn!(error = %failure, app = %self.app_endpoint(), "app request failed");
         let own = match failure {
             Failure::Timeout => Own::AppTimeout,
             _ => Own::AppUnreachable,

@@ -25,10 +25,11 @@ use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = role_threads(&cli.command) {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("webstack: cannot start the async runtime: {error}");
@@ -45,6 +46,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The runtime's worker threads for a web or app role process (`Config::worker_threads`);
+/// None for everything else (one per core, tokio's default), and for a topology that does not
+/// load (`dispatch` says why).
+fn role_threads(command: &Command) -> Option<usize> {
+    let Command::Run(args) = command else {
+        return None;
+    };
+    let config = webstack_config::Config::load(&args.config).ok()?;
+    let host = config.host(&args.host)?;
+    config.worker_threads(host, args.role?)
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

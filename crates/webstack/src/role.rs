@@ -158,10 +158,20 @@ pub async fn run(
             let app_config = config
                 .app(&host, state_dir)
                 .context("cannot read the database password")?;
+            // After the TCP port: bound, it says no other app of this host runs, so a socket
+            // file left at the path is stale.
+            let unix = match &app_config.unix_socket {
+                Some(path) => Some(webstack_app::UnixSocket::bind(path).with_context(|| {
+                    format!("cannot listen on the app's Unix socket {}", path.display())
+                })?),
+                None => None,
+            };
             let state = webstack_app::AppState::load(app_config, &mut registry)
                 .context("cannot start the application")?;
             let shutdown = shutdown.clone();
-            Box::new(move |admin| tokio::spawn(webstack_app::run(state, listener, admin, shutdown)))
+            Box::new(move |admin| {
+                tokio::spawn(webstack_app::run(state, listener, unix, admin, shutdown))
+            })
         }
     };
     let mut admin = Admin::new(registry);
@@ -202,7 +212,12 @@ pub async fn run(
         }
     });
     let serving = start(admin);
-    tracing::info!(role = %role, host = host_name, "started");
+    tracing::info!(
+        role = %role,
+        host = host_name,
+        threads = ?config.worker_threads(&host, role),
+        "started"
+    );
 
     let reason = tokio::select! {
         signal = termination_signal() => signal,

@@ -101,6 +101,81 @@ fn the_site_is_served_through_both_web_hosts() {
     use std::os::unix::fs::PermissionsExt;
     let socket = std::fs::metadata(topology.state_dir().join("control.sock")).unwrap();
     assert_eq!(socket.permissions().mode() & 0o777, 0o600);
+
+    // Each web server reaches its app through the app's Unix socket (this user's only), not
+    // TCP: its kept connections to the app are Unix sockets, none goes to the app's port.
+    for (n, host) in [(1, "web-01"), (2, "web-02")] {
+        assert_eq!(
+            get(topology.web(n), "/api/whoami", &[]).unwrap().status,
+            200
+        );
+        let path = topology.state_dir().join(format!("run/{host}-app.sock"));
+        let app_socket = std::fs::metadata(&path).unwrap();
+        assert_eq!(app_socket.permissions().mode() & 0o777, 0o600, "{path:?}");
+        let pid = unit_pid(&topology, host, "web");
+        let (tcp_to_app, unix) = sockets_of(pid, 9000);
+        assert_eq!(
+            tcp_to_app, 0,
+            "{host}/web has TCP connections to the app's port"
+        );
+        assert!(
+            unix > 0,
+            "{host}/web has no Unix socket connection to its app"
+        );
+    }
+    // The app's TCP port still answers (monitoring, an operator's curl).
+    let direct = get(([127, 0, 21, 11], 9000).into(), "/api/whoami", &[]).unwrap();
+    assert_eq!(direct.status, 200);
+}
+
+/// The pid of `host`'s `role` process, from `status`.
+fn unit_pid(topology: &Topology, host: &str, role: &str) -> u32 {
+    topology.status()["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["host"] == host && u["role"] == role)
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap() as u32
+}
+
+/// Of the sockets process `pid` holds: (TCP connections to `port`, connected Unix sockets).
+fn sockets_of(pid: u32, port: u16) -> (usize, usize) {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    let table = |file: &str| std::fs::read_to_string(file).unwrap_or_default();
+    // /proc/net/tcp: "sl local rem st ... inode" with addresses as HEX:PORT.
+    let tcp = table("/proc/net/tcp")
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 9
+                && fields[2].ends_with(&format!(":{port:04X}"))
+                && inodes.contains(fields[9])
+        })
+        .count();
+    // /proc/net/unix: "Num RefCount Protocol Flags Type St Inode Path", St 03 = connected.
+    let unix = table("/proc/net/unix")
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 6 && fields[5] == "03" && inodes.contains(fields[6])
+        })
+        .count();
+    (tcp, unix)
 }
 
 #[test]
@@ -417,6 +492,11 @@ fn crashed_roles_restart_and_sigterm_leaves_no_process_behind() {
         );
     }
     assert!(!topology.state_dir().join("control.sock").exists());
+    // The apps' sockets go with them; web-02's was replaced after the SIGKILL left it behind.
+    for host in ["web-01", "web-02"] {
+        let path = topology.state_dir().join(format!("run/{host}-app.sock"));
+        assert!(!path.exists(), "{path:?} left behind");
+    }
     assert!(topology.up_log().contains("stopped"));
     assert!(
         get(topology.lb(), "/", &[]).is_err(),

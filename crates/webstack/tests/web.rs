@@ -1,7 +1,8 @@
 //! The web role's proxy to its app, with the app replaced by servers that behave in ways a
 //! framework hides: one that answers 413 before reading the body and closes, and a WebSocket
 //! echo server. The web role runs alone (`webstack run --host web-01 --role web`), then behind
-//! an lb, as in a real topology.
+//! an lb, as in a real topology. These apps listen on TCP (`app.unix_socket = false`); the real
+//! app's Unix socket is the path of every other topology test.
 
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ const SIZES: [usize; 3] = [200 * 1024, 5 * 1024 * 1024, 50 * 1024 * 1024];
 #[test]
 fn an_early_answer_from_the_app_reaches_the_client_through_web_and_lb() {
     let app = start_early_answer(([127, 0, 25, 11], 9000).into());
-    let mut topology = Topology::write(EXE, "web-early", 25, &toml(25, 1, ""));
+    let mut topology = Topology::write(EXE, "web-early", 25, &tcp_app(toml(25, 1, "")));
     let web_admin = ([127, 0, 25, 11], 9101).into();
     topology.run_role("web-01", "web", web_admin);
     let lb_admin = topology.lb_admin();
@@ -48,7 +49,7 @@ fn an_early_answer_from_the_app_reaches_the_client_through_web_and_lb() {
 #[test]
 fn websockets_go_through_lb_and_web_to_the_app() {
     let app = start_websocket_echo(([127, 0, 26, 11], 9000).into());
-    let mut topology = Topology::write(EXE, "web-websocket", 26, &toml(26, 1, ""));
+    let mut topology = Topology::write(EXE, "web-websocket", 26, &tcp_app(toml(26, 1, "")));
     topology.run_role("web-01", "web", ([127, 0, 26, 11], 9101).into());
     let lb_admin = topology.lb_admin();
     topology.run_role("lb-01", "lb", lb_admin);
@@ -84,7 +85,7 @@ fn websockets_go_through_lb_and_web_to_the_app() {
 fn the_web_server_keeps_the_lbs_statements_and_adds_its_own() {
     use webstack_testkit::raw::start_recorder;
     let app = start_recorder(([127, 0, 27, 11], 9000).into());
-    let mut topology = Topology::write(EXE, "web-headers", 27, &toml(27, 1, ""));
+    let mut topology = Topology::write(EXE, "web-headers", 27, &tcp_app(toml(27, 1, "")));
     topology.run_role("web-01", "web", ([127, 0, 27, 11], 9101).into());
 
     let r = get(
@@ -124,6 +125,11 @@ fn the_web_server_keeps_the_lbs_statements_and_adds_its_own() {
     let texts = app.texts();
     let again = texts.iter().find(|r| r.contains(" /api/again ")).unwrap();
     assert!(again.contains("X-Request-Id: "), "{again}");
+}
+
+/// The topology with the web server proxying to its app over TCP, where the test's app listens.
+fn tcp_app(topology: String) -> String {
+    topology.replace("[app]\n", "[app]\nunix_socket = false\n")
 }
 
 /// A file of `len` bytes that differs at every offset from one `seed` to another.

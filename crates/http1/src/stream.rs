@@ -1,0 +1,215 @@
+//! A connection to a server over TCP or a Unix socket (nginx's `proxy_pass http://unix:`): the
+//! web server reaches the app of its own host through the app's socket file, which skips the
+//! TCP/IP stack on both sides of every request; the lb's servers are always TCP. One enum, so
+//! the pool, the exchange and the relays stay one copy for both.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream, tcp, unix};
+
+/// Where a server listens.
+#[derive(Clone, Copy, Debug)]
+pub enum Endpoint<'a> {
+    Tcp(SocketAddr),
+    Unix(&'a Path),
+}
+
+impl std::fmt::Display for Endpoint<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(addr) => addr.fmt(f),
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// An open connection to a server.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Connects to `endpoint` (no timeout: the pool bounds it). TCP without Nagle: a head and
+    /// its body go out as written.
+    pub async fn connect(endpoint: Endpoint<'_>) -> io::Result<Stream> {
+        match endpoint {
+            Endpoint::Tcp(addr) => {
+                let stream = TcpStream::connect(addr).await?;
+                let _ = stream.set_nodelay(true);
+                Ok(Stream::Tcp(stream))
+            }
+            Endpoint::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix),
+        }
+    }
+
+    /// Borrowed halves, to read the response while the request body is still written.
+    pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+        match self {
+            Stream::Tcp(stream) => {
+                let (read, write) = stream.split();
+                (ReadHalf::Tcp(read), WriteHalf::Tcp(write))
+            }
+            Stream::Unix(stream) => {
+                let (read, write) = stream.split();
+                (ReadHalf::Unix(read), WriteHalf::Unix(write))
+            }
+        }
+    }
+
+    /// Whether the runtime has seen it readable (see `TcpStream::poll_read_ready`).
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(stream) => stream.poll_read_ready(cx),
+            Stream::Unix(stream) => stream.poll_read_ready(cx),
+        }
+    }
+
+    /// A non-blocking read.
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(stream) => stream.try_read(buf),
+            Stream::Unix(stream) => stream.try_read(buf),
+        }
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(stream) => stream.as_fd(),
+            Stream::Unix(stream) => stream.as_fd(),
+        }
+    }
+}
+
+/// Forwards `AsyncRead` calls of an enum of streams to the one it holds.
+macro_rules! forward_read {
+    ($type:ident $(, $life:lifetime)?) => {
+        impl$(<$life>)? AsyncRead for $type$(<$life>)? {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $type::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
+                    $type::Unix(stream) => Pin::new(stream).poll_read(cx, buf),
+                }
+            }
+        }
+    };
+}
+
+/// Forwards `AsyncWrite` calls of an enum of streams to the one it holds.
+macro_rules! forward_write {
+    ($type:ident $(, $life:lifetime)?) => {
+        impl$(<$life>)? AsyncWrite for $type$(<$life>)? {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $type::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
+                    $type::Unix(stream) => Pin::new(stream).poll_write(cx, buf),
+                }
+            }
+
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $type::Tcp(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+                    $type::Unix(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+                }
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                true
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $type::Tcp(stream) => Pin::new(stream).poll_flush(cx),
+                    $type::Unix(stream) => Pin::new(stream).poll_flush(cx),
+                }
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $type::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
+                    $type::Unix(stream) => Pin::new(stream).poll_shutdown(cx),
+                }
+            }
+        }
+    };
+}
+
+forward_read!(Stream);
+forward_write!(Stream);
+forward_read!(ReadHalf, 'a);
+forward_write!(WriteHalf, 'a);
+
+/// The read half of `Stream::split`.
+#[derive(Debug)]
+pub enum ReadHalf<'a> {
+    Tcp(tcp::ReadHalf<'a>),
+    Unix(unix::ReadHalf<'a>),
+}
+
+/// The write half of `Stream::split`.
+#[derive(Debug)]
+pub enum WriteHalf<'a> {
+    Tcp(tcp::WriteHalf<'a>),
+    Unix(unix::WriteHalf<'a>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_unix_endpoint_carries_bytes_both_ways_and_through_split_halves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 5];
+            conn.read_exact(&mut buf).await.unwrap();
+            conn.write_all(b"pong!").await.unwrap();
+            buf
+        });
+        let mut stream = Stream::connect(Endpoint::Unix(&path)).await.unwrap();
+        let (mut read, mut write) = stream.split();
+        write.write_all(b"ping!").await.unwrap();
+        let mut answer = [0u8; 5];
+        read.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"pong!");
+        assert_eq!(&server.await.unwrap(), b"ping!");
+        assert_eq!(
+            Endpoint::Unix(&path).to_string(),
+            format!("unix:{}", path.display())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_file_is_a_connect_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = Stream::connect(Endpoint::Unix(&dir.path().join("none.sock")))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+    }
+}
