@@ -23,7 +23,4 @@ pub struct Config {
     pub server_timing: bool,
     /// A Unix socket to listen on besides the TCP port, for the web server of this host.
     pub unix_socket: Option<PathBuf>,
-    /// Worker threads of the role's runtime (`app.threads`; 0 in the file: see
-    /// `webstack_config::Config::worker_threads`).
-    pub threads: usize,
 }

@@ -174,7 +174,6 @@ pub async fn run(
                 ),
                 serve_http(&socket.listener, options, move |_| service(), shutdown),
             );
-            socket.remove();
         }
         None => serve_http(listener, options, move |_| service(), shutdown).await,
     }

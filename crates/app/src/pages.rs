@@ -282,7 +282,6 @@ mod tests {
             access_log,
             server_timing: true,
             unix_socket: None,
-            threads: 1,
         }
     }
 
@@ -562,7 +561,6 @@ mod tests {
                 access_log: None,
                 server_timing: false,
                 unix_socket: None,
-                threads: 1,
             },
             &mut Default::default(),
         )

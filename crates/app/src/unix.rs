@@ -1,7 +1,6 @@
 //! The app's Unix socket (`app.unix_socket`): the web server of the same host proxies through
-//! it (nginx's `proxy_pass http://unix:`), sparing both the TCP/IP stack of every request.
-//! Only the account that runs webstack may connect (mode 0600), unlike a TCP port that the
-//! firewall has to guard.
+//! it (nginx's `proxy_pass http://unix:`), sparing both the TCP/IP stack of every request. The
+//! file is the webstack account's only (mode 0600); the app's TCP port stays open as well.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -21,24 +20,33 @@ pub struct UnixSocket {
 impl UnixSocket {
     /// Binds `path`, replacing a socket file a stopped app left behind. The caller has bound
     /// the app's TCP port first: no other app of this host is running, so a socket there is
-    /// stale. Anything else at the path is an error, not removed.
+    /// stale. Anything else at the path is an error, not removed. The socket is made under a
+    /// private name, set to 0600, then renamed into place (the supervisor's control socket is
+    /// made the same way): no moment with the umask's wider mode, and a stale file is replaced
+    /// in one step (the web server never finds the name missing).
     pub fn bind(path: &Path) -> io::Result<UnixSocket> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
         match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
-            Ok(_) => {
+            Ok(meta) if !meta.file_type().is_socket() => {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
                     format!("{} exists and is not a socket", path.display()),
                 ));
             }
+            Ok(_) => {}
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(error),
         }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let fresh = private_name(dir);
+        let _ = std::fs::remove_file(&fresh);
+        let listener = UnixListener::bind(&fresh)?;
+        let placed = std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| std::fs::rename(&fresh, path));
+        if let Err(error) = placed {
+            let _ = std::fs::remove_file(&fresh);
+            return Err(error);
+        }
         let meta = std::fs::metadata(path)?;
         Ok(UnixSocket {
             listener,
@@ -47,18 +55,38 @@ impl UnixSocket {
         })
     }
 
+    /// The longest path `bind` uses for `path` (the private name may be longer than the
+    /// socket's own): what must fit in a socket address.
+    pub fn longest_path(path: &Path) -> usize {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let private = dir.join(format!(".{}.sock", u32::MAX));
+        path.as_os_str().len().max(private.as_os_str().len())
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// Removes the socket file if it is still the one bound here.
-    pub fn remove(&self) {
+    fn remove(&self) {
         let ours = std::fs::symlink_metadata(&self.path)
             .is_ok_and(|meta| (meta.dev(), meta.ino()) == self.identity);
         if ours && let Err(error) = std::fs::remove_file(&self.path) {
             tracing::warn!(path = %self.path.display(), %error, "cannot remove the app's socket");
         }
     }
+}
+
+/// Gone with the app (a failed start too); a newer app's socket at the path is left alone.
+impl Drop for UnixSocket {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// The name a socket is made under before it is renamed into place.
+fn private_name(dir: &Path) -> PathBuf {
+    dir.join(format!(".{}.sock", std::process::id()))
 }
 
 #[cfg(test)]
@@ -75,11 +103,13 @@ mod tests {
         // A stopped app's file (never removed) is replaced; the first one's removal then
         // leaves the new file alone.
         let second = UnixSocket::bind(&path).unwrap();
-        first.remove();
+        drop(first);
         assert!(path.exists(), "the newer socket stays");
         tokio::net::UnixStream::connect(&path).await.unwrap();
-        second.remove();
+        drop(second);
         assert!(!path.exists());
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert!(left.is_empty(), "no private name left behind: {left:?}");
 
         std::fs::write(&path, b"not a socket").unwrap();
         let error = UnixSocket::bind(&path).unwrap_err();

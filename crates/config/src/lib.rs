@@ -100,6 +100,8 @@ pub struct Config {
     web_ports: Ports,
     app: webstack_app::Config,
     app_ports: Ports,
+    /// How the web servers and apps run next to each other on a host.
+    pairing: WebAppPairing,
     db: Option<DbSettings>,
     db_ports: Ports,
     etcd: EtcdSettings,
@@ -110,6 +112,14 @@ pub struct Config {
     firewall: FirewallSettings,
     /// `[netns]`: used by `webstack up --netns` only.
     pub netns: vip::NetnsSettings,
+}
+
+/// `web.threads`, `app.threads` (0: a share of the host's cores) and `app.unix_socket`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WebAppPairing {
+    pub web_threads: usize,
+    pub app_threads: usize,
+    pub unix_socket: bool,
 }
 
 /// `[etcd]` settings; the members are the hosts with role `etcd`.
@@ -267,7 +277,6 @@ impl Config {
     pub fn web(&self, host: &Host, state_dir: &Path) -> webstack_web::Config {
         webstack_web::Config {
             host_name: host.name.clone(),
-            threads: self.worker_threads(host, Role::Web).unwrap_or(1),
             app_addr: self.service_addr(host, Role::App),
             app_socket: host
                 .has(Role::App)
@@ -311,7 +320,6 @@ impl Config {
             host_name: host.name.clone(),
             db,
             unix_socket: self.app_socket(host, state_dir),
-            threads: self.worker_threads(host, Role::App).unwrap_or(1),
             access_log: self
                 .app
                 .access_log
@@ -328,8 +336,8 @@ impl Config {
     /// lb sizes its own workers (`lb.threads`), MariaDB and etcd are other programs.
     pub fn worker_threads(&self, host: &Host, role: Role) -> Option<usize> {
         let setting = match role {
-            Role::Web => self.web.threads,
-            Role::App => self.app.threads,
+            Role::Web => self.pairing.web_threads,
+            Role::App => self.pairing.app_threads,
             _ => return None,
         };
         if setting > 0 {
@@ -347,11 +355,13 @@ impl Config {
     /// listens there, the web server of the same host connects there). None, with a warning,
     /// when the path is longer than a socket address holds: both roles then use TCP.
     pub fn app_socket(&self, host: &Host, state_dir: &Path) -> Option<PathBuf> {
-        self.app.unix_socket.as_ref()?;
+        if !self.pairing.unix_socket {
+            return None;
+        }
         let path = state_dir
             .join("run")
             .join(format!("{}-app.sock", host.name));
-        if path.as_os_str().len() > MAX_SOCKET_PATH {
+        if webstack_app::UnixSocket::longest_path(&path) > MAX_SOCKET_PATH {
             tracing::warn!(
                 path = %path.display(),
                 "the app's Unix socket path is longer than {MAX_SOCKET_PATH} bytes: web and app use TCP (a shorter --state-dir lifts this)"
@@ -877,7 +887,6 @@ mod tests {
         let half = (cores / 2).max(1);
         assert_eq!(config.worker_threads(web01, Role::Web), Some(half));
         assert_eq!(config.worker_threads(web01, Role::App), Some(half));
-        assert_eq!(config.web(web01, state).threads, half);
         let lb01 = config.host("lb-01").unwrap();
         assert_eq!(
             config.worker_threads(lb01, Role::Lb),

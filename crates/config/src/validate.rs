@@ -293,9 +293,13 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         maxconn: check.maxconn(&file.app.maxconn, "app.maxconn")?,
         access_log: access_log(file.app.access_log, file.app.access_log_format),
         server_timing: file.app.server_timing,
-        // The path is the host's, filled in by `Config::app`.
-        unix_socket: file.app.unix_socket.then(PathBuf::new),
-        threads: role_threads(&check, &file.app.threads, "app.threads")?,
+        // The host's socket, filled in by `Config::app`.
+        unix_socket: None,
+    };
+    let pairing = crate::WebAppPairing {
+        web_threads: role_threads(&check, &file.web.threads, "web.threads")?,
+        app_threads: role_threads(&check, &file.app.threads, "app.threads")?,
+        unix_socket: file.app.unix_socket,
     };
     let db = db_settings(&check, file.db.as_ref(), &hosts, &file.hosts)?;
     let etcd = etcd_settings(&check, &file.etcd, &hosts, &file.hosts)?;
@@ -315,6 +319,7 @@ pub fn validate(file: FileConfig, text: &str, path: &Path) -> Result<Config, Con
         web_ports,
         app,
         app_ports,
+        pairing,
         db,
         db_ports,
         etcd,
@@ -1006,7 +1011,6 @@ fn web_config(check: &Checker, web: &file::WebFile) -> Result<webstack_web::Conf
         access_log: access_log(web.access_log, web.access_log_format),
         server_timing: web.server_timing,
         maxconn: check.maxconn(&web.maxconn, "web.maxconn")?,
-        threads: role_threads(check, &web.threads, "web.threads")?,
     })
 }
 

@@ -124,3 +124,35 @@ impl Pool {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::Endpoint;
+
+    /// A kept connection to the app's Unix socket that the app closed while it idled is not
+    /// handed out again, whether the request can be sent twice or not.
+    #[tokio::test]
+    async fn a_unix_connection_the_server_closed_while_idle_is_dropped_at_checkout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let pool = Pool::new(1, Duration::from_secs(2));
+        for replayable in [true, false] {
+            let conn = pool.connect(Endpoint::Unix(&path)).await.unwrap();
+            let (server_side, _) = listener.accept().await.unwrap();
+            pool.checkin(0, conn);
+            let kept = pool
+                .checkout(0, replayable)
+                .expect("an open connection is reused");
+            pool.checkin(0, kept);
+            drop(server_side);
+            // The runtime may not have seen the close yet: give the reactor a turn.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(
+                pool.checkout(0, replayable).is_none(),
+                "closed by the server, replayable {replayable}"
+            );
+        }
+    }
+}

@@ -13,6 +13,9 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream, tcp, unix};
 
+/// How long a connect to a Unix socket with a full accept queue waits before it tries again.
+const FULL_QUEUE_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Where a server listens.
 #[derive(Clone, Copy, Debug)]
 pub enum Endpoint<'a> {
@@ -38,7 +41,9 @@ pub enum Stream {
 
 impl Stream {
     /// Connects to `endpoint` (no timeout: the pool bounds it). TCP without Nagle: a head and
-    /// its body go out as written.
+    /// its body go out as written. A Unix socket whose accept queue is full refuses at once
+    /// (`EAGAIN`) where TCP would let the SYN come again: tried again every few milliseconds,
+    /// so a busy app makes the connect wait, as over TCP, not fail.
     pub async fn connect(endpoint: Endpoint<'_>) -> io::Result<Stream> {
         match endpoint {
             Endpoint::Tcp(addr) => {
@@ -46,7 +51,14 @@ impl Stream {
                 let _ = stream.set_nodelay(true);
                 Ok(Stream::Tcp(stream))
             }
-            Endpoint::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix),
+            Endpoint::Unix(path) => loop {
+                match UnixStream::connect(path).await {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        tokio::time::sleep(FULL_QUEUE_RETRY).await;
+                    }
+                    connected => return connected.map(Stream::Unix),
+                }
+            },
         }
     }
 
@@ -202,6 +214,73 @@ mod tests {
             Endpoint::Unix(&path).to_string(),
             format!("unix:{}", path.display())
         );
+    }
+
+    #[tokio::test]
+    async fn a_shut_down_write_half_is_the_end_of_the_stream_for_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut all = Vec::new();
+            conn.read_to_end(&mut all).await.unwrap();
+            conn.write_all(b"bye").await.unwrap();
+            all
+        });
+        let mut stream = Stream::connect(Endpoint::Unix(&path)).await.unwrap();
+        let (mut read, mut write) = stream.split();
+        let bufs = [IoSlice::new(b"head "), IoSlice::new(b"body")];
+        let mut written = 0;
+        while written < 9 {
+            written += write.write_vectored(&bufs).await.unwrap();
+        }
+        write.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        read.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(
+            answer, b"bye",
+            "the read half still reads after the write half is shut"
+        );
+        assert_eq!(server.await.unwrap(), b"head body");
+    }
+
+    #[tokio::test]
+    async fn a_full_accept_queue_makes_the_connect_wait_not_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        // A backlog of one, never accepted: the queue fills after a connection or two.
+        let socket =
+            socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&socket2::SockAddr::unix(&path).unwrap())
+            .unwrap();
+        socket.listen(1).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let listener = tokio::net::UnixListener::from_std(std::os::unix::net::UnixListener::from(
+            std::os::fd::OwnedFd::from(socket),
+        ))
+        .unwrap();
+        let mut queued = Vec::new();
+        let waiting = loop {
+            let connect = Box::pin(Stream::connect(Endpoint::Unix(&path)));
+            match tokio::time::timeout(std::time::Duration::from_millis(200), connect).await {
+                Ok(stream) => queued.push(stream.unwrap()),
+                Err(_) => break true,
+            }
+            assert!(queued.len() < 64, "the queue never filled");
+        };
+        assert!(waiting, "a connect to a full queue waits");
+        // Room again: the next connect gets through.
+        let (_first, _) = listener.accept().await.unwrap();
+        let (_second, _) = listener.accept().await.unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            Stream::connect(Endpoint::Unix(&path)),
+        )
+        .await
+        .expect("connected once the app accepted")
+        .unwrap();
     }
 
     #[tokio::test]

@@ -34,7 +34,4 @@ pub struct Config {
     pub server_timing: bool,
     /// Client connections served at once; more wait in the listen backlog.
     pub maxconn: usize,
-    /// Worker threads of the role's runtime (`web.threads`; 0 in the file: see
-    /// `webstack_config::Config::worker_threads`).
-    pub threads: usize,
 }

@@ -110,7 +110,8 @@ impl WebServer {
     }
 
     /// Serves `listener` until `shutdown`; ready as soon as it accepts. Connections run on the
-    /// process's multi-thread runtime, sharing one pool of app connections: measured against
+    /// process's multi-thread runtime (`web.threads` workers: by default its share of the
+    /// host's cores, next to the app's), sharing one pool of app connections: measured against
     /// the lb's model (a current-thread runtime and a pool per worker), it proxied to the app
     /// with less CPU here, where the web server, the app and the clients share the cores
     /// (bench/results/2026-11-30-web.md).

@@ -215,7 +215,8 @@ pub async fn run(
     tracing::info!(
         role = %role,
         host = host_name,
-        threads = ?config.worker_threads(&host, role),
+        // The runtime main.rs built: sized by `web.threads` / `app.threads` for those roles.
+        threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "started"
     );
 

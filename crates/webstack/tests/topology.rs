@@ -112,15 +112,16 @@ fn the_site_is_served_through_both_web_hosts() {
         let path = topology.state_dir().join(format!("run/{host}-app.sock"));
         let app_socket = std::fs::metadata(&path).unwrap();
         assert_eq!(app_socket.permissions().mode() & 0o777, 0o600, "{path:?}");
-        let pid = unit_pid(&topology, host, "web");
-        let (tcp_to_app, unix) = sockets_of(pid, 9000);
+        let web = unit_pid(&topology, host, "web");
         assert_eq!(
-            tcp_to_app, 0,
+            tcp_connections_to(web, 9000),
+            0,
             "{host}/web has TCP connections to the app's port"
         );
+        let app = unit_pid(&topology, host, "app");
         assert!(
-            unix > 0,
-            "{host}/web has no Unix socket connection to its app"
+            accepted_on(app, &path) > 0,
+            "{host}/app holds no connection accepted on its Unix socket"
         );
     }
     // The app's TCP port still answers (monitoring, an operator's curl).
@@ -140,9 +141,9 @@ fn unit_pid(topology: &Topology, host: &str, role: &str) -> u32 {
         .unwrap() as u32
 }
 
-/// Of the sockets process `pid` holds: (TCP connections to `port`, connected Unix sockets).
-fn sockets_of(pid: u32, port: u16) -> (usize, usize) {
-    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+/// The inodes of the sockets process `pid` holds.
+fn socket_inodes(pid: u32) -> std::collections::HashSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
         .filter_map(|link| {
@@ -153,10 +154,15 @@ fn sockets_of(pid: u32, port: u16) -> (usize, usize) {
                     .to_string(),
             )
         })
-        .collect();
-    let table = |file: &str| std::fs::read_to_string(file).unwrap_or_default();
-    // /proc/net/tcp: "sl local rem st ... inode" with addresses as HEX:PORT.
-    let tcp = table("/proc/net/tcp")
+        .collect()
+}
+
+/// TCP connections of process `pid` to `port` (/proc/net/tcp: "sl local rem st ... inode",
+/// addresses as HEX:PORT).
+fn tcp_connections_to(pid: u32, port: u16) -> usize {
+    let inodes = socket_inodes(pid);
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
         .lines()
         .skip(1)
         .filter(|line| {
@@ -165,17 +171,29 @@ fn sockets_of(pid: u32, port: u16) -> (usize, usize) {
                 && fields[2].ends_with(&format!(":{port:04X}"))
                 && inodes.contains(fields[9])
         })
-        .count();
-    // /proc/net/unix: "Num RefCount Protocol Flags Type St Inode Path", St 03 = connected.
-    let unix = table("/proc/net/unix")
+        .count()
+}
+
+/// Connections process `pid` accepted on a Unix socket in the folder of `path` (/proc/net/unix:
+/// "Num RefCount Protocol Flags Type St Inode Path"; an accepted socket shows the name its
+/// listener was bound to, the private name it had before it was renamed to `path`; St 03 =
+/// connected).
+fn accepted_on(pid: u32, path: &std::path::Path) -> usize {
+    let inodes = socket_inodes(pid);
+    let folder = std::fs::canonicalize(path.parent().unwrap()).unwrap();
+    let prefix = format!("{}/", folder.display());
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
         .lines()
         .skip(1)
         .filter(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.len() > 6 && fields[5] == "03" && inodes.contains(fields[6])
+            fields.len() > 7
+                && fields[5] == "03"
+                && inodes.contains(fields[6])
+                && fields[7].starts_with(&prefix)
         })
-        .count();
-    (tcp, unix)
+        .count()
 }
 
 #[test]
