@@ -1014,7 +1014,8 @@ fn web_config(check: &Checker, web: &file::WebFile) -> Result<webstack_web::Conf
     })
 }
 
-/// A web or app `threads` setting, 0 (the host's share of its cores, see `Config::web`) to 256.
+/// A web or app `threads` setting, 0 (the host's share of its cores, see
+/// `Config::worker_threads`) to 256.
 fn role_threads(
     check: &Checker,
     setting: &toml::Spanned<u32>,

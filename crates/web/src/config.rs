@@ -22,7 +22,7 @@ pub struct Config {
     pub app_addr: SocketAddr,
     /// The app's Unix socket on this host (`app.unix_socket`): used instead of `app_addr`.
     pub app_socket: Option<PathBuf>,
-    /// TCP connect to the app.
+    /// Connect to the app (its Unix socket, or TCP).
     pub app_connect_timeout: Duration,
     /// From sending a request to the app until its response head arrives.
     pub app_response_timeout: Duration,
