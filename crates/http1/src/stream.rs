@@ -21,6 +21,10 @@ const FULL_QUEUE_RETRY: std::time::Duration = std::time::Duration::from_millis(5
 pub enum Endpoint<'a> {
     Tcp(SocketAddr),
     Unix(&'a Path),
+    /// The socket, or the TCP address when no server listens on the socket (no such file, or
+    /// a file nobody accepts on): an app started with `unix_socket = false` next to a web
+    /// server started before the change is still reached.
+    UnixOrTcp(&'a Path, SocketAddr),
 }
 
 impl std::fmt::Display for Endpoint<'_> {
@@ -28,6 +32,7 @@ impl std::fmt::Display for Endpoint<'_> {
         match self {
             Endpoint::Tcp(addr) => addr.fmt(f),
             Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+            Endpoint::UnixOrTcp(path, addr) => write!(f, "unix:{} or {addr}", path.display()),
         }
     }
 }
@@ -46,18 +51,18 @@ impl Stream {
     /// so a busy app makes the connect wait, as over TCP, not fail.
     pub async fn connect(endpoint: Endpoint<'_>) -> io::Result<Stream> {
         match endpoint {
-            Endpoint::Tcp(addr) => {
-                let stream = TcpStream::connect(addr).await?;
-                let _ = stream.set_nodelay(true);
-                Ok(Stream::Tcp(stream))
-            }
-            Endpoint::Unix(path) => loop {
-                match UnixStream::connect(path).await {
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                        tokio::time::sleep(FULL_QUEUE_RETRY).await;
-                    }
-                    connected => return connected.map(Stream::Unix),
+            Endpoint::Tcp(addr) => connect_tcp(addr).await,
+            Endpoint::Unix(path) => connect_unix(path).await,
+            Endpoint::UnixOrTcp(path, addr) => match connect_unix(path).await {
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    connect_tcp(addr).await
                 }
+                connected => connected,
             },
         }
     }
@@ -89,6 +94,23 @@ impl Stream {
         match self {
             Stream::Tcp(stream) => stream.try_read(buf),
             Stream::Unix(stream) => stream.try_read(buf),
+        }
+    }
+}
+
+async fn connect_tcp(addr: SocketAddr) -> io::Result<Stream> {
+    let stream = TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    Ok(Stream::Tcp(stream))
+}
+
+async fn connect_unix(path: &Path) -> io::Result<Stream> {
+    loop {
+        match UnixStream::connect(path).await {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(FULL_QUEUE_RETRY).await;
+            }
+            connected => return connected.map(Stream::Unix),
         }
     }
 }
@@ -281,6 +303,28 @@ mod tests {
         .await
         .expect("connected once the app accepted")
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn unix_or_tcp_takes_the_socket_when_it_is_served_else_the_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let either = Endpoint::UnixOrTcp(&path, addr);
+        // No file: the port.
+        let stream = Stream::connect(either).await.unwrap();
+        assert!(matches!(stream, Stream::Tcp(_)), "{stream:?}");
+        // A file nobody accepts on (an app killed, then started without its socket): the port.
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(listener);
+        let stream = Stream::connect(either).await.unwrap();
+        assert!(matches!(stream, Stream::Tcp(_)), "{stream:?}");
+        // Served: the socket.
+        std::fs::remove_file(&path).unwrap();
+        let _listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let stream = Stream::connect(either).await.unwrap();
+        assert!(matches!(stream, Stream::Unix(_)), "{stream:?}");
     }
 
     #[tokio::test]

@@ -523,10 +523,11 @@ impl WebServer {
         (response.status, client.finish_body(keep).await, bytes)
     }
 
-    /// Where the app listens: its Unix socket when it has one, else its TCP address.
+    /// Where the app listens: its Unix socket when it has one (its TCP port when nothing
+    /// listens there: an app started with `unix_socket = false`), else its TCP address.
     fn app_endpoint(&self) -> Endpoint<'_> {
         match &self.config.app_socket {
-            Some(path) => Endpoint::Unix(path),
+            Some(path) => Endpoint::UnixOrTcp(path, self.config.app_addr),
             None => Endpoint::Tcp(self.config.app_addr),
         }
     }

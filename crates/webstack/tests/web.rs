@@ -1,8 +1,9 @@
 //! The web role's proxy to its app, with the app replaced by servers that behave in ways a
 //! framework hides: one that answers 413 before reading the body and closes, and a WebSocket
 //! echo server. The web role runs alone (`webstack run --host web-01 --role web`), then behind
-//! an lb, as in a real topology. These apps listen on TCP (`app.unix_socket = false`); the real
-//! app's Unix socket is the path of every other topology test.
+//! an lb, as in a real topology. These apps listen on TCP (`app.unix_socket = false`, or the
+//! web server's fallback to the port when no socket is served); the real app's Unix socket is
+//! the path of every other topology test.
 
 use std::time::Duration;
 
@@ -85,7 +86,10 @@ fn websockets_go_through_lb_and_web_to_the_app() {
 fn the_web_server_keeps_the_lbs_statements_and_adds_its_own() {
     use webstack_testkit::raw::start_recorder;
     let app = start_recorder(([127, 0, 27, 11], 9000).into());
-    let mut topology = Topology::write(EXE, "web-headers", 27, &tcp_app(toml(27, 1, "")));
+    // The topology says the app has its Unix socket (the default); this app listens on TCP
+    // only, as an app started with `unix_socket = false` would: the web server finds no socket
+    // and reaches it on its port.
+    let mut topology = Topology::write(EXE, "web-headers", 27, &toml(27, 1, ""));
     topology.run_role("web-01", "web", ([127, 0, 27, 11], 9101).into());
 
     let r = get(
