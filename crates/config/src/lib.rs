@@ -278,10 +278,8 @@ impl Config {
         webstack_web::Config {
             host_name: host.name.clone(),
             app_addr: self.service_addr(host, Role::App),
-            app_socket: host
-                .has(Role::App)
-                .then(|| self.app_socket(host, state_dir))
-                .flatten(),
+            // Validation puts an app on every web host.
+            app_socket: self.app_socket(host, state_dir),
             access_log: self
                 .web
                 .access_log
