@@ -62,8 +62,17 @@ impl NewPost {
     }
 }
 
-const SELECT: &str =
-    "SELECT id, author, body, DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%sZ') FROM posts";
+/// A post's columns as the app reads them (`post` takes them in this order).
+macro_rules! columns {
+    () => {
+        "id, author, body, DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%sZ')"
+    };
+}
+const SELECT: &str = concat!("SELECT ", columns!(), " FROM posts");
+const INSERT: &str = concat!(
+    "INSERT INTO posts (author, body) VALUES (?, ?) RETURNING ",
+    columns!()
+);
 
 fn post((id, author, body, created_at): (u64, String, String, String)) -> Post {
     Post {
@@ -180,22 +189,42 @@ async fn read(
     ))
 }
 
+/// Runs a request's database work in a task of its own and waits for it. hyper drops a
+/// request's handler when its client goes away; a query dropped with it leaves its connection
+/// mid-exchange, which mysql_async can only close, so every abandoned request (a client's
+/// timeout, the end of a load, a flood of aborted posts) would cost a new login, its session
+/// setup and its prepared statements. Detached, the query runs to its end and the connection
+/// goes back to the pool; a write whose client left is committed all the same (its outcome
+/// was never the client's to cancel once sent), as behind nginx and PHP-FPM.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, AppError>> + Send + 'static,
+) -> Result<T, AppError> {
+    tokio::spawn(work).await.unwrap_or_else(|error| {
+        Err(AppError::Database(format!(
+            "the query's task ended early: {error}"
+        )))
+    })
+}
+
 pub async fn recent(
-    router: &Router,
-    metrics: &Metrics,
+    router: Arc<Router>,
+    metrics: Metrics,
     limit: u32,
-    after: Option<&GtidPos>,
+    after: Option<GtidPos>,
 ) -> Result<(Vec<Post>, Arc<Node>), AppError> {
-    read(router, metrics, after, Read::Recent(limit)).await
+    detached(async move { read(&router, &metrics, after.as_ref(), Read::Recent(limit)).await })
+        .await
 }
 
 pub async fn get(
-    router: &Router,
-    metrics: &Metrics,
+    router: Arc<Router>,
+    metrics: Metrics,
     id: u64,
-    after: Option<&GtidPos>,
+    after: Option<GtidPos>,
 ) -> Result<(Option<Post>, Arc<Node>), AppError> {
-    let (posts, node) = read(router, metrics, after, Read::One(id)).await?;
+    let (posts, node) =
+        detached(async move { read(&router, &metrics, after.as_ref(), Read::One(id)).await })
+            .await?;
     Ok((posts.into_iter().next(), node))
 }
 
@@ -213,8 +242,16 @@ const HOLD_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// Inserts on the primary; returns the stored post and the write's GTID. During a failover the
 /// write is held (up to `db.write_hold`) and sent to the new primary when it appears. A write
 /// whose commit outcome is unknown (the primary failed after the INSERT was sent) is never
-/// retried: 503 that says so.
+/// retried: 503 that says so. Runs to its end even if the client goes away (`detached`).
 pub async fn create(
+    router: Arc<Router>,
+    metrics: Metrics,
+    new: NewPost,
+) -> Result<(Post, String), AppError> {
+    detached(async move { create_held(&router, &metrics, &new).await }).await
+}
+
+async fn create_held(
     router: &Router,
     metrics: &Metrics,
     new: &NewPost,
@@ -294,43 +331,27 @@ async fn write_once(
             }
         };
         sent.store(true, std::sync::atomic::Ordering::SeqCst);
-        conn.exec_drop(
-            "INSERT INTO posts (author, body) VALUES (?, ?)",
-            (&new.author, &new.body),
-        )
-        .await
-        .map_err(|error| write_refused(router, writer, error))?;
-        let id = conn
-            .last_insert_id()
-            .ok_or_else(|| Attempt::Fail(AppError::Database("no insert id".into())))?;
-        // Committed (autocommit, acknowledged by the server): what follows only reads it back.
-        // If the primary goes away now the post is stored all the same: answer with what we
-        // know (the time from our clock, and no GTID for the session) rather than an error.
-        let read_back = async {
-            let gtid: Option<String> = conn.query_first("SELECT @@last_gtid").await?;
-            let stored = conn
-                .exec_first(format!("{SELECT} WHERE id = ?"), (id,))
-                .await?
-                .map(post);
-            Ok::<_, mysql_async::Error>((stored, gtid))
-        };
-        match read_back.await {
-            Ok((Some(stored), gtid)) => Ok((stored, gtid.unwrap_or_default())),
-            Ok((None, _)) => Err(Attempt::Fail(AppError::Database(
-                "inserted post not found".into(),
-            ))),
+        // One statement stores the post and returns it as stored (MariaDB's `RETURNING`):
+        // no second round trip to read it back. The row arrives before the statement's end;
+        // `exec_first` returns only after the final OK, that is after the commit (autocommit,
+        // acknowledged by a replica under semi-sync).
+        let stored = conn
+            .exec_first(INSERT, (&new.author, &new.body))
+            .await
+            .map_err(|error| write_refused(router, writer, error))?
+            .map(post)
+            .ok_or_else(|| {
+                Attempt::Fail(AppError::Database("the insert returned no row".into()))
+            })?;
+        // Committed: what follows only asks for the write's GTID (the session's cookie). If
+        // the primary goes away now the post is stored all the same: answer with it and no
+        // GTID rather than an error.
+        match conn.query_first::<String, _>("SELECT @@last_gtid").await {
+            Ok(gtid) => Ok((stored, gtid.unwrap_or_default())),
             Err(error) => {
-                tracing::warn!(node = %writer.name, %error, id, "the primary went away right after a committed write");
+                tracing::warn!(node = %writer.name, %error, id = stored.id, "the primary went away right after a committed write");
                 router.mark_unreachable(writer);
-                Ok((
-                    Post {
-                        id,
-                        author: new.author.clone(),
-                        body: new.body.clone(),
-                        created_at: now_utc(),
-                    },
-                    String::new(),
-                ))
+                Ok((stored, String::new()))
             }
         }
     };
@@ -366,20 +387,6 @@ fn write_refused(router: &Router, writer: &Node, error: mysql_async::Error) -> A
         }
         _ => Attempt::Fail(error.into()),
     }
-}
-
-/// Now, as the database formats `created_at` (`2026-11-29T15:16:41Z`).
-fn now_utc() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second()
-    )
 }
 
 /// The session's last write position, from its cookie.

@@ -39,6 +39,94 @@ fn app_router(topology: &Topology) -> std::sync::Arc<webstack_db::router::Router
     webstack_db::router::Router::new(client)
 }
 
+/// Sends ten posts straight to web-01's app while the primary's `posts` table is locked, closes
+/// the ten clients while the inserts wait for the lock, unlocks, and waits until the ten posts
+/// (author `gone`, body `round`) are stored.
+fn abandon_writes(topology: &Topology, round: &str) {
+    use std::io::{BufRead, Write};
+    let password =
+        std::fs::read_to_string(topology.state_dir().join("secrets/admin.password")).unwrap();
+    let mut locker = std::process::Command::new("mariadb")
+        .arg("-S")
+        .arg(topology.state_dir().join("db/web-01/mariadb.sock"))
+        // Unbuffered: each answer is written as its statement ends, not when the client exits.
+        .args([
+            "-u",
+            "webstack_admin",
+            "--batch",
+            "--unbuffered",
+            "--skip-column-names",
+        ])
+        .env("MYSQL_PWD", password.trim())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_locker = locker.stdin.take().unwrap();
+    to_locker
+        .write_all(b"LOCK TABLES foobar.posts WRITE;\nSELECT 'locked';\n")
+        .unwrap();
+    let stdout = locker.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut answer = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut answer);
+        let _ = tx.send(answer);
+    });
+    let answer = rx.recv_timeout(Duration::from_secs(30));
+    if answer.as_deref().map(str::trim) != Ok("locked") {
+        let _ = locker.kill();
+        let _ = locker.wait();
+        panic!("the lock on posts was not taken: {answer:?}");
+    }
+
+    let app = std::net::SocketAddr::new(topology.web(1).ip(), 9000);
+    let clients: Vec<std::net::TcpStream> = (0..10)
+        .map(|i| {
+            let body =
+                serde_json::json!({ "author": "gone", "body": format!("{round} {i}") }).to_string();
+            let mut client = std::net::TcpStream::connect(app).unwrap();
+            client
+                .write_all(
+                    format!(
+                        "POST /api/posts HTTP/1.1\r\nHost: app\r\n\
+                         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .unwrap();
+            client
+        })
+        .collect();
+    let waiting = "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                   WHERE USER = 'foobar_app' AND INFO LIKE 'INSERT INTO posts%'";
+    assert_eventually!(
+        topology
+            .admin_sql("web-01", waiting)
+            .is_ok_and(|n| n.trim() == "10"),
+        Duration::from_secs(10),
+        "ten inserts wait for the lock"
+    );
+    drop(clients);
+    // The app sees the clients' ends before the lock goes (if it is slower, the writes simply
+    // finish with their clients gone: no less stored, no connection lost).
+    std::thread::sleep(Duration::from_millis(300));
+    to_locker.write_all(b"UNLOCK TABLES;\n").unwrap();
+    drop(to_locker);
+    assert!(locker.wait().unwrap().success());
+    let stored = format!(
+        "SELECT COUNT(*) FROM foobar.posts WHERE author = 'gone' AND body LIKE '{round} %'"
+    );
+    assert_eventually!(
+        topology
+            .admin_sql("web-01", &stored)
+            .is_ok_and(|n| n.trim() == "10"),
+        Duration::from_secs(20),
+        "the ten posts whose clients went away are stored"
+    );
+}
+
 #[test]
 fn posts_are_written_to_the_primary_and_read_from_every_host() {
     let topology = Topology::start(EXE, "db-basic", 41, &toml_with_db(41, 2, ""));
@@ -289,6 +377,36 @@ fn posts_are_written_to_the_primary_and_read_from_every_host() {
         primary_connections_after - primary_connections <= 5,
         "the primary counted {} new connections in 8 s",
         primary_connections_after - primary_connections
+    );
+
+    // Clients that go away while their writes wait in the database: the writes are stored all
+    // the same (the requests arrived whole) and cost no connection. Cancelled with the
+    // request, each query's connection was closed mid-exchange and the next requests logged
+    // in again. The first round fills the pool; the second is counted (the app's own logins,
+    // `USER_STATISTICS`; the test's statements go in as the admin).
+    topology
+        .admin_sql("web-01", "SET GLOBAL userstat = 1")
+        .unwrap();
+    abandon_writes(&topology, "first");
+    let app_logins = || {
+        topology
+            .admin_sql(
+                "web-01",
+                "SELECT TOTAL_CONNECTIONS FROM information_schema.USER_STATISTICS \
+                 WHERE USER = 'foobar_app'",
+            )
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    let logins = app_logins();
+    abandon_writes(&topology, "second");
+    assert_eq!(post(&topology, "after", "the abandoned writes").status, 201);
+    assert_eq!(
+        app_logins() - logins,
+        0,
+        "the app logged in again after abandoned writes"
     );
 
     // Secrets: private files, never in the topology or the logs.
