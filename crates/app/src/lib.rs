@@ -152,6 +152,11 @@ pub async fn run(
     if let Some(db) = state.db.clone() {
         // Know the cluster before the first request, then keep watching it.
         db.refresh().await;
+        // The pools open while the first requests come (they share them).
+        tokio::spawn({
+            let db = db.clone();
+            async move { db.warm().await }
+        });
         tokio::spawn(db.poll());
     }
     let options = HttpOptions {

@@ -120,15 +120,12 @@ pub enum LeaderView {
     Node { host: String, term: i64 },
 }
 
-/// Idle connections the pool keeps to each node however long they idle (opened on demand,
-/// never ahead of it).
-const POOL_MIN: usize = 2;
-/// Connections to each node at most; a request beyond waits for one to be returned.
-const POOL_MAX: usize = 20;
-/// An idle connection beyond `POOL_MIN` is closed after this long: HikariCP's `idleTimeout`
-/// default, so a burst after a quiet minute or two finds its connections open instead of
-/// paying a login each (MariaDB's `wait_timeout`, 8 h, is far longer).
-const POOL_IDLE: Duration = Duration::from_secs(600);
+/// Connections the app keeps to each node: a fixed-size pool (HikariCP's recommendation, its
+/// `minimumIdle` left equal to `maximumPoolSize`), opened when the app starts (`warm`) and kept
+/// however long they idle, so a load, even its first seconds, logs in nowhere. A request
+/// beyond them waits for one to be returned; one that was closed (its node restarted) is
+/// opened again on demand.
+const POOL_SIZE: usize = 20;
 /// Prepared statements kept per connection (the app has a handful).
 const STATEMENT_CACHE: usize = 64;
 
@@ -162,12 +159,8 @@ impl Router {
                     .pool_opts(
                         PoolOpts::default()
                             .with_constraints(
-                                PoolConstraints::new(POOL_MIN, POOL_MAX).expect("min <= max"),
+                                PoolConstraints::new(POOL_SIZE, POOL_SIZE).expect("min <= max"),
                             )
-                            // Non-zero: returned connections stay pooled (up to the max) and are
-                            // closed only after idling this long; with zero, mysql_async keeps
-                            // just `min` and closes every other connection on its return.
-                            .with_inactive_connection_ttl(POOL_IDLE)
                             // The app sets no session state beyond `init`, so COM_RESET_CONNECTION
                             // would only add a round trip and empty the prepared-statement cache.
                             .with_reset_connection(false),
@@ -284,6 +277,22 @@ impl Router {
             self.refresh().await;
             tokio::time::sleep(self.config.poll_interval).await;
         }
+    }
+
+    /// Opens each node's pool to its size, all nodes and connections at once, within the
+    /// connect timeout (a node that is down is skipped: its pool fills on demand later).
+    pub async fn warm(&self) {
+        let timeout = self.config.connect_timeout;
+        let nodes = self.nodes.iter().map(|node| async move {
+            let opening = (0..POOL_SIZE).map(|_| node.pool.get_conn());
+            let conns = tokio::time::timeout(timeout, futures_util::future::join_all(opening))
+                .await
+                .unwrap_or_default();
+            let opened = conns.iter().filter(|c| c.is_ok()).count();
+            tracing::debug!(node = %node.name, opened, "database pool warmed");
+            // Dropped here: each goes back to its pool, which keeps them.
+        });
+        futures_util::future::join_all(nodes).await;
     }
 
     /// Asks every node, concurrently, whether it is writable and how far it got, and etcd

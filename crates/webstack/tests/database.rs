@@ -334,6 +334,55 @@ fn posts_are_written_to_the_primary_and_read_from_every_host() {
         .json();
     assert_eq!(listed["posts"].as_array().unwrap().len(), 2);
 
+    // The app's pools are opened when it starts (20 connections to each node, kept): a burst
+    // of concurrent reads, more than a pool's size per app, opens no connection anywhere.
+    let app_connections = |host: &str| {
+        topology
+            .admin_sql(
+                host,
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'foobar_app'",
+            )
+            .ok()
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eventually!(
+        app_connections("web-01") >= 40 && app_connections("web-02") >= 40,
+        Duration::from_secs(20),
+        "both apps hold their 20 pooled connections to both nodes"
+    );
+    let connections = |host: &str| {
+        topology
+            .admin_sql(
+                host,
+                "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+                 WHERE VARIABLE_NAME = 'CONNECTIONS'",
+            )
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = [connections("web-01"), connections("web-02")];
+    std::thread::scope(|threads| {
+        for _ in 0..50 {
+            threads.spawn(|| {
+                for _ in 0..10 {
+                    let r = get(topology.lb(), "/api/posts?limit=5", &[]).unwrap();
+                    assert_eq!(r.status, 200, "{}", r.text());
+                }
+            });
+        }
+    });
+    let after = [connections("web-01"), connections("web-02")];
+    // Each node's second reading is one connection itself.
+    assert!(
+        after[0] - before[0] <= 3 && after[1] - before[1] <= 3,
+        "500 concurrent reads opened {} and {} connections",
+        after[0] - before[0],
+        after[1] - before[1]
+    );
+
     // A steady load reuses the app's pooled connections and their prepared statements:
     // MariaDB's own counters on the replica barely move (the mariadb client reading them and
     // the supervisor's polls account for a few; one connection per request was the bug).
