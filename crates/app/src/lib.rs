@@ -152,7 +152,7 @@ pub async fn run(
     if let Some(db) = state.db.clone() {
         // Know the cluster before the first request, then keep watching it.
         db.refresh().await;
-        // The pools open while the first requests come (they share them).
+        // The pools open while the first requests come (each connection is theirs once open).
         tokio::spawn({
             let db = db.clone();
             async move { db.warm().await }

@@ -67,10 +67,10 @@ impl Asked {
     }
 }
 
-fn db(state: &AppState) -> Result<Arc<Router>, AppError> {
+fn db(state: &AppState) -> Result<&Arc<Router>, AppError> {
     state
         .db
-        .clone()
+        .as_ref()
         .ok_or_else(|| AppError::Unavailable("this topology has no database".into()))
 }
 
@@ -93,8 +93,7 @@ pub async fn home(
     let (posts, db_error) = match &state.db {
         None => (Vec::new(), None),
         Some(router) => {
-            let metrics = state.metrics.clone();
-            match posts::recent(router.clone(), metrics, 10, asked.session.clone()).await {
+            match posts::recent(router, &state.metrics, 10, asked.session.as_ref()).await {
                 Ok((posts, node)) => {
                     db_read = Some(node.name.clone());
                     (posts, None)
@@ -135,7 +134,7 @@ pub async fn post_page(
     asked: Asked,
 ) -> Result<Html<String>, AppError> {
     let id = parse_id(&id)?;
-    let (post, node) = posts::get(db(&state)?, state.metrics.clone(), id, asked.session).await?;
+    let (post, node) = posts::get(db(&state)?, &state.metrics, id, asked.session.as_ref()).await?;
     let post = post.ok_or(AppError::NotFound)?;
     Ok(Html(state.render("post.html", context! { site => &state.config.site_name, post => minijinja::Value::from(minijinja::value::Serde(&post)), db_read => &node.name })?))
 }
@@ -149,7 +148,7 @@ pub async fn create_from_form(
 ) -> Result<Response, AppError> {
     let Form(new) = form.map_err(|rejection| AppError::BadInput(rejection.body_text()))?;
     let new = new.validate()?;
-    let (post, gtid) = posts::create(db(&state)?, state.metrics.clone(), new).await?;
+    let (post, gtid) = posts::create(db(&state)?, &state.metrics, &new).await?;
     let mut response = Redirect::to(&format!("/posts/{}", post.id)).into_response();
     set_session(&mut response, &gtid, asked.behind_https());
     Ok(response)
@@ -186,7 +185,7 @@ pub async fn api_list(
             })?,
     };
     let (posts, node) =
-        posts::recent(db(&state)?, state.metrics.clone(), limit, asked.session).await?;
+        posts::recent(db(&state)?, &state.metrics, limit, asked.session.as_ref()).await?;
     Ok(Json(json!({ "posts": posts, "db_read": node.name })))
 }
 
@@ -196,7 +195,7 @@ pub async fn api_get(
     asked: Asked,
 ) -> Result<Json<Post>, ApiError> {
     let id = parse_id(&id)?;
-    let (post, _) = posts::get(db(&state)?, state.metrics.clone(), id, asked.session).await?;
+    let (post, _) = posts::get(db(&state)?, &state.metrics, id, asked.session.as_ref()).await?;
     Ok(Json(post.ok_or(AppError::NotFound)?))
 }
 
@@ -212,7 +211,7 @@ pub async fn api_create(
         ))
     })?;
     let new = new.validate()?;
-    let (post, gtid) = posts::create(db(&state)?, state.metrics.clone(), new).await?;
+    let (post, gtid) = posts::create(db(&state)?, &state.metrics, &new).await?;
     let location = format!("/api/posts/{}", post.id);
     let mut response = (
         StatusCode::CREATED,

@@ -84,6 +84,7 @@ fn post((id, author, body, created_at): (u64, String, String, String)) -> Post {
 }
 
 /// The reads the application makes.
+#[derive(Clone, Copy)]
 enum Read {
     Recent(u32),
     One(u64),
@@ -116,6 +117,7 @@ async fn read(
     query: Read,
 ) -> Result<(Vec<Post>, Arc<Node>), AppError> {
     let mut last = None;
+    let timeout = router.query_timeout();
     // Read-your-writes: when no replica has applied the session's last write yet, its read
     // waits for it on a replica that is catching up (bounded), rather than going to the
     // primary; a replica that does not get there in time sends the read to the primary.
@@ -126,53 +128,56 @@ async fn read(
             .is_some_and(|n| !n.state().read_only)
         && let Some(node) = router.catching_up_reader(after)
     {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let position = after.to_string();
         let attempt = async {
             let mut conn = node.conn(router.connect_timeout()).await?;
-            let waited: Option<i64> = conn
-                .exec_first(
-                    "SELECT MASTER_GTID_WAIT(?, ?)",
-                    (after.to_string(), READ_WAIT.as_secs_f64()),
-                )
-                .await?;
-            if waited != Some(0) {
-                return Ok(None);
-            }
-            Ok::<_, RouteError>(Some(query.run(&mut conn).await?))
-        };
-        let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(router.query_timeout(), attempt).await;
-        metrics.query(
-            &node.name,
-            Kind::Read,
-            started.elapsed(),
-            matches!(outcome, Ok(Ok(_))),
-        );
-        match outcome {
-            Ok(Ok(Some(posts))) => return Ok((posts, node)),
-            Ok(Ok(None)) => {
-                tracing::info!(node = %node.name, "a replica did not catch up in time; reading from the primary")
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(node = %node.name, %error, "read failed; trying another node");
-                router.mark_unreachable(&node);
-            }
-            Err(_) => router.mark_unreachable(&node),
-        }
-    }
-    for _ in 0..2 {
-        let node = router.reader(after)?;
-        let attempt = async {
-            let mut conn = node.conn(router.connect_timeout()).await?;
-            Ok::<_, RouteError>(query.run(&mut conn).await?)
-        };
-        let timeout = router.query_timeout();
-        let attempt = async {
-            tokio::time::timeout(timeout, attempt)
+            let exchange = async move {
+                let waited: Option<i64> = conn
+                    .exec_first(
+                        "SELECT MASTER_GTID_WAIT(?, ?)",
+                        (position, READ_WAIT.as_secs_f64()),
+                    )
+                    .await?;
+                if waited != Some(0) {
+                    return Ok(None);
+                }
+                Ok::<_, RouteError>(Some(query.run(&mut conn).await?))
+            };
+            detached(deadline, exchange)
                 .await
                 .unwrap_or(Err(RouteError::Timeout(timeout)))
         };
         let started = std::time::Instant::now();
-        let outcome = attempt.await;
+        let outcome = tokio::time::timeout_at(deadline, attempt)
+            .await
+            .unwrap_or(Err(RouteError::Timeout(timeout)));
+        metrics.query(&node.name, Kind::Read, started.elapsed(), outcome.is_ok());
+        match outcome {
+            Ok(Some(posts)) => return Ok((posts, node)),
+            Ok(None) => {
+                tracing::info!(node = %node.name, "a replica did not catch up in time; reading from the primary")
+            }
+            Err(error) => {
+                tracing::warn!(node = %node.name, %error, "read failed; trying another node");
+                router.mark_unreachable(&node);
+            }
+        }
+    }
+    for _ in 0..2 {
+        let node = router.reader(after)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let attempt = async {
+            let mut conn = node.conn(router.connect_timeout()).await?;
+            let exchange = async move { Ok::<_, RouteError>(query.run(&mut conn).await?) };
+            detached(deadline, exchange)
+                .await
+                .unwrap_or(Err(RouteError::Timeout(timeout)))
+        };
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout_at(deadline, attempt)
+            .await
+            .unwrap_or(Err(RouteError::Timeout(timeout)));
         metrics.query(&node.name, Kind::Read, started.elapsed(), outcome.is_ok());
         match outcome {
             Ok(posts) => return Ok((posts, node)),
@@ -189,42 +194,42 @@ async fn read(
     ))
 }
 
-/// Runs a request's database work in a task of its own and waits for it. hyper drops a
-/// request's handler when its client goes away; a query dropped with it leaves its connection
-/// mid-exchange, which mysql_async can only close, so every abandoned request (a client's
-/// timeout, the end of a load, a flood of aborted posts) would cost a new login, its session
-/// setup and its prepared statements. Detached, the query runs to its end and the connection
-/// goes back to the pool; a write whose client left is committed all the same (its outcome
-/// was never the client's to cancel once sent), as behind nginx and PHP-FPM.
+/// Runs one exchange on a pooled connection (`exchange` owns it) in a task of its own, until
+/// `deadline`, and waits for it; `None` when it did not end in time (its connection is closed
+/// with it) or its task failed. hyper drops a request's handler when its client goes away, and
+/// an exchange dropped with it would leave its connection mid-way, which mysql_async can only
+/// close: every abandoned request (a client's timeout, the end of a load, a flood of aborted
+/// posts) would cost a login, the session's setup and its prepared statements. Detached, the
+/// exchange ends and its connection goes back to the pool; a write sent before its client left
+/// is committed all the same (as behind nginx and PHP-FPM). Only the exchange is: getting a
+/// connection, and a write's wait for a primary, stay with the request, so a client that leaves
+/// before its statement is sent starts nothing, and the detached work is bounded by the pools.
 async fn detached<T: Send + 'static>(
-    work: impl Future<Output = Result<T, AppError>> + Send + 'static,
-) -> Result<T, AppError> {
-    tokio::spawn(work).await.unwrap_or_else(|error| {
-        Err(AppError::Database(format!(
-            "the query's task ended early: {error}"
-        )))
-    })
+    deadline: tokio::time::Instant,
+    exchange: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    tokio::spawn(tokio::time::timeout_at(deadline, exchange))
+        .await
+        .ok()?
+        .ok()
 }
 
 pub async fn recent(
-    router: Arc<Router>,
-    metrics: Metrics,
+    router: &Router,
+    metrics: &Metrics,
     limit: u32,
-    after: Option<GtidPos>,
+    after: Option<&GtidPos>,
 ) -> Result<(Vec<Post>, Arc<Node>), AppError> {
-    detached(async move { read(&router, &metrics, after.as_ref(), Read::Recent(limit)).await })
-        .await
+    read(router, metrics, after, Read::Recent(limit)).await
 }
 
 pub async fn get(
-    router: Arc<Router>,
-    metrics: Metrics,
+    router: &Router,
+    metrics: &Metrics,
     id: u64,
-    after: Option<GtidPos>,
+    after: Option<&GtidPos>,
 ) -> Result<(Option<Post>, Arc<Node>), AppError> {
-    let (posts, node) =
-        detached(async move { read(&router, &metrics, after.as_ref(), Read::One(id)).await })
-            .await?;
+    let (posts, node) = read(router, metrics, after, Read::One(id)).await?;
     Ok((posts.into_iter().next(), node))
 }
 
@@ -242,17 +247,10 @@ const HOLD_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// Inserts on the primary; returns the stored post and the write's GTID. During a failover the
 /// write is held (up to `db.write_hold`) and sent to the new primary when it appears. A write
 /// whose commit outcome is unknown (the primary failed after the INSERT was sent) is never
-/// retried: 503 that says so. Runs to its end even if the client goes away (`detached`).
+/// retried: 503 that says so. Once sent, a write runs to its end even if its client goes away
+/// (`detached`); a held one whose client leaves is never sent.
 pub async fn create(
-    router: Arc<Router>,
-    metrics: Metrics,
-    new: NewPost,
-) -> Result<(Post, String), AppError> {
-    detached(async move { create_held(&router, &metrics, &new).await }).await
-}
-
-async fn create_held(
-    router: &Router,
+    router: &Arc<Router>,
     metrics: &Metrics,
     new: &NewPost,
 ) -> Result<(Post, String), AppError> {
@@ -284,7 +282,7 @@ async fn create_held(
 }
 
 async fn create_once(
-    router: &Router,
+    router: &Arc<Router>,
     metrics: &Metrics,
     new: &NewPost,
 ) -> Result<(Post, String), Attempt> {
@@ -303,67 +301,67 @@ async fn create_once(
 }
 
 async fn write_once(
-    router: &Router,
+    router: &Arc<Router>,
     writer: &Arc<Node>,
     new: &NewPost,
 ) -> Result<(Post, String), Attempt> {
     let timeout = router.query_timeout();
-    let sent = std::sync::atomic::AtomicBool::new(false);
-    let write = async {
-        // No connection to the primary, or a pooled one that died with an earlier server (a
-        // ping finds out): nothing was sent, so the write may wait for a primary. Bounded by
-        // the connect timeout: a frozen primary must not eat the whole hold.
-        let ready = async {
-            let mut conn = writer.conn(router.connect_timeout()).await?;
-            conn.ping().await?;
-            Ok::<_, RouteError>(conn)
-        };
-        let mut conn = match tokio::time::timeout(router.connect_timeout(), ready).await {
-            Ok(Ok(conn)) => conn,
-            outcome => {
-                router.mark_unreachable(writer);
-                let error = match outcome {
-                    Ok(Err(error)) => error.to_string(),
-                    _ => "no answer".into(),
-                };
-                tracing::warn!(node = %writer.name, %error, "no usable connection to the primary");
-                return Err(Attempt::Retry(RouteError::NoPrimary.into()));
-            }
-        };
-        sent.store(true, std::sync::atomic::Ordering::SeqCst);
-        // One statement stores the post and returns it as stored (MariaDB's `RETURNING`):
-        // no second round trip to read it back. The row arrives before the statement's end;
-        // `exec_first` returns only after the final OK, that is after the commit (autocommit,
-        // acknowledged by a replica under semi-sync).
-        let stored = conn
-            .exec_first(INSERT, (&new.author, &new.body))
-            .await
-            .map_err(|error| write_refused(router, writer, error))?
-            .map(post)
-            .ok_or_else(|| {
-                Attempt::Fail(AppError::Database("the insert returned no row".into()))
-            })?;
-        // Committed: what follows only asks for the write's GTID (the session's cookie). If
-        // the primary goes away now the post is stored all the same: answer with it and no
-        // GTID rather than an error.
-        match conn.query_first::<String, _>("SELECT @@last_gtid").await {
-            Ok(gtid) => Ok((stored, gtid.unwrap_or_default())),
-            Err(error) => {
-                tracing::warn!(node = %writer.name, %error, id = stored.id, "the primary went away right after a committed write");
-                router.mark_unreachable(writer);
-                Ok((stored, String::new()))
+    let deadline = tokio::time::Instant::now() + timeout;
+    // No connection to the primary, or a pooled one that died with an earlier server (a ping
+    // finds out): nothing was sent, so the write may wait for a primary. Bounded by the
+    // connect timeout: a frozen primary must not eat the whole hold.
+    let ready = async {
+        let mut conn = writer.conn(router.connect_timeout()).await?;
+        conn.ping().await?;
+        Ok::<_, RouteError>(conn)
+    };
+    let mut conn = match tokio::time::timeout(router.connect_timeout(), ready).await {
+        Ok(Ok(conn)) => conn,
+        outcome => {
+            router.mark_unreachable(writer);
+            let error = match outcome {
+                Ok(Err(error)) => error.to_string(),
+                _ => "no answer".into(),
+            };
+            tracing::warn!(node = %writer.name, %error, "no usable connection to the primary");
+            return Err(Attempt::Retry(RouteError::NoPrimary.into()));
+        }
+    };
+    // Sent from here on: the exchange runs to its end (or the deadline) in a task of its own.
+    let values = (new.author.clone(), new.body.clone());
+    let exchange = {
+        let (router, writer) = (router.clone(), writer.clone());
+        async move {
+            // One statement stores the post and returns it as stored (MariaDB's `RETURNING`):
+            // no second round trip to read it back. The row arrives before the statement's
+            // end; `exec_first` returns only after the final OK, that is after the commit
+            // (autocommit, acknowledged by a replica under semi-sync).
+            let stored = conn
+                .exec_first(INSERT, values)
+                .await
+                .map_err(|error| write_refused(&router, &writer, error))?
+                .map(post)
+                .ok_or_else(|| {
+                    Attempt::Fail(AppError::Database("the insert returned no row".into()))
+                })?;
+            // Committed: what follows only asks for the write's GTID (the session's cookie).
+            // If the primary goes away now the post is stored all the same: answer with it
+            // and no GTID rather than an error.
+            match conn.query_first::<String, _>("SELECT @@last_gtid").await {
+                Ok(gtid) => Ok((stored, gtid.unwrap_or_default())),
+                Err(error) => {
+                    tracing::warn!(node = %writer.name, %error, id = stored.id, "the primary went away right after a committed write");
+                    router.mark_unreachable(&writer);
+                    Ok((stored, String::new()))
+                }
             }
         }
     };
-    match tokio::time::timeout(timeout, write).await {
-        Ok(result) => result,
-        Err(_) if sent.load(std::sync::atomic::Ordering::SeqCst) => {
+    match detached(deadline, exchange).await {
+        Some(outcome) => outcome,
+        None => {
             router.mark_unreachable(writer);
             Err(Attempt::Fail(RouteError::OutcomeUnknown.into()))
-        }
-        Err(_) => {
-            router.mark_unreachable(writer);
-            Err(Attempt::Retry(RouteError::Timeout(timeout).into()))
         }
     }
 }

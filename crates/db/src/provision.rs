@@ -76,9 +76,9 @@ pub fn defaults_file(config: &NodeConfig) -> String {
          innodb_flush_log_at_trx_commit = 1\n\
          relay_log = {datadir}/relay\n\
          relay_log_recovery = ON\n\
-         # A replica applies transactions that committed together on the primary in parallel\n\
-         # (in the primary's commit order) and commits them as a group: one serial applier,\n\
-         # two fsyncs per transaction, fell seconds behind under a steady load of writes.\n\
+         # A replica applies transactions in parallel (optimistic: a conflict is rolled back\n\
+         # and retried) and commits them in the primary's order, in groups: one serial\n\
+         # applier, two fsyncs per transaction, fell seconds behind under a steady write load.\n\
          slave_parallel_threads = 4\n\
          slave_parallel_mode = optimistic\n\
          # Every node starts read-only; webstack clears it on the primary only.\n\

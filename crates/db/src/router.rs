@@ -123,8 +123,8 @@ pub enum LeaderView {
 /// Connections the app keeps to each node: a fixed-size pool (HikariCP's recommendation, its
 /// `minimumIdle` left equal to `maximumPoolSize`), opened when the app starts (`warm`) and kept
 /// however long they idle, so a load, even its first seconds, logs in nowhere. A request
-/// beyond them waits for one to be returned; one that was closed (its node restarted) is
-/// opened again on demand.
+/// beyond them waits for one to be returned; one that could not be opened at start or was
+/// closed (its node restarted) is opened again on demand.
 const POOL_SIZE: usize = 20;
 /// Prepared statements kept per connection (the app has a handful).
 const STATEMENT_CACHE: usize = 64;
@@ -279,20 +279,25 @@ impl Router {
         }
     }
 
-    /// Opens each node's pool to its size, all nodes and connections at once, within the
-    /// connect timeout (a node that is down is skipped: its pool fills on demand later).
+    /// Opens each node's pool to its size, all nodes and connections at once. Each connection
+    /// goes back to its pool as soon as it is open, so requests arriving meanwhile are not kept
+    /// waiting for the slowest login. Best effort: a login that fails or takes longer than
+    /// `WARM_LIMIT` (a node that is down) is left to be made on demand.
     pub async fn warm(&self) {
-        let timeout = self.config.connect_timeout;
-        let nodes = self.nodes.iter().map(|node| async move {
-            let opening = (0..POOL_SIZE).map(|_| node.pool.get_conn());
-            let conns = tokio::time::timeout(timeout, futures_util::future::join_all(opening))
-                .await
-                .unwrap_or_default();
-            let opened = conns.iter().filter(|c| c.is_ok()).count();
-            tracing::debug!(node = %node.name, opened, "database pool warmed");
-            // Dropped here: each goes back to its pool, which keeps them.
+        const WARM_LIMIT: Duration = Duration::from_secs(10);
+        let opening = self.nodes.iter().flat_map(|node| {
+            (0..POOL_SIZE).map(move |_| async move {
+                tokio::time::timeout(WARM_LIMIT, node.pool.get_conn())
+                    .await
+                    .is_ok_and(|conn| conn.is_ok())
+            })
         });
-        futures_util::future::join_all(nodes).await;
+        let opened = futures_util::future::join_all(opening).await;
+        tracing::debug!(
+            opened = opened.iter().filter(|ok| **ok).count(),
+            of = opened.len(),
+            "database pools warmed"
+        );
     }
 
     /// Asks every node, concurrently, whether it is writable and how far it got, and etcd
