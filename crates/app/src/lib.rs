@@ -149,16 +149,18 @@ pub async fn run(
     shutdown: Shutdown,
 ) {
     let state = Arc::new(state);
+    let mut background = Vec::new();
     if let Some(db) = state.db.clone() {
         // Know the cluster before the first request, then keep watching it.
         db.refresh().await;
         // The pools open while the first requests come (each connection is theirs once open).
-        tokio::spawn({
+        background.push(tokio::spawn({
             let db = db.clone();
             async move { db.warm().await }
-        });
-        tokio::spawn(db.poll());
+        }));
+        background.push(tokio::spawn(db.poll()));
     }
+    let db = state.db.clone();
     let options = HttpOptions {
         connections: webstack_common::ConnectionLimit::new(state.config.maxconn),
         ..HttpOptions::default()
@@ -183,4 +185,11 @@ pub async fn run(
         None => serve_http(listener, options, move |_| service(), shutdown).await,
     }
     admin.set_ready(false);
+    // Drained: no request will take a connection again. Nothing opens one behind the close.
+    for task in background {
+        task.abort();
+    }
+    if let Some(db) = db {
+        db.close().await;
+    }
 }

@@ -99,7 +99,8 @@ pub fn defaults_file(config: &NodeConfig) -> String {
          performance_schema = OFF\n\
          character_set_server = utf8mb4\n\
          collation_server = utf8mb4_unicode_ci\n\
-         max_connections = 200\n",
+         # Each app host keeps {per_app} connections here (its fixed pool and its poll).\n\
+         max_connections = {max_connections}\n",
         host = config.host_name,
         datadir = config.data_dir().display(),
         socket = config.socket().display(),
@@ -126,7 +127,19 @@ pub fn defaults_file(config: &NodeConfig) -> String {
             config.semi_sync_timeout.as_millis()
         },
         buffer_pool = config.buffer_pool_size,
+        per_app = crate::router::CONNECTIONS_PER_APP,
+        max_connections = max_connections(config.app_hosts.len()),
     )
+}
+
+/// MariaDB's `max_connections` for a topology of `app_hosts`: every app's fixed pool and poll,
+/// plus room for everything else (replicas' I/O threads, the db roles' agents and metrics,
+/// monitoring, an operator's shell, a dump); never below MariaDB's usual 200 of earlier
+/// releases. Fixed at 200, ten app hosts' pools would take every slot, leaving none for a
+/// replica's reconnect (`Too many connections`) or an operator.
+fn max_connections(app_hosts: usize) -> usize {
+    const HEADROOM: usize = 50;
+    (app_hosts * crate::router::CONNECTIONS_PER_APP + HEADROOM).max(200)
 }
 
 fn whoami() -> String {
@@ -300,4 +313,19 @@ pub fn schema_statements(database: &str) -> Vec<String> {
              ) ENGINE=InnoDB"
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_connections;
+
+    #[test]
+    fn max_connections_grows_with_the_app_hosts() {
+        // MariaDB's 200 while the apps leave room in it, then every app's 21 and the headroom.
+        for hosts in 0..=7 {
+            assert_eq!(max_connections(hosts), 200, "{hosts} app hosts");
+        }
+        assert_eq!(max_connections(8), 8 * 21 + 50);
+        assert_eq!(max_connections(30), 30 * 21 + 50);
+    }
 }

@@ -586,6 +586,24 @@ fn two_replicas_and_a_second_up_that_keeps_the_data_and_leaves_no_database_behin
             "mariadbd {pid} still running after up stopped"
         );
     }
+    // The apps stopped before the databases and logged out of them: no aborted connection
+    // of the app's account (each app's 21 on every node, before the close).
+    for i in [1, 2, 3] {
+        let log = topology
+            .state_dir()
+            .join(format!("logs/web-{i:02}-mariadbd.log"));
+        let text = std::fs::read_to_string(&log).unwrap();
+        let aborted: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains("Aborted connection") && line.contains("foobar_app"))
+            .collect();
+        assert!(
+            aborted.is_empty(),
+            "{}: the app's connections were aborted:\n{}",
+            log.display(),
+            aborted.join("\n")
+        );
+    }
 
     topology.restart();
     let kept = get(topology.lb(), &format!("/api/posts/{id}"), &[]).unwrap();
