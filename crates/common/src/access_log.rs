@@ -1,14 +1,18 @@
 //! Access logs kept the way nginx keeps them with `access_log ... buffer=64k flush=1s`: each
 //! line is formatted straight into the log's buffer (no allocation per field, no tracing event),
-//! the buffer is written to the file when 64 KiB have gathered or a second has passed, and the
+//! a buffer is written to the file when 64 KiB have gathered or a second has passed, and the
 //! file is opened again on SIGUSR1 (logrotate's `postrotate ... kill -USR1`). One line per
-//! request in JSON or in the combined format operators' tools read.
+//! request in JSON or in the combined format operators' tools read. Each thread appends to a
+//! buffer of its own (as each nginx worker has its own), so the lb's workers never wait for
+//! each other to log: lines of one thread are in order, those of different threads
+//! interleave a buffer at a time.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const BUFFER: usize = 64 * 1024;
 /// Buffered lines reach the file within this long.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Buffers per log: threads beyond this many share them (a thread's is its number modulo).
+const SHARDS: usize = 16;
 
 /// How a line is written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -100,8 +106,8 @@ pub struct AccessLog {
 struct Shared {
     path: PathBuf,
     format: Format,
-    /// Lines not yet written.
-    buf: Mutex<Vec<u8>>,
+    /// Lines not yet written, one buffer per thread (`shard`); each allocated at its first line.
+    shards: Box<[Mutex<Vec<u8>>]>,
     /// The file; writes and reopens take turns under this lock.
     file: Mutex<File>,
 }
@@ -122,7 +128,7 @@ impl AccessLog {
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             format,
-            buf: Mutex::new(Vec::with_capacity(BUFFER + 4096)),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             file: Mutex::new(file),
         });
         registry()
@@ -139,8 +145,12 @@ impl AccessLog {
 
     /// Appends one line; the buffer goes to the file when it is full.
     pub fn log(&self, entry: &Entry<'_>) {
+        let shard = shard();
         let full = {
-            let mut buf = self.shared.lock_buf();
+            let mut buf = self.shared.lock_shard(shard);
+            if buf.capacity() == 0 {
+                buf.reserve(BUFFER + 4096);
+            }
             match self.shared.format {
                 Format::Json => json_line(&mut buf, entry),
                 Format::Combined => combined_line(&mut buf, entry),
@@ -148,7 +158,7 @@ impl AccessLog {
             buf.len() >= BUFFER
         };
         if full {
-            self.shared.flush();
+            self.shared.flush_shards(shard..shard + 1);
         }
     }
 
@@ -159,25 +169,34 @@ impl AccessLog {
 }
 
 impl Shared {
-    fn lock_buf(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
-        self.buf.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_shard(&self, shard: usize) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.shards[shard].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes the buffered lines. The file's lock is taken first and held from taking the
-    /// lines to writing them: writes keep the lines' order, and a flush that returns has
-    /// everything logged before it in the file (none sits in another thread's hands).
+    /// Writes every buffer's lines.
     fn flush(&self) {
+        self.flush_shards(0..SHARDS);
+    }
+
+    /// Writes the lines of some buffers. The file's lock is taken first and held from taking
+    /// the lines to writing them: writes keep each thread's lines in order, and a flush that
+    /// returns has everything logged before it in the file (none sits in another thread's
+    /// hands). A buffer's lock is held only to take its lines, never while writing.
+    fn flush_shards(&self, shards: std::ops::Range<usize>) {
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let lines = {
-            let mut buf = self.lock_buf();
-            if buf.is_empty() {
-                return;
+        for shard in shards {
+            let lines = {
+                let mut buf = self.lock_shard(shard);
+                if buf.is_empty() {
+                    continue;
+                }
+                std::mem::replace(&mut *buf, Vec::with_capacity(BUFFER + 4096))
+            };
+            if let Err(error) = file.write_all(&lines) {
+                // Said once per failed write, on the role's own log; the lines are lost, as
+                // nginx's.
+                tracing::warn!(path = %self.path.display(), %error, "cannot write the access log");
             }
-            std::mem::replace(&mut *buf, Vec::with_capacity(BUFFER + 4096))
-        };
-        if let Err(error) = file.write_all(&lines) {
-            // Said once per failed write, on the role's own log; the lines are lost, as nginx's.
-            tracing::warn!(path = %self.path.display(), %error, "cannot write the access log");
         }
     }
 
@@ -188,6 +207,15 @@ impl Shared {
         *self.file.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
     }
+}
+
+/// This thread's buffer in every log: threads are numbered as they first log.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|shard| *shard)
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {
@@ -522,5 +550,40 @@ mod tests {
             log.log(&entry(&[]));
         }
         assert!(std::fs::read_to_string(&path).unwrap().lines().count() > 1);
+    }
+
+    #[test]
+    fn threads_log_into_their_own_buffers_and_every_line_arrives_once_in_its_threads_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = AccessLog::open(&path, Format::Json).unwrap();
+        // More threads than buffers, and enough lines for full buffers on the way.
+        let threads = SHARDS + 4;
+        let per_thread = 2 * BUFFER / 150;
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                let log = &log;
+                scope.spawn(move || {
+                    for n in 0..per_thread {
+                        let id = format!("{t}-{n}");
+                        log.log(&Entry {
+                            request_id: id.as_bytes(),
+                            ..entry(&[])
+                        });
+                    }
+                });
+            }
+        });
+        log.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut next = vec![0; threads];
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let (t, n) = v["request_id"].as_str().unwrap().split_once('-').unwrap();
+            let (t, n): (usize, usize) = (t.parse().unwrap(), n.parse().unwrap());
+            assert_eq!(n, next[t], "thread {t}'s lines out of order or repeated");
+            next[t] += 1;
+        }
+        assert_eq!(next, vec![per_thread; threads], "lines lost");
     }
 }

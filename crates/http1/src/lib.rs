@@ -5,7 +5,7 @@
 //! back (`recycle`), forwarding an `http::Request` from
 //! hyper's side over those connections (`client`), the one rule for when a request may go to
 //! another server (`retry`), upgraded connections (`tunnel`), the `Date` header of local
-//! answers (`date`), the client side of a connection both roles serve (`server`) and the
+//! answers (`date`), a connection's lazily moved timer (`lazy_timer`), the client side of a connection both roles serve (`server`) and the
 //! server connection over TCP or a Unix socket (`stream`).
 
 pub mod body;
@@ -13,6 +13,7 @@ pub mod client;
 pub mod date;
 pub mod exchange;
 pub mod head;
+pub mod lazy_timer;
 pub mod pool;
 pub mod recycle;
 pub mod retry;

@@ -19,6 +19,7 @@ use crate::body::{
 use crate::client::Target;
 use crate::exchange::{self, HeadOutcome, PumpError, Sent};
 use crate::head::{self, Forwarding, Persistence, Refusal, Request, Response, ResponseRewrite};
+use crate::lazy_timer::LazyTimer;
 use crate::pool::Conn;
 use crate::retry::Failure;
 use crate::{date, recycle, tunnel};
@@ -57,6 +58,8 @@ pub struct ClientConn<C> {
     /// The request asked `Expect: 100-continue` and has had no `100` yet: its client may not
     /// send the body at all, so an answer of ours closes the connection rather than wait for it.
     pub continue_pending: bool,
+    /// The header timeout's timer, kept from one request to the next (`LazyTimer`).
+    header_timer: LazyTimer,
     /// The stream is no longer at a request boundary (a refused request, a request body cut
     /// short or left unread): answer, then close, reading what the client still sends for a
     /// while so the answer is not lost to a TCP reset (nginx's lingering close).
@@ -147,6 +150,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> ClientConn<C> {
             secure,
             body: BodyState::Done,
             continue_pending: false,
+            header_timer: LazyTimer::default(),
             broken: false,
         }
     }
@@ -508,10 +512,8 @@ impl<C: AsyncRead + AsyncWrite + IdleRead + Unpin> ClientConn<C> {
             let idle = self.buf.is_empty();
             let read = tokio::select! {
                 biased;
-                read = tokio::time::timeout_at(
-                    deadline,
-                    idle_read(&mut self.io, &mut self.buf),
-                ) => read,
+                read = idle_read(&mut self.io, &mut self.buf) => Some(read),
+                () = self.header_timer.until(deadline) => None,
                 () = &mut *stop, if idle && !stopped => {
                     if !fresh {
                         return Next::Close;
@@ -522,10 +524,10 @@ impl<C: AsyncRead + AsyncWrite + IdleRead + Unpin> ClientConn<C> {
                 }
             };
             match read {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return Next::Close,
-                Err(_) if idle => return Next::Close,
-                Err(_) => {
+                Some(Ok(n)) if n > 0 => {}
+                Some(_) => return Next::Close,
+                None if idle => return Next::Close,
+                None => {
                     return Next::Refuse(Refusal {
                         status: 408,
                         reason: "the request head took too long",
