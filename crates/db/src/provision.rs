@@ -134,7 +134,7 @@ pub fn defaults_file(config: &NodeConfig) -> String {
 
 /// MariaDB's `max_connections` for a topology of `app_hosts`: every app's fixed pool and poll,
 /// plus room for everything else (replicas' I/O threads, the db roles' agents and metrics,
-/// monitoring, an operator's shell, a dump); never below MariaDB's usual 200 of earlier
+/// monitoring, an operator's shell, a dump); never below the 200 of earlier webstack
 /// releases. Fixed at 200, ten app hosts' pools would take every slot, leaving none for a
 /// replica's reconnect (`Too many connections`) or an operator.
 fn max_connections(app_hosts: usize) -> usize {
