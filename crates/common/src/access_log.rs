@@ -7,7 +7,6 @@
 //! each other to log: lines of one thread are in order, those of different threads
 //! interleave a buffer at a time.
 
-use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -281,16 +280,18 @@ fn start_flusher() {
 
 fn json_line(out: &mut Vec<u8>, e: &Entry<'_>) {
     out.extend_from_slice(b"{\"time\":\"");
-    push_iso_time(out, SystemTime::now());
+    push_iso_time(out, line_time());
     out.extend_from_slice(b"\",\"client\":\"");
-    let _ = write!(out, "{}", e.client);
+    push_address(out, e.client);
     out.extend_from_slice(b"\",\"method\":");
     json_string(out, e.method.as_bytes());
     out.extend_from_slice(b",\"path\":");
     json_string(out, e.target.as_bytes());
-    let _ = write!(out, ",\"status\":{}", e.status);
+    out.extend_from_slice(b",\"status\":");
+    push_decimal(out, u64::from(e.status));
     if let Some(bytes) = e.bytes {
-        let _ = write!(out, ",\"bytes\":{bytes}");
+        out.extend_from_slice(b",\"bytes\":");
+        push_decimal(out, bytes);
     }
     out.extend_from_slice(b",\"duration_ms\":");
     push_millis(out, e.duration);
@@ -310,9 +311,7 @@ fn json_line(out: &mut Vec<u8>, e: &Entry<'_>) {
         out.push(b':');
         match value {
             Value::Text(text) => json_string(out, text.as_bytes()),
-            Value::Number(n) => {
-                let _ = write!(out, "{n}");
-            }
+            Value::Number(n) => push_decimal(out, *n),
             Value::Millis(d) => push_millis(out, *d),
         }
     }
@@ -321,8 +320,9 @@ fn json_line(out: &mut Vec<u8>, e: &Entry<'_>) {
 
 /// `client - - [time] "METHOD target VERSION" status bytes "referer" "agent"`
 fn combined_line(out: &mut Vec<u8>, e: &Entry<'_>) {
-    let _ = write!(out, "{} - - [", e.client);
-    push_clf_time(out, SystemTime::now());
+    push_address(out, e.client);
+    out.extend_from_slice(b" - - [");
+    push_clf_time(out, line_time());
     out.extend_from_slice(b"] \"");
     if e.method == "-" {
         // A refused head: nginx's `"-"` for a request line it could not read.
@@ -334,11 +334,11 @@ fn combined_line(out: &mut Vec<u8>, e: &Entry<'_>) {
         out.push(b' ');
         clf_escaped(out, e.version.as_bytes());
     }
-    let _ = write!(out, "\" {} ", e.status);
+    out.extend_from_slice(b"\" ");
+    push_decimal(out, u64::from(e.status));
+    out.push(b' ');
     match e.bytes {
-        Some(bytes) => {
-            let _ = write!(out, "{bytes}");
-        }
+        Some(bytes) => push_decimal(out, bytes),
         None => out.push(b'-'),
     }
     out.extend_from_slice(b" \"");
@@ -348,15 +348,93 @@ fn combined_line(out: &mut Vec<u8>, e: &Entry<'_>) {
     out.extend_from_slice(b"\"\n");
 }
 
+/// A line's time: the wall clock to the kernel's last tick (`CLOCK_REALTIME_COARSE`, a few ns
+/// to read against 30-100 for the precise clock on a virtual machine; nginx's log times come
+/// from a clock it reads once per event loop). Durations are measured with `Instant`.
+fn line_time() -> SystemTime {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_REALTIME_COARSE)
+        .map_or_else(|_| SystemTime::now(), |t| UNIX_EPOCH + Duration::from(t))
+}
+
+/// A number in decimal, without the formatting machinery (a line has several).
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// An address as `Display` writes it; IPv4, the common case, without the formatting machinery.
+fn push_address(out: &mut Vec<u8>, address: IpAddr) {
+    match address {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_decimal(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(out, "{address}");
+        }
+    }
+}
+
+/// Milliseconds with three decimals: `12.345`.
 fn push_millis(out: &mut Vec<u8>, d: Duration) {
     let micros = d.as_micros();
-    let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
+    push_decimal(out, (micros / 1000) as u64);
+    out.push(b'.');
+    push_padded(out, (micros % 1000) as u32, 3);
+}
+
+/// `n` in decimal with leading zeros to `width` digits (`n` < 10^width).
+fn push_padded(out: &mut Vec<u8>, n: u32, width: u32) {
+    let mut unit = 10u32.pow(width - 1);
+    while unit > 0 {
+        out.push(b'0' + (n / unit % 10) as u8);
+        unit /= 10;
+    }
+}
+
+/// Printable ASCII but `"` and `\`: written as it is, in either format.
+fn plain(value: &[u8]) -> bool {
+    let mut words = value.chunks_exact(8);
+    let mut flagged = 0;
+    for word in &mut words {
+        flagged |= needs_escape(u64::from_le_bytes(word.try_into().unwrap_or_default()));
+    }
+    // The rest padded with spaces, which need nothing.
+    let mut last = [b' '; 8];
+    last[..words.remainder().len()].copy_from_slice(words.remainder());
+    flagged |= needs_escape(u64::from_le_bytes(last));
+    flagged == 0
+}
+
+/// Non-zero when one of the eight bytes is a control character, `"`, `\`, DEL or not ASCII
+/// (eight at a time, without a branch per byte: a line's values are ~100 bytes). Each test is
+/// exact for the word as a whole (a false mark can only follow a true one in a lower byte).
+fn needs_escape(x: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte below `n` (n <= 0x80).
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    let zero = |x: u64| below(x, 1);
+    below(x, 0x20)
+        | zero(x ^ (ONES * u64::from(b'"')))
+        | zero(x ^ (ONES * u64::from(b'\\')))
+        | zero(x ^ (ONES * 0x7f))
+        | (x & HIGH)
 }
 
 /// A JSON string: quotes, backslashes and control characters escaped; bytes that are not
 /// UTF-8 as U+FFFD.
 fn json_string(out: &mut Vec<u8>, value: &[u8]) {
     out.push(b'"');
+    if plain(value) {
+        out.extend_from_slice(value);
+        out.push(b'"');
+        return;
+    }
     for chunk in value.utf8_chunks() {
         for &b in chunk.valid().as_bytes() {
             match b {
@@ -380,6 +458,10 @@ fn json_string(out: &mut Vec<u8>, value: &[u8]) {
 
 /// nginx's escaping in text logs: `"`, `\`, control and non-ASCII bytes as `\xHH`.
 fn clf_escaped(out: &mut Vec<u8>, value: &[u8]) {
+    if plain(value) {
+        out.extend_from_slice(value);
+        return;
+    }
     for &b in value {
         if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
             let _ = write!(out, "\\x{b:02X}");
@@ -402,41 +484,67 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
-fn split(now: SystemTime) -> (i64, u32, u32, u64, u32) {
-    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (year, month, day) = civil((secs / 86_400) as i64);
-    (year, month, day, secs % 86_400, since.subsec_millis())
+/// One second's time in both formats: `2026-11-30T01:23:45.` and `30/Nov/2026:01:23:45 +0000`.
+struct SecondText {
+    second: u64,
+    iso: [u8; 20],
+    clf: [u8; 26],
+}
+
+impl SecondText {
+    fn of(second: u64) -> Self {
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let (year, month, day) = civil((second / 86_400) as i64);
+        let of_day = second % 86_400;
+        let (hour, minute, sec) = (of_day / 3600, of_day / 60 % 60, of_day % 60);
+        let mut text = Self {
+            second,
+            iso: [b' '; 20],
+            clf: [b' '; 26],
+        };
+        let iso = format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{sec:02}.");
+        let clf = format!(
+            "{day:02}/{}/{year:04}:{hour:02}:{minute:02}:{sec:02} +0000",
+            MONTHS[(month - 1) as usize]
+        );
+        // Years past 9999 would not fit: cut (a clock that far off is wrong anyway).
+        let n = iso.len().min(20);
+        text.iso[..n].copy_from_slice(&iso.as_bytes()[..n]);
+        let n = clf.len().min(26);
+        text.clf[..n].copy_from_slice(&clf.as_bytes()[..n]);
+        text
+    }
+}
+
+/// Runs `f` on this second's text, formatted at most once a second per thread (nginx keeps
+/// its log times the same way).
+fn with_second<R>(second: u64, f: impl FnOnce(&SecondText) -> R) -> R {
+    thread_local! {
+        static SECOND: std::cell::RefCell<SecondText> = std::cell::RefCell::new(SecondText::of(0));
+    }
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.second != second {
+            *cached = SecondText::of(second);
+        }
+        f(&cached)
+    })
 }
 
 /// `2026-11-30T01:23:45.678Z`
 fn push_iso_time(out: &mut Vec<u8>, now: SystemTime) {
-    let (year, month, day, of_day, millis) = split(now);
-    let mut text = String::with_capacity(24);
-    let _ = write!(
-        text,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60
-    );
-    out.extend_from_slice(text.as_bytes());
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    with_second(since.as_secs(), |text| out.extend_from_slice(&text.iso));
+    push_padded(out, since.subsec_millis(), 3);
+    out.push(b'Z');
 }
 
 /// `30/Nov/2026:01:23:45 +0000`
 fn push_clf_time(out: &mut Vec<u8>, now: SystemTime) {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let (year, month, day, of_day, _) = split(now);
-    let _ = write!(
-        out,
-        "{day:02}/{}/{year:04}:{:02}:{:02}:{:02} +0000",
-        MONTHS[(month - 1) as usize],
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60
-    );
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    with_second(since.as_secs(), |text| out.extend_from_slice(&text.clf));
 }
 
 #[cfg(test)]
@@ -523,6 +631,116 @@ mod tests {
         let mut leap = Vec::new();
         push_iso_time(&mut leap, UNIX_EPOCH + Duration::from_secs(951_782_400));
         assert_eq!(leap, b"2000-02-29T00:00:00.000Z");
+        // The same thread's text of each second, formatted again when the second changes
+        // (also backwards: the clock was set back).
+        for (millis, iso, clf) in [
+            (
+                1_796_001_825_999,
+                "2026-11-30T01:23:45.999Z",
+                "30/Nov/2026:01:23:45 +0000",
+            ),
+            (
+                1_796_001_826_000,
+                "2026-11-30T01:23:46.000Z",
+                "30/Nov/2026:01:23:46 +0000",
+            ),
+            (
+                1_796_001_826_007,
+                "2026-11-30T01:23:46.007Z",
+                "30/Nov/2026:01:23:46 +0000",
+            ),
+            (
+                1_796_001_825_050,
+                "2026-11-30T01:23:45.050Z",
+                "30/Nov/2026:01:23:45 +0000",
+            ),
+            (
+                1_798_761_599_000,
+                "2026-12-31T23:59:59.000Z",
+                "31/Dec/2026:23:59:59 +0000",
+            ),
+            (
+                1_798_761_600_000,
+                "2027-01-01T00:00:00.000Z",
+                "01/Jan/2027:00:00:00 +0000",
+            ),
+        ] {
+            let t = UNIX_EPOCH + Duration::from_millis(millis);
+            let mut out = Vec::new();
+            push_iso_time(&mut out, t);
+            assert_eq!(String::from_utf8(out).unwrap(), iso);
+            let mut out = Vec::new();
+            push_clf_time(&mut out, t);
+            assert_eq!(String::from_utf8(out).unwrap(), clf);
+        }
+    }
+
+    #[test]
+    fn numbers_and_plain_text_as_the_formatting_machinery_writes_them() {
+        for micros in [
+            0,
+            7,
+            999,
+            1_000,
+            1_500,
+            12_345_678,
+            u64::from(u32::MAX) * 1_000,
+        ] {
+            let mut out = Vec::new();
+            push_millis(&mut out, Duration::from_micros(micros));
+            let expected = format!("{}.{:03}", micros / 1000, micros % 1000);
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+        for address in [
+            "0.0.0.0",
+            "192.0.2.7",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let mut out = Vec::new();
+            push_address(&mut out, address.parse().unwrap());
+            assert_eq!(String::from_utf8(out).unwrap(), address);
+        }
+        // Every byte, alone and at each place of a word and of the padded rest, against the
+        // byte-wise rule.
+        for b in 0..=255u8 {
+            let rule = (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
+            for len in 1..=17 {
+                for at in 0..len {
+                    let mut value = vec![b'a'; len];
+                    value[at] = b;
+                    assert_eq!(plain(&value), rule, "byte {b:#x} at {at} of {len}");
+                }
+            }
+        }
+        // Plain text is copied; a byte that needs escaping anywhere in it takes the escaping
+        // path.
+        for (value, json) in [
+            ("/static/style.css?v=1", "\"/static/style.css?v=1\""),
+            (
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 ~",
+                "\"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 ~\"",
+            ),
+            (
+                "0123456789abcdef0123456789abcde\"",
+                "\"0123456789abcdef0123456789abcde\\\"\"",
+            ),
+            (
+                "0123456789abcdef0123456789abcdef\\",
+                "\"0123456789abcdef0123456789abcdef\\\\\"",
+            ),
+            ("tab\there", "\"tab\\there\""),
+            ("del\u{7f}", "\"del\\u007f\""),
+            ("caf\u{e9}", "\"caf\u{e9}\""),
+            ("", "\"\""),
+        ] {
+            let mut out = Vec::new();
+            json_string(&mut out, value.as_bytes());
+            assert_eq!(String::from_utf8(out).unwrap(), json, "{value:?}");
+            let parsed: String = serde_json::from_str(json).unwrap();
+            assert_eq!(parsed, value);
+        }
     }
 
     #[test]

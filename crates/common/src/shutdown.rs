@@ -2,6 +2,8 @@
 //! has a grace timeout after which the remaining connections are dropped.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -15,6 +17,9 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 pub struct Shutdown {
     /// Cancelled once: accept loops stop, connections finish their current request and close.
     token: CancellationToken,
+    /// The token's state for `is_triggered`, which every request asks: a load of a line all
+    /// threads only read (the token's own check locks a mutex every connection shares).
+    triggered: Arc<AtomicBool>,
     /// Every connection task, so the drain knows when the last one is gone.
     tracker: TaskTracker,
 }
@@ -26,11 +31,12 @@ impl Shutdown {
 
     /// Start the drain. Idempotent.
     pub fn trigger(&self) {
+        self.triggered.store(true, Ordering::Release);
         self.token.cancel();
     }
 
     pub fn is_triggered(&self) -> bool {
-        self.token.is_cancelled()
+        self.triggered.load(Ordering::Acquire)
     }
 
     /// Resolves once the drain has started.

@@ -2,7 +2,7 @@
 //! origin with a clock): formatted at most once a second per thread.
 
 use std::cell::RefCell;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 /// `Sun, 06 Nov 1994 08:49:37 GMT` is always 29 bytes.
 const LEN: usize = 29;
@@ -13,7 +13,8 @@ thread_local! {
 
 /// Now, as an IMF-fixdate.
 pub fn now() -> [u8; LEN] {
-    let now = SystemTime::now();
+    // To the kernel's last tick: a second's precision is all the header has.
+    let now = crate::coarse::system_now();
     let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     CACHED.with(|cached| {
         let mut cached = cached.borrow_mut();

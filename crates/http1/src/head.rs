@@ -65,6 +65,9 @@ enum Field {
     XForwardedProto,
     XRequestId,
     StrictTransportSecurity,
+    /// Found for the access log, forwarded as any other field.
+    Referer,
+    UserAgent,
     Other,
 }
 
@@ -78,8 +81,10 @@ impl Field {
             6 if is("expect") => Self::Expect,
             7 if is("trailer") => Self::Trailer,
             7 if is("upgrade") => Self::Upgrade,
+            7 if is("referer") => Self::Referer,
             10 if is("connection") => Self::Connection,
             10 if is("keep-alive") => Self::KeepAlive,
+            10 if is("user-agent") => Self::UserAgent,
             12 if is("x-request-id") => Self::XRequestId,
             14 if is("content-length") => Self::ContentLength,
             15 if is("x-forwarded-for") => Self::XForwardedFor,
@@ -89,6 +94,11 @@ impl Field {
             25 if is("strict-transport-security") => Self::StrictTransportSecurity,
             _ => Self::Other,
         }
+    }
+
+    /// No rule of a hop's is about it by name: forwarded unless `Connection` lists it.
+    fn other(self) -> bool {
+        matches!(self, Self::Other | Self::Referer | Self::UserAgent)
     }
 
     /// Describes one connection, never forwarded (RFC 9110 §7.6.1).
@@ -219,12 +229,25 @@ pub struct Request {
     /// `Connection: upgrade` with an `Upgrade` header, forwarded (WebSocket): after a 101 the
     /// connection becomes a two-way byte stream.
     pub upgrade: bool,
+    /// The first `Referer` and `User-Agent` values as forwarded (for the access log).
+    pub referer: Option<Range<usize>>,
+    pub user_agent: Option<Range<usize>>,
 }
 
 impl Request {
     /// No body: the request can be sent again as it is.
     pub fn bodyless(&self) -> bool {
         self.body == Framing::Length(0)
+    }
+
+    /// The forwarded head's `Referer` value (`head`: the buffer the head was written to).
+    pub fn referer<'a>(&self, head: &'a [u8]) -> Option<&'a [u8]> {
+        self.referer.clone().and_then(|range| head.get(range))
+    }
+
+    /// The forwarded head's `User-Agent` value.
+    pub fn user_agent<'a>(&self, head: &'a [u8]) -> Option<&'a [u8]> {
+        self.user_agent.clone().and_then(|range| head.get(range))
     }
 
     /// Ends the forwarded head in `out` for one server: its address as `Host` when the client
@@ -498,7 +521,7 @@ fn rewrite_request<H: HeaderLine>(
         host = Some(push(out, authority.as_bytes()));
         out.extend_from_slice(b"\r\n");
     }
-    let mut request_id = None;
+    let (mut request_id, mut referer, mut user_agent) = (None, None, None);
     for (header, &field) in headers.iter().zip(&fields) {
         let skip = field.hop_by_hop()
             || matches!(
@@ -509,7 +532,7 @@ fn rewrite_request<H: HeaderLine>(
             || (field == Field::XRequestId
                 && (!forwarding.keep_request_id || request_id.is_some()))
             || (field == Field::Host && authority.is_some())
-            || (field == Field::Other
+            || (field.other()
                 && (own.is_some_and(|own| header.name().eq_ignore_ascii_case(own))
                     || (!connection.listed.is_empty() && connection.lists(header.name()))));
         if skip {
@@ -519,6 +542,8 @@ fn rewrite_request<H: HeaderLine>(
         match field {
             Field::Host => host = Some(value),
             Field::XRequestId => request_id = Some(value),
+            Field::Referer if referer.is_none() => referer = Some(trimmed(out, value)),
+            Field::UserAgent if user_agent.is_none() => user_agent = Some(trimmed(out, value)),
             _ => {}
         }
     }
@@ -588,7 +613,17 @@ fn rewrite_request<H: HeaderLine>(
         http10,
         expect_continue,
         upgrade,
+        referer,
+        user_agent,
     })
+}
+
+/// `range` of `out` without the whitespace around it.
+fn trimmed(out: &[u8], range: Range<usize>) -> Range<usize> {
+    let value = &out[range.clone()];
+    let start = range.start + (value.len() - value.trim_ascii_start().len());
+    let end = range.end - (value.len() - value.trim_ascii_end().len());
+    start..end.max(start)
 }
 
 /// GET, HEAD, OPTIONS, PUT, DELETE, TRACE (RFC 9110 §9.2.2): repeating one has the effect of
@@ -757,7 +792,7 @@ pub fn parse_response(
             || field == Field::XRequestId
             || (field == Field::StrictTransportSecurity && rewrite.hsts.is_some())
             || (field == Field::ContentLength && codings.seen)
-            || (field == Field::Other
+            || (field.other()
                 && ((!connection.listed.is_empty() && connection.lists(header.name))
                     || rewrite
                         .own_header
@@ -797,18 +832,6 @@ pub fn parse_response(
         dechunk,
         upgrade,
     }))
-}
-
-/// The value of the first `name` field (case-insensitive) in a head of `Name: value` lines
-/// after the request or status line.
-pub fn find_header<'a>(head: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let (field, value) = line.split_at(line.iter().position(|&b| b == b':')?);
-        field
-            .eq_ignore_ascii_case(name.as_bytes())
-            .then(|| value[1..].trim_ascii())
-    })
 }
 
 /// What happens to the client connection after a response, as its `Connection` header says.
@@ -905,6 +928,28 @@ mod tests {
         assert_eq!(&out[r.host.clone().unwrap()], "www.foobar.com");
         assert_eq!(r.body, Framing::Length(0));
         assert!(r.keep_alive && r.idempotent && r.bodyless() && !r.http10);
+    }
+
+    #[test]
+    fn referer_and_user_agent_are_found_while_the_head_is_rewritten() {
+        let (r, out) = request(
+            "GET / HTTP/1.1\r\nHost: a\r\nuser-AGENT:  curl/8.5 \r\nReferer: https://a/b\r\nReferer: second\r\nUser-Agent: second\r\n\r\n",
+        )
+        .unwrap();
+        // Forwarded as they came (both lines of each), the first of each kept for the log.
+        assert!(out.contains("user-AGENT: curl/8.5\r\nReferer: https://a/b\r\nReferer: second\r\nUser-Agent: second\r\n"), "{out}");
+        assert_eq!(r.user_agent(out.as_bytes()), Some(&b"curl/8.5"[..]));
+        assert_eq!(r.referer(out.as_bytes()), Some(&b"https://a/b"[..]));
+        let (r, _) = request("GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!((r.referer, r.user_agent), (None, None));
+        // Listed in `Connection`: hop-by-hop, neither forwarded nor logged.
+        let (r, out) =
+            request("GET / HTTP/1.1\r\nHost: a\r\nConnection: user-agent\r\nUser-Agent: x\r\n\r\n")
+                .unwrap();
+        assert!(!out.to_ascii_lowercase().contains("user-agent"), "{out}");
+        assert_eq!(r.user_agent, None);
+        let (r, out) = request("GET / HTTP/1.1\r\nHost: a\r\nReferer:\r\n\r\n").unwrap();
+        assert_eq!(r.referer(out.as_bytes()), Some(&b""[..]));
     }
 
     #[test]

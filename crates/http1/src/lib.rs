@@ -10,6 +10,7 @@
 
 pub mod body;
 pub mod client;
+pub mod coarse;
 pub mod date;
 pub mod exchange;
 pub mod head;

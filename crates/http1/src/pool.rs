@@ -6,11 +6,12 @@
 
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 
 use super::body::BUFFER;
+use super::coarse::CoarseInstant;
 use super::stream::{Endpoint, Stream};
 
 /// An idle connection older than this is closed instead of reused: shorter than the web
@@ -26,7 +27,8 @@ pub struct Conn {
     /// It served a request before: a failure before any response byte may just mean the
     /// server closed it while idle.
     pub reused: bool,
-    since: Instant,
+    /// Checked in (or opened): a tick's precision is plenty for a 4 s idle limit.
+    since: CoarseInstant,
 }
 
 impl Conn {
@@ -94,7 +96,7 @@ impl Pool {
     /// Returns a connection whose exchange is complete (nothing left unread).
     pub fn checkin(&self, server: usize, mut conn: Conn) {
         conn.reused = true;
-        conn.since = Instant::now();
+        conn.since = CoarseInstant::now();
         // An idle connection holds no buffer: the next exchange's first read makes one.
         if conn.buf.is_empty() {
             crate::recycle::give_head(&mut conn.buf);
@@ -120,7 +122,7 @@ impl Pool {
             stream,
             buf: BytesMut::new(),
             reused: false,
-            since: Instant::now(),
+            since: CoarseInstant::now(),
         })
     }
 }

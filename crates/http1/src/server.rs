@@ -51,6 +51,9 @@ pub struct ClientConn<C> {
     pub who: IpAddr,
     /// When the current request's head was read.
     pub started: Instant,
+    /// When the wait for the last head began (`read_request`): a refused head's access line
+    /// counts from it.
+    pub waiting_since: Instant,
     pub secure: bool,
     /// What is still to come of the current request's body: the relay to a server keeps it
     /// exact, so after any answer the rest can be read and dropped (or the connection closed).
@@ -141,12 +144,14 @@ pub enum SendFailure {
 
 impl<C: AsyncRead + AsyncWrite + Unpin> ClientConn<C> {
     pub fn new(io: C, peer: SocketAddr, secure: bool) -> Self {
+        let now = Instant::now();
         Self {
             io,
             buf: BytesMut::new(),
             peer,
             who: peer.ip(),
-            started: Instant::now(),
+            started: now,
+            waiting_since: now,
             secure,
             body: BodyState::Done,
             continue_pending: false,
@@ -471,7 +476,9 @@ impl<C: AsyncRead + AsyncWrite + IdleRead + Unpin> ClientConn<C> {
     where
         S: Future<Output = ()> + Unpin,
     {
-        let mut deadline = tokio::time::Instant::now() + limits.timeout;
+        let now = tokio::time::Instant::now();
+        self.waiting_since = now.into_std();
+        let mut deadline = now + limits.timeout;
         // `stop` fired while this fresh connection waits for its request (polled once only).
         let mut stopped = false;
         // Waiting for its next request, a connection keeps no buffer when it can wait for data

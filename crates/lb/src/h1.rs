@@ -74,8 +74,6 @@ impl Proxy {
         let mut stop = std::pin::pin!(stop);
         let mut fresh = true;
         loop {
-            // For the access line of a refused head: how long it took to come (or not).
-            let waited = Instant::now();
             client.release_idle(&mut [&mut out, &mut back]);
             match client
                 .read_request(&mut out, &forwarding, limits, &mut stop, fresh)
@@ -103,7 +101,7 @@ impl Proxy {
                 Next::Close => break,
                 Next::Refuse(refusal) => {
                     let id = self.refuse(&mut client, &mut back, refusal).await;
-                    self.log_refused_head(client.peer.ip(), &refusal, &id, waited);
+                    self.log_refused_head(client.peer.ip(), &refusal, &id, client.waiting_since);
                     break;
                 }
             }
@@ -150,7 +148,7 @@ impl Proxy {
             request_id,
             version: "-",
             bytes: Some(refusal.text().len() as u64),
-            headers: RequestHeaders::Raw(&[]),
+            headers: RequestHeaders::None,
         });
     }
 
@@ -375,7 +373,7 @@ impl Proxy {
                 Framing::Length(n) => Some(n),
                 _ => None,
             },
-            headers: RequestHeaders::Raw(out),
+            headers: RequestHeaders::H1(out, request),
         });
         keep
     }
@@ -448,7 +446,7 @@ impl Proxy {
                     request_id: rewrite.request_id,
                     version: version(request),
                     bytes: None,
-                    headers: RequestHeaders::Raw(out),
+                    headers: RequestHeaders::H1(out, request),
                 });
                 Err(AttemptError::Client)
             }
@@ -506,7 +504,7 @@ impl Proxy {
             } else {
                 error.body.len() as u64
             }),
-            headers: RequestHeaders::Raw(out),
+            headers: RequestHeaders::H1(out, request),
         });
         client.finish_body(kept).await
     }

@@ -103,17 +103,28 @@ pub(crate) struct Access<'a> {
 /// A request's headers as either client protocol holds them.
 #[derive(Clone, Copy)]
 pub(crate) enum RequestHeaders<'a> {
-    /// An HTTP/1 head (the forwarded one: the client's end-to-end headers are in it).
-    Raw(&'a [u8]),
+    /// None read (a refused head).
+    None,
+    /// An HTTP/1 request and the head it was rewritten to (where its fields were found).
+    H1(&'a [u8], &'a webstack_http1::head::Request),
     /// An HTTP/2 client's (names lower-case).
     H2(&'a RequestHead),
 }
 
 impl<'a> RequestHeaders<'a> {
-    fn get(self, name: &str) -> Option<&'a [u8]> {
+    fn referer(self) -> Option<&'a [u8]> {
         match self {
-            RequestHeaders::Raw(head) => webstack_http1::head::find_header(head, name),
-            RequestHeaders::H2(head) => head.get(name),
+            RequestHeaders::None => None,
+            RequestHeaders::H1(head, request) => request.referer(head),
+            RequestHeaders::H2(head) => head.get("referer"),
+        }
+    }
+
+    fn user_agent(self) -> Option<&'a [u8]> {
+        match self {
+            RequestHeaders::None => None,
+            RequestHeaders::H1(head, request) => request.user_agent(head),
+            RequestHeaders::H2(head) => head.get("user-agent"),
         }
     }
 }
@@ -638,8 +649,8 @@ impl Proxy {
             bytes: access.bytes,
             duration: access.started.elapsed(),
             request_id: access.request_id,
-            referer: access.headers.get("referer"),
-            user_agent: access.headers.get("user-agent"),
+            referer: access.headers.referer(),
+            user_agent: access.headers.user_agent(),
             extra: &[
                 ("server", Value::Text(server)),
                 ("attempts", Value::Number(u64::from(access.attempts))),

@@ -73,8 +73,6 @@ impl WebServer {
         let mut stop = std::pin::pin!(stop);
         let mut fresh = true;
         loop {
-            // For the access line of a refused head: how long it took to come (or not).
-            let waited = Instant::now();
             client.release_idle(&mut [&mut out, &mut back, &mut id]);
             match client
                 .read_request(&mut out, &forwarding, limits, &mut stop, fresh)
@@ -118,7 +116,7 @@ impl WebServer {
                             version: "-",
                             status: refusal.status,
                             bytes: Some(refusal.text().len() as u64),
-                            duration: waited.elapsed(),
+                            duration: client.waiting_since.elapsed(),
                             request_id: &id,
                             referer: None,
                             user_agent: None,
@@ -576,8 +574,8 @@ impl WebServer {
             bytes: outcome.bytes,
             duration: started.elapsed(),
             request_id: id,
-            referer: head::find_header(out, "referer"),
-            user_agent: head::find_header(out, "user-agent"),
+            referer: request.referer(out),
+            user_agent: request.user_agent(out),
             extra: &[("handler", Value::Text(outcome.handler))],
         });
     }

@@ -13,9 +13,10 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use webstack_http1::coarse::CoarseInstant;
 
 /// Files up to this size are kept in memory and written with their head in one call; larger
 /// ones are sent from the file with `sendfile`.
@@ -151,7 +152,7 @@ struct Kept {
     /// None: no such variant next to a file that exists (a precompressed sibling that is not
     /// there is checked once per interval too, not at every request of a browser).
     version: Option<Arc<Version>>,
-    checked: Instant,
+    checked: CoarseInstant,
 }
 
 impl Statics {
@@ -201,7 +202,7 @@ impl Statics {
         if coding != Coding::Identity {
             path.as_mut_os_string().push(coding.suffix());
         }
-        let checked = Instant::now();
+        let checked = CoarseInstant::now();
         let meta = match std::fs::metadata(&path) {
             Ok(meta) if meta.is_file() => meta,
             _ => {

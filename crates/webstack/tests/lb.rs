@@ -242,6 +242,8 @@ fn forwarded_headers_added_and_hop_by_hop_headers_removed() {
             ("X-Forwarded-Proto", "https"),
             ("X-Request-Id", "client-chosen"),
             ("X-Custom", "kept"),
+            ("User-Agent", "agent/1.0 \"quoted\""),
+            ("Referer", "https://ref.example/"),
         ],
     )
     .unwrap();
@@ -271,6 +273,24 @@ fn forwarded_headers_added_and_hop_by_hop_headers_removed() {
         topology.lb().to_string(),
         "Host is passed through"
     );
+    // The access line: the request's id, its Referer and User-Agent (JSON-escaped).
+    let logged = || {
+        topology
+            .access_log("lb-01", "lb")
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|line| line["request_id"] == id)
+    };
+    assert_eventually!(
+        logged().is_some(),
+        Duration::from_secs(10),
+        "the request's access line:\n{}",
+        topology.access_log("lb-01", "lb")
+    );
+    let line = logged().unwrap();
+    assert_eq!(line["path"], "/echo?q=1", "{line}");
+    assert_eq!(line["user_agent"], "agent/1.0 \"quoted\"", "{line}");
+    assert_eq!(line["referer"], "https://ref.example/", "{line}");
 }
 
 /// Everything the lb answered on one connection to `bytes`, as text.

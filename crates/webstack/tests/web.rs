@@ -410,6 +410,28 @@ fn files_large_and_small_with_ranges_versions_and_short_error_pages() {
         "a combined line for the range request:\n{}",
         topology.access_log("web-01", "web")
     );
+    // Referer and User-Agent as the client sent them (the first of each; escaped as nginx does).
+    let referred = get(
+        web,
+        "/static/style.css",
+        &[
+            ("Referer", "https://ref.example/a?b=\"c\""),
+            ("User-Agent", "agent/1.0 (test)"),
+            ("User-Agent", "second"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(referred.status, 200);
+    let needle = format!(
+        "\"GET /static/style.css HTTP/1.1\" 200 {} \"https://ref.example/a?b=\\x22c\\x22\" \"agent/1.0 (test)\"",
+        css.len()
+    );
+    assert_eventually!(
+        line(&topology.access_log("web-01", "web"), &needle),
+        Duration::from_secs(10),
+        "a combined line with the referer and user agent ({needle}):\n{}",
+        topology.access_log("web-01", "web")
+    );
     // A head the web server cannot read is logged too, as nginx does: `"-" 400`.
     let garbage = http::raw(web, b"NOT HTTP AT ALL\r\n\r\n", Duration::from_secs(5)).unwrap();
     assert!(garbage.starts_with(b"HTTP/1.1 400"));
