@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use webstack_http1::head::{push_address, push_decimal};
+
 /// Lines gather until this much is buffered, then go to the file at once.
 const BUFFER: usize = 64 * 1024;
 /// Buffered lines reach the file within this long.
@@ -278,6 +280,12 @@ fn start_flusher() {
     });
 }
 
+/// A line's time: the wall clock to the kernel's last tick (nginx's log times come from a
+/// clock it reads once per event loop). Durations are measured with `Instant`.
+fn line_time() -> SystemTime {
+    webstack_http1::coarse::system_now()
+}
+
 fn json_line(out: &mut Vec<u8>, e: &Entry<'_>) {
     out.extend_from_slice(b"{\"time\":\"");
     push_iso_time(out, line_time());
@@ -346,37 +354,6 @@ fn combined_line(out: &mut Vec<u8>, e: &Entry<'_>) {
     out.extend_from_slice(b"\" \"");
     clf_escaped(out, e.user_agent.unwrap_or(b"-"));
     out.extend_from_slice(b"\"\n");
-}
-
-/// A line's time: the wall clock to the kernel's last tick (`CLOCK_REALTIME_COARSE`, a few ns
-/// to read against 30-100 for the precise clock on a virtual machine; nginx's log times come
-/// from a clock it reads once per event loop). Durations are measured with `Instant`.
-fn line_time() -> SystemTime {
-    use nix::time::{ClockId, clock_gettime};
-    clock_gettime(ClockId::CLOCK_REALTIME_COARSE)
-        .map_or_else(|_| SystemTime::now(), |t| UNIX_EPOCH + Duration::from(t))
-}
-
-/// A number in decimal, without the formatting machinery (a line has several).
-fn push_decimal(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-}
-
-/// An address as `Display` writes it; IPv4, the common case, without the formatting machinery.
-fn push_address(out: &mut Vec<u8>, address: IpAddr) {
-    match address {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                push_decimal(out, u64::from(octet));
-            }
-        }
-        IpAddr::V6(_) => {
-            let _ = write!(out, "{address}");
-        }
-    }
 }
 
 /// Milliseconds with three decimals: `12.345`.

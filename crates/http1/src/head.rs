@@ -656,7 +656,7 @@ pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
 }
 
 /// An address as `Display` writes it; IPv4, the common case, without the formatting machinery.
-fn push_address(out: &mut Vec<u8>, address: IpAddr) {
+pub fn push_address(out: &mut Vec<u8>, address: IpAddr) {
     match address {
         IpAddr::V4(v4) => {
             let [a, b, c, d] = v4.octets();
