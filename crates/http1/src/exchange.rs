@@ -110,9 +110,13 @@ pub async fn send_bodyless(
         });
     }
     let read = read_head(&mut conn.stream, &mut conn.buf, back, rewrite);
-    let response = match tokio::time::timeout(server_timeout, read).await {
-        Ok(result) => result?,
-        Err(_) => return Err(Failure::Timeout),
+    // The connection's own timer: one wheel entry for its life, not one per request (each
+    // request's deadline is later than the last one's).
+    let deadline = tokio::time::Instant::now() + server_timeout;
+    let response = tokio::select! {
+        biased;
+        result = read => result?,
+        () = conn.response_timer.until(deadline) => return Err(Failure::Timeout),
     };
     conn.buf.advance(response.head_len);
     Ok(response)
@@ -178,5 +182,81 @@ where
             }
             () = &mut deadline, if sent.is_some() => return HeadOutcome::Failed(Failure::Timeout),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::Pool;
+    use crate::stream::Endpoint;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
+
+    fn rewrite() -> ResponseRewrite<'static> {
+        ResponseRewrite {
+            request_is_head: false,
+            client_keep_alive: true,
+            client_http10: false,
+            request_id: b"id",
+            hsts: None,
+            request_upgrade: false,
+            timing: None,
+            own_header: None,
+        }
+    }
+
+    /// A server that answers the first `answered` requests of its one connection at once and
+    /// then reads on without answering.
+    async fn server(answered: usize) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let (mut seen, mut buf) = (0, [0u8; 1024]);
+            loop {
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                // Each request is one small head, read whole.
+                seen += 1;
+                if seen <= answered {
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                    socket.write_all(answer).await.unwrap();
+                }
+            }
+        });
+        addr
+    }
+
+    /// The connection's timer is armed by its first request and left there by the next ones:
+    /// a later request still gets its whole server timeout (the timer fires at the earlier
+    /// deadline and moves on), never less, and a timeout is a timeout.
+    #[tokio::test(start_paused = true)]
+    async fn each_bodyless_request_gets_its_whole_server_timeout_from_one_timer() {
+        let addr = server(2).await;
+        let pool = Pool::new(1, Duration::from_secs(5));
+        let mut conn = pool.connect(Endpoint::Tcp(addr)).await.unwrap();
+        let timeout = Duration::from_secs(30);
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut back = Vec::new();
+        let idle = Duration::from_secs(60);
+        for _ in 0..2 {
+            let response = send_bodyless(&mut conn, head, &mut back, &rewrite(), timeout, idle)
+                .await
+                .unwrap();
+            assert_eq!(response.status, 200);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        // Armed for the first request's deadline (20 s from now): the third waits 30 s.
+        let start = Instant::now();
+        let outcome = send_bodyless(&mut conn, head, &mut back, &rewrite(), timeout, idle).await;
+        assert!(matches!(outcome, Err(Failure::Timeout)), "{outcome:?}");
+        let waited = start.elapsed();
+        assert!(
+            waited >= timeout && waited < timeout + Duration::from_millis(5),
+            "{waited:?}"
+        );
     }
 }

@@ -29,6 +29,9 @@ pub struct Conn {
     pub reused: bool,
     /// Checked in (or opened): a tick's precision is plenty for a 4 s idle limit.
     since: CoarseInstant,
+    /// The wait for a bodyless request's response head (`exchange::send_bodyless`): kept with
+    /// the connection and moved only when it fires early, as the client's header timer.
+    pub response_timer: crate::lazy_timer::LazyTimer,
 }
 
 impl Conn {
@@ -123,6 +126,7 @@ impl Pool {
             buf: BytesMut::new(),
             reused: false,
             since: CoarseInstant::now(),
+            response_timer: Default::default(),
         })
     }
 }
