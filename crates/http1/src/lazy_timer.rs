@@ -1,6 +1,9 @@
-//! A connection's timer for a deadline that moves later at nearly every request (the wait for
-//! the next request head): armed once and moved only when it fires early, as HAProxy's tasks
-//! keep their expiry, instead of a timer put in and taken out of tokio's wheel per request.
+//! A connection's timer for a deadline that moves later at nearly every request (a client
+//! connection's wait for its next request head, a pooled server connection's wait for a
+//! response head): armed once and moved only when it fires early, as HAProxy's tasks keep
+//! their expiry, instead of a timer put in and taken out of tokio's wheel per request. A timer
+//! left armed between waits wakes whoever waited on it last, once per period: that task finds
+//! nothing to do.
 //!
 //! Why it matters: a new timer that is due before everything else in the wheel makes tokio
 //! wake its driver (`unpark`, an `eventfd` write and one more `epoll_wait`). The lb's header
