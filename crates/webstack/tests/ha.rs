@@ -64,10 +64,14 @@ fn the_site_address_survives_a_stop_and_a_kill_of_the_lb_holding_it() {
         holder_gauge(admin_of(second)),
         format!("webstack_lb_vip_holder{{host=\"{second}\"}} 0")
     );
-    let status = topology.cli(&["status"]);
-    assert!(
-        String::from_utf8_lossy(&status.stdout).contains("holds VIP 127.0.50.10"),
-        "{status:?}"
+    // `status` answers from what the supervisor polled (every 500 ms): the lb may have taken
+    // the VIP since.
+    assert_eventually!(
+        String::from_utf8_lossy(&topology.cli(&["status"]).stdout)
+            .contains("holds VIP 127.0.50.10"),
+        Duration::from_secs(10),
+        "status names the holder: {:?}",
+        topology.cli(&["status"])
     );
 
     // No other process can join the site's port (no SO_REUSEPORT on it).
