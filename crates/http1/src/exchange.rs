@@ -188,23 +188,11 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::head::tests::rewrite;
     use crate::pool::Pool;
     use crate::stream::Endpoint;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::time::Instant;
-
-    fn rewrite() -> ResponseRewrite<'static> {
-        ResponseRewrite {
-            request_is_head: false,
-            client_keep_alive: true,
-            client_http10: false,
-            request_id: b"id",
-            hsts: None,
-            request_upgrade: false,
-            timing: None,
-            own_header: None,
-        }
-    }
 
     /// A server that answers the first `answered` requests of its one connection at once and
     /// then reads on without answering.

@@ -896,7 +896,7 @@ pub fn finish_head(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn forwarding() -> Forwarding<'static> {
@@ -1256,7 +1256,8 @@ mod tests {
         (response, String::from_utf8(out).unwrap())
     }
 
-    fn rewrite() -> ResponseRewrite<'static> {
+    /// A plain rewrite: keep-alive client, no HSTS, no timing (exchange's tests use it too).
+    pub(crate) fn rewrite() -> ResponseRewrite<'static> {
         ResponseRewrite {
             request_is_head: false,
             client_keep_alive: true,
