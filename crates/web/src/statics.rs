@@ -262,11 +262,18 @@ impl Statics {
         } else {
             None
         };
+        // RFC 9110 §8.8.2.1: never a Last-Modified later than the answer's Date. A time in the
+        // future (written by a clock that was ahead, kept by a deploy tool) becomes this load's
+        // time, on the clock `Date` is read from: every later answer's Date is at or after it.
+        let loaded = webstack_http1::coarse::system_now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let modified = meta
             .modified()
             .ok()
             .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs());
+            .map_or(0, |d| d.as_secs())
+            .min(loaded);
         // nginx's form (mtime and size in hex), with the nanoseconds: two versions written in
         // the same second with the same size still differ.
         let etag = format!(
@@ -958,6 +965,55 @@ mod tests {
         assert!(statics.open("/a.txt", Coding::Gzip).is_none());
         assert!(statics.open("/", Coding::Identity).is_none(), "a directory");
         assert!(statics.open("/missing", Coding::Identity).is_none());
+    }
+
+    #[test]
+    fn a_modification_time_in_the_future_is_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ahead.txt");
+        std::fs::write(&file, b"from a clock a day ahead").unwrap();
+        let day_ahead = SystemTime::now() + Duration::from_secs(86_400);
+        File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(day_ahead)
+            .unwrap();
+        let statics = Statics::new(dir.path(), "no-cache", Duration::ZERO);
+        let version = statics.open("/ahead.txt", Coding::Identity).unwrap();
+        // Not after the Date of an answer made now, nor of any later one.
+        let date =
+            httpdate::parse_http_date(std::str::from_utf8(&webstack_http1::date::now()).unwrap())
+                .unwrap();
+        let date = date.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert!(version.modified <= date, "{} > {date}", version.modified);
+        assert!(
+            version.modified + 60 > date,
+            "the load's time, not the epoch"
+        );
+        let head = String::from_utf8_lossy(&version.validators);
+        let sent = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Last-Modified: "))
+            .unwrap();
+        let sent = httpdate::parse_http_date(sent).unwrap();
+        assert_eq!(sent, UNIX_EPOCH + Duration::from_secs(version.modified));
+        // The conditions compare against what was sent: its own date is not modified since.
+        let same = httpdate::fmt_http_date(sent);
+        let conditions = Conditions {
+            if_modified_since: Some(same.as_bytes()),
+            ..Default::default()
+        };
+        assert_eq!(decide(&version, &conditions, true), Decision::NotModified);
+        // A past time is sent as it is.
+        File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(UNIX_EPOCH + Duration::from_secs(1_000_000))
+            .unwrap();
+        let past = statics.open("/ahead.txt", Coding::Identity).unwrap();
+        assert_eq!(past.modified, 1_000_000);
     }
 
     #[test]
