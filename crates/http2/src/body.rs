@@ -28,6 +28,8 @@ pub(crate) enum Note {
     /// Stream `id`'s body was dropped with this many bytes unread (thrown away): what else
     /// comes is thrown away too.
     Dropped(u32, usize),
+    /// Stream `id`'s handler waits for a body its client holds back for a `100 (Continue)`.
+    Continue(u32),
 }
 
 impl Notes {
@@ -179,6 +181,10 @@ pub struct RequestBody {
     inbox: Option<Arc<Inbox>>,
     /// What is left of the declared `content-length`, for `size_hint`.
     length: Option<u64>,
+    /// The request said `expect: 100-continue` and no byte of its body has come: the first
+    /// read that finds nothing asks the connection for a `100` (RFC 9110 §10.1.1). A handler
+    /// that answers without reading (a refusal) never invites the body.
+    continue_wanted: bool,
 }
 
 impl RequestBody {
@@ -187,13 +193,19 @@ impl RequestBody {
         RequestBody {
             inbox: None,
             length: Some(0),
+            continue_wanted: false,
         }
     }
 
-    pub(crate) fn new(inbox: Arc<Inbox>, length: Option<u64>) -> RequestBody {
+    pub(crate) fn new(
+        inbox: Arc<Inbox>,
+        length: Option<u64>,
+        expect_continue: bool,
+    ) -> RequestBody {
         RequestBody {
             inbox: Some(inbox),
             length,
+            continue_wanted: expect_continue,
         }
     }
 }
@@ -222,6 +234,8 @@ impl Body for RequestBody {
         let mut queue = inbox.queue();
         if let Some(data) = queue.pop() {
             drop(queue);
+            // It came without waiting for a 100.
+            this.continue_wanted = false;
             inbox.notes.push(Note::Consumed(inbox.id, data.len()));
             if let Some(left) = &mut this.length {
                 *left = left.saturating_sub(data.len() as u64);
@@ -241,6 +255,10 @@ impl Body for RequestBody {
         match &queue.waker {
             Some(waker) if waker.will_wake(cx.waker()) => {}
             _ => queue.waker = Some(cx.waker().clone()),
+        }
+        drop(queue);
+        if std::mem::take(&mut this.continue_wanted) {
+            inbox.notes.push(Note::Continue(inbox.id));
         }
         Poll::Pending
     }
@@ -269,7 +287,7 @@ mod tests {
     async fn data_then_trailers_then_the_end_and_every_take_is_noted() {
         let notes = Arc::new(Notes::default());
         let inbox = Inbox::new(3, notes.clone());
-        let mut body = RequestBody::new(inbox.clone(), Some(2002));
+        let mut body = RequestBody::new(inbox.clone(), Some(2002), false);
         inbox.data(b"ab");
         inbox.data(&[b'c'; 2000]);
         let mut trailers = HeaderMap::new();
@@ -292,10 +310,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_body_held_back_for_a_continue_asks_for_it_once_when_first_read() {
+        let notes = Arc::new(Notes::default());
+        let mut seen = Vec::new();
+        let inbox = Inbox::new(9, notes.clone());
+        let mut body = RequestBody::new(inbox.clone(), Some(3), true);
+        notes.take(&mut seen);
+        assert!(seen.is_empty(), "not before the handler reads");
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        notes.take(&mut seen);
+        assert_eq!(seen, [Note::Continue(9)], "asked once");
+        inbox.data(b"abc");
+        inbox.end(None);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), &b"abc"[..]);
+        notes.take(&mut seen);
+        assert_eq!(seen, [Note::Consumed(9, 3)], "no second request for a 100");
+
+        // A client that sent its body at once is not sent a 100 either.
+        let inbox = Inbox::new(11, notes.clone());
+        let mut body = RequestBody::new(inbox.clone(), None, true);
+        inbox.data(b"early");
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_ready());
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        notes.take(&mut seen);
+        assert_eq!(seen, [Note::Consumed(11, 5)]);
+    }
+
+    #[tokio::test]
     async fn a_reset_is_an_error_and_what_was_not_read_is_counted() {
         let notes = Arc::new(Notes::default());
         let inbox = Inbox::new(5, notes.clone());
-        let mut body = RequestBody::new(inbox.clone(), None);
+        let mut body = RequestBody::new(inbox.clone(), None, false);
         assert!(inbox.data(b"xyz"));
         assert_eq!(inbox.discard(), 3);
         assert!(!inbox.data(b"late"), "nothing is kept after a reset");
@@ -306,7 +353,7 @@ mod tests {
         assert_eq!(seen, [Note::Dropped(5, 0)]);
         // A body dropped with data unread reports it.
         let inbox = Inbox::new(7, notes.clone());
-        let body = RequestBody::new(inbox.clone(), None);
+        let body = RequestBody::new(inbox.clone(), None, false);
         for _ in 0..1000 {
             assert!(inbox.data(b"a"));
         }

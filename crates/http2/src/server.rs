@@ -1068,8 +1068,12 @@ where
             return self.reset_stream(id, Reason::ProtocolError);
         }
         let inbox = (!end_stream).then(|| Inbox::new(id, self.notes.clone()));
+        // Another expectation is the handler's to refuse (417): it reads no body then.
+        let expect_continue = request
+            .get("expect")
+            .is_some_and(|value| value.eq_ignore_ascii_case(b"100-continue"));
         let body = match &inbox {
-            Some(inbox) => RequestBody::new(inbox.clone(), length),
+            Some(inbox) => RequestBody::new(inbox.clone(), length, expect_continue),
             None => RequestBody::empty(),
         };
         let head_request = request.is_head();
@@ -1300,6 +1304,25 @@ where
         }
     }
 
+    /// An interim `100 (Continue)` on a stream whose handler waits for the body and has not
+    /// answered yet (RFC 9113 §8.1: informational HEADERS before the final ones).
+    fn send_continue(&mut self, id: u32) {
+        let Some(stream) = self.streams.get(&id) else {
+            return;
+        };
+        if !stream.recv_open || !matches!(stream.send, Sending::Waiting) {
+            return;
+        }
+        let mut block = std::mem::take(&mut self.block);
+        block.clear();
+        if let Some(size) = self.table_update.take() {
+            hpack::encode_table_size(&mut block, size);
+        }
+        hpack::encode_status(&mut block, 100);
+        self.write_headers(id, &block, false);
+        self.block = block;
+    }
+
     /// A local answer without a body (431), ending the stream.
     fn answer_local(&mut self, id: u32, status: u16, end_stream: bool) {
         let mut block = std::mem::take(&mut self.block);
@@ -1329,6 +1352,7 @@ where
                         self.maybe_close(id);
                     }
                 }
+                Note::Continue(id) => self.send_continue(id),
             }
         }
         self.noted = noted;

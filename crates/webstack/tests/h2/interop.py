@@ -76,7 +76,9 @@ def run_until(done, what):
                 sys.exit(f"FAIL: the lb closed the connection before {what}")
             return
         for event in conn.receive_data(data):
-            if isinstance(event, h2.events.ResponseReceived):
+            if isinstance(event, h2.events.InformationalResponseReceived):
+                streams[event.stream_id]["informational"] = dict(event.headers)[":status"]
+            elif isinstance(event, h2.events.ResponseReceived):
                 streams[event.stream_id]["headers"] = dict(event.headers)
             elif isinstance(event, h2.events.DataReceived):
                 streams[event.stream_id]["body"] += event.data
@@ -133,7 +135,40 @@ conn.ping(b"interop!")
 run_until(lambda: b"interop!" in pings, "the PING's ACK")
 check(True, "PING answered")
 
-# 5. Our GOAWAY: the lb closes the connection.
+# 5. Expect: 100-continue. The client holds its body back until the lb asks for it, which the lb
+#    does when it starts forwarding the body (curl otherwise waits a second); one it refuses at
+#    once (a declared length over max_body, 100 MiB) is answered without a 100.
+def held_back(length):
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(sid, [(":method", "POST"), (":scheme", "https"), (":authority", "www.foobar.com"),
+                            (":path", "/api/posts"), ("content-type", "application/json"),
+                            ("content-length", str(length)), ("expect", "100-continue")])
+    streams[sid] = {"path": "/api/posts", "headers": None, "body": bytearray(), "ended": False, "reset": None,
+                    "informational": None}
+    return sid
+
+
+# Cut short on purpose: the app's JSON parser refuses it (400), which it can only do once the
+# body reached it (this topology has no database to store a post in).
+post = b'{"author": "interop", "body": "sent after a 100 (Continue)'
+waiting = held_back(len(post))
+run_until(lambda: streams[waiting]["informational"] is not None or streams[waiting]["headers"] is not None,
+          "a 100 (Continue) for the held-back body")
+check(streams[waiting]["informational"] == "100" and streams[waiting]["headers"] is None,
+      "the lb asked for the body with a 100 before any answer")
+conn.send_data(waiting, post, end_stream=True)
+run_until(lambda: streams[waiting]["ended"], "the answer to the body sent after the 100")
+answer = streams[waiting]["headers"]
+check(answer[":status"] == "400" and "x-served-by" in answer,
+      f"the body sent after the 100 reached the app, whose JSON parser refused it ({answer}, {bytes(streams[waiting]['body'])})")
+refused = held_back(200 * 1024 * 1024)
+run_until(lambda: streams[refused]["ended"] or streams[refused]["reset"] is not None, "the refusal of a too large body")
+check(streams[refused]["headers"] is not None and streams[refused]["headers"][":status"] == "413"
+      and streams[refused]["informational"] is None,
+      "a body refused at once is answered 413 without a 100 inviting it")
+conn.reset_stream(refused, error_code=8)  # the body it declared is never sent
+
+# 6. Our GOAWAY: the lb closes the connection.
 conn.close_connection()
 sock.sendall(conn.data_to_send())
 run_until(lambda: bool(closed), "the close after GOAWAY")
