@@ -939,3 +939,36 @@ async fn shutdown_sends_goaway_and_lets_open_streams_finish() {
         .expect("the server task ends")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_body_held_back_for_100_continue_is_asked_for_when_the_handler_reads_it() {
+    let mut client = Client::connect(options(), &[]).await;
+    let mut fields = get("/echo");
+    fields[0] = (":method", "POST");
+    fields.push(("expect", "100-continue"));
+    client.request(1, &fields, false).await;
+    // The handler reads the body: an interim 100, the stream left open.
+    let interim = client.next_of(kind::HEADERS).await.unwrap();
+    assert_eq!(interim.head.stream, 1);
+    assert!(!interim.head.has(flag::END_STREAM));
+    assert_eq!(
+        field(&client.decode(&interim.payload), ":status"),
+        Some("100")
+    );
+    client.data(1, b"after", true).await;
+    let (head, body) = client.answer(1).await;
+    assert_eq!(field(&head, ":status"), Some("200"));
+    assert_eq!(String::from_utf8(body).unwrap(), "5  ");
+
+    // A handler that answers without reading invites no body: the first head is the answer.
+    let mut fields = get("/hello");
+    fields[0] = (":method", "POST");
+    fields.push(("expect", "100-continue"));
+    client.request(3, &fields, false).await;
+    let first = client.next_of(kind::HEADERS).await.unwrap();
+    assert_eq!(first.head.stream, 3);
+    assert_eq!(
+        field(&client.decode(&first.payload), ":status"),
+        Some("200")
+    );
+}
