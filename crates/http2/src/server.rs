@@ -1068,12 +1068,15 @@ where
             return self.reset_stream(id, Reason::ProtocolError);
         }
         let inbox = (!end_stream).then(|| Inbox::new(id, self.notes.clone()));
-        // Another expectation is the handler's to refuse (417): it reads no body then.
-        let expect_continue = request
-            .get("expect")
-            .is_some_and(|value| value.eq_ignore_ascii_case(b"100-continue"));
         let body = match &inbox {
-            Some(inbox) => RequestBody::new(inbox.clone(), length, expect_continue),
+            Some(inbox) => {
+                // Looked for only when a body follows. Another expectation is the handler's
+                // to refuse (417): it reads no body then.
+                let expect_continue = request
+                    .get("expect")
+                    .is_some_and(|value| value.eq_ignore_ascii_case(b"100-continue"));
+                RequestBody::new(inbox.clone(), length, expect_continue)
+            }
             None => RequestBody::empty(),
         };
         let head_request = request.is_head();

@@ -30,13 +30,18 @@ pings = []
 closed = []
 
 
+def track(sid, path):
+    streams[sid] = {"path": path, "headers": None, "informational": None, "body": bytearray(), "ended": False,
+                    "reset": None}
+
+
 def request(path, method="GET", body=None):
     sid = conn.get_next_available_stream_id()
     fields = [(":method", method), (":scheme", "https"), (":authority", "www.foobar.com"), (":path", path)]
     if body is not None:
         fields.append(("content-type", "application/octet-stream"))
     conn.send_headers(sid, fields, end_stream=body is None)
-    streams[sid] = {"path": path, "headers": None, "body": bytearray(), "ended": False, "reset": None}
+    track(sid, path)
     if body is not None:
         uploads[sid] = memoryview(body)
     return sid
@@ -143,8 +148,7 @@ def held_back(length):
     conn.send_headers(sid, [(":method", "POST"), (":scheme", "https"), (":authority", "www.foobar.com"),
                             (":path", "/api/posts"), ("content-type", "application/json"),
                             ("content-length", str(length)), ("expect", "100-continue")])
-    streams[sid] = {"path": "/api/posts", "headers": None, "body": bytearray(), "ended": False, "reset": None,
-                    "informational": None}
+    track(sid, "/api/posts")
     return sid
 
 
