@@ -1363,7 +1363,7 @@ impl Agent {
         } else {
             "standby"
         };
-        let mut summary = note.clone();
+        let mut summary = with_refusal(&note, self.refusal.as_deref());
         if role == "replica" {
             summary.push_str(&format!(
                 ", io {} sql {}, lag {} trx",
@@ -1424,4 +1424,29 @@ async fn stop_receiving(conn: &mut Conn) -> Result<(), NodeError> {
 
 fn coord(error: webstack_coord::etcd_client::Error) -> NodeError {
     NodeError::Coordination(error.to_string())
+}
+
+/// A tick's note, and the standing refusal when the tick was about something else (etcd out of
+/// reach for a moment, say): `status` keeps saying why nothing is promoted, as `refused` does.
+fn with_refusal(note: &str, refusal: Option<&str>) -> String {
+    match refusal {
+        Some(refusal) if !note.contains(refusal) => format!("{note}; {refusal}"),
+        _ => note.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_refusal;
+
+    #[test]
+    fn a_standing_refusal_stays_in_the_summary_whatever_the_tick_was_about() {
+        let refusal = "promotion refused: web-02 is down and semi-sync was off on it";
+        assert_eq!(with_refusal(refusal, Some(refusal)), refusal, "said once");
+        assert_eq!(
+            with_refusal("etcd: connection refused", Some(refusal)),
+            format!("etcd: connection refused; {refusal}")
+        );
+        assert_eq!(with_refusal("primary, term 7", None), "primary, term 7");
+    }
 }
