@@ -69,10 +69,37 @@ macro_rules! columns {
     };
 }
 const SELECT: &str = concat!("SELECT ", columns!(), " FROM posts");
-const INSERT: &str = concat!(
-    "INSERT INTO posts (author, body) VALUES (?, ?) RETURNING ",
-    columns!()
-);
+/// A write in one round trip: the INSERT returns the post as stored (MariaDB's `RETURNING`) and
+/// the second statement the write's GTID, which MariaDB would put in the INSERT's own OK packet
+/// only for a client that asks for session tracking (mysql_async 0.37 does not). A prepared
+/// statement holds one statement, so this is a text query, and its values are hex literals
+/// (`insert_statement`): nothing the user sent is ever parsed as SQL, whatever the escaping mode.
+const INSERT_HEAD: &str = "INSERT INTO posts (author, body) VALUES (";
+const INSERT_TAIL: &str = concat!(") RETURNING ", columns!(), "; SELECT @@last_gtid");
+
+/// The write's statements for `new` (see `INSERT_HEAD`), as go-sql-driver's
+/// `interpolateParams` does to save the prepare round trip, but with `_utf8mb4 X'..'` literals:
+/// only hex digits reach the SQL text.
+fn insert_statement(new: &NewPost) -> String {
+    fn literal(sql: &mut String, text: &str) {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        sql.push_str("_utf8mb4 X'");
+        for byte in text.bytes() {
+            sql.push(HEX[usize::from(byte >> 4)] as char);
+            sql.push(HEX[usize::from(byte & 0xf)] as char);
+        }
+        sql.push('\'');
+    }
+    let mut sql = String::with_capacity(
+        INSERT_HEAD.len() + INSERT_TAIL.len() + 2 * (new.author.len() + new.body.len()) + 32,
+    );
+    sql.push_str(INSERT_HEAD);
+    literal(&mut sql, &new.author);
+    sql.push_str(", ");
+    literal(&mut sql, &new.body);
+    sql.push_str(INSERT_TAIL);
+    sql
+}
 
 fn post((id, author, body, created_at): (u64, String, String, String)) -> Post {
     Post {
@@ -328,26 +355,36 @@ async fn write_once(
         }
     };
     // Sent from here on: the exchange runs to its end (or the deadline) in a task of its own.
-    let values = (new.author.clone(), new.body.clone());
+    let statement = insert_statement(new);
     let exchange = {
         let (router, writer) = (router.clone(), writer.clone());
         async move {
-            // One statement stores the post and returns it as stored (MariaDB's `RETURNING`):
-            // no second round trip to read it back. The row arrives before the statement's
-            // end; `exec_first` returns only after the final OK, that is after the commit
-            // (autocommit, acknowledged by a replica under semi-sync).
-            let stored = conn
-                .exec_first(INSERT, values)
+            // The first result set is the stored post (`RETURNING`): its rows arrive before the
+            // statement's end, and the set ends only after the commit (autocommit, acknowledged
+            // by a replica under semi-sync). An error here is the INSERT's: nothing follows it.
+            let mut result = conn
+                .query_iter(statement)
+                .await
+                .map_err(|error| write_refused(&router, &writer, error))?;
+            let stored = result
+                .collect::<(u64, String, String, String)>()
                 .await
                 .map_err(|error| write_refused(&router, &writer, error))?
+                .into_iter()
+                .next()
                 .map(post)
                 .ok_or_else(|| {
                     Attempt::Fail(AppError::Database("the insert returned no row".into()))
                 })?;
-            // Committed: what follows only asks for the write's GTID (the session's cookie).
-            // If the primary goes away now the post is stored all the same: answer with it
-            // and no GTID rather than an error.
-            match conn.query_first::<String, _>("SELECT @@last_gtid").await {
+            // Committed: what follows is only the write's GTID (the session's cookie). If the
+            // primary goes away now the post is stored all the same: answer with it and no
+            // GTID rather than an error.
+            let gtid = async {
+                let gtid = result.collect::<String>().await?;
+                result.drop_result().await?;
+                Ok::<_, mysql_async::Error>(gtid.into_iter().next())
+            };
+            match gtid.await {
                 Ok(gtid) => Ok((stored, gtid.unwrap_or_default())),
                 Err(error) => {
                     tracing::warn!(node = %writer.name, %error, id = stored.id, "the primary went away right after a committed write");
@@ -451,6 +488,21 @@ mod tests {
         assert_eq!(
             message(new("a\nb", "x")),
             "author contains control characters"
+        );
+    }
+
+    #[test]
+    fn a_write_s_values_reach_the_sql_only_as_hex_digits() {
+        let sql = insert_statement(&new("a'b", "\\'); DROP TABLE posts; -- é🦀"));
+        assert_eq!(
+            sql,
+            concat!(
+                "INSERT INTO posts (author, body) VALUES (_utf8mb4 X'612762', _utf8mb4 X'",
+                "5C27293B2044524F50205441424C4520706F7374733B202D2D20C3A9F09FA680",
+                "') RETURNING ",
+                columns!(),
+                "; SELECT @@last_gtid"
+            )
         );
     }
 

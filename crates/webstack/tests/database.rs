@@ -269,6 +269,34 @@ fn posts_are_written_to_the_primary_and_read_from_every_host() {
     let injection = post(&topology, "x'); DROP TABLE posts; --", "1' OR '1'='1");
     assert_eq!(injection.status, 201, "stored verbatim, as data");
     assert_eq!(injection.json()["author"], "x'); DROP TABLE posts; --");
+    // Backslashes, both quotes, a statement separator, 2- and 4-byte characters and a newline
+    // come back byte for byte (the write sends its values as hex literals).
+    let (author, body) = ("Zoë \\' \"", "a\\'; SELECT 1; -- \\0 🦀\nnext line\t\\");
+    let tricky = post(&topology, author, body);
+    assert_eq!(tricky.status, 201, "{}", tricky.text());
+    assert_eq!(
+        (
+            tricky.json()["author"].as_str(),
+            tricky.json()["body"].as_str()
+        ),
+        (Some(author), Some(body))
+    );
+    let id = tricky.json()["id"].as_u64().unwrap();
+    // Read back in the same session (its cookie: read-your-writes), as MariaDB stored it.
+    let cookie = tricky
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap();
+    let stored = get(
+        topology.lb(),
+        &format!("/api/posts/{id}"),
+        &[("Cookie", cookie)],
+    )
+    .unwrap();
+    assert_eq!(stored.status, 200, "{}", stored.text());
+    assert_eq!(stored.json()["body"].as_str(), Some(body), "as stored");
     assert!(
         topology
             .sql(1, "SELECT COUNT(*) FROM posts")
